@@ -1,0 +1,54 @@
+# The documented commands. Each one sets up what it needs in .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
+
+.PHONY: run test check bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "gradwire needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Runtime dependencies only: what `make run` needs.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+# Runtime plus the dev extra: tests, linters, type checker, stub generator.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	$(BIN)/python -m gradwire.engine
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+# mypy and import-linter read the sources through links laid out as the installed names
+# (gradwire/engine -> engine/ ...), the same mapping pyproject.toml gives setuptools.
+LINKS := .typecheck/gradwire
+check: $(VENV)/.dev
+	mkdir -p $(LINKS) && for p in engine service storage client; do ln -sfn ../../$$p $(LINKS)/$$p; done
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	PYTHONPATH=.typecheck $(BIN)/lint-imports
+
+# PyTorch is the benchmark's outside reference, never a dependency. Installed only where pip
+# can take the CPU build without downloading (a local wheel pip is configured to find);
+# elsewhere the benchmark reports it as absent.
+$(VENV)/.torch: | $(VENV)/.dev
+	-$(PIP) install --no-index --no-deps torch==2.13.0 && $(PIP) install torch==2.13.0
+	touch $@
+
+bench: $(VENV)/.dev $(VENV)/.torch
+	$(BIN)/python -m bench.engine_bench
+
+bench-quick: $(VENV)/.dev
+	$(BIN)/python -m bench.engine_bench --quick
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""gradwire.client: see the issue tracker; arrives with the service."""

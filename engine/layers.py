@@ -1,0 +1,180 @@
+"""Runtime layers: forward and backward for a whole minibatch at once.
+
+Each layer keeps its local derivative beside its forward computation. ``forward`` returns the
+output and a *cache* (what backward needs); ``backward`` takes that cache and ``∂L/∂output`` and
+returns ``∂L/∂input`` and the gradients of the layer's parameters, in the order of
+:meth:`Layer.named_parameters`. Neither changes the layer: state updates that training implies
+(batch norm's running averages) are applied separately by :meth:`Layer.commit`, so a gradient
+evaluation leaves the model as it was.
+
+Shapes: ``x`` is ``(n, fan_in)``, outputs ``(n, fan_out)``, ``W`` ``(fan_in, fan_out)``, ``b``
+``(fan_out,)``. ``backward`` may overwrite the ``grad`` it is given, never a cached array.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from .activations import Activation
+
+Array = np.ndarray
+Cache = Any
+Named = list[tuple[str, Array]]
+
+
+class Layer(ABC):
+    """A differentiable function of a batch with named parameters."""
+
+    @abstractmethod
+    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]: ...
+
+    @abstractmethod
+    def backward(
+        self, cache: Cache, grad: Array, need_input_grad: bool
+    ) -> tuple[Array | None, list[Array]]: ...
+
+    def named_parameters(self, prefix: str) -> Named:
+        """Trainable arrays, in the order ``backward`` returns their gradients."""
+        return []
+
+    def named_buffers(self, prefix: str) -> Named:
+        """Non-trainable state (running averages), saved and restored with the weights."""
+        return []
+
+    def commit(self, cache: Cache) -> None:  # noqa: B027 (an optional hook, not abstract)
+        """Apply the state update implied by a training-mode forward pass (default: none)."""
+
+
+class DenseLayer(Layer):
+    """``a = g(x W + b)``; backward: ``Δ = g′ ⊙ ∂L/∂a``, ``∂W = xᵀΔ``, ``∂b = Σ_n Δ``, ``∂x = ΔWᵀ``."""
+
+    def __init__(self, W: Array, b: Array, activation: Activation) -> None:
+        self.W, self.b, self.activation = W, b, activation
+
+    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+        z = x @ self.W
+        z += self.b
+        a = self.activation.forward(z)
+        return a, (x, a)
+
+    def backward(self, cache: Cache, grad: Array, need_input_grad: bool) -> tuple[Array | None, list[Array]]:
+        delta = self.activation.backward(cache[1], grad)
+        return self.backward_from_delta(cache, delta, need_input_grad)
+
+    def backward_from_delta(
+        self, cache: Cache, delta: Array, need_input_grad: bool
+    ) -> tuple[Array | None, list[Array]]:
+        """Backward from ``Δ = ∂L/∂in`` (the pre-activation), e.g. a fused output error."""
+        x = cache[0]
+        grad_in = delta @ self.W.T if need_input_grad else None
+        return grad_in, [x.T @ delta, delta.sum(axis=0)]
+
+    def named_parameters(self, prefix: str) -> Named:
+        return [(f"{prefix}W", self.W), (f"{prefix}b", self.b)]
+
+
+class BatchNormLayer(Layer):
+    """``a = g(γ x̂ + β)`` with ``x̂ = (x − μ)/√(σ² + ε)`` (Ioffe & Szegedy 2015).
+
+    Training uses the batch's mean and (biased) variance and, on :meth:`commit`, moves the
+    running averages: ``r ← m·r + (1 − m)·batch`` (the variance unbiased by ``n/(n − 1)``).
+    Inference uses the running averages, so a sample's output does not depend on its batch.
+    """
+
+    def __init__(
+        self,
+        gamma: Array,
+        beta: Array,
+        mean: Array,
+        var: Array,
+        activation: Activation,
+        momentum: float,
+        epsilon: float,
+    ) -> None:
+        self.gamma, self.beta, self.running_mean, self.running_var = gamma, beta, mean, var
+        self.activation, self.momentum, self.epsilon = activation, momentum, epsilon
+
+    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+        mean, var = (x.mean(axis=0), x.var(axis=0)) if training else (self.running_mean, self.running_var)
+        inv_std = 1.0 / np.sqrt(var + self.epsilon)
+        xhat = (x - mean) * inv_std
+        a = self.activation.forward(xhat * self.gamma + self.beta)
+        return a, (training, xhat, inv_std, a, mean, var)
+
+    def backward(self, cache: Cache, grad: Array, need_input_grad: bool) -> tuple[Array | None, list[Array]]:
+        training, xhat, inv_std, a, _, _ = cache
+        dy = self.activation.backward(a, grad)
+        grads = [np.einsum("ij,ij->j", dy, xhat), dy.sum(axis=0)]
+        if not need_input_grad:
+            return None, grads
+        dxhat = dy * self.gamma
+        if not training:
+            return dxhat * inv_std, grads
+        # The batch statistics depend on every row, hence the two mean-correction terms.
+        dx = dxhat - dxhat.mean(axis=0) - xhat * (grads[0] * self.gamma / len(xhat))
+        dx *= inv_std
+        return dx, grads
+
+    def commit(self, cache: Cache) -> None:
+        training, xhat, _, _, mean, var = cache
+        if not training:
+            return
+        n = len(xhat)
+        m = self.momentum
+        self.running_mean *= m
+        self.running_mean += (1.0 - m) * mean
+        self.running_var *= m
+        self.running_var += (1.0 - m) * var * (n / max(n - 1, 1))
+
+    def named_parameters(self, prefix: str) -> Named:
+        return [(f"{prefix}gamma", self.gamma), (f"{prefix}beta", self.beta)]
+
+    def named_buffers(self, prefix: str) -> Named:
+        return [
+            (f"{prefix}running_mean", self.running_mean),
+            (f"{prefix}running_var", self.running_var),
+        ]
+
+
+class ResidualLayer(Layer):
+    """``a = g(x + f(x))``: the gradient reaches ``x`` both through ``f`` and directly."""
+
+    def __init__(self, layers: list[Layer], activation: Activation) -> None:
+        self.layers, self.activation = layers, activation
+
+    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+        h, caches = x, []
+        for layer in self.layers:
+            h, cache = layer.forward(h, training)
+            caches.append(cache)
+        a = self.activation.forward(x + h)
+        return a, (caches, a)
+
+    def backward(self, cache: Cache, grad: Array, need_input_grad: bool) -> tuple[Array | None, list[Array]]:
+        caches, a = cache
+        skip = self.activation.backward(a, grad)  # ∂L/∂(x + f(x))
+        g: Array | None = skip.copy()  # the block's backward overwrites what it is given
+        grads: list[list[Array]] = []
+        for i in reversed(range(len(self.layers))):
+            assert g is not None
+            g, layer_grads = self.layers[i].backward(caches[i], g, need_input_grad or i > 0)
+            grads.append(layer_grads)
+        flat = [p for layer_grads in reversed(grads) for p in layer_grads]
+        if not need_input_grad:
+            return None, flat
+        assert g is not None
+        g += skip
+        return g, flat
+
+    def commit(self, cache: Cache) -> None:
+        for layer, layer_cache in zip(self.layers, cache[0], strict=True):
+            layer.commit(layer_cache)
+
+    def named_parameters(self, prefix: str) -> Named:
+        return [p for i, layer in enumerate(self.layers) for p in layer.named_parameters(f"{prefix}{i}.")]
+
+    def named_buffers(self, prefix: str) -> Named:
+        return [p for i, layer in enumerate(self.layers) for p in layer.named_buffers(f"{prefix}{i}.")]

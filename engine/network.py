@@ -1,0 +1,189 @@
+"""A multilayer network built from a :class:`~gradwire.engine.spec.NetworkSpec`.
+
+Backpropagation (Russell & Norvig 18.7) is two readable steps, vectorised over the batch:
+
+1. forward: each layer maps its input to its output and keeps a cache;
+2. backward: the output error ``Δ`` (``∂L/∂in`` of the last layer) is propagated to the first
+   layer by the chain rule, each layer turning ``∂L/∂output`` into ``∂L/∂input`` and its
+   parameters' gradients; one pass costs O(w) in the number of weights.
+
+:meth:`Network.loss_and_gradients` does both without changing the network; training applies the
+state update of batch norm separately (:meth:`Network.commit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from .activations import get_activation
+from .data import as_features, as_targets
+from .errors import InvalidArgument
+from .initializers import initial_weights
+from .layers import BatchNormLayer, Cache, DenseLayer, Layer, ResidualLayer
+from .losses import FUSED_DELTAS, get_loss
+from .metrics import METRICS
+from .spec import BatchNorm, Dense, LayerSpec, NetworkSpec, Residual
+
+Array = np.ndarray
+
+PREDICT_CHUNK = 8192
+"""Rows per forward pass in :meth:`Network.predict`: bounds its working memory."""
+
+
+def _build(spec: LayerSpec, width: int, rng: np.random.Generator, dtype: np.dtype) -> tuple[Layer, int]:
+    if isinstance(spec, Dense):
+        W = initial_weights(spec.init, rng, width, spec.units, dtype)
+        return DenseLayer(W, np.zeros(spec.units, dtype), get_activation(spec.activation)), spec.units
+    if isinstance(spec, BatchNorm):
+        return BatchNormLayer(
+            np.ones(width, dtype),
+            np.zeros(width, dtype),
+            np.zeros(width, dtype),
+            np.ones(width, dtype),
+            get_activation(spec.activation),
+            spec.momentum,
+            spec.epsilon,
+        ), width
+    assert isinstance(spec, Residual)
+    block = []
+    inner = width
+    for sub in spec.layers:
+        layer, inner = _build(sub, inner, rng, dtype)
+        block.append(layer)
+    return ResidualLayer(block, get_activation(spec.activation)), width
+
+
+class Network:
+    """Layers, their parameters, and the forward and backward passes.
+
+    Parameters are addressed by name (``"0.W"``, ``"2.1.gamma"``: layer path, then array) in a
+    fixed order; :attr:`params` lists the arrays themselves in that order. The arrays are updated
+    in place by the optimisers and are never replaced.
+    """
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.loss = get_loss(spec.loss)
+        self.fused_delta = FUSED_DELTAS.get((spec.output_activation, spec.loss))
+        rng = np.random.default_rng(spec.seed)
+        self.layers: list[Layer] = []
+        width = spec.input_dim
+        for layer_spec in spec.layers:
+            layer, width = _build(layer_spec, width, rng, self.dtype)
+            self.layers.append(layer)
+        named = [p for i, layer in enumerate(self.layers) for p in layer.named_parameters(f"{i}.")]
+        self.param_names = [name for name, _ in named]
+        self.params = [array for _, array in named]
+        self._buffers = [b for i, layer in enumerate(self.layers) for b in layer.named_buffers(f"{i}.")]
+
+    # ------------------------------------------------------------------ passes
+
+    def forward(self, X: Array, training: bool = False) -> tuple[Array, list[Cache]]:
+        """Outputs ``(n, output_dim)`` for inputs ``(n, input_dim)`` in the network's dtype."""
+        caches = []
+        a = X
+        for layer in self.layers:
+            a, cache = layer.forward(a, training)
+            caches.append(cache)
+        return a, caches
+
+    def backward(self, caches: list[Cache], a: Array, Y: Array) -> list[Array]:
+        """Gradients of the mean batch loss for every parameter, in :attr:`params` order."""
+        last = self.layers[-1]
+        assert isinstance(last, DenseLayer)
+        need = len(self.layers) > 1
+        if self.fused_delta is not None:
+            g, grads = last.backward_from_delta(caches[-1], self.fused_delta(a, Y), need)
+        else:
+            g, grads = last.backward(caches[-1], self.loss.gradient(a, Y), need)
+        per_layer = [grads]
+        for i in range(len(self.layers) - 2, -1, -1):
+            assert g is not None
+            g, grads = self.layers[i].backward(caches[i], g, i > 0)
+            per_layer.append(grads)
+        return [p for grads in reversed(per_layer) for p in grads]
+
+    def commit(self, caches: list[Cache]) -> None:
+        """Apply the state updates of a training-mode forward pass (batch-norm averages)."""
+        for layer, cache in zip(self.layers, caches, strict=True):
+            layer.commit(cache)
+
+    # ------------------------------------------------------------------ public API
+
+    def predict(self, X: Array, batch_size: int = PREDICT_CHUNK) -> Array:
+        """Inference-mode outputs for ``X`` ``(n, input_dim)``, computed ``batch_size`` rows at a time."""
+        X = as_features(X, self.spec.input_dim)
+        out = np.empty((len(X), self.spec.output_dim), self.dtype)
+        for start in range(0, len(X), batch_size):
+            chunk = X[start : start + batch_size].astype(self.dtype, copy=False)
+            out[start : start + batch_size] = self.forward(chunk)[0]
+        return out
+
+    def loss_and_gradients(self, X: Array, Y: Array, training: bool = True) -> tuple[float, dict[str, Array]]:
+        """The mean loss on ``(X, Y)`` and the gradient of every parameter; changes nothing.
+
+        ``training`` selects batch norm's batch statistics (the loss training minimises) or its
+        running averages.
+        """
+        X = as_features(X, self.spec.input_dim).astype(self.dtype, copy=False)
+        Y = as_targets(Y, len(X), self.spec.output_dim).astype(self.dtype, copy=False)
+        a, caches = self.forward(X, training)
+        grads = self.backward(caches, a, Y)
+        return self.loss.value(a, Y), dict(zip(self.param_names, grads, strict=True))
+
+    def evaluate(
+        self, X: Array, Y: Array, rows: Array | None = None, batch_size: int = PREDICT_CHUNK
+    ) -> tuple[float, float]:
+        """Inference-mode ``(mean loss, metric)`` on ``(X, Y)``, or on its ``rows`` only.
+
+        Works ``batch_size`` rows at a time, gathering them as it goes: no copy of the data.
+        """
+        n = len(X) if rows is None else len(rows)
+        metric = METRICS[self.loss.metric]()
+        total = 0.0
+        for start in range(0, n, batch_size):
+            take = slice(start, start + batch_size) if rows is None else rows[start : start + batch_size]
+            x = X[take].astype(self.dtype, copy=False)
+            y = Y[take].astype(self.dtype, copy=False)
+            a = self.forward(x)[0]
+            total += self.loss.value(a, y) * len(x)
+            metric.update(a, y)
+        return total / max(n, 1), metric.value()
+
+    # ------------------------------------------------------------------ state
+
+    def named_parameters(self) -> Iterator[tuple[str, Array]]:
+        return zip(self.param_names, self.params, strict=True)
+
+    def layer_paths(self) -> list[str]:
+        """One path per parameterised layer, in order: the parameter names less their last part."""
+        return list(dict.fromkeys(name.rsplit(".", 1)[0] for name in self.param_names))
+
+    def state_arrays(self) -> dict[str, Array]:
+        """Copies of every parameter and buffer, by name: what a checkpoint stores."""
+        return {name: array.copy() for name, array in (*self.named_parameters(), *self._buffers)}
+
+    def load_state_arrays(self, arrays: Mapping[str, Array]) -> None:
+        """Copy saved arrays into the network in place; shapes and names must match exactly."""
+        targets = dict((*self.named_parameters(), *self._buffers))
+        missing, unknown = set(targets) - set(arrays), set(arrays) - set(targets)
+        if missing or unknown:
+            raise InvalidArgument(
+                "weights", f"names differ: missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        for name, target in targets.items():
+            source = np.asarray(arrays[name])
+            if source.shape != target.shape:
+                raise InvalidArgument(f"weights.{name}", f"shape {source.shape}, expected {target.shape}")
+            if not np.all(np.isfinite(source)):
+                raise InvalidArgument(f"weights.{name}", "contains non-finite values")
+            np.copyto(target, source, casting="same_kind")
+
+    @classmethod
+    def from_state(cls, spec: NetworkSpec, arrays: Mapping[str, Array]) -> Network:
+        network = cls(spec)
+        network.load_state_arrays(arrays)
+        return network

@@ -1,0 +1,249 @@
+"""The architecture spec: a plain, JSON-serialisable description of a network.
+
+A spec is data, not behaviour: input width, a list of layers, the loss, the dtype and the seed
+that draws the initial weights. It is validated when constructed; every error names its field
+(``layers[2].activation``) and, where they form a list, the allowed values.
+
+Layer kinds
+-----------
+``dense``      ``a = g(x W + b)`` with ``units``, ``activation`` and ``init``.
+``batchnorm``  ``a = g(γ x̂ + β)`` with ``x̂`` standardised by the batch statistics in training
+               and by running averages in inference (Ioffe & Szegedy 2015).
+``residual``   ``a = g(x + f(x))`` where ``f`` is its own list of layers and keeps the width
+               (He et al. 2016): a skip connection that lets gradients bypass ``f``.
+
+The last layer is dense; its activation is the output activation, paired with the loss as
+:data:`gradwire.engine.losses.LOSSES` allows.
+
+Example
+-------
+>>> spec = NetworkSpec(2, (Dense(4, "tanh"), Dense(1, "sigmoid")), loss="binary_crossentropy")
+>>> NetworkSpec.from_json(spec.to_json()) == spec
+True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from .errors import InvalidArgument, lookup, require
+from .initializers import check_initializer
+from .losses import check_pair
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A fully connected layer ``g(x W + b)``."""
+
+    units: int
+    activation: str = "relu"
+    init: str = "he_normal"
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """Batch normalisation over the features, followed by ``activation``."""
+
+    activation: str = "identity"
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+
+@dataclass(frozen=True)
+class Residual:
+    """A skip connection ``g(x + f(x))`` around ``layers``, which must keep the width."""
+
+    layers: Sequence[LayerSpec]
+    activation: str = "identity"
+
+
+LayerSpec = Dense | BatchNorm | Residual
+
+LAYER_KINDS: dict[str, type[Dense] | type[BatchNorm] | type[Residual]] = {
+    "dense": Dense,
+    "batchnorm": BatchNorm,
+    "residual": Residual,
+}
+KIND_OF = {cls: kind for kind, cls in LAYER_KINDS.items()}
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The whole network: ``input_dim`` features in, the last dense layer's units out."""
+
+    input_dim: int
+    layers: Sequence[LayerSpec]
+    loss: str
+    dtype: str = "float64"
+    seed: int = 0
+    output_dim: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        _check_int(self.input_dim, "input_dim", minimum=1)
+        require(bool(self.layers), "layers", "a network needs at least one layer")
+        width = _check_layers(self.layers, "layers", self.input_dim)
+        last = self.layers[-1]
+        require(
+            isinstance(last, Dense),
+            f"layers[{len(self.layers) - 1}]",
+            "the last layer must be dense",
+        )
+        assert isinstance(last, Dense)
+        check_pair(last.activation, self.loss, "loss")
+        if self.dtype not in DTYPES:
+            raise InvalidArgument("dtype", f"unknown value {self.dtype!r}", DTYPES)
+        _check_int(self.seed, "seed", minimum=0)
+        object.__setattr__(self, "output_dim", width)
+
+    @property
+    def output_activation(self) -> str:
+        last = self.layers[-1]
+        assert isinstance(last, Dense)
+        return last.activation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_dim": self.input_dim,
+            "layers": [_layer_to_dict(layer) for layer in self.layers],
+            "loss": self.loss,
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
+        _check_keys(
+            data,
+            "",
+            {"input_dim", "layers", "loss", "dtype", "seed"},
+            {"input_dim", "layers", "loss"},
+        )
+        layers = data["layers"]
+        require(isinstance(layers, list), "layers", "must be a list of layer objects")
+        return cls(
+            input_dim=data["input_dim"],
+            layers=tuple(_layer_from_dict(item, f"layers[{i}]") for i, item in enumerate(layers)),
+            loss=data["loss"],
+            dtype=data.get("dtype", "float64"),
+            seed=data.get("seed", 0),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> NetworkSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument("spec", f"not valid JSON: {exc}") from None
+        require(isinstance(data, dict), "spec", "must be a JSON object")
+        return cls.from_dict(data)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_int(value: object, name: str, minimum: int) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, name, f"must be an integer ≥ {minimum}, got {value!r}")
+
+
+def _check_activation(name: str, path: str, allowed: tuple[str, ...]) -> None:
+    if name not in allowed:
+        known = "unknown value" if name not in ACTIVATIONS else "not allowed here"
+        raise InvalidArgument(f"{path}.activation", f"{known} {name!r}", allowed)
+
+
+def _check_dense(layer: Dense, path: str, width: int, is_output: bool) -> int:
+    _check_int(layer.units, f"{path}.units", minimum=1)
+    allowed = tuple(ACTIVATIONS) if is_output else HIDDEN_ACTIVATIONS
+    _check_activation(layer.activation, path, allowed)
+    check_initializer(layer.init, f"{path}.init")
+    return layer.units
+
+
+def _check_batchnorm(layer: BatchNorm, path: str, width: int, is_output: bool) -> int:
+    _check_activation(layer.activation, path, HIDDEN_ACTIVATIONS)
+    ok = isinstance(layer.momentum, int | float) and 0.0 <= layer.momentum < 1.0
+    require(ok, f"{path}.momentum", f"must be in [0, 1), got {layer.momentum!r}")
+    ok = isinstance(layer.epsilon, int | float) and layer.epsilon > 0.0
+    require(ok, f"{path}.epsilon", f"must be > 0, got {layer.epsilon!r}")
+    return width
+
+
+def _check_residual(layer: Residual, path: str, width: int, is_output: bool) -> int:
+    object.__setattr__(layer, "layers", tuple(layer.layers))
+    _check_activation(layer.activation, path, HIDDEN_ACTIVATIONS)
+    require(bool(layer.layers), f"{path}.layers", "a residual block needs at least one layer")
+    out = _check_layers(layer.layers, f"{path}.layers", width, inside_block=True)
+    require(
+        out == width,
+        f"{path}.layers",
+        f"a skip connection adds its input to its output: width {width} in, {out} out",
+    )
+    return width
+
+
+_CHECKS: dict[type, Callable[[Any, str, int, bool], int]] = {
+    Dense: _check_dense,
+    BatchNorm: _check_batchnorm,
+    Residual: _check_residual,
+}
+
+
+def _check_layers(layers: Sequence[LayerSpec], path: str, width: int, inside_block: bool = False) -> int:
+    """Validate ``layers`` fed ``width`` features; return the width they output."""
+    for i, layer in enumerate(layers):
+        here = f"{path}[{i}]"
+        check = _CHECKS.get(type(layer))
+        if check is None:
+            raise InvalidArgument(here, f"not a layer spec: {layer!r}", sorted(LAYER_KINDS))
+        is_output = not inside_block and i == len(layers) - 1
+        width = check(layer, here, width, is_output)
+    return width
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def _layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": KIND_OF[type(layer)]}
+    for f in fields(layer):
+        value = getattr(layer, f.name)
+        out[f.name] = [_layer_to_dict(x) for x in value] if f.name == "layers" else value
+    return out
+
+
+def _check_keys(data: object, path: str, known: set[str], required: set[str]) -> None:
+    where = path or "spec"
+    require(isinstance(data, Mapping), where, "must be an object")
+    assert isinstance(data, Mapping)
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in known:
+            raise InvalidArgument(f"{prefix}{key}", "unknown field", sorted(known))
+    for key in sorted(required - set(data)):
+        raise InvalidArgument(f"{prefix}{key}", "is required")
+
+
+def _layer_from_dict(data: Mapping[str, Any], path: str) -> LayerSpec:
+    require(isinstance(data, Mapping), path, "must be an object with a 'kind'")
+    cls = lookup(LAYER_KINDS, data.get("kind"), f"{path}.kind")  # type: ignore[arg-type]
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING}
+    _check_keys(data, path, names | {"kind"}, required)
+    kwargs = {k: v for k, v in data.items() if k != "kind"}
+    if cls is Residual:
+        items = kwargs.get("layers")
+        if not isinstance(items, list):
+            raise InvalidArgument(f"{path}.layers", "must be a list of layer objects")
+        kwargs["layers"] = tuple(_layer_from_dict(x, f"{path}.layers[{i}]") for i, x in enumerate(items))
+    return cls(**kwargs)

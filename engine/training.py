@@ -1,0 +1,323 @@
+"""Minibatch training: epochs, stopping rules, history, and the best weights.
+
+:class:`Trainer` owns everything a run changes besides the weights (optimiser, schedule, shuffle
+generator, epoch counter, best-so-far, history) and can export and import all of it
+(:mod:`.state`), so training resumes exactly. :func:`fit` is the one-call form: it trains and
+leaves the best weights in the network.
+
+Per minibatch: forward in training mode, loss, backward, batch-norm averages, gradient norms
+(per layer and global), clipping, optimiser step, ``w ← w − u``. Per epoch: validation, history
+record, schedule, best-so-far, stopping rules, callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import as_features, as_targets, class_labels, holdout_split
+from .errors import InvalidArgument
+from .metrics import METRICS
+from .network import Network
+from .optimizers import make_optimizer
+from .schedules import make_schedule
+
+Array = np.ndarray
+
+SPLIT_STREAM = 1
+"""Second word of the seed of the hold-out split's generator, apart from the shuffle's."""
+
+STOP_REASONS = (
+    "max_epochs",  # ran the epochs asked for
+    "loss_threshold",  # the training loss reached loss_threshold
+    "early_stopping",  # the monitored loss did not improve for `patience` epochs
+    "callback",  # the per-epoch callback asked to stop
+    "stop_requested",  # should_stop() was true before a minibatch
+    "non_finite",  # a loss, gradient or weight was NaN or infinite; that step was undone
+)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch did. Norms and ratios are per parameterised layer, averaged over minibatches.
+
+    ``grad_norms[layer]`` is ``‖∂L/∂θ_layer‖₂`` before clipping; ``update_ratios[layer]`` is
+    ``‖u_layer‖₂ / ‖θ_layer‖₂``, the relative size of a step: both shrink towards zero in the
+    early layers of a network whose gradients vanish.
+    """
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    metric_name: str
+    train_metric: float
+    val_metric: float | None
+    learning_rate: float
+    grad_norms: dict[str, float]
+    update_ratios: dict[str, float]
+    elapsed: float
+    samples: int
+
+
+@dataclass
+class Best:
+    """The best epoch so far by the monitored loss, with copies of its weights."""
+
+    loss: float
+    epoch: int
+    arrays: dict[str, Array]
+    bad_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of a training call; ``best_weights`` is a state of :meth:`Network.state_arrays`."""
+
+    stop_reason: str
+    best_epoch: int
+    best_loss: float
+    best_weights: dict[str, Array]
+    history: list[EpochRecord] = field(repr=False)
+    epochs_run: int = 0
+
+
+Callback = Callable[[EpochRecord], bool | None]
+"""Called after every epoch; returning ``True`` stops training."""
+
+
+class _EpochStats:
+    """Running sums over an epoch's minibatches."""
+
+    def __init__(self, n_layers: int, metric_name: str, learning_rate: float) -> None:
+        self.learning_rate = learning_rate
+        self.loss_sum = 0.0
+        self.samples = 0
+        self.steps = 0
+        self.grad_norms = np.zeros(n_layers)
+        self.ratios = np.zeros(n_layers)
+        self.metric = METRICS[metric_name]()
+
+
+class Trainer:
+    """Trains ``network`` in place under ``config``; call :meth:`fit` once or many times."""
+
+    def __init__(self, network: Network, config: TrainConfig) -> None:
+        self.network = network
+        self.config = config
+        self.decays = [name.endswith(".W") for name in network.param_names]
+        self.optimizer = make_optimizer(config.optimizer, network.params, self.decays)
+        self.schedule = make_schedule(config.schedule, config.optimizer.learning_rate)
+        self.rng = np.random.default_rng(config.seed)
+        self.epoch = 0
+        self.best = Best(math.inf, 0, network.state_arrays())
+        self.history: list[EpochRecord] = []
+        self.layer_paths = network.layer_paths()
+        self.layer_of = [self.layer_paths.index(n.rsplit(".", 1)[0]) for n in network.param_names]
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(
+        self,
+        X: Array,
+        Y: Array,
+        *,
+        epochs: int | None = None,
+        validation_data: tuple[Array, Array] | None = None,
+        callback: Callback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FitResult:
+        """Train for up to ``epochs`` more epochs (default ``config.epochs``); see :class:`TrainConfig`.
+
+        ``X`` is ``(n, input_dim)`` and ``Y`` ``(n, output_dim)`` (or ``(n,)`` for one output), in
+        any real dtype: minibatches are converted to the network's dtype as they are gathered.
+        """
+        spec = self.network.spec
+        X = as_features(X, spec.input_dim)
+        Y = as_targets(Y, len(X), spec.output_dim)
+        if len(X) == 0:
+            raise InvalidArgument("X", "has no rows")
+        train_rows, validation = self._split(X, Y, validation_data)
+        start, started = self.epoch, time.perf_counter()
+        budget = self.config.epochs if epochs is None else epochs
+        reason = "max_epochs"
+        while self.epoch < start + budget:
+            stats = self._run_epoch(X, Y, train_rows, should_stop)
+            if isinstance(stats, str):
+                reason = stats
+                break
+            record = self._close_epoch(stats, validation, time.perf_counter() - started)
+            reason = self._stop_reason(record, callback) or reason
+            if reason != "max_epochs":
+                break
+        return FitResult(
+            reason,
+            self.best.epoch,
+            self.best.loss,
+            {k: v.copy() for k, v in self.best.arrays.items()},
+            list(self.history),
+            self.epoch - start,
+        )
+
+    def _split(
+        self, X: Array, Y: Array, validation_data: tuple[Array, Array] | None
+    ) -> tuple[Array | None, tuple[Array, Array, Array | None] | None]:
+        """Training rows (``None``: all) and the validation set as ``(X, Y, rows)``."""
+        spec = self.network.spec
+        if validation_data is not None:
+            Xv = as_features(validation_data[0], spec.input_dim, "validation_data.X")
+            Yv = as_targets(validation_data[1], len(Xv), spec.output_dim, "validation_data.Y")
+            return None, (Xv, Yv, None)
+        if not self.config.validation_fraction:
+            return None, None
+        rng = np.random.default_rng((self.config.seed, SPLIT_STREAM))
+        strata = class_labels(Y) if self.config.stratify and self.network.loss.metric != "r2" else None
+        train, val = holdout_split(len(X), self.config.validation_fraction, rng, strata)
+        return train, (X, Y, val)
+
+    def _run_epoch(
+        self, X: Array, Y: Array, rows: Array | None, should_stop: Callable[[], bool] | None
+    ) -> _EpochStats | str:
+        """One pass over the training rows; a stop reason instead if it had to end early."""
+        net, cfg = self.network, self.config
+        n = len(X) if rows is None else len(rows)
+        order = (
+            (self.rng.permutation(n) if rows is None else self.rng.permutation(rows)) if cfg.shuffle else rows
+        )
+        lr = self.schedule.rate(self.epoch)
+        stats = _EpochStats(len(self.layer_paths), net.loss.metric, lr)
+        for begin in range(0, n, cfg.batch_size):
+            if should_stop is not None and should_stop():
+                return "stop_requested"
+            batch = (
+                slice(begin, begin + cfg.batch_size)
+                if order is None
+                else order[begin : begin + cfg.batch_size]
+            )
+            xb = X[batch].astype(net.dtype, copy=False)
+            yb = Y[batch].astype(net.dtype, copy=False)
+            if not self._step(xb, yb, lr, stats):
+                self._undo_to_best()
+                return "non_finite"
+        return stats
+
+    def _step(self, xb: Array, yb: Array, lr: float, stats: _EpochStats) -> bool:
+        """One minibatch update; ``False`` if anything became non-finite."""
+        net = self.network
+        a, caches = net.forward(xb, training=True)
+        loss = net.loss.value(a, yb)
+        grads = net.backward(caches, a, yb)
+        sq = np.array([float(np.vdot(g, g)) for g in grads])
+        if not (math.isfinite(loss) and np.isfinite(sq).all()):
+            return False
+        net.commit(caches)
+        norm = math.sqrt(sq.sum())
+        clip = self.config.clip_norm
+        if clip is not None and norm > clip:
+            for g in grads:
+                g *= clip / norm
+        updates = self.optimizer.step(net.params, grads, lr)
+        usq = np.zeros(len(self.layer_paths))
+        wsq = np.zeros(len(self.layer_paths))
+        for p, u, layer in zip(net.params, updates, self.layer_of, strict=True):
+            p -= u
+            usq[layer] += float(np.vdot(u, u))
+            wsq[layer] += float(np.vdot(p, p))
+        if not (np.isfinite(usq).all() and np.isfinite(wsq).all()):
+            return False
+        stats.grad_norms += np.sqrt(np.bincount(self.layer_of, sq, len(self.layer_paths)))
+        stats.ratios += np.sqrt(usq / np.where(wsq > 0, wsq, 1.0))
+        stats.loss_sum += loss * len(xb)
+        stats.samples += len(xb)
+        stats.steps += 1
+        stats.metric.update(a, yb)
+        return True
+
+    def _undo_to_best(self) -> None:
+        """After a non-finite step: weights back to the best epoch's, which are finite."""
+        self.network.load_state_arrays(self.best.arrays)
+
+    def _close_epoch(
+        self,
+        stats: _EpochStats,
+        validation: tuple[Array, Array, Array | None] | None,
+        elapsed: float,
+    ) -> EpochRecord:
+        net = self.network
+        val_loss = val_metric = None
+        if validation is not None:
+            val_loss, val_metric = net.evaluate(*validation)
+        steps = max(stats.steps, 1)
+        self.epoch += 1
+        record = EpochRecord(
+            epoch=self.epoch,
+            train_loss=stats.loss_sum / max(stats.samples, 1),
+            val_loss=val_loss,
+            metric_name=net.loss.metric,
+            train_metric=stats.metric.value(),
+            val_metric=val_metric,
+            learning_rate=stats.learning_rate,
+            grad_norms=dict(zip(self.layer_paths, (stats.grad_norms / steps).tolist(), strict=True)),
+            update_ratios=dict(zip(self.layer_paths, (stats.ratios / steps).tolist(), strict=True)),
+            elapsed=elapsed,
+            samples=stats.samples,
+        )
+        self.history.append(record)
+        monitored = record.train_loss if val_loss is None else val_loss
+        self.schedule.observe(monitored)
+        self._track_best(monitored)
+        return record
+
+    def _track_best(self, monitored: float) -> None:
+        best = self.best
+        if monitored < best.loss - self.config.min_delta:
+            self.best = Best(monitored, self.epoch, self.network.state_arrays())
+        else:
+            best.bad_epochs += 1
+
+    def _stop_reason(self, record: EpochRecord, callback: Callback | None) -> str | None:
+        cfg = self.config
+        if cfg.loss_threshold is not None and record.train_loss <= cfg.loss_threshold:
+            return "loss_threshold"
+        if cfg.patience is not None and self.best.bad_epochs >= cfg.patience:
+            return "early_stopping"
+        if callback is not None and callback(record):
+            return "callback"
+        return None
+
+
+def fit(
+    network: Network,
+    X: Array,
+    Y: Array,
+    config: TrainConfig | None = None,
+    *,
+    validation_data: tuple[Array, Array] | None = None,
+    callback: Callback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Train ``network`` on ``(X, Y)`` and leave in it the best weights (unless ``restore_best``
+    is off); returns the stop reason, best epoch and per-epoch history."""
+    config = config or TrainConfig()
+    result = Trainer(network, config).fit(
+        X, Y, validation_data=validation_data, callback=callback, should_stop=should_stop
+    )
+    if config.restore_best:
+        network.load_state_arrays(result.best_weights)
+    return result
+
+
+def history_table(history: Sequence[EpochRecord]) -> str:
+    """The history as an aligned text table, one epoch a line."""
+    lines = [f"{'epoch':>5} {'train_loss':>11} {'val_loss':>11} {'metric':>8} {'lr':>9} {'seconds':>8}"]
+    for r in history:
+        val = f"{r.val_loss:11.5f}" if r.val_loss is not None else f"{'-':>11}"
+        metric = r.val_metric if r.val_metric is not None else r.train_metric
+        lines.append(
+            f"{r.epoch:5d} {r.train_loss:11.5f} {val} {metric:8.4f} {r.learning_rate:9.2e} {r.elapsed:8.2f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""gradwire.service: see the issue tracker; arrives with the service."""

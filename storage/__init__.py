@@ -1,0 +1,1 @@
+"""gradwire.storage: see the issue tracker; arrives with the service."""
