@@ -104,7 +104,10 @@ def restore_trainer(state: TrainingState) -> Trainer:
 
 def save(state: TrainingState, file: str | Path | IO[bytes]) -> None:
     """Write ``state`` as one ``.npz`` (the JSON stored as a byte array)."""
-    contents: dict[str, Any] = {**state.arrays, META_KEY: np.frombuffer(json.dumps(state.meta).encode(), np.uint8)}
+    contents: dict[str, Any] = {
+        **state.arrays,
+        META_KEY: np.frombuffer(json.dumps(state.meta).encode(), np.uint8),
+    }
     np.savez(file, **contents)
 
 

@@ -1,0 +1,43 @@
+"""The dependency arrows and the install layout, checked rather than hoped for.
+
+import-linter (``make check``) enforces the arrows between gradwire's packages; this test adds
+the one contract it cannot state: the engine imports nothing but NumPy and the standard library.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def top_level_imports(folder: Path) -> set[str]:
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_engine_imports_numpy_and_the_standard_library_only() -> None:
+    outside = top_level_imports(ROOT / "engine") - set(sys.stdlib_module_names) - {"numpy"}
+    assert outside == set()
+
+
+def test_only_the_gradwire_namespace_is_installed(tmp_path: Path) -> None:
+    """From a folder outside the checkout, the short source-folder names must not import."""
+    probe = (
+        "import importlib.util as u; "
+        "print([m for m in ('engine', 'service', 'storage', 'client', 'proto', 'tests', 'bench') "
+        "if u.find_spec(m)]); import gradwire.engine"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
