@@ -7,8 +7,8 @@ return ``∂L/∂in``. For the element-wise activations that is ``grad_a · g′
 the units of a row, and its product with the full Jacobian ``diag(a) − a aᵀ`` is
 ``a · (grad_a − Σ_k grad_a,k a_k)``.
 
-All arrays are ``(n_samples, n_units)``. ``backward`` may overwrite ``grad_a`` (it is always a
-temporary the engine made) but never ``a``.
+All arrays are ``(n_samples, n_units)``. ``forward`` may overwrite its input and ``backward`` its
+``grad_a``: both are always temporaries the engine made. Neither ever writes into ``a``.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ def _identity_backward(a: Array, grad: Array) -> Array:
 
 def _sigmoid(z: Array) -> Array:
     # 1/(1+e^-z) written as (1 + tanh(z/2))/2: the same function, without overflow in exp.
-    a = np.tanh(z * 0.5)
-    a += 1.0
-    a *= 0.5
-    return a
+    z *= 0.5
+    np.tanh(z, out=z)
+    z += 1.0
+    z *= 0.5
+    return z
 
 
 def _sigmoid_backward(a: Array, grad: Array) -> Array:
@@ -58,7 +59,7 @@ def _sigmoid_backward(a: Array, grad: Array) -> Array:
 
 
 def _tanh(z: Array) -> Array:
-    return np.tanh(z)
+    return np.tanh(z, out=z)
 
 
 def _tanh_backward(a: Array, grad: Array) -> Array:
@@ -67,7 +68,7 @@ def _tanh_backward(a: Array, grad: Array) -> Array:
 
 
 def _relu(z: Array) -> Array:
-    return np.maximum(z, 0.0)
+    return np.maximum(z, 0.0, out=z)
 
 
 def _relu_backward(a: Array, grad: Array) -> Array:

@@ -1,11 +1,15 @@
 """Runtime layers: forward and backward for a whole minibatch at once.
 
 Each layer keeps its local derivative beside its forward computation. ``forward`` returns the
-output and a *cache* (what backward needs); ``backward`` takes that cache and ``∂L/∂output`` and
-returns ``∂L/∂input`` and the gradients of the layer's parameters, in the order of
-:meth:`Layer.named_parameters`. Neither changes the layer: state updates that training implies
-(batch norm's running averages) are applied separately by :meth:`Layer.commit`, so a gradient
-evaluation leaves the model as it was.
+output and a *cache* (what backward needs); ``backward`` takes that cache and ``∂L/∂output``,
+writes the gradients of the layer's parameters into ``out`` (arrays shaped like the parameters,
+in the order of :meth:`Layer.named_parameters`) and returns ``∂L/∂input``. Neither changes the
+layer: state updates that training implies (batch norm's running averages) are applied separately
+by :meth:`Layer.commit`, so a gradient evaluation leaves the model as it was.
+
+Parameters are attributes (``W``, ``b``, ``gamma``, ``beta``) named by :attr:`Layer.param_attrs`;
+the network re-points them at views of one flat buffer, so an optimiser updates every weight
+with a few whole-buffer operations.
 
 Shapes: ``x`` is ``(n, fan_in)``, outputs ``(n, fan_out)``, ``W`` ``(fan_in, fan_out)``, ``b``
 ``(fan_out,)``. ``backward`` may overwrite the ``grad`` it is given, never a cached array.
@@ -32,13 +36,18 @@ class Layer(ABC):
     def forward(self, x: Array, training: bool) -> tuple[Array, Cache]: ...
 
     @abstractmethod
-    def backward(
-        self, cache: Cache, grad: Array, need_input_grad: bool
-    ) -> tuple[Array | None, list[Array]]: ...
+    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
+        """Write parameter gradients into ``out``; return ``∂L/∂input`` (``None`` if not needed)."""
+
+    param_attrs: tuple[str, ...] = ()
+
+    def parameter_slots(self, prefix: str) -> list[tuple[str, Layer, str]]:
+        """``(name, owner, attribute)`` of every trainable array, in the order of ``out``."""
+        return [(f"{prefix}{attr}", self, attr) for attr in self.param_attrs]
 
     def named_parameters(self, prefix: str) -> Named:
-        """Trainable arrays, in the order ``backward`` returns their gradients."""
-        return []
+        """Trainable arrays, in the order ``backward`` writes their gradients."""
+        return [(name, getattr(owner, attr)) for name, owner, attr in self.parameter_slots(prefix)]
 
     def named_buffers(self, prefix: str) -> Named:
         """Non-trainable state (running averages), saved and restored with the weights."""
@@ -51,6 +60,8 @@ class Layer(ABC):
 class DenseLayer(Layer):
     """``a = g(x W + b)``; backward: ``Δ = g′ ⊙ ∂L/∂a``, ``∂W = xᵀΔ``, ``∂b = Σ_n Δ``, ``∂x = ΔWᵀ``."""
 
+    param_attrs = ("W", "b")
+
     def __init__(self, W: Array, b: Array, activation: Activation) -> None:
         self.W, self.b, self.activation = W, b, activation
 
@@ -60,20 +71,17 @@ class DenseLayer(Layer):
         a = self.activation.forward(z)
         return a, (x, a)
 
-    def backward(self, cache: Cache, grad: Array, need_input_grad: bool) -> tuple[Array | None, list[Array]]:
+    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
         delta = self.activation.backward(cache[1], grad)
-        return self.backward_from_delta(cache, delta, need_input_grad)
+        return self.backward_from_delta(cache, delta, need_input_grad, out)
 
     def backward_from_delta(
-        self, cache: Cache, delta: Array, need_input_grad: bool
-    ) -> tuple[Array | None, list[Array]]:
+        self, cache: Cache, delta: Array, need_input_grad: bool, out: list[Array]
+    ) -> Array | None:
         """Backward from ``Δ = ∂L/∂in`` (the pre-activation), e.g. a fused output error."""
-        x = cache[0]
-        grad_in = delta @ self.W.T if need_input_grad else None
-        return grad_in, [x.T @ delta, delta.sum(axis=0)]
-
-    def named_parameters(self, prefix: str) -> Named:
-        return [(f"{prefix}W", self.W), (f"{prefix}b", self.b)]
+        np.matmul(cache[0].T, delta, out=out[0])
+        np.add.reduce(delta, axis=0, out=out[1])
+        return delta @ self.W.T if need_input_grad else None
 
 
 class BatchNormLayer(Layer):
@@ -83,6 +91,8 @@ class BatchNormLayer(Layer):
     running averages: ``r ← m·r + (1 − m)·batch`` (the variance unbiased by ``n/(n − 1)``).
     Inference uses the running averages, so a sample's output does not depend on its batch.
     """
+
+    param_attrs = ("gamma", "beta")
 
     def __init__(
         self,
@@ -104,19 +114,20 @@ class BatchNormLayer(Layer):
         a = self.activation.forward(xhat * self.gamma + self.beta)
         return a, (training, xhat, inv_std, a, mean, var)
 
-    def backward(self, cache: Cache, grad: Array, need_input_grad: bool) -> tuple[Array | None, list[Array]]:
+    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
         training, xhat, inv_std, a, _, _ = cache
         dy = self.activation.backward(a, grad)
-        grads = [np.einsum("ij,ij->j", dy, xhat), dy.sum(axis=0)]
+        dgamma = np.einsum("ij,ij->j", dy, xhat, out=out[0])
+        np.add.reduce(dy, axis=0, out=out[1])
         if not need_input_grad:
-            return None, grads
+            return None
         dxhat = dy * self.gamma
         if not training:
-            return dxhat * inv_std, grads
+            return dxhat * inv_std
         # The batch statistics depend on every row, hence the two mean-correction terms.
-        dx = dxhat - dxhat.mean(axis=0) - xhat * (grads[0] * self.gamma / len(xhat))
+        dx = dxhat - dxhat.mean(axis=0) - xhat * (dgamma * self.gamma / len(xhat))
         dx *= inv_std
-        return dx, grads
+        return dx
 
     def commit(self, cache: Cache) -> None:
         training, xhat, _, _, mean, var = cache
@@ -128,9 +139,6 @@ class BatchNormLayer(Layer):
         self.running_mean += (1.0 - m) * mean
         self.running_var *= m
         self.running_var += (1.0 - m) * var * (n / max(n - 1, 1))
-
-    def named_parameters(self, prefix: str) -> Named:
-        return [(f"{prefix}gamma", self.gamma), (f"{prefix}beta", self.beta)]
 
     def named_buffers(self, prefix: str) -> Named:
         return [
@@ -144,6 +152,8 @@ class ResidualLayer(Layer):
 
     def __init__(self, layers: list[Layer], activation: Activation) -> None:
         self.layers, self.activation = layers, activation
+        counts = [len(layer.parameter_slots("")) for layer in layers]
+        self._out_slices = [slice(sum(counts[:i]), sum(counts[: i + 1])) for i in range(len(layers))]
 
     def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
         h, caches = x, []
@@ -153,28 +163,25 @@ class ResidualLayer(Layer):
         a = self.activation.forward(x + h)
         return a, (caches, a)
 
-    def backward(self, cache: Cache, grad: Array, need_input_grad: bool) -> tuple[Array | None, list[Array]]:
+    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
         caches, a = cache
         skip = self.activation.backward(a, grad)  # ∂L/∂(x + f(x))
         g: Array | None = skip.copy()  # the block's backward overwrites what it is given
-        grads: list[list[Array]] = []
         for i in reversed(range(len(self.layers))):
             assert g is not None
-            g, layer_grads = self.layers[i].backward(caches[i], g, need_input_grad or i > 0)
-            grads.append(layer_grads)
-        flat = [p for layer_grads in reversed(grads) for p in layer_grads]
+            g = self.layers[i].backward(caches[i], g, need_input_grad or i > 0, out[self._out_slices[i]])
         if not need_input_grad:
-            return None, flat
+            return None
         assert g is not None
         g += skip
-        return g, flat
+        return g
 
     def commit(self, cache: Cache) -> None:
         for layer, layer_cache in zip(self.layers, cache[0], strict=True):
             layer.commit(layer_cache)
 
-    def named_parameters(self, prefix: str) -> Named:
-        return [p for i, layer in enumerate(self.layers) for p in layer.named_parameters(f"{prefix}{i}.")]
+    def parameter_slots(self, prefix: str) -> list[tuple[str, Layer, str]]:
+        return [s for i, layer in enumerate(self.layers) for s in layer.parameter_slots(f"{prefix}{i}.")]
 
     def named_buffers(self, prefix: str) -> Named:
         return [p for i, layer in enumerate(self.layers) for p in layer.named_buffers(f"{prefix}{i}.")]

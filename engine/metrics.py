@@ -2,7 +2,7 @@
 
 Training metrics accumulate over the minibatches of an epoch, as the network saw them, so they
 cost no extra pass over the data. Each accumulator keeps a few sums and gives the metric of
-everything it has seen; for R² the sums are per output and the score is their uniform average.
+everything it has seen.
 """
 
 from __future__ import annotations
@@ -45,30 +45,30 @@ class BinaryAccuracy:
 
 
 class R2:
-    """Coefficient of determination 1 − SS_res/SS_tot, averaged over outputs."""
+    """Coefficient of determination over all outputs together: 1 − Σ SS_res / Σ SS_tot.
+
+    With one output this is the usual R²; with several it weights each output by its variance
+    (scikit-learn's ``variance_weighted``), which needs only scalar sums per minibatch.
+    """
 
     def __init__(self) -> None:
         self.n = 0
+        self.ss_res = 0.0
+        self.sum_y2 = 0.0
         self.sum_y: Array | float = 0.0
-        self.sum_y2: Array | float = 0.0
-        self.ss_res: Array | float = 0.0
 
     def update(self, a: Array, y: Array) -> None:
-        y64 = y.astype(np.float64)
+        d = y - a
         self.n += len(y)
-        self.sum_y = self.sum_y + y64.sum(axis=0)
-        self.sum_y2 = self.sum_y2 + np.einsum("ij,ij->j", y64, y64)
-        d = y64 - a
-        self.ss_res = self.ss_res + np.einsum("ij,ij->j", d, d)
+        self.ss_res += float(np.vdot(d, d))
+        self.sum_y2 += float(np.vdot(y, y))
+        self.sum_y = self.sum_y + np.add.reduce(y, axis=0, dtype=np.float64)
 
     def value(self) -> float:
         if self.n < 2:
             return float("nan")
-        ss_tot = np.asarray(self.sum_y2) - np.asarray(self.sum_y) ** 2 / self.n
-        ss_res = np.asarray(self.ss_res)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            score = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), 0.0)
-        return float(np.mean(score))
+        ss_tot = self.sum_y2 - float(np.vdot(self.sum_y, self.sum_y)) / self.n
+        return 1.0 - self.ss_res / ss_tot if ss_tot > 0 else 0.0
 
 
 METRICS: dict[str, Callable[[], Accuracy | BinaryAccuracy | R2]] = {

@@ -55,12 +55,40 @@ def _build(spec: LayerSpec, width: int, rng: np.random.Generator, dtype: np.dtyp
     return ResidualLayer(block, get_activation(spec.activation)), width
 
 
+def _pack_parameters(layers: list[Layer], dtype: np.dtype) -> tuple[Array, list[str], list[Array]]:
+    """Move every parameter into one flat buffer, layer by layer; re-point the layers at views."""
+    slots = [s for i, layer in enumerate(layers) for s in layer.parameter_slots(f"{i}.")]
+    sizes = [getattr(owner, attr).size for _, owner, attr in slots]
+    flat = np.empty(sum(sizes), dtype)
+    views, start = [], 0
+    for (_, owner, attr), size in zip(slots, sizes, strict=True):
+        view = flat[start : start + size].reshape(getattr(owner, attr).shape)
+        view[...] = getattr(owner, attr)
+        setattr(owner, attr, view)
+        views.append(view)
+        start += size
+    return flat, [name for name, _, _ in slots], views
+
+
+def _layer_segments(names: list[str], params: list[Array]) -> list[tuple[str, slice]]:
+    """Each parameterised layer's path and its contiguous share of the flat buffer."""
+    segments: dict[str, slice] = {}
+    start = 0
+    for name, p in zip(names, params, strict=True):
+        path = name.rsplit(".", 1)[0]
+        first = segments.get(path, slice(start, start)).start
+        segments[path] = slice(first, start + p.size)
+        start += p.size
+    return list(segments.items())
+
+
 class Network:
     """Layers, their parameters, and the forward and backward passes.
 
     Parameters are addressed by name (``"0.W"``, ``"2.1.gamma"``: layer path, then array) in a
-    fixed order; :attr:`params` lists the arrays themselves in that order. The arrays are updated
-    in place by the optimisers and are never replaced.
+    fixed order; :attr:`params` lists the arrays themselves in that order, each a view of the one
+    flat buffer :attr:`flat`, where every layer's parameters are contiguous
+    (:attr:`layer_segments`). The arrays are updated in place and never replaced.
     """
 
     def __init__(self, spec: NetworkSpec) -> None:
@@ -74,9 +102,9 @@ class Network:
         for layer_spec in spec.layers:
             layer, width = _build(layer_spec, width, rng, self.dtype)
             self.layers.append(layer)
-        named = [p for i, layer in enumerate(self.layers) for p in layer.named_parameters(f"{i}.")]
-        self.param_names = [name for name, _ in named]
-        self.params = [array for _, array in named]
+        self.flat, self.param_names, self.params = _pack_parameters(self.layers, self.dtype)
+        self._param_counts = [len(layer.parameter_slots("")) for layer in self.layers]
+        self.layer_segments = _layer_segments(self.param_names, self.params)
         self._buffers = [b for i, layer in enumerate(self.layers) for b in layer.named_buffers(f"{i}.")]
 
     # ------------------------------------------------------------------ passes
@@ -90,26 +118,41 @@ class Network:
             caches.append(cache)
         return a, caches
 
-    def backward(self, caches: list[Cache], a: Array, Y: Array) -> list[Array]:
-        """Gradients of the mean batch loss for every parameter, in :attr:`params` order."""
+    def backward(self, caches: list[Cache], a: Array, Y: Array, out: list[Array]) -> None:
+        """Write the gradients of the mean batch loss into ``out``, shaped and ordered as :attr:`params`."""
         last = self.layers[-1]
         assert isinstance(last, DenseLayer)
+        outs = self._split_by_layer(out)
         need = len(self.layers) > 1
         if self.fused_delta is not None:
-            g, grads = last.backward_from_delta(caches[-1], self.fused_delta(a, Y), need)
+            g = last.backward_from_delta(caches[-1], self.fused_delta(a, Y), need, outs[-1])
         else:
-            g, grads = last.backward(caches[-1], self.loss.gradient(a, Y), need)
-        per_layer = [grads]
+            g = last.backward(caches[-1], self.loss.gradient(a, Y), need, outs[-1])
         for i in range(len(self.layers) - 2, -1, -1):
             assert g is not None
-            g, grads = self.layers[i].backward(caches[i], g, i > 0)
-            per_layer.append(grads)
-        return [p for grads in reversed(per_layer) for p in grads]
+            g = self.layers[i].backward(caches[i], g, i > 0, outs[i])
+
+    def unflatten(self, flat: Array) -> list[Array]:
+        """Views of ``flat`` (laid out like :attr:`flat`) shaped and ordered like :attr:`params`."""
+        views, start = [], 0
+        for p in self.params:
+            views.append(flat[start : start + p.size].reshape(p.shape))
+            start += p.size
+        return views
+
+    def _split_by_layer(self, out: list[Array]) -> list[list[Array]]:
+        """``out`` cut into the top-level layers' shares."""
+        shares, start = [], 0
+        for count in self._param_counts:
+            shares.append(out[start : start + count])
+            start += count
+        return shares
 
     def commit(self, caches: list[Cache]) -> None:
         """Apply the state updates of a training-mode forward pass (batch-norm averages)."""
-        for layer, cache in zip(self.layers, caches, strict=True):
-            layer.commit(cache)
+        if self._buffers:
+            for layer, cache in zip(self.layers, caches, strict=True):
+                layer.commit(cache)
 
     # ------------------------------------------------------------------ public API
 
@@ -131,7 +174,8 @@ class Network:
         X = as_features(X, self.spec.input_dim).astype(self.dtype, copy=False)
         Y = as_targets(Y, len(X), self.spec.output_dim).astype(self.dtype, copy=False)
         a, caches = self.forward(X, training)
-        grads = self.backward(caches, a, Y)
+        grads = self.unflatten(np.empty_like(self.flat))
+        self.backward(caches, a, Y, grads)
         return self.loss.value(a, Y), dict(zip(self.param_names, grads, strict=True))
 
     def evaluate(
@@ -160,7 +204,7 @@ class Network:
 
     def layer_paths(self) -> list[str]:
         """One path per parameterised layer, in order: the parameter names less their last part."""
-        return list(dict.fromkeys(name.rsplit(".", 1)[0] for name in self.param_names))
+        return [path for path, _ in self.layer_segments]
 
     def state_arrays(self) -> dict[str, Array]:
         """Copies of every parameter and buffer, by name: what a checkpoint stores."""

@@ -1,8 +1,9 @@
 """Optimisers: each turns gradients into parameter updates and keeps only its own state.
 
 The base class owns the plumbing (L2 weight decay, the step counter, state export); each
-optimiser writes one method, :meth:`Optimizer.updates`, returning the arrays ``u`` that the
-trainer subtracts, ``w ← w − u``. Parameters are passed in, never captured. ``η`` is the
+optimiser writes one method, :meth:`Optimizer.updates`, returning the array ``u`` that the
+trainer subtracts, ``w ← w − u``. The parameter is passed in, never captured: the network's
+flat parameter buffer, so one step is a handful of whole-buffer operations. ``η`` is the
 learning rate of the current epoch, ``g`` the gradient (plus ``λw`` for L2 decay), ``t`` the
 1-based step count.
 
@@ -32,111 +33,108 @@ Array = np.ndarray
 
 
 class Optimizer:
-    """Plumbing shared by every optimiser; subclasses implement :meth:`updates`."""
+    """Plumbing shared by every optimiser; subclasses implement :meth:`updates`.
+
+    ``decay_mask`` (shaped like the parameter, 1 where weight decay applies, 0 elsewhere) limits
+    the decay to some entries; ``None`` decays all of them.
+    """
 
     slots: ClassVar[tuple[str, ...]] = ()
     decoupled_decay: ClassVar[bool] = False
 
-    def __init__(self, config: OptimizerConfig, params: list[Array], decays: list[bool]) -> None:
+    def __init__(self, config: OptimizerConfig, param: Array, decay_mask: Array | None = None) -> None:
         self.config = config
-        self.decays = decays
+        self.decay_mask = decay_mask
         self.t = 0
-        self.state: dict[str, list[Array]] = {s: [np.zeros_like(p) for p in params] for s in self.slots}
+        self.state: dict[str, Array] = {slot: np.zeros_like(param) for slot in self.slots}
 
-    def step(self, params: list[Array], grads: list[Array], lr: float) -> list[Array]:
-        """Updates ``u`` for one minibatch (the caller applies ``w ← w − u``); consumes ``grads``."""
+    def step(self, param: Array, grad: Array, lr: float) -> Array:
+        """The update ``u`` for one minibatch (the caller applies ``w ← w − u``).
+
+        Consumes ``grad``. The result may be the optimiser's own state: read it, never write it.
+        """
         self.t += 1
         lr = float(lr)
         wd = float(self.config.weight_decay)
         if wd and not self.decoupled_decay:
-            for p, g, decays in zip(params, grads, self.decays, strict=True):
-                if decays:
-                    g += wd * p
-        updates = self.updates(grads, lr)
+            grad += wd * self._decaying(param)
+        update = self.updates(grad, lr)
         if wd and self.decoupled_decay:
-            for p, u, decays in zip(params, updates, self.decays, strict=True):
-                if decays:
-                    u += (lr * wd) * p
-        return updates
+            update = update + (lr * wd) * self._decaying(param)
+        return update
 
-    def updates(self, grads: list[Array], lr: float) -> list[Array]:
+    def _decaying(self, param: Array) -> Array:
+        return param if self.decay_mask is None else param * self.decay_mask
+
+    def updates(self, grad: Array, lr: float) -> Array:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ state
 
-    def export_state(self, names: list[str]) -> tuple[dict[str, Array], dict[str, Any]]:
-        arrays = {
-            f"{slot}/{name}": a.copy()
-            for slot in self.slots
-            for name, a in zip(names, self.state[slot], strict=True)
-        }
-        return arrays, {"name": self.config.name, "t": self.t}
+    def export_state(self) -> tuple[dict[str, Array], dict[str, Any]]:
+        """Copies of the slot arrays, and the JSON part (name, step count)."""
+        return {slot: a.copy() for slot, a in self.state.items()}, {"name": self.config.name, "t": self.t}
 
-    def import_state(self, names: list[str], arrays: dict[str, Array], meta: dict[str, Any]) -> None:
+    def import_state(self, arrays: dict[str, Array], meta: dict[str, Any]) -> None:
         if meta.get("name") != self.config.name:
             raise InvalidArgument(
                 "optimizer.name", f"state is for {meta.get('name')!r}, not {self.config.name!r}"
             )
-        for slot in self.slots:
-            for name, target in zip(names, self.state[slot], strict=True):
-                np.copyto(target, arrays[f"{slot}/{name}"])
+        for slot, target in self.state.items():
+            np.copyto(target, arrays[slot])
         self.t = int(meta["t"])
 
 
 class SGD(Optimizer):
-    def updates(self, grads: list[Array], lr: float) -> list[Array]:
-        return [g * lr for g in grads]
+    def updates(self, grad: Array, lr: float) -> Array:
+        grad *= lr
+        return grad
 
 
 class Momentum(Optimizer):
     slots = ("velocity",)
 
-    def updates(self, grads: list[Array], lr: float) -> list[Array]:
-        mu = float(self.config.momentum)
-        for v, g in zip(self.state["velocity"], grads, strict=True):
-            v *= mu
-            v += lr * g
-        return [v.copy() for v in self.state["velocity"]]
+    def updates(self, grad: Array, lr: float) -> Array:
+        v = self.state["velocity"]
+        v *= float(self.config.momentum)
+        grad *= lr
+        v += grad
+        return v
 
 
 class Nesterov(Optimizer):
     slots = ("velocity",)
 
-    def updates(self, grads: list[Array], lr: float) -> list[Array]:
-        mu = float(self.config.momentum)
-        out = []
-        for v, g in zip(self.state["velocity"], grads, strict=True):
-            g *= lr
-            v *= mu
-            v += g
-            g += mu * v
-            out.append(g)
-        return out
+    def updates(self, grad: Array, lr: float) -> Array:
+        mu, v = float(self.config.momentum), self.state["velocity"]
+        grad *= lr
+        v *= mu
+        v += grad
+        grad += mu * v
+        return grad
 
 
 class Adam(Optimizer):
     slots = ("m", "s")
 
-    def updates(self, grads: list[Array], lr: float) -> list[Array]:
+    def updates(self, grad: Array, lr: float) -> Array:
         c = self.config
         b1, b2, eps = float(c.beta1), float(c.beta2), float(c.epsilon)
         step = lr / (1.0 - b1**self.t)  # η / (1 − β₁ᵗ): the bias correction of m
         root = 1.0 / (1.0 - b2**self.t) ** 0.5  # 1 / √(1 − β₂ᵗ): the bias correction of √s
-        out = []
-        for m, s, g in zip(self.state["m"], self.state["s"], grads, strict=True):
-            m *= b1
-            m += (1.0 - b1) * g
-            s *= b2
-            g *= g
-            g *= 1.0 - b2
-            s += g
-            denom = np.sqrt(s, out=g)
-            denom *= root
-            denom += eps
-            u = m * step
-            u /= denom
-            out.append(u)
-        return out
+        m, s = self.state["m"], self.state["s"]
+        m *= b1
+        m += (1.0 - b1) * grad
+        s *= b2
+        grad *= grad
+        grad *= 1.0 - b2
+        s += grad
+        denom = np.sqrt(s, out=grad)
+        denom *= root
+        denom += eps
+        u = m * step
+        u /= denom
+        return u
 
 
 class AdamW(Adam):
@@ -146,18 +144,15 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     slots = ("s",)
 
-    def updates(self, grads: list[Array], lr: float) -> list[Array]:
-        rho, eps = float(self.config.rho), float(self.config.epsilon)
-        out = []
-        for s, g in zip(self.state["s"], grads, strict=True):
-            s *= rho
-            s += (1.0 - rho) * (g * g)
-            denom = np.sqrt(s)
-            denom += eps
-            g *= lr
-            g /= denom
-            out.append(g)
-        return out
+    def updates(self, grad: Array, lr: float) -> Array:
+        rho, eps, s = float(self.config.rho), float(self.config.epsilon), self.state["s"]
+        s *= rho
+        s += (1.0 - rho) * (grad * grad)
+        denom = np.sqrt(s)
+        denom += eps
+        grad *= lr
+        grad /= denom
+        return grad
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
@@ -170,6 +165,6 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 }
 
 
-def make_optimizer(config: OptimizerConfig, params: list[Array], decays: list[bool]) -> Optimizer:
-    """The optimiser ``config.name`` for ``params``; ``decays[i]`` says whether ``params[i]`` decays."""
-    return OPTIMIZERS[config.name](config, params, decays)
+def make_optimizer(config: OptimizerConfig, param: Array, decay_mask: Array | None = None) -> Optimizer:
+    """The optimiser ``config.name`` for ``param``, decaying where ``decay_mask`` is 1."""
+    return OPTIMIZERS[config.name](config, param, decay_mask)

@@ -3,7 +3,8 @@
 A :class:`TrainingState` holds
 
 * ``arrays``: the current weights and buffers (``weights/<name>``), the best epoch's
-  (``best/<name>``) and the optimiser's slots (``optimizer/<slot>/<name>``);
+  (``best/<name>``) and the optimiser's slots over the flat parameter buffer
+  (``optimizer/<slot>``);
 * ``meta``: the spec, the training config, the epoch counter, the shuffle generator's state,
   the schedule's and optimiser's counters, the best-so-far bookkeeping and the history.
 
@@ -53,7 +54,7 @@ def _unprefixed(prefix: str, arrays: dict[str, Array]) -> dict[str, Array]:
 def export_state(trainer: Trainer) -> TrainingState:
     """Everything needed to continue ``trainer`` exactly; the arrays are copies."""
     net = trainer.network
-    slots, opt_meta = trainer.optimizer.export_state(net.param_names)
+    slots, opt_meta = trainer.optimizer.export_state()
     arrays = {
         **_prefixed("weights", net.state_arrays()),
         **_prefixed("best", {k: v.copy() for k, v in trainer.best.arrays.items()}),
@@ -85,9 +86,7 @@ def restore_trainer(state: TrainingState) -> Trainer:
         raise InvalidArgument("state.format", f"expected {FORMAT!r}, got {meta.get('format')!r}")
     network = Network.from_state(NetworkSpec.from_dict(meta["spec"]), _unprefixed("weights", state.arrays))
     trainer = Trainer(network, TrainConfig.from_dict(meta["config"]))
-    trainer.optimizer.import_state(
-        network.param_names, _unprefixed("optimizer", state.arrays), meta["optimizer"]
-    )
+    trainer.optimizer.import_state(_unprefixed("optimizer", state.arrays), meta["optimizer"])
     trainer.schedule.import_state(meta["schedule"])
     trainer.rng.bit_generator.state = meta["rng"]
     trainer.epoch = int(meta["epoch"])

@@ -44,11 +44,12 @@ STOP_REASONS = (
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """What one epoch did. Norms and ratios are per parameterised layer, averaged over minibatches.
+    """What one epoch did. Norms and ratios are per parameterised layer.
 
-    ``grad_norms[layer]`` is ``‖∂L/∂θ_layer‖₂`` before clipping; ``update_ratios[layer]`` is
-    ``‖u_layer‖₂ / ‖θ_layer‖₂``, the relative size of a step: both shrink towards zero in the
-    early layers of a network whose gradients vanish.
+    ``grad_norms[layer]`` is the mean over the epoch's minibatches of ``‖∂L/∂θ_layer‖₂`` (before
+    clipping); ``update_ratios[layer]`` is the mean step ``‖u_layer‖₂`` over ``‖θ_layer‖₂`` at the
+    end of the epoch, the relative size of a step. Both shrink towards zero in the early layers
+    of a network whose gradients vanish.
     """
 
     epoch: int
@@ -91,16 +92,24 @@ Callback = Callable[[EpochRecord], bool | None]
 
 
 class _EpochStats:
-    """Running sums over an epoch's minibatches."""
+    """Running sums over an epoch's minibatches; norms are per parameterised layer."""
 
     def __init__(self, n_layers: int, metric_name: str, learning_rate: float) -> None:
         self.learning_rate = learning_rate
         self.loss_sum = 0.0
         self.samples = 0
         self.steps = 0
-        self.grad_norms = np.zeros(n_layers)
-        self.ratios = np.zeros(n_layers)
+        self.grad_norms = [0.0] * n_layers
+        self.update_norms = [0.0] * n_layers
         self.metric = METRICS[metric_name]()
+
+    def add(self, loss: float, rows: int, grad_sq: list[float], update_sq: list[float]) -> None:
+        self.loss_sum += loss * rows
+        self.samples += rows
+        self.steps += 1
+        for i, (g, u) in enumerate(zip(grad_sq, update_sq, strict=True)):
+            self.grad_norms[i] += math.sqrt(g)
+            self.update_norms[i] += math.sqrt(u)
 
 
 class Trainer:
@@ -109,15 +118,25 @@ class Trainer:
     def __init__(self, network: Network, config: TrainConfig) -> None:
         self.network = network
         self.config = config
-        self.decays = [name.endswith(".W") for name in network.param_names]
-        self.optimizer = make_optimizer(config.optimizer, network.params, self.decays)
+        self.optimizer = make_optimizer(config.optimizer, network.flat, self._decay_mask())
         self.schedule = make_schedule(config.schedule, config.optimizer.learning_rate)
         self.rng = np.random.default_rng(config.seed)
         self.epoch = 0
         self.best = Best(math.inf, 0, network.state_arrays())
         self.history: list[EpochRecord] = []
-        self.layer_paths = network.layer_paths()
-        self.layer_of = [self.layer_paths.index(n.rsplit(".", 1)[0]) for n in network.param_names]
+        self.grad_flat = np.empty_like(network.flat)
+        self.grad_views = network.unflatten(self.grad_flat)
+        self.layer_paths = [path for path, _ in network.layer_segments]
+        self.segments = [segment for _, segment in network.layer_segments]
+
+    def _decay_mask(self) -> Array | None:
+        """1 on the entries of dense weight matrices, 0 on biases and batch-norm parameters."""
+        if not self.config.optimizer.weight_decay:
+            return None
+        mask = np.zeros_like(self.network.flat)
+        for name, view in zip(self.network.param_names, self.network.unflatten(mask), strict=True):
+            view[...] = name.endswith(".W")
+        return mask
 
     # ------------------------------------------------------------------ the loop
 
@@ -203,37 +222,30 @@ class Trainer:
             if not self._step(xb, yb, lr, stats):
                 self._undo_to_best()
                 return "non_finite"
+        if not np.isfinite(net.flat).all():  # finite steps can still overflow the weights
+            self._undo_to_best()
+            return "non_finite"
         return stats
 
     def _step(self, xb: Array, yb: Array, lr: float, stats: _EpochStats) -> bool:
-        """One minibatch update; ``False`` if anything became non-finite."""
-        net = self.network
+        """One minibatch update; ``False`` if the loss or a gradient was not finite."""
+        net, g = self.network, self.grad_flat
         a, caches = net.forward(xb, training=True)
         loss = net.loss.value(a, yb)
-        grads = net.backward(caches, a, yb)
-        sq = np.array([float(np.vdot(g, g)) for g in grads])
-        if not (math.isfinite(loss) and np.isfinite(sq).all()):
+        if not math.isfinite(loss):
+            return False
+        net.backward(caches, a, yb, self.grad_views)
+        grad_sq = [float(np.vdot(g[s], g[s])) for s in self.segments]
+        total = sum(grad_sq)
+        if not math.isfinite(total):
             return False
         net.commit(caches)
-        norm = math.sqrt(sq.sum())
         clip = self.config.clip_norm
-        if clip is not None and norm > clip:
-            for g in grads:
-                g *= clip / norm
-        updates = self.optimizer.step(net.params, grads, lr)
-        usq = np.zeros(len(self.layer_paths))
-        wsq = np.zeros(len(self.layer_paths))
-        for p, u, layer in zip(net.params, updates, self.layer_of, strict=True):
-            p -= u
-            usq[layer] += float(np.vdot(u, u))
-            wsq[layer] += float(np.vdot(p, p))
-        if not (np.isfinite(usq).all() and np.isfinite(wsq).all()):
-            return False
-        stats.grad_norms += np.sqrt(np.bincount(self.layer_of, sq, len(self.layer_paths)))
-        stats.ratios += np.sqrt(usq / np.where(wsq > 0, wsq, 1.0))
-        stats.loss_sum += loss * len(xb)
-        stats.samples += len(xb)
-        stats.steps += 1
+        if clip is not None and total > clip * clip:
+            g *= clip / math.sqrt(total)
+        u = self.optimizer.step(net.flat, g, lr)
+        net.flat -= u
+        stats.add(loss, len(xb), grad_sq, [float(np.vdot(u[s], u[s])) for s in self.segments])
         stats.metric.update(a, yb)
         return True
 
@@ -252,6 +264,9 @@ class Trainer:
         if validation is not None:
             val_loss, val_metric = net.evaluate(*validation)
         steps = max(stats.steps, 1)
+        flat = net.flat
+        weight_norms = [math.sqrt(float(np.vdot(flat[s], flat[s]))) for s in self.segments]
+        ratios = [u / steps / w if w else 0.0 for u, w in zip(stats.update_norms, weight_norms, strict=True)]
         self.epoch += 1
         record = EpochRecord(
             epoch=self.epoch,
@@ -261,8 +276,8 @@ class Trainer:
             train_metric=stats.metric.value(),
             val_metric=val_metric,
             learning_rate=stats.learning_rate,
-            grad_norms=dict(zip(self.layer_paths, (stats.grad_norms / steps).tolist(), strict=True)),
-            update_ratios=dict(zip(self.layer_paths, (stats.ratios / steps).tolist(), strict=True)),
+            grad_norms={p: n / steps for p, n in zip(self.layer_paths, stats.grad_norms, strict=True)},
+            update_ratios=dict(zip(self.layer_paths, ratios, strict=True)),
             elapsed=elapsed,
             samples=stats.samples,
         )

@@ -1,0 +1,28 @@
+"""The benchmark script runs end to end (tiny sizes; no timing is asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_engine_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    output = tmp_path / "engine.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.engine_bench", "--quick", "--no-torch", "--output", str(output)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    results = json.loads(output.read_text())
+    for key in ("mlp784/sgd", "mlp784/adam", "mlp20/sgd", "mlp20/adam"):
+        row = results[key]
+        assert row["engine_samples_per_s"] > 0
+        assert row["bare_samples_per_s"] > 0
+        assert row["gemm_ceiling_samples_per_s"] > 0
+    assert results["memory"]["dataset_bytes"] > 0
