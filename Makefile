@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: run test check bench bench-quick clean
+.PHONY: run test check bench bench-quick proto clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "gradwire needs Python 3.11 or newer")'
@@ -32,6 +32,8 @@ test: $(VENV)/.dev
 LINKS := .typecheck/gradwire
 check: $(VENV)/.dev
 	mkdir -p $(LINKS) && for p in engine service storage client; do ln -sfn ../../$$p $(LINKS)/$$p; done
+	ln -sfn ../../proto/gradwire/v1 $(LINKS)/v1
+	PYTHON=$(CURDIR)/$(BIN)/python proto/generate.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -49,6 +51,10 @@ bench: $(VENV)/.dev $(VENV)/.torch
 
 bench-quick: $(VENV)/.dev
 	$(BIN)/python -m bench.engine_bench --quick
+
+# Regenerate the committed protobuf/gRPC code from proto/gradwire/v1/gradwire.proto.
+proto: $(VENV)/.dev
+	PYTHON=$(CURDIR)/$(BIN)/python proto/generate.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
