@@ -21,7 +21,7 @@ from .network import Network
 from .optimizers import OPTIMIZERS
 from .schedules import FORMULAS
 from .spec import BatchNorm, Dense, NetworkSpec, Residual
-from .state import TrainingState, export_state, restore_trainer
+from .state import TrainingState, carry_optimizer_state, export_state, restore_trainer
 from .training import STOP_REASONS, EpochRecord, FitResult, Trainer, fit, history_table
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingState",
+    "carry_optimizer_state",
     "check_gradients",
     "export_state",
     "fit",

@@ -17,7 +17,8 @@ CHECK_CHUNK = 16384
 """Rows per step of the finiteness check."""
 
 
-def _check_finite(a: Array, field: str) -> None:
+def check_finite(a: Array, field: str) -> None:
+    """Raise :class:`InvalidArgument` if ``a`` holds a NaN or an infinity (checked in chunks)."""
     for start in range(0, len(a), CHECK_CHUNK):
         if not np.isfinite(a[start : start + CHECK_CHUNK]).all():
             raise InvalidArgument(field, "contains NaN or infinite values")
@@ -35,7 +36,7 @@ def as_features(X: object, width: int, field: str = "X") -> Array:
     array = _numeric(X, field)
     require(array.ndim == 2, field, f"must be 2-D (samples, features), got shape {array.shape}")
     require(array.shape[1] == width, field, f"has {array.shape[1]} features, the model takes {width}")
-    _check_finite(array, field)
+    check_finite(array, field)
     return array
 
 
@@ -47,7 +48,7 @@ def as_targets(Y: object, n: int, width: int, field: str = "Y") -> Array:
     require(array.ndim == 2, field, f"must be 2-D (samples, outputs), got shape {array.shape}")
     require(len(array) == n, field, f"has {len(array)} rows, the inputs have {n}")
     require(array.shape[1] == width, field, f"has {array.shape[1]} outputs, the model gives {width}")
-    _check_finite(array, field)
+    check_finite(array, field)
     return array
 
 

@@ -51,8 +51,12 @@ def _unprefixed(prefix: str, arrays: dict[str, Array]) -> dict[str, Array]:
     return {name[start:]: a for name, a in arrays.items() if name.startswith(f"{prefix}/")}
 
 
-def export_state(trainer: Trainer) -> TrainingState:
-    """Everything needed to continue ``trainer`` exactly; the arrays are copies."""
+def export_state(trainer: Trainer, with_history: bool = True) -> TrainingState:
+    """Everything needed to continue ``trainer`` exactly; the arrays are copies.
+
+    ``with_history=False`` leaves the per-epoch history out (a caller that keeps it elsewhere
+    saves writing it again every epoch); such a state resumes with an empty history.
+    """
     net = trainer.network
     slots, opt_meta = trainer.optimizer.export_state()
     arrays = {
@@ -74,7 +78,7 @@ def export_state(trainer: Trainer) -> TrainingState:
             "epoch": best.epoch,
             "bad_epochs": best.bad_epochs,
         },
-        "history": [asdict(r) for r in trainer.history],
+        "history": [asdict(r) for r in trainer.history] if with_history else [],
     }
     return TrainingState(arrays, meta)
 
@@ -126,3 +130,20 @@ def to_bytes(state: TrainingState) -> bytes:
 
 def from_bytes(blob: bytes) -> TrainingState:
     return load(io.BytesIO(blob))
+
+
+def carry_optimizer_state(trainer: Trainer, state: TrainingState) -> bool:
+    """Continue ``trainer``'s optimiser from an earlier run's ``state`` of the same architecture.
+
+    The slots (velocities, moment estimates) and the step count carry over when the earlier run
+    used the same optimiser on the same parameter layout; returns whether they did. Weights,
+    schedule and counters stay the trainer's own: a new run starts its epochs at 1.
+    """
+    meta = state.meta.get("optimizer", {})
+    slots = _unprefixed("optimizer", state.arrays)
+    mine = trainer.optimizer.state
+    compatible = meta.get("name") == trainer.config.optimizer.name and set(slots) == set(mine)
+    if not compatible or any(slots[k].shape != v.shape for k, v in mine.items()):
+        return False
+    trainer.optimizer.import_state(slots, meta)
+    return True

@@ -1,0 +1,207 @@
+"""Hand-written conversions between gradwire.v1 messages and plain Python values.
+
+The one conversions module both sides use: the client SDK (which depends on the contract
+only) and the service. Plain values are the engine's JSON forms: a spec is
+``NetworkSpec.to_dict()``, options are ``TrainConfig.to_dict()``, an epoch is an engine history
+record as a dict. Arrays travel as shape, dtype and raw little-endian bytes.
+
+Decoding checks structure only (sizes, dtypes); the service validates meaning with the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import Message
+
+from . import gradwire_pb2 as pb
+
+DTYPES: dict[int, np.dtype[Any]] = {
+    pb.FLOAT32: np.dtype("<f4"),
+    pb.FLOAT64: np.dtype("<f8"),
+    pb.INT64: np.dtype("<i8"),
+}
+PROTO_DTYPES = {
+    np.dtype(np.float32): pb.FLOAT32,
+    np.dtype(np.float64): pb.FLOAT64,
+    np.dtype(np.int64): pb.INT64,
+}
+SPEC_DTYPES = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
+
+
+class TensorError(ValueError):
+    """A tensor message that does not describe an array; ``part`` is dtype, shape or data."""
+
+    def __init__(self, part: str, message: str) -> None:
+        self.part, self.message = part, message
+        super().__init__(f"{part}: {message}")
+
+
+# ------------------------------------------------------------------------------------ tensors
+
+
+def array_to_tensor(array: np.ndarray) -> pb.Tensor:
+    """Any float32, float64 or int64 array as a tensor (copied to little-endian, C order)."""
+    array = np.asarray(array)
+    dtype = PROTO_DTYPES.get(array.dtype.newbyteorder("="))
+    if dtype is None:
+        raise TensorError("dtype", f"{array.dtype} cannot travel; use float32, float64 or int64")
+    data = np.ascontiguousarray(array, DTYPES[dtype]).tobytes()
+    return pb.Tensor(shape=array.shape, dtype=dtype, data=data)
+
+
+def tensor_to_array(tensor: pb.Tensor, allowed: Iterable[int] = DTYPES) -> np.ndarray:
+    """A read-only array over the tensor's bytes (no copy), after checking dtype and size."""
+    if tensor.dtype not in set(allowed):
+        names = [pb.DType.Name(d) for d in allowed]
+        raise TensorError("dtype", f"must be one of {', '.join(names)}, got {pb.DType.Name(tensor.dtype)}")
+    shape = tuple(tensor.shape)
+    if any(n < 0 for n in shape):
+        raise TensorError("shape", f"has a negative size: {list(shape)}")
+    dtype = DTYPES[tensor.dtype]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise TensorError(
+            "data", f"has {len(tensor.data)} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
+        )
+    return np.frombuffer(tensor.data, dtype).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------ specs
+
+LAYER_TYPES: dict[str, type[Message]] = {
+    "dense": pb.DenseLayer,
+    "batchnorm": pb.BatchNormLayer,
+    "residual": pb.ResidualBlock,
+}
+LAYER_DEFAULTS = {
+    "dense": {"activation": "relu", "init": "he_normal"},
+    "batchnorm": {"activation": "identity"},
+    "residual": {"activation": "identity"},
+}
+
+
+def present_fields(message: Message, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The fields that are set: proto3 optionals by presence, other scalars when not zero/empty."""
+    out = {}
+    for field in message.DESCRIPTOR.fields:
+        if names is not None and field.name not in names:
+            continue
+        value = getattr(message, field.name)
+        if field.has_presence:
+            if message.HasField(field.name):
+                out[field.name] = value
+        elif value not in ("", 0, False):
+            out[field.name] = value
+    return out
+
+
+def layer_to_dict(layer: pb.Layer) -> dict[str, Any]:
+    kind = layer.WhichOneof("kind")
+    if kind is None:
+        return {}
+    body = getattr(layer, kind)
+    data = {"kind": kind, **LAYER_DEFAULTS[kind]}
+    data |= present_fields(body, [f.name for f in body.DESCRIPTOR.fields if f.name != "layers"])
+    if kind == "residual":
+        data["layers"] = [layer_to_dict(inner) for inner in body.layers]
+    return data
+
+
+def layer_from_dict(data: Mapping[str, Any]) -> pb.Layer:
+    kind = data["kind"]
+    fields: dict[str, Any] = {k: v for k, v in data.items() if k not in ("kind", "layers")}
+    if kind == "residual":
+        fields["layers"] = [layer_from_dict(inner) for inner in data["layers"]]
+    layer: dict[str, Any] = {kind: LAYER_TYPES[kind](**fields)}
+    return pb.Layer(**layer)
+
+
+def spec_to_dict(spec: pb.ModelSpec) -> dict[str, Any]:
+    dtypes = {v: k for k, v in SPEC_DTYPES.items()}
+    return {
+        "input_dim": spec.input_dim,
+        "layers": [layer_to_dict(layer) for layer in spec.layers],
+        "loss": spec.loss,
+        "dtype": dtypes.get(spec.dtype, "float64"),
+        "seed": spec.seed,
+    }
+
+
+def spec_from_dict(spec: Mapping[str, Any]) -> pb.ModelSpec:
+    return pb.ModelSpec(
+        input_dim=spec["input_dim"],
+        layers=[layer_from_dict(layer) for layer in spec["layers"]],
+        loss=spec["loss"],
+        dtype=SPEC_DTYPES.get(spec.get("dtype", "float64"), pb.DTYPE_UNSPECIFIED),
+        seed=spec.get("seed", 0),
+    )
+
+
+# ------------------------------------------------------------------------------------ options
+
+
+def options_to_dict(options: pb.TrainOptions) -> dict[str, Any]:
+    """The options that were set; the engine's defaults fill the rest."""
+    data = present_fields(options, [f.name for f in options.DESCRIPTOR.fields if f.message_type is None])
+    for part in ("optimizer", "schedule"):
+        if options.HasField(part):
+            data[part] = present_fields(getattr(options, part))
+    return data
+
+
+def options_from_dict(options: Mapping[str, Any]) -> pb.TrainOptions:
+    plain = {k: v for k, v in options.items() if k not in ("optimizer", "schedule") and v is not None}
+    nested: dict[str, Any] = {
+        part: message(**{k: v for k, v in options[part].items() if v is not None})
+        for part, message in (("optimizer", pb.OptimizerOptions), ("schedule", pb.ScheduleOptions))
+        if options.get(part) is not None
+    }
+    return pb.TrainOptions(**plain, **nested)
+
+
+# ------------------------------------------------------------------------------------ history
+
+
+def epoch_from_dict(record: Mapping[str, Any], epochs_planned: int = 0) -> pb.EpochProgress:
+    """An engine history record (a dict; JSON nulls allowed) as a progress message, with an ETA."""
+    elapsed = float(record.get("elapsed") or 0.0)
+    epoch = int(record["epoch"])
+    remaining = max(epochs_planned - epoch, 0)
+    train_metric = record.get("train_metric")
+    return pb.EpochProgress(
+        epoch=epoch,
+        train_loss=record["train_loss"],
+        val_loss=record.get("val_loss"),
+        metric_name=record.get("metric_name") or "",
+        train_metric=math.nan if train_metric is None else train_metric,
+        val_metric=record.get("val_metric"),
+        learning_rate=record.get("learning_rate") or 0.0,
+        grad_norms=record.get("grad_norms") or {},
+        update_ratios=record.get("update_ratios") or {},
+        elapsed_seconds=elapsed,
+        eta_seconds=elapsed / epoch * remaining if epoch else 0.0,
+        epochs_planned=epochs_planned,
+        samples=int(record.get("samples") or 0),
+    )
+
+
+def epoch_to_dict(progress: pb.EpochProgress) -> dict[str, Any]:
+    return {
+        "epoch": progress.epoch,
+        "train_loss": progress.train_loss,
+        "val_loss": progress.val_loss if progress.HasField("val_loss") else None,
+        "metric_name": progress.metric_name,
+        "train_metric": progress.train_metric,
+        "val_metric": progress.val_metric if progress.HasField("val_metric") else None,
+        "learning_rate": progress.learning_rate,
+        "grad_norms": dict(progress.grad_norms),
+        "update_ratios": dict(progress.update_ratios),
+        "elapsed": progress.elapsed_seconds,
+        "eta": progress.eta_seconds,
+        "epochs_planned": progress.epochs_planned,
+        "samples": progress.samples,
+    }

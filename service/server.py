@@ -1,0 +1,130 @@
+"""Building, starting and stopping the gRPC server.
+
+``create_server(settings)`` returns a started server, the port it got (bind ``:0`` in tests) and
+the application behind it. Health checking (``grpc.health.v1``) and server reflection are
+registered beside the gradwire service. Every RPC is logged once, as one structured line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from gradwire.storage import Store, open_store
+from gradwire.v1 import gradwire_pb2 as pb
+from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .servicer import TrainerServicer
+from .settings import Settings
+from .usecases import Gradwire
+
+log = logging.getLogger("gradwire.rpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Trainer"].full_name
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+
+    RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry |= {k: v for k, v in record.__dict__.items() if k not in self.RESERVED}
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _log_call(method: str, context: grpc.ServicerContext, started: float) -> None:
+    code = context.code() or grpc.StatusCode.OK
+    log.info(
+        "rpc",
+        extra={
+            "method": method,
+            "code": code.name,
+            "peer": context.peer(),
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+
+
+class LoggingInterceptor(grpc.ServerInterceptor):
+    """Logs method, status code, peer and duration of every call, streams included."""
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                started = time.perf_counter()
+                try:
+                    return inner(request, context)
+                finally:
+                    _log_call(method, context, started)
+
+            return handler._replace(unary_unary=unary)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started = time.perf_counter()
+                try:
+                    yield from inner_stream(request, context)
+                finally:
+                    _log_call(method, context, started)
+
+            return handler._replace(unary_stream=stream)
+        return handler
+
+
+def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.Server, int, Gradwire]:
+    """A started server on ``settings.address``: ``(server, port, app)``."""
+    store = store or open_store(settings.database_url)
+    interrupted = store.mark_interrupted()
+    if interrupted:
+        log.warning(
+            "runs left running by the previous server marked interrupted", extra={"runs": interrupted}
+        )
+    app = Gradwire(store, settings)
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.server(
+        ThreadPoolExecutor(settings.rpc_workers, thread_name_prefix="gradwire-rpc"),
+        interceptors=[LoggingInterceptor()],
+        options=options,
+    )
+    pb_grpc.add_TrainerServicer_to_server(TrainerServicer(app), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(settings.address)
+    server.start()
+    return server, port, app
+
+
+def stop_server(server: grpc.Server, app: Gradwire, grace: float = 5.0) -> None:
+    """Stop accepting calls, stop the trainings (their best weights commit), then close."""
+    done = server.stop(grace)
+    app.close()
+    done.wait()
