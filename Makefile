@@ -22,7 +22,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.runtime
 
 run: $(VENV)/.runtime
-	$(BIN)/python -m gradwire.engine
+	$(BIN)/gradwire serve
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest

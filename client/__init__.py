@@ -1,1 +1,40 @@
-"""gradwire.client: see the issue tracker; arrives with the service."""
+"""gradwire's Python SDK: a thin, typed wrapper over the gradwire.v1 stubs.
+
+Depends on the generated contract only (import-linter holds it to that).
+"""
+
+from .errors import (
+    ERRORS,
+    CancelledError,
+    ClientClosedError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    GradwireError,
+    InvalidArgumentError,
+    ModelBusyError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from .sdk import Client, Gradients, History, Model, ModelInfo, Prediction, print_progress
+
+__all__ = [
+    "ERRORS",
+    "CancelledError",
+    "Client",
+    "ClientClosedError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "Gradients",
+    "GradwireError",
+    "History",
+    "InvalidArgumentError",
+    "Model",
+    "ModelBusyError",
+    "ModelInfo",
+    "NotFoundError",
+    "Prediction",
+    "ResourceExhaustedError",
+    "UnavailableError",
+    "print_progress",
+]

@@ -114,6 +114,7 @@ class Gradwire:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store, self.settings, self.limits = store, settings, settings.limits
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._current: dict[str, int] = {}
         self._networks: OrderedDict[tuple[str, int], tuple[NetworkSpec, Network]] = OrderedDict()
         self._training: dict[str, threading.Event] = {}
@@ -282,6 +283,12 @@ class Gradwire:
     def _release(self, model_id: str) -> None:
         with self._lock:
             self._training.pop(model_id, None)
+            self._idle.notify_all()
+
+    def wait_idle(self, model_id: str, timeout: float | None = None) -> bool:
+        """Block until ``model_id`` is not training (its last run committed); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: model_id not in self._training, timeout)
 
     def _run(
         self,
@@ -292,8 +299,13 @@ class Gradwire:
         stop: threading.Event,
         events: queue.Queue[Any],
     ) -> None:
-        """The training job, on a pool thread: every epoch commits before its progress is sent."""
+        """The training job, on a pool thread: every epoch commits before its progress is sent.
+
+        The model is released before the outcome is sent, so a client that reads the result can
+        train the model again at once.
+        """
         run: RunRecord | None = None
+        outcome: Outcome | Exception
         try:
             _, weights = self.store.load_weights(model.id)
             trainer = Trainer(Network.from_state(spec, weights), config)
@@ -301,14 +313,15 @@ class Gradwire:
             if checkpoint is not None:
                 carry_optimizer_state(trainer, TrainingState(checkpoint.arrays, checkpoint.meta))
             run = self.store.start_run(model.id, config.to_dict(), rows=len(data.X))
-            events.put(self._fit(trainer, run, data, stop, events))
+            outcome = self._fit(trainer, run, data, stop, events)
         except Exception as exc:
             log.exception("training failed model=%s", model.id)
             if run is not None:
                 self.store.finish_run(run.id, "failed", "error", 0, None)
-            events.put(exc)
+            outcome = exc
         finally:
             self._release(model.id)
+        events.put(outcome)
 
     def _fit(
         self,

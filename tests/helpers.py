@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+
+@dataclass
+class Running:
+    """A started test server: its address and the application behind it."""
+
+    address: str
+    app: Any
+    settings: Any
 
 
 def two_spirals(n_per_class: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

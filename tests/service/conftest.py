@@ -1,0 +1,37 @@
+"""A real server on a real port (bound to port 0) over a real database, and SDK clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from gradwire.client import Client
+from gradwire.service import Settings, create_server, stop_server
+from helpers import Running
+
+
+@pytest.fixture
+def start_server(database_url: str) -> Iterator[Callable[..., Running]]:
+    """Starts servers on ``database_url`` (keyword arguments override settings); stops them all."""
+    started = []
+
+    def start(**overrides: object) -> Running:
+        settings = Settings(address="127.0.0.1:0", database_url=database_url, **overrides)  # type: ignore[arg-type]
+        server, port, app = create_server(settings)
+        started.append((server, app))
+        return Running(f"127.0.0.1:{port}", app, settings)
+
+    yield start
+    for server, app in started:
+        stop_server(server, app, grace=0)
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Running]) -> Running:
+    return start_server()
+
+
+@pytest.fixture
+def client(server: Running) -> Iterator[Client]:
+    with Client(server.address, timeout=60) as c:
+        yield c
