@@ -72,8 +72,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if args.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     settings = _settings(args)
     try:
@@ -103,11 +106,15 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _describe(info: ModelInfo) -> str:
-    layers = ", ".join(f"{layer['kind']}:{layer.get('units', '')}{layer.get('activation', '')}"
-                       for layer in info.spec["layers"])
-    return (f"{info.id}  {info.name or '-'}  v{info.version}  {info.parameter_count} params  "
-            f"{info.spec['input_dim']} -> [{layers}]  loss {info.spec['loss']}"
-            + ("  (training)" if info.training else ""))
+    layers = ", ".join(
+        f"{layer['kind']}:{layer.get('units', '')}{layer.get('activation', '')}"
+        for layer in info.spec["layers"]
+    )
+    return (
+        f"{info.id}  {info.name or '-'}  v{info.version}  {info.parameter_count} params  "
+        f"{info.spec['input_dim']} -> [{layers}]  loss {info.spec['loss']}"
+        + ("  (training)" if info.training else "")
+    )
 
 
 def cmd_models(args: argparse.Namespace, client: Client) -> int:
@@ -116,9 +123,20 @@ def cmd_models(args: argparse.Namespace, client: Client) -> int:
             print(_describe(info))
     elif args.action == "show":
         info = client.model(args.model_id).info
-        print(json.dumps({"id": info.id, "name": info.name, "version": info.version,
-                          "parameters": info.parameter_count, "classifier": info.classifier,
-                          "training": info.training, "spec": info.spec}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "id": info.id,
+                    "name": info.name,
+                    "version": info.version,
+                    "parameters": info.parameter_count,
+                    "classifier": info.classifier,
+                    "training": info.training,
+                    "spec": info.spec,
+                },
+                indent=2,
+            )
+        )
     elif args.action == "delete":
         client.delete_model(args.model_id)
         print(f"deleted {args.model_id}")
@@ -140,12 +158,20 @@ def cmd_train(args: argparse.Namespace, client: Client) -> int:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     history = client.model(args.model_id).fit(
-        x, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, validation_split=args.validation_split,
-        progress=not args.quiet, **options,
+        x,
+        y,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        validation_split=args.validation_split,
+        progress=not args.quiet,
+        **options,
     )
-    print(f"stopped: {history.stop_reason}; best epoch {history.best_epoch} "
-          f"(loss {history.best_loss:.6g}); model now at version {history.version}")
+    print(
+        f"stopped: {history.stop_reason}; best epoch {history.best_epoch} "
+        f"(loss {history.best_loss:.6g}); model now at version {history.version}"
+    )
     return 0
 
 
@@ -159,14 +185,18 @@ def cmd_predict(args: argparse.Namespace, client: Client) -> int:
 def history_table(runs: Sequence[History]) -> str:
     lines = []
     for run in runs:
-        lines.append(f"run {run.run_id}  {run.status}  {run.stop_reason}  best epoch {run.best_epoch}  "
-                     f"version {run.version or '-'}")
+        lines.append(
+            f"run {run.run_id}  {run.status}  {run.stop_reason}  best epoch {run.best_epoch}  "
+            f"version {run.version or '-'}"
+        )
         lines.append(f"{'epoch':>6} {'loss':>11} {'val_loss':>11} {'metric':>9} {'lr':>9} {'seconds':>8}")
         for e in run.epochs:
             val = f"{e['val_loss']:11.5f}" if e["val_loss"] is not None else f"{'-':>11}"
             metric = e["val_metric"] if e["val_metric"] is not None else e["train_metric"]
-            lines.append(f"{e['epoch']:6d} {e['train_loss']:11.5f} {val} {metric:9.4f} "
-                         f"{e['learning_rate']:9.2e} {e['elapsed']:8.2f}")
+            lines.append(
+                f"{e['epoch']:6d} {e['train_loss']:11.5f} {val} {metric:9.4f} "
+                f"{e['learning_rate']:9.2e} {e['elapsed']:8.2f}"
+            )
     return "\n".join(lines)
 
 
@@ -225,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loss-threshold", type=float)
     train.add_argument("--clip-norm", type=float)
     train.add_argument("--seed", type=int)
-    train.add_argument("--options", help="more TrainOptions as JSON, e.g. '{\"schedule\": {\"name\": \"cosine\"}}'")
+    train.add_argument("--options", help='more TrainOptions as JSON, e.g. {"schedule": {"name": "cosine"}}')
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
     predict = client_command("predict", "predict a file of inputs into a file of outputs")

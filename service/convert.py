@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from gradwire.engine import EpochRecord, InvalidArgument, NetworkSpec, TrainConfig
 from gradwire.engine.data import check_finite
 from gradwire.storage import ModelRecord, RunRecord

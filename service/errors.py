@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from gradwire.engine import InvalidArgument
 from gradwire.storage import CorruptBlob, NotFound
 

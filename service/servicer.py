@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from grpc_status import rpc_status
+
 from gradwire.engine import NetworkSpec
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
-from grpc_status import rpc_status
 
 from . import convert
 from .errors import rich_status, status_of

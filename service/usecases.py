@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+
 from gradwire.engine import (
     InvalidArgument,
     Network,

@@ -31,9 +31,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     if not POSTGRES_URL:
         pytest.skip(POSTGRES_SKIP)
-    from gradwire.storage.database import normalise_url
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+
+    from gradwire.storage.database import normalise_url
 
     schema = f"test_{uuid.uuid4().hex[:16]}"
     admin = create_engine(normalise_url(POSTGRES_URL))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from gradwire.engine import (
     LOSSES,
     OPTIMIZERS,
@@ -16,9 +20,6 @@ from gradwire.engine import (
 from gradwire.engine.activations import HIDDEN_ACTIVATIONS
 from gradwire.engine.initializers import INITIALIZERS
 from gradwire.engine.optimizers import make_optimizer
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 PAIRS = [(act, loss) for loss, spec in LOSSES.items() for act in spec.accepts]
 

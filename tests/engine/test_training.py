@@ -6,6 +6,8 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from helpers import two_spirals
+
 from gradwire.engine import (
     BatchNorm,
     Dense,
@@ -22,7 +24,6 @@ from gradwire.engine import (
     restore_trainer,
 )
 from gradwire.engine.state import from_bytes, to_bytes
-from helpers import two_spirals
 
 XOR_X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
 XOR_Y = np.array([[0.0], [1.0], [1.0], [0.0]])

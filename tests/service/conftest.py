@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import Running
+
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
-from helpers import Running
 
 
 @pytest.fixture

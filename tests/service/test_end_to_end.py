@@ -9,11 +9,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from gradwire.client import Client, ModelBusyError
-from gradwire.engine import Network, NetworkSpec, numerical_gradients, one_hot
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers import Running, two_spirals
+
+from gradwire.client import Client, ModelBusyError
+from gradwire.engine import Network, NetworkSpec, numerical_gradients, one_hot
 
 SPIRAL_SPEC: dict[str, Any] = {
     "input_dim": 2,

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
 from gradwire.storage import CorruptBlob, NotFound, SchemaOutOfDate, Store, open_store
 from gradwire.storage.database import head_revision, make_engine
 from gradwire.storage.schema import Base
 from gradwire.storage.store import Checkpoint
-from sqlalchemy import text
 
 SPEC = {"input_dim": 2, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}
 
