@@ -13,6 +13,7 @@ as :attr:`Client.stub`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -145,11 +146,14 @@ def print_progress(epoch: dict[str, Any], stream: Any = sys.stderr) -> None:
 
 
 class Client:
-    """A connection to a gradwire server; use it as a context manager."""
+    """A connection to a gradwire server; use it as a context manager.
+
+    ``address`` defaults to ``GRADWIRE_SERVER``, else 127.0.0.1:50051.
+    """
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         *,
         timeout: float = 30.0,
         retries: int = 3,
@@ -161,7 +165,8 @@ class Client:
             ("grpc.max_send_message_length", max_message_mb * MiB),
             ("grpc.max_receive_message_length", max_message_mb * MiB),
         ]
-        self.channel = channel or grpc.insecure_channel(address, options=options)
+        self.address = address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)
+        self.channel = channel or grpc.insecure_channel(self.address, options=options)
         self.stub = pb_grpc.TrainerStub(self.channel)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._closed = False

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
-        command.add_argument("--server", default=os.environ.get("GRADWIRE_SERVER", "127.0.0.1:50051"))
+        command.add_argument("--server", help="host:port (default: GRADWIRE_SERVER, else 127.0.0.1:50051)")
         return command
 
     models = client_command("models", "list, show, create or delete models")
