@@ -94,6 +94,7 @@ class History:
     best_loss: float = float("nan")
     version: int = 0
     transfer_seconds: float = 0.0
+    train_seconds: float = 0.0
 
     @property
     def history(self) -> dict[str, list[float | None]]:
@@ -285,18 +286,15 @@ class Model:
             },
             **{k: v for k, v in options.items() if k not in optimizer_keys},
         }
-        request = pb.TrainRequest(
-            model_id=self.id,
-            inputs=codec.array_to_tensor(_array("x", x, self.dtype)),
-            targets=codec.array_to_tensor(_array("y", y, self.dtype)),
-            options=codec.options_from_dict(settings),
-        )
+        request = pb.TrainRequest(model_id=self.id, options=codec.options_from_dict(settings))
+        codec.array_to_tensor(_array("x", x, self.dtype), into=request.inputs)
+        codec.array_to_tensor(_array("y", y, self.dtype), into=request.targets)
         if validation_data is not None:
-            request.validation_inputs.CopyFrom(
-                codec.array_to_tensor(_array("validation x", validation_data[0], self.dtype))
+            codec.array_to_tensor(
+                _array("validation x", validation_data[0], self.dtype), into=request.validation_inputs
             )
-            request.validation_targets.CopyFrom(
-                codec.array_to_tensor(_array("validation y", validation_data[1], self.dtype))
+            codec.array_to_tensor(
+                _array("validation y", validation_data[1], self.dtype), into=request.validation_targets
             )
         listeners = (*callbacks, print_progress) if progress else callbacks
         return self._stream_training(request, listeners, timeout)
@@ -318,7 +316,7 @@ class Model:
                         r.best_epoch,
                     )
                     history.best_loss, history.version, history.status = r.best_loss, r.version, "completed"
-                    history.transfer_seconds = r.transfer_seconds
+                    history.transfer_seconds, history.train_seconds = r.transfer_seconds, r.train_seconds
                     continue
                 epoch = codec.epoch_to_dict(event.progress)
                 history.epochs.append(epoch)
@@ -336,9 +334,8 @@ class Model:
         return history
 
     def predict_full(self, x: Any, version: int = 0) -> Prediction:
-        request = pb.PredictRequest(
-            model_id=self.id, inputs=codec.array_to_tensor(_array("x", x, self.dtype)), version=version
-        )
+        request = pb.PredictRequest(model_id=self.id, version=version)
+        codec.array_to_tensor(_array("x", x, self.dtype), into=request.inputs)
         reply = self.client.call("Predict", request)
         labels = codec.tensor_to_array(reply.labels) if reply.HasField("labels") else None
         return Prediction(codec.tensor_to_array(reply.outputs), labels, reply.version)
@@ -359,13 +356,10 @@ class Model:
     ) -> Gradients:
         """The loss and every parameter's gradient on ``(x, y)``; the model does not change."""
         request = pb.GetGradientsRequest(
-            model_id=self.id,
-            inputs=codec.array_to_tensor(_array("x", x, self.dtype)),
-            targets=codec.array_to_tensor(_array("y", y, self.dtype)),
-            version=version,
-            numerical_check=numerical_check,
-            inference_mode=inference_mode,
+            model_id=self.id, version=version, numerical_check=numerical_check, inference_mode=inference_mode
         )
+        codec.array_to_tensor(_array("x", x, self.dtype), into=request.inputs)
+        codec.array_to_tensor(_array("y", y, self.dtype), into=request.targets)
         reply = self.client.call("GetGradients", request)
         grads = {g.name: codec.tensor_to_array(g.tensor) for g in reply.gradients}
         return Gradients(reply.loss, grads, reply.version, dict(reply.max_relative_error))

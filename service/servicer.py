@@ -123,10 +123,11 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         X = convert.tensor_from_proto(request.inputs, "inputs")
         prediction = self.app.predict(request.model_id, X, request.version)
-        labels = codec.array_to_tensor(prediction.labels) if prediction.labels is not None else None
-        return pb.PredictResponse(
-            outputs=codec.array_to_tensor(prediction.outputs), labels=labels, version=prediction.version
-        )
+        reply = pb.PredictResponse(version=prediction.version)
+        codec.array_to_tensor(prediction.outputs, into=reply.outputs)
+        if prediction.labels is not None:
+            codec.array_to_tensor(prediction.labels, into=reply.labels)
+        return reply
 
     @handled
     def GetGradients(
@@ -168,5 +169,6 @@ def _event_to_proto(event: Progress | Outcome) -> pb.TrainEvent:
             version=event.version,
             epochs_run=event.epochs_run,
             transfer_seconds=event.transfer_seconds,
+            train_seconds=event.train_seconds,
         )
     )

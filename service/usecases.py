@@ -20,9 +20,10 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from gradwire.engine import (
+    EpochRecord,
     InvalidArgument,
     Network,
     NetworkSpec,
@@ -76,6 +78,7 @@ class Outcome:
     version: int
     epochs_run: int
     transfer_seconds: float
+    train_seconds: float
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,40 @@ def _labels(spec: NetworkSpec, outputs: np.ndarray) -> np.ndarray | None:
 
 def _count_layers(layers: Any) -> int:
     return sum(1 + (_count_layers(layer.layers) if isinstance(layer, Residual) else 0) for layer in layers)
+
+
+class EpochWriter:
+    """Commits each epoch's history and checkpoint, then sends its progress, on its own thread.
+
+    The next epoch computes while the last one is written (the state is a copy), yet every
+    progress event still follows its commit, and the epochs commit in order. Leaving the ``with``
+    block waits for the writes; a failed write stops training at the next epoch and is raised.
+    """
+
+    def __init__(self, store: Store, run: RunRecord, events: queue.Queue[Any], epochs_planned: int) -> None:
+        self.store, self.run, self.events, self.epochs_planned = store, run, events, epochs_planned
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gradwire-commit")
+        self.pending: list[Future[None]] = []
+
+    def submit(self, record: EpochRecord, state: TrainingState) -> bool:
+        for done in self.pending:
+            if done.done() and done.exception() is not None:
+                raise done.exception()  # type: ignore[misc]
+        self.pending.append(self.pool.submit(self._write, record_to_dict(record), state))
+        return False
+
+    def _write(self, record: dict[str, Any], state: TrainingState) -> None:
+        checkpoint = Checkpoint(self.run.id, int(record["epoch"]), state.arrays, state.meta)
+        self.store.record_epoch(self.run.id, self.run.model_id, record, checkpoint)
+        self.events.put(Progress(record, self.epochs_planned))
+
+    def __enter__(self) -> EpochWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+        for done in self.pending:
+            done.result()
 
 
 class Gradwire:
@@ -333,19 +370,15 @@ class Gradwire:
         events: queue.Queue[Any],
     ) -> Outcome:
         config = trainer.config
-
-        def commit_epoch(record: Any) -> bool:
-            state = export_state(trainer, with_history=False)
-            as_dict = record_to_dict(record)
-            self.store.record_epoch(
-                run.id, run.model_id, as_dict, Checkpoint(run.id, record.epoch, state.arrays, state.meta)
+        started = time.perf_counter()
+        with EpochWriter(self.store, run, events, config.epochs) as writer:
+            result = trainer.fit(
+                data.X,
+                data.Y,
+                validation_data=data.validation,
+                callback=lambda record: writer.submit(record, export_state(trainer, with_history=False)),
+                should_stop=stop.is_set,
             )
-            events.put(Progress(as_dict, config.epochs))
-            return False
-
-        result = trainer.fit(
-            data.X, data.Y, validation_data=data.validation, callback=commit_epoch, should_stop=stop.is_set
-        )
         cancelled = result.stop_reason == "stop_requested"
         weights = None
         if result.epochs_run:
@@ -376,6 +409,7 @@ class Gradwire:
             done.version or run.base_version,
             result.epochs_run,
             data.transfer_seconds,
+            time.perf_counter() - started,
         )
 
     # ------------------------------------------------------------------ checks

@@ -43,14 +43,21 @@ class TensorError(ValueError):
 # ------------------------------------------------------------------------------------ tensors
 
 
-def array_to_tensor(array: np.ndarray) -> pb.Tensor:
-    """Any float32, float64 or int64 array as a tensor (copied to little-endian, C order)."""
+def array_to_tensor(array: np.ndarray, into: pb.Tensor | None = None) -> pb.Tensor:
+    """Any float32, float64 or int64 array as a tensor (copied to little-endian, C order).
+
+    ``into`` fills a tensor field of a message in place (``request.inputs``): for large arrays
+    that saves the copy protobuf makes when a finished sub-message is assigned.
+    """
     array = np.asarray(array)
     dtype = PROTO_DTYPES.get(array.dtype.newbyteorder("="))
     if dtype is None:
         raise TensorError("dtype", f"{array.dtype} cannot travel; use float32, float64 or int64")
-    data = np.ascontiguousarray(array, DTYPES[dtype]).tobytes()
-    return pb.Tensor(shape=array.shape, dtype=dtype, data=data)
+    tensor = pb.Tensor() if into is None else into
+    tensor.shape[:] = array.shape
+    tensor.dtype = dtype
+    tensor.data = np.ascontiguousarray(array, DTYPES[dtype]).tobytes()
+    return tensor
 
 
 def tensor_to_array(tensor: pb.Tensor, allowed: Iterable[int] = DTYPES) -> np.ndarray:

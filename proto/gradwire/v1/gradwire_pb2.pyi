@@ -284,7 +284,7 @@ class EpochProgress(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., metric_name: _Optional[str] = ..., train_metric: _Optional[float] = ..., val_metric: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norms: _Optional[_Mapping[str, float]] = ..., update_ratios: _Optional[_Mapping[str, float]] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., epochs_planned: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class TrainResult(_message.Message):
-    __slots__ = ("run_id", "stop_reason", "best_epoch", "best_loss", "version", "epochs_run", "transfer_seconds")
+    __slots__ = ("run_id", "stop_reason", "best_epoch", "best_loss", "version", "epochs_run", "transfer_seconds", "train_seconds")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +292,7 @@ class TrainResult(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_RUN_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stop_reason: str
     best_epoch: int
@@ -299,7 +300,8 @@ class TrainResult(_message.Message):
     version: int
     epochs_run: int
     transfer_seconds: float
-    def __init__(self, run_id: _Optional[str] = ..., stop_reason: _Optional[str] = ..., best_epoch: _Optional[int] = ..., best_loss: _Optional[float] = ..., version: _Optional[int] = ..., epochs_run: _Optional[int] = ..., transfer_seconds: _Optional[float] = ...) -> None: ...
+    train_seconds: float
+    def __init__(self, run_id: _Optional[str] = ..., stop_reason: _Optional[str] = ..., best_epoch: _Optional[int] = ..., best_loss: _Optional[float] = ..., version: _Optional[int] = ..., epochs_run: _Optional[int] = ..., transfer_seconds: _Optional[float] = ..., train_seconds: _Optional[float] = ...) -> None: ...
 
 class TrainEvent(_message.Message):
     __slots__ = ("progress", "result")
