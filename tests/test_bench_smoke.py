@@ -26,3 +26,20 @@ def test_engine_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
         assert row["bare_samples_per_s"] > 0
         assert row["gemm_ceiling_samples_per_s"] > 0
     assert results["memory"]["dataset_bytes"] > 0
+
+
+def test_service_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    output = tmp_path / "service.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.service_bench", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    results = json.loads(output.read_text())
+    assert results["train"]["service_samples_per_s"] > 0
+    assert results["train"]["transfer_seconds"] > 0
+    assert results["predict"]["echo_bytes_per_s"] > 0
+    assert results["predict"]["single_row_predict_p50_ms"] > 0

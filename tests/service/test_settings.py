@@ -1,0 +1,28 @@
+"""Settings: environment, flags over environment, defaults, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gradwire.service import Settings
+
+
+def test_environment_then_flags(tmp_path: Path) -> None:
+    env = {
+        "GRADWIRE_ADDRESS": "0.0.0.0:6000",
+        "GRADWIRE_TRAIN_WORKERS": "3",
+        "GRADWIRE_DATA_DIR": str(tmp_path),
+    }
+    settings = Settings.from_env(env, address="127.0.0.1:0")
+    assert settings.address == "127.0.0.1:0"  # the flag wins
+    assert settings.train_workers == 3
+    assert settings.database_url == f"sqlite:///{tmp_path / 'gradwire.db'}"
+
+
+def test_bad_worker_counts_are_refused() -> None:
+    with pytest.raises(ValueError, match="train_workers"):
+        Settings(train_workers=0)
+    with pytest.raises(ValueError, match="rpc_workers must exceed train_workers"):
+        Settings(rpc_workers=3, train_workers=2)
