@@ -34,6 +34,7 @@ from .errors import ClientClosedError, from_rpc_error
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MiB = 1 << 20
 IDEMPOTENT = frozenset({"GetModel", "ListModels", "Predict", "GetGradients", "GetTrainingHistory"})
+PROGRESS_WIDTH = 20
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 R = TypeVar("R")
@@ -132,9 +133,12 @@ def _array(name: str, value: Any, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(array, NUMPY_DTYPES[dtype])
 
 
-def print_progress(epoch: dict[str, Any], stream: Any = sys.stderr) -> None:
-    """One line per epoch: loss, validation loss, metric, learning rate and time left."""
-    parts = [f"epoch {epoch['epoch']}/{epoch['epochs_planned'] or '?'}", f"loss {epoch['train_loss']:.4f}"]
+def print_progress(epoch: dict[str, Any], stream: Any = None) -> None:
+    """A progress bar line per epoch: loss, validation loss, metric, learning rate, time left."""
+    total = epoch["epochs_planned"]
+    done = round(PROGRESS_WIDTH * epoch["epoch"] / total) if total else 0
+    bar = f"[{'#' * done}{'.' * (PROGRESS_WIDTH - done)}]"
+    parts = [bar, f"epoch {epoch['epoch']}/{total or '?'}", f"loss {epoch['train_loss']:.4f}"]
     if epoch["val_loss"] is not None:
         parts.append(f"val_loss {epoch['val_loss']:.4f}")
     metric = epoch["val_metric"] if epoch["val_metric"] is not None else epoch["train_metric"]
@@ -143,7 +147,7 @@ def print_progress(epoch: dict[str, Any], stream: Any = sys.stderr) -> None:
         f"lr {epoch['learning_rate']:.2e}",
         f"eta {epoch['eta']:.1f}s",
     ]
-    print("  ".join(parts), file=stream, flush=True)
+    print("  ".join(parts), file=stream or sys.stderr, flush=True)
 
 
 class Client:

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from gradwire.client import Client, GradwireError, History, ModelInfo
 from gradwire.storage import SchemaOutOfDate, make_engine, upgrade
 
 from .server import JsonFormatter, create_server, stop_server
-from .settings import Settings
+from .settings import Limits, Settings
 
 EXIT_USAGE = 2
 
@@ -60,14 +61,8 @@ def save_array(path: str, array: np.ndarray) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        address=getattr(args, "address", None),
-        database_url=args.database_url,
-        data_dir=args.data_dir,
-        rpc_workers=getattr(args, "rpc_workers", None),
-        train_workers=getattr(args, "train_workers", None),
-        max_message_mb=getattr(args, "max_message_mb", None),
-    )
+    names = [f.name for f in (*fields(Settings), *fields(Limits)) if f.name != "limits"]
+    return Settings.from_env(**{name: getattr(args, name, None) for name in names})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -223,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rpc-workers", type=int)
     serve.add_argument("--train-workers", type=int)
     serve.add_argument("--max-message-mb", type=int)
+    for limit in fields(Limits):
+        serve.add_argument(
+            f"--{limit.name.replace('_', '-')}", type=int, help=f"limit (default {limit.default})"
+        )
     serve.add_argument("--log-level", default=os.environ.get("GRADWIRE_LOG_LEVEL", "info"))
     serve.add_argument("--log-format", choices=("json", "text"), default="json")
 

@@ -59,12 +59,19 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``GRADWIRE_*`` variables; ``overrides`` (e.g. command-line flags) win."""
+        """Settings from ``GRADWIRE_*`` variables (limits too: ``GRADWIRE_MAX_LAYERS``, ...);
+        ``overrides`` (e.g. command-line flags, limits included) win."""
         env = dict(os.environ) if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"GRADWIRE_{f.name.upper()}")
-            if raw is not None and f.name != "limits":
-                values[f.name] = int(raw) if f.type == "int" else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values, limits = _read(cls, env, given), _read(Limits, env, given)
+        return cls(**values, limits=Limits(**limits))
+
+
+def _read(cls: type, env: dict[str, str], given: dict[str, Any]) -> dict[str, Any]:
+    """Values of ``cls``'s fields from ``given``, else from ``GRADWIRE_<FIELD>``; ints parsed."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        raw = given.get(f.name, env.get(f"GRADWIRE_{f.name.upper()}"))
+        if raw is not None and f.name != "limits":
+            values[f.name] = int(raw) if f.type == "int" else raw
+    return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers import Running, two_spirals
 
-from gradwire.client import Client, ModelBusyError
+from gradwire.client import Client, ModelBusyError, NotFoundError
 from gradwire.engine import Network, NetworkSpec, numerical_gradients, one_hot
 
 SPIRAL_SPEC: dict[str, Any] = {
@@ -198,3 +199,14 @@ def test_listing_pages_and_deleting(client: Client) -> None:
     assert [m.id for m in client.list_models(page_size=2)] == ids
     client.delete_model(ids[0])
     assert [m.id for m in client.list_models(page_size=2)] == ids[1:]
+
+
+def test_every_call_is_logged_with_its_status(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gradwire.rpc")
+    model = client.create_model(SPIRAL_SPEC)
+    with pytest.raises(NotFoundError):
+        client.model("no-such-model")
+    calls = [(r.method, r.code) for r in caplog.records if r.name == "gradwire.rpc"]  # type: ignore[attr-defined]
+    assert ("/gradwire.v1.Trainer/CreateModel", "OK") in calls
+    assert ("/gradwire.v1.Trainer/GetModel", "NOT_FOUND") in calls
+    assert model.id

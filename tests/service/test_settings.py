@@ -19,6 +19,8 @@ def test_environment_then_flags(tmp_path: Path) -> None:
     assert settings.address == "127.0.0.1:0"  # the flag wins
     assert settings.train_workers == 3
     assert settings.database_url == f"sqlite:///{tmp_path / 'gradwire.db'}"
+    limited = Settings.from_env({"GRADWIRE_MAX_LAYERS": "7"}, max_epochs=9)
+    assert (limited.limits.max_layers, limited.limits.max_epochs) == (7, 9)
 
 
 def test_bad_worker_counts_are_refused() -> None:
