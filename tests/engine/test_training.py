@@ -281,3 +281,20 @@ def test_deep_sigmoid_gradients_vanish_and_the_remedies_restore_them() -> None:
     assert vanishing < 1e-3
     assert relu_he > 0.1
     assert sigmoid_bn > 0.1
+
+
+def test_optimizer_state_carries_over_between_runs_only_when_compatible() -> None:
+    from gradwire.engine import carry_optimizer_state
+
+    X, Y = noisy_problem(3)
+    first = Trainer(big_net(), TrainConfig(epochs=2, batch_size=10, optimizer=OptimizerConfig("adam")))
+    first.fit(X, Y)
+    state = export_state(first, with_history=False)
+    assert state.meta["history"] == []
+    same = Trainer(big_net(), TrainConfig(epochs=1, optimizer=OptimizerConfig("adam", 0.1)))
+    assert carry_optimizer_state(same, state)
+    assert same.optimizer.t == first.optimizer.t == 12
+    np.testing.assert_array_equal(same.optimizer.state["m"], first.optimizer.state["m"])
+    other = Trainer(big_net(), TrainConfig(epochs=1, optimizer=OptimizerConfig("rmsprop")))
+    assert not carry_optimizer_state(other, state)
+    assert other.optimizer.t == 0
