@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_results
 from gradwire.engine import Dense, Network, NetworkSpec, OptimizerConfig, TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results" / "engine.json"
@@ -314,11 +315,7 @@ def main() -> None:
         f"{100 * memory['growth_fraction']:.1f}% of the {memory['dataset_bytes'] / 2**20:.0f} MiB dataset "
         "(target < 25%)"
     )
-    if args.quick:
-        print("quick run: sizes too small for the targets to mean anything")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
-    print(f"written {args.output}")
+    write_results(args.output, results, args.quick)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ client of both, and also runs the in-process engine.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.common import write_results
 from bench.engine_bench import WORKLOADS, dataset, spec_for
 from gradwire.client import Client
 from gradwire.engine import Network, OptimizerConfig, TrainConfig, Trainer
@@ -207,11 +207,7 @@ def main() -> None:
             ),
         }
     report(results)
-    if quick:
-        print("quick run: sizes too small for the targets to mean anything")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
-    print(f"written {args.output}")
+    write_results(args.output, results, quick)
 
 
 if __name__ == "__main__":

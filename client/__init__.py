@@ -3,6 +3,8 @@
 Depends on the generated contract only (import-linter holds it to that).
 """
 
+from gradwire.v1.codec import Gradients, Prediction
+
 from .errors import (
     ERRORS,
     CancelledError,
@@ -16,7 +18,7 @@ from .errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from .sdk import Client, Gradients, History, Model, ModelInfo, Prediction, print_progress
+from .sdk import Client, History, Model, ModelInfo, print_progress
 
 __all__ = [
     "ERRORS",

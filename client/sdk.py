@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
+from gradwire.v1.codec import Gradients, Prediction
 
 from .errors import ClientClosedError, from_rpc_error
 
@@ -66,21 +67,6 @@ class ModelInfo:
             m.created_at.ToDatetime(),
             m.updated_at.ToDatetime(),
         )
-
-
-@dataclass(frozen=True)
-class Prediction:
-    outputs: np.ndarray
-    labels: np.ndarray | None
-    version: int
-
-
-@dataclass(frozen=True)
-class Gradients:
-    loss: float
-    gradients: dict[str, np.ndarray]
-    version: int
-    max_relative_error: dict[str, float]
 
 
 @dataclass
@@ -340,9 +326,7 @@ class Model:
     def predict_full(self, x: Any, version: int = 0) -> Prediction:
         request = pb.PredictRequest(model_id=self.id, version=version)
         codec.array_to_tensor(_array("x", x, self.dtype), into=request.inputs)
-        reply = self.client.call("Predict", request)
-        labels = codec.tensor_to_array(reply.labels) if reply.HasField("labels") else None
-        return Prediction(codec.tensor_to_array(reply.outputs), labels, reply.version)
+        return codec.prediction_from_proto(self.client.call("Predict", request))
 
     def predict(self, x: Any, version: int = 0) -> np.ndarray:
         """Outputs ``(rows, outputs)``: probabilities for classifiers."""
@@ -364,9 +348,7 @@ class Model:
         )
         codec.array_to_tensor(_array("x", x, self.dtype), into=request.inputs)
         codec.array_to_tensor(_array("y", y, self.dtype), into=request.targets)
-        reply = self.client.call("GetGradients", request)
-        grads = {g.name: codec.tensor_to_array(g.tensor) for g in reply.gradients}
-        return Gradients(reply.loss, grads, reply.version, dict(reply.max_relative_error))
+        return codec.gradients_from_proto(self.client.call("GetGradients", request))
 
     def history(self) -> list[History]:
         """Every training run of the model, oldest first."""

@@ -122,12 +122,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @handled
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         X = convert.tensor_from_proto(request.inputs, "inputs")
-        prediction = self.app.predict(request.model_id, X, request.version)
-        reply = pb.PredictResponse(version=prediction.version)
-        codec.array_to_tensor(prediction.outputs, into=reply.outputs)
-        if prediction.labels is not None:
-            codec.array_to_tensor(prediction.labels, into=reply.labels)
-        return reply
+        return codec.prediction_to_proto(self.app.predict(request.model_id, X, request.version))
 
     @handled
     def GetGradients(
@@ -138,15 +133,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         result = self.app.gradients(
             request.model_id, X, Y, request.version, request.numerical_check, request.inference_mode
         )
-        return pb.GetGradientsResponse(
-            loss=result.loss,
-            gradients=[
-                pb.NamedTensor(name=name, tensor=codec.array_to_tensor(g))
-                for name, g in result.gradients.items()
-            ],
-            version=result.version,
-            max_relative_error=result.max_relative_error,
-        )
+        return codec.gradients_to_proto(result)
 
     @handled
     def GetTrainingHistory(

@@ -45,6 +45,7 @@ from gradwire.engine import (
 from gradwire.engine.data import as_targets
 from gradwire.engine.spec import Residual
 from gradwire.storage import Checkpoint, ModelRecord, RunRecord, Store
+from gradwire.v1.codec import Gradients, Prediction
 
 from .convert import record_to_dict
 from .errors import CannotAnswer, LimitExceeded, ModelBusy
@@ -79,21 +80,6 @@ class Outcome:
     epochs_run: int
     transfer_seconds: float
     train_seconds: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    outputs: np.ndarray
-    labels: np.ndarray | None
-    version: int
-
-
-@dataclass(frozen=True)
-class Gradients:
-    loss: float
-    gradients: dict[str, np.ndarray]
-    version: int
-    max_relative_error: dict[str, float]
 
 
 def is_classifier(spec: NetworkSpec) -> bool:

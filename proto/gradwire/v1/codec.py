@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -212,3 +213,52 @@ def epoch_to_dict(progress: pb.EpochProgress) -> dict[str, Any]:
         "epochs_planned": progress.epochs_planned,
         "samples": progress.samples,
     }
+
+
+# ------------------------------------------------------------------------------------ answers
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A PredictResponse as arrays: outputs, labels for classifiers, the version that answered."""
+
+    outputs: np.ndarray
+    labels: np.ndarray | None
+    version: int
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """A GetGradientsResponse as arrays, by parameter name, with the version that answered."""
+
+    loss: float
+    gradients: dict[str, np.ndarray]
+    version: int
+    max_relative_error: dict[str, float]
+
+
+def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
+    reply = pb.PredictResponse(version=prediction.version)
+    array_to_tensor(prediction.outputs, into=reply.outputs)
+    if prediction.labels is not None:
+        array_to_tensor(prediction.labels, into=reply.labels)
+    return reply
+
+
+def prediction_from_proto(reply: pb.PredictResponse) -> Prediction:
+    labels = tensor_to_array(reply.labels) if reply.HasField("labels") else None
+    return Prediction(tensor_to_array(reply.outputs), labels, reply.version)
+
+
+def gradients_to_proto(gradients: Gradients) -> pb.GetGradientsResponse:
+    return pb.GetGradientsResponse(
+        loss=gradients.loss,
+        gradients=[pb.NamedTensor(name=k, tensor=array_to_tensor(g)) for k, g in gradients.gradients.items()],
+        version=gradients.version,
+        max_relative_error=gradients.max_relative_error,
+    )
+
+
+def gradients_from_proto(reply: pb.GetGradientsResponse) -> Gradients:
+    grads = {g.name: tensor_to_array(g.tensor) for g in reply.gradients}
+    return Gradients(reply.loss, grads, reply.version, dict(reply.max_relative_error))
