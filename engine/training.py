@@ -250,8 +250,10 @@ class Trainer:
         return True
 
     def _undo_to_best(self) -> None:
-        """After a non-finite step: weights back to the best epoch's, which are finite."""
+        """After a non-finite step: weights back to the best epoch's, which are finite, and a
+        fresh optimiser, whose moments may have taken in the infinities."""
         self.network.load_state_arrays(self.best.arrays)
+        self.optimizer = make_optimizer(self.config.optimizer, self.network.flat, self._decay_mask())
 
     def _close_epoch(
         self,
