@@ -183,7 +183,11 @@ class Gradwire:
         with self._lock:
             if model_id in self._training:
                 raise ModelBusy(f"model {model_id} is training; cancel the Train call first")
-        self.store.delete_model(model_id)
+            self._training[model_id] = threading.Event()  # no Train may start while it goes
+        try:
+            self.store.delete_model(model_id)
+        finally:
+            self._release(model_id)
         with self._lock:
             self._current.pop(model_id, None)
             for key in [k for k in self._networks if k[0] == model_id]:
