@@ -60,6 +60,7 @@ def expect(
     if field is not None:
         assert field in info.value.fields, info.value.field_violations
     assert "Traceback" not in info.value.message
+    assert isinstance(info.value.__cause__, grpc.RpcError)  # the gRPC error is kept as the cause
     return info.value
 
 
