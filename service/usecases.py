@@ -158,7 +158,7 @@ class Gradwire:
             raise InvalidArgument("name", "must be at most 200 characters")
         self._check_architecture(spec)
         network = Network(spec)
-        model = self.store.create_model(name, spec.to_dict(), network.state_arrays())
+        model = self.store.create_model(name, spec.to_dict(), network.state_arrays(), network.flat.size)
         with self._lock:
             self._current[model.id] = model.version
         log.info("model created id=%s params=%d", model.id, model.parameter_count)

@@ -111,15 +111,14 @@ class Store:
 
     # ------------------------------------------------------------------ models
 
-    def create_model(self, name: str, spec: dict[str, Any], weights: Arrays) -> ModelRecord:
-        """A new model at version 1 holding ``weights``."""
+    def create_model(
+        self, name: str, spec: dict[str, Any], weights: Arrays, parameter_count: int
+    ) -> ModelRecord:
+        """A new model at version 1 holding ``weights`` (``parameter_count`` of them trainable)."""
         blob, checksum = blobs.pack(weights)
-        count = int(
-            sum(a.size for k, a in weights.items() if not k.endswith(("running_mean", "running_var")))
-        )
         with self.sessions.begin() as s:
             row = ModelRow(
-                id=uuid.uuid4().hex, name=name, spec=spec, parameter_count=count, current_version=1
+                id=uuid.uuid4().hex, name=name, spec=spec, parameter_count=parameter_count, current_version=1
             )
             s.add(row)
             s.flush()

@@ -39,7 +39,7 @@ def test_an_empty_database_is_upgraded_and_matches_the_models(database_url: str)
 
 def test_an_out_of_date_schema_is_refused_untouched(database_url: str) -> None:
     store = open_store(database_url)
-    store.create_model("kept", SPEC, weights())
+    store.create_model("kept", SPEC, weights(), 3)
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '0000'"))
     with pytest.raises(SchemaOutOfDate, match="gradwire db upgrade"):
@@ -59,7 +59,7 @@ def test_tables_without_a_revision_are_refused(database_url: str) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_weights_round_trip_exactly(store: Store, dtype: str) -> None:
-    model = store.create_model("m", SPEC, weights(1, dtype))
+    model = store.create_model("m", SPEC, weights(1, dtype), 3)
     assert (model.version, model.parameter_count, model.spec) == (1, 3, SPEC)
     version, arrays = store.load_weights(model.id)
     assert version == 1
@@ -72,14 +72,14 @@ def test_unknown_models_and_versions_are_not_found(store: Store) -> None:
     with pytest.raises(NotFound) as info:
         store.get_model("nope")
     assert info.value.field == "model_id"
-    model = store.create_model("m", SPEC, weights())
+    model = store.create_model("m", SPEC, weights(), 3)
     with pytest.raises(NotFound) as info:
         store.load_weights(model.id, 7)
     assert info.value.field == "version"
 
 
 def test_a_corrupted_blob_is_detected(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights())
+    model = store.create_model("m", SPEC, weights(), 3)
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE weight_versions SET checksum = :c"), {"c": "0" * 64})
     with pytest.raises(CorruptBlob):
@@ -87,7 +87,7 @@ def test_a_corrupted_blob_is_detected(store: Store) -> None:
 
 
 def test_listing_pages_through_every_model_once(store: Store) -> None:
-    ids = [store.create_model(f"m{i}", SPEC, weights(i)).id for i in range(7)]
+    ids = [store.create_model(f"m{i}", SPEC, weights(i), 3).id for i in range(7)]
     seen, after = [], None
     while True:
         page = store.list_models(3, after)
@@ -100,7 +100,7 @@ def test_listing_pages_through_every_model_once(store: Store) -> None:
 
 
 def test_a_run_records_epochs_checkpoints_and_a_new_version(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights())
+    model = store.create_model("m", SPEC, weights(), 3)
     run = store.start_run(model.id, {"epochs": 2, "clip_norm": None}, rows=10)
     assert (run.status, run.base_version, run.version) == ("running", 1, None)
     for epoch in (1, 2):
@@ -124,15 +124,15 @@ def test_a_run_records_epochs_checkpoints_and_a_new_version(store: Store) -> Non
 
 
 def test_runs_left_running_are_marked_interrupted(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights())
+    model = store.create_model("m", SPEC, weights(), 3)
     store.start_run(model.id, {}, rows=1)
     assert store.mark_interrupted() == 1
     assert store.history(model.id)[0].status == "interrupted"
 
 
 def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights())
-    other = store.create_model("other", SPEC, weights())
+    model = store.create_model("m", SPEC, weights(), 3)
+    other = store.create_model("other", SPEC, weights(), 3)
     run = store.start_run(model.id, {}, rows=1)
     store.record_epoch(
         run.id, model.id, {"epoch": 1, "train_loss": 1.0}, Checkpoint(run.id, 1, weights(), {})
@@ -151,7 +151,7 @@ def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
 def test_concurrent_writers_all_land(store: Store) -> None:
     def create(worker: int) -> None:
         for i in range(8):
-            store.create_model(f"w{worker}-{i}", SPEC, weights(i))
+            store.create_model(f"w{worker}-{i}", SPEC, weights(i), 3)
 
     threads = [threading.Thread(target=create, args=(w,)) for w in range(4)]
     for thread in threads:
