@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -328,13 +329,18 @@ def fit(
     return result
 
 
-def history_table(history: Sequence[EpochRecord]) -> str:
-    """The history as an aligned text table, one epoch a line."""
+def history_table(history: Sequence[EpochRecord | Mapping[str, Any]]) -> str:
+    """The history as an aligned text table, one epoch a line.
+
+    Takes records or their dict form (``asdict(record)``, or records read back from JSON).
+    """
     lines = [f"{'epoch':>5} {'train_loss':>11} {'val_loss':>11} {'metric':>8} {'lr':>9} {'seconds':>8}"]
-    for r in history:
-        val = f"{r.val_loss:11.5f}" if r.val_loss is not None else f"{'-':>11}"
-        metric = r.val_metric if r.val_metric is not None else r.train_metric
+    for row in history:
+        r = asdict(row) if isinstance(row, EpochRecord) else row
+        val = f"{r['val_loss']:11.5f}" if r["val_loss"] is not None else f"{'-':>11}"
+        metric = r["val_metric"] if r["val_metric"] is not None else r["train_metric"]
         lines.append(
-            f"{r.epoch:5d} {r.train_loss:11.5f} {val} {metric:8.4f} {r.learning_rate:9.2e} {r.elapsed:8.2f}"
+            f"{r['epoch']:5d} {r['train_loss']:11.5f} {val} {metric:8.4f} "
+            f"{r['learning_rate']:9.2e} {r['elapsed']:8.2f}"
         )
     return "\n".join(lines)

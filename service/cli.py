@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from gradwire.client import Client, GradwireError, History, ModelInfo
+from gradwire.engine import history_table
 from gradwire.storage import SchemaOutOfDate, make_engine, upgrade
 
 from .server import JsonFormatter, create_server, stop_server
@@ -177,26 +178,17 @@ def cmd_predict(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def history_table(runs: Sequence[History]) -> str:
-    lines = []
-    for run in runs:
-        lines.append(
-            f"run {run.run_id}  {run.status}  {run.stop_reason}  best epoch {run.best_epoch}  "
-            f"version {run.version or '-'}"
-        )
-        lines.append(f"{'epoch':>6} {'loss':>11} {'val_loss':>11} {'metric':>9} {'lr':>9} {'seconds':>8}")
-        for e in run.epochs:
-            val = f"{e['val_loss']:11.5f}" if e["val_loss"] is not None else f"{'-':>11}"
-            metric = e["val_metric"] if e["val_metric"] is not None else e["train_metric"]
-            lines.append(
-                f"{e['epoch']:6d} {e['train_loss']:11.5f} {val} {metric:9.4f} "
-                f"{e['learning_rate']:9.2e} {e['elapsed']:8.2f}"
-            )
-    return "\n".join(lines)
+def runs_table(runs: Sequence[History]) -> str:
+    """Each run's header line, then its epochs as the engine's history table."""
+    return "\n".join(
+        f"run {run.run_id}  {run.status}  {run.stop_reason}  best epoch {run.best_epoch}  "
+        f"version {run.version or '-'}\n{history_table(run.epochs)}"
+        for run in runs
+    )
 
 
 def cmd_history(args: argparse.Namespace, client: Client) -> int:
-    print(history_table(client.model(args.model_id).history()))
+    print(runs_table(client.model(args.model_id).history()))
     return 0
 
 

@@ -100,7 +100,9 @@ def test_client_commands(server: Running, tmp_path: Path, capsys: pytest.Capture
     shown = json.loads(capsys.readouterr().out)
     assert (shown["name"], shown["version"], shown["spec"]["loss"]) == ("linear", 2, "squared_error")
     assert main(["history", model_id, *at]) == 0
-    assert "completed" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "completed" in table
+    assert [line.split()[0] for line in table.splitlines()[2:]] == [str(e) for e in range(1, 41)]
     assert main(["models", "delete", model_id, *at]) == 0
     capsys.readouterr()
     assert main(["models", "show", model_id, *at]) == 1
