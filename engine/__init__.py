@@ -18,10 +18,10 @@ from .gradcheck import GradCheck, check_gradients, numerical_gradients
 from .initializers import INITIALIZERS
 from .losses import FUSED_DELTAS, LOSSES
 from .network import Network
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, OptimizerState
 from .schedules import FORMULAS
 from .spec import BatchNorm, Dense, NetworkSpec, Residual
-from .state import TrainingState, carry_optimizer_state, export_state, restore_trainer
+from .state import TrainingState, carry_optimizer_state, export_state, final_state, restore_trainer
 from .training import STOP_REASONS, EpochRecord, FitResult, Trainer, fit, history_table
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "Network",
     "NetworkSpec",
     "OptimizerConfig",
+    "OptimizerState",
     "Residual",
     "ScheduleConfig",
     "TrainConfig",
@@ -50,6 +51,7 @@ __all__ = [
     "carry_optimizer_state",
     "check_gradients",
     "export_state",
+    "final_state",
     "fit",
     "history_table",
     "numerical_gradients",

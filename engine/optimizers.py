@@ -22,6 +22,7 @@ All arithmetic stays in the parameters' dtype: scalars enter as Python floats.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +31,20 @@ from .config import OptimizerConfig
 from .errors import InvalidArgument
 
 Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class OptimizerState:
+    """A copy of an optimiser's state: which optimiser, its step count and its slot arrays."""
+
+    name: str
+    t: int
+    slots: dict[str, Array]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The JSON part, as :meth:`Optimizer.export_state` gives it."""
+        return {"name": self.name, "t": self.t}
 
 
 class Optimizer:
@@ -71,9 +86,18 @@ class Optimizer:
 
     # ------------------------------------------------------------------ state
 
+    def snapshot(self) -> OptimizerState:
+        """A copy of the state, to :meth:`restore` later."""
+        return OptimizerState(self.config.name, self.t, {slot: a.copy() for slot, a in self.state.items()})
+
+    def restore(self, state: OptimizerState) -> None:
+        """Go back to a :meth:`snapshot` of this optimiser."""
+        self.import_state(state.slots, state.meta)
+
     def export_state(self) -> tuple[dict[str, Array], dict[str, Any]]:
         """Copies of the slot arrays, and the JSON part (name, step count)."""
-        return {slot: a.copy() for slot, a in self.state.items()}, {"name": self.config.name, "t": self.t}
+        state = self.snapshot()
+        return state.slots, state.meta
 
     def import_state(self, arrays: dict[str, Array], meta: dict[str, Any]) -> None:
         if meta.get("name") != self.config.name:

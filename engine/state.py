@@ -3,8 +3,8 @@
 A :class:`TrainingState` holds
 
 * ``arrays``: the current weights and buffers (``weights/<name>``), the best epoch's
-  (``best/<name>``) and the optimiser's slots over the flat parameter buffer
-  (``optimizer/<slot>``);
+  (``best/<name>``), the optimiser's slots over the flat parameter buffer
+  (``optimizer/<slot>``) and the optimiser's slots at the best epoch (``best_optimizer/<slot>``);
 * ``meta``: the spec, the training config, the epoch counter, the shuffle generator's state,
   the schedule's and optimiser's counters, the best-so-far bookkeeping and the history.
 
@@ -28,11 +28,15 @@ from .config import TrainConfig
 from .errors import InvalidArgument
 from .network import Network
 from .spec import NetworkSpec
+from .optimizers import OptimizerState
 from .training import Best, EpochRecord, Trainer
 
 Array = np.ndarray
 
-FORMAT = "gradwire.training-state/1"
+FORMAT = "gradwire.training-state/2"
+FORMAT_1 = "gradwire.training-state/1"
+"""States of format 1 lack the best epoch's optimiser state; they load with the optimiser's
+current state standing in for it."""
 META_KEY = "__meta__"
 
 
@@ -59,12 +63,13 @@ def export_state(trainer: Trainer, with_history: bool = True) -> TrainingState:
     """
     net = trainer.network
     slots, opt_meta = trainer.optimizer.export_state()
+    best = trainer.best
     arrays = {
         **_prefixed("weights", net.state_arrays()),
-        **_prefixed("best", {k: v.copy() for k, v in trainer.best.arrays.items()}),
+        **_prefixed("best", {k: v.copy() for k, v in best.arrays.items()}),
         **_prefixed("optimizer", slots),
+        **_prefixed("best_optimizer", {k: v.copy() for k, v in best.optimizer.slots.items()}),
     }
-    best = trainer.best
     meta = {
         "format": FORMAT,
         "spec": net.spec.to_dict(),
@@ -77,6 +82,7 @@ def export_state(trainer: Trainer, with_history: bool = True) -> TrainingState:
             "loss": best.loss if math.isfinite(best.loss) else None,
             "epoch": best.epoch,
             "bad_epochs": best.bad_epochs,
+            "optimizer": best.optimizer.meta,
         },
         "history": [asdict(r) for r in trainer.history] if with_history else [],
     }
@@ -86,7 +92,7 @@ def export_state(trainer: Trainer, with_history: bool = True) -> TrainingState:
 def restore_trainer(state: TrainingState) -> Trainer:
     """A new :class:`Trainer`, and its network, continuing from ``state``."""
     meta = state.meta
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, FORMAT_1):
         raise InvalidArgument("state.format", f"expected {FORMAT!r}, got {meta.get('format')!r}")
     network = Network.from_state(NetworkSpec.from_dict(meta["spec"]), _unprefixed("weights", state.arrays))
     trainer = Trainer(network, TrainConfig.from_dict(meta["config"]))
@@ -95,10 +101,16 @@ def restore_trainer(state: TrainingState) -> Trainer:
     trainer.rng.bit_generator.state = meta["rng"]
     trainer.epoch = int(meta["epoch"])
     b = meta["best"]
+    best_optimizer = trainer.optimizer.snapshot()
+    if "optimizer" in b:
+        best_optimizer = OptimizerState(
+            b["optimizer"]["name"], int(b["optimizer"]["t"]), _unprefixed("best_optimizer", state.arrays)
+        )
     trainer.best = Best(
         math.inf if b["loss"] is None else float(b["loss"]),
         int(b["epoch"]),
         _unprefixed("best", state.arrays),
+        best_optimizer,
         int(b["bad_epochs"]),
     )
     trainer.history = [EpochRecord(**r) for r in meta["history"]]
@@ -132,18 +144,27 @@ def from_bytes(blob: bytes) -> TrainingState:
     return load(io.BytesIO(blob))
 
 
-def carry_optimizer_state(trainer: Trainer, state: TrainingState) -> bool:
-    """Continue ``trainer``'s optimiser from an earlier run's ``state`` of the same architecture.
+def final_state(trainer: Trainer, restore_best: bool) -> tuple[dict[str, Array], OptimizerState]:
+    """What a finished run leaves: the best epoch's weights and optimiser state (or the last
+    ones, without ``restore_best``), always a pair that belongs together. Copies."""
+    if restore_best:
+        best = trainer.best
+        return {k: v.copy() for k, v in best.arrays.items()}, best.optimizer
+    return trainer.network.state_arrays(), trainer.optimizer.snapshot()
+
+
+def carry_optimizer_state(trainer: Trainer, state: OptimizerState) -> bool:
+    """Continue ``trainer``'s optimiser from ``state``, left by an earlier run together with the
+    weights ``trainer`` starts from (see :func:`final_state`).
 
     The slots (velocities, moment estimates) and the step count carry over when the earlier run
     used the same optimiser on the same parameter layout; returns whether they did. Weights,
     schedule and counters stay the trainer's own: a new run starts its epochs at 1.
     """
-    meta = state.meta.get("optimizer", {})
-    slots = _unprefixed("optimizer", state.arrays)
     mine = trainer.optimizer.state
-    compatible = meta.get("name") == trainer.config.optimizer.name and set(slots) == set(mine)
-    if not compatible or any(slots[k].shape != v.shape for k, v in mine.items()):
+    compatible = state.name == trainer.config.optimizer.name and set(state.slots) == set(mine)
+    if not compatible or any(state.slots[k].shape != v.shape for k, v in mine.items()):
         return False
-    trainer.optimizer.import_state(slots, meta)
+    trainer.optimizer.restore(state)
+    trainer.rebase_best()
     return True

@@ -25,7 +25,7 @@ from .data import as_features, as_targets, class_labels, holdout_split
 from .errors import InvalidArgument
 from .metrics import METRICS
 from .network import Network
-from .optimizers import make_optimizer
+from .optimizers import OptimizerState, make_optimizer
 from .schedules import make_schedule
 
 Array = np.ndarray
@@ -68,11 +68,14 @@ class EpochRecord:
 
 @dataclass
 class Best:
-    """The best epoch so far by the monitored loss, with copies of its weights."""
+    """The best epoch so far by the monitored loss, with copies of its weights and of the
+    optimiser's state at that moment: the two belong together (moments and step count match
+    those exact weights), so a later run may continue from both."""
 
     loss: float
     epoch: int
     arrays: dict[str, Array]
+    optimizer: OptimizerState
     bad_epochs: int = 0
 
 
@@ -89,7 +92,8 @@ class FitResult:
 
 
 Callback = Callable[[EpochRecord], bool | None]
-"""Called after every epoch; returning ``True`` stops training."""
+"""Called after every epoch, the one that triggers a stop included; returning ``True`` stops
+training."""
 
 
 class _EpochStats:
@@ -123,7 +127,7 @@ class Trainer:
         self.schedule = make_schedule(config.schedule, config.optimizer.learning_rate)
         self.rng = np.random.default_rng(config.seed)
         self.epoch = 0
-        self.best = Best(math.inf, 0, network.state_arrays())
+        self.best = self._snapshot(math.inf)
         self.history: list[EpochRecord] = []
         self.grad_flat = np.empty_like(network.flat)
         self.grad_views = network.unflatten(self.grad_flat)
@@ -250,11 +254,20 @@ class Trainer:
         stats.metric.update(a, yb)
         return True
 
+    def _snapshot(self, loss: float) -> Best:
+        """The current weights and optimiser state as the best so far, at loss ``loss``."""
+        return Best(loss, self.epoch, self.network.state_arrays(), self.optimizer.snapshot())
+
+    def rebase_best(self) -> None:
+        """Start the best-so-far afresh from the current weights and optimiser state (after
+        loading state from elsewhere, so that the epoch-0 fallback matches what was loaded)."""
+        self.best = self._snapshot(math.inf)
+
     def _undo_to_best(self) -> None:
-        """After a non-finite step: weights back to the best epoch's, which are finite, and a
-        fresh optimiser, whose moments may have taken in the infinities."""
+        """After a non-finite step: weights and optimiser state back to the best epoch's, which
+        were finite together; the moments of the blow-up are dropped with it."""
         self.network.load_state_arrays(self.best.arrays)
-        self.optimizer = make_optimizer(self.config.optimizer, self.network.flat, self._decay_mask())
+        self.optimizer.restore(self.best.optimizer)
 
     def _close_epoch(
         self,
@@ -293,19 +306,20 @@ class Trainer:
     def _track_best(self, monitored: float) -> None:
         best = self.best
         if monitored < best.loss - self.config.min_delta:
-            self.best = Best(monitored, self.epoch, self.network.state_arrays())
+            self.best = self._snapshot(monitored)
         else:
             best.bad_epochs += 1
 
     def _stop_reason(self, record: EpochRecord, callback: Callback | None) -> str | None:
+        """Why training stops after ``record``'s epoch, if it does. The callback hears every
+        epoch, the one that triggers a stop too, so whoever records epochs misses none."""
+        asked = callback is not None and bool(callback(record))
         cfg = self.config
         if cfg.loss_threshold is not None and record.train_loss <= cfg.loss_threshold:
             return "loss_threshold"
         if cfg.patience is not None and self.best.bad_epochs >= cfg.patience:
             return "early_stopping"
-        if callback is not None and callback(record):
-            return "callback"
-        return None
+        return "callback" if asked else None
 
 
 def fit(

@@ -18,7 +18,9 @@ from gradwire.engine import (
     ScheduleConfig,
     TrainConfig,
     Trainer,
+    carry_optimizer_state,
     export_state,
+    final_state,
     fit,
     one_hot,
     restore_trainer,
@@ -139,6 +141,23 @@ def test_loss_threshold_and_callback_stop_with_their_reasons() -> None:
     assert (result.stop_reason, result.epochs_run, seen) == ("callback", 3, [1, 2, 3])
 
 
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [({"loss_threshold": 0.7}, "loss_threshold"), ({"patience": 3}, "early_stopping")],
+)
+def test_the_epoch_that_triggers_a_stop_is_reported_and_best_epoch_names_a_reported_epoch(
+    options: dict, reason: str
+) -> None:
+    X, Y = noisy_problem(1)
+    Xv, Yv = noisy_problem(2)
+    config = TrainConfig(epochs=500, batch_size=10, optimizer=OptimizerConfig("adam", 0.01), **options)
+    seen: list[int] = []
+    result = fit(big_net(), X, Y, config, validation_data=(Xv, Yv), callback=lambda r: seen.append(r.epoch))
+    assert result.stop_reason == reason
+    assert seen == [r.epoch for r in result.history] == list(range(1, result.epochs_run + 1))
+    assert result.best_epoch in seen
+
+
 def test_a_stop_request_is_honoured_within_one_minibatch() -> None:
     X, Y = noisy_problem(1)
     asked = 0
@@ -162,7 +181,38 @@ def test_a_non_finite_loss_stops_training_and_leaves_finite_weights() -> None:
     assert all(np.isfinite(p).all() for p in net.params)  # the trainer's own weights, not only the best
     assert np.isfinite(net.predict(X)).all()
     assert np.isfinite(trainer.optimizer.state["velocity"]).all()  # safe to train on
-    assert trainer.optimizer.t == 0  # a fresh optimiser: its moments may have seen the blow-up
+    # The optimiser went back with the weights: to the best epoch's state, from before the blow-up.
+    assert trainer.optimizer.t == trainer.best.optimizer.t
+    np.testing.assert_array_equal(
+        trainer.optimizer.state["velocity"], trainer.best.optimizer.slots["velocity"]
+    )
+
+
+def test_a_blow_up_after_good_epochs_leaves_the_best_epochs_weights_and_moments_together() -> None:
+    """Train well for a while, then raise the rate until it diverges: what the run leaves is the
+    best epoch's weights with that epoch's optimiser state, finite, and a run continuing from the
+    pair trains normally."""
+    X, Y = noisy_problem(4)
+    trainer = Trainer(
+        big_net(), TrainConfig(epochs=5, batch_size=10, optimizer=OptimizerConfig("adam", 0.01))
+    )
+    trainer.fit(X, Y)
+    good = final_state(trainer, restore_best=True)
+    assert good[1].t == trainer.best.epoch * 6
+    trainer.fit(X * 1e150, Y * 1e150)  # the loss overflows at once
+    weights, moments = final_state(trainer, restore_best=True)
+    assert trainer.best.epoch == 5
+    assert moments.t == good[1].t
+    for name, array in good[0].items():
+        np.testing.assert_array_equal(weights[name], array)
+    assert all(np.isfinite(a).all() for a in (*weights.values(), *moments.slots.values()))
+    follower = Trainer(
+        Network.from_state(big_net().spec, weights),
+        TrainConfig(epochs=3, batch_size=10, optimizer=OptimizerConfig("adam", 0.01)),
+    )
+    assert carry_optimizer_state(follower, moments)
+    result = follower.fit(X, Y)
+    assert (result.stop_reason, result.epochs_run) == ("max_epochs", 3)
 
 
 def test_float32_is_kept_through_training_and_inputs_are_not_written() -> None:
@@ -227,6 +277,9 @@ def test_resume_is_bit_identical() -> None:
         np.testing.assert_array_equal(resumed.network.state_arrays()[name], array, err_msg=name)
     for name, array in whole.best_weights.items():
         np.testing.assert_array_equal(rest.best_weights[name], array, err_msg=name)
+    for slot, array in straight.best.optimizer.slots.items():
+        np.testing.assert_array_equal(resumed.best.optimizer.slots[slot], array, err_msg=slot)
+    assert resumed.best.optimizer.t == straight.best.optimizer.t
     assert (rest.best_epoch, rest.best_loss, rest.stop_reason) == (
         whole.best_epoch,
         whole.best_loss,
@@ -285,17 +338,19 @@ def test_deep_sigmoid_gradients_vanish_and_the_remedies_restore_them() -> None:
 
 
 def test_optimizer_state_carries_over_between_runs_only_when_compatible() -> None:
-    from gradwire.engine import carry_optimizer_state
-
     X, Y = noisy_problem(3)
     first = Trainer(big_net(), TrainConfig(epochs=2, batch_size=10, optimizer=OptimizerConfig("adam")))
     first.fit(X, Y)
-    state = export_state(first, with_history=False)
-    assert state.meta["history"] == []
-    same = Trainer(big_net(), TrainConfig(epochs=1, optimizer=OptimizerConfig("adam", 0.1)))
+    assert export_state(first, with_history=False).meta["history"] == []
+    weights, state = final_state(first, restore_best=False)
+    same = Trainer(
+        Network.from_state(big_net().spec, weights),
+        TrainConfig(epochs=1, optimizer=OptimizerConfig("adam", 0.1)),
+    )
     assert carry_optimizer_state(same, state)
     assert same.optimizer.t == first.optimizer.t == 12
     np.testing.assert_array_equal(same.optimizer.state["m"], first.optimizer.state["m"])
+    assert same.best.optimizer.t == 12  # a blow-up in the new run falls back to the carried pair
     other = Trainer(big_net(), TrainConfig(epochs=1, optimizer=OptimizerConfig("rmsprop")))
     assert not carry_optimizer_state(other, state)
     assert other.optimizer.t == 0
