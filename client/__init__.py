@@ -16,15 +16,17 @@ from .errors import (
     ModelBusyError,
     NotFoundError,
     ResourceExhaustedError,
+    RunFailedError,
     UnavailableError,
 )
-from .sdk import Client, History, Model, ModelInfo, print_progress
+from .sdk import Client, DatasetInfo, History, Model, ModelInfo, Run, RunInfo, print_progress
 
 __all__ = [
     "ERRORS",
     "CancelledError",
     "Client",
     "ClientClosedError",
+    "DatasetInfo",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "Gradients",
@@ -37,6 +39,9 @@ __all__ = [
     "NotFoundError",
     "Prediction",
     "ResourceExhaustedError",
+    "Run",
+    "RunFailedError",
+    "RunInfo",
     "UnavailableError",
     "print_progress",
 ]

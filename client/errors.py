@@ -6,6 +6,8 @@ message and, for INVALID_ARGUMENT, the field violations (``(field, description)`
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -39,7 +41,8 @@ class FailedPreconditionError(GradwireError):
 
 
 class ModelBusyError(GradwireError):
-    """The model is training already (ABORTED)."""
+    """ABORTED: the model has a run queued or running already, or a run's base version is no
+    longer the model's current one."""
 
 
 class ResourceExhaustedError(GradwireError):
@@ -56,6 +59,15 @@ class DeadlineExceededError(GradwireError, TimeoutError):
 
 class CancelledError(GradwireError):
     """The call was cancelled."""
+
+
+class RunFailedError(GradwireError):
+    """A run ended ``failed``: :attr:`reason` says why (``version_conflict``, ``missing_data``,
+    ``out_of_memory``, ...) and :attr:`run` is the run as it ended."""
+
+    def __init__(self, run: Any) -> None:
+        self.run, self.reason = run, run.stop_reason
+        super().__init__(grpc.StatusCode.UNKNOWN, f"run {run.id} failed ({run.stop_reason}): {run.error}")
 
 
 class ClientClosedError(RuntimeError):

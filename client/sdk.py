@@ -1,14 +1,19 @@
-"""The Python SDK: NumPy in, NumPy out, typed errors, progress.
+"""The Python SDK: NumPy in, NumPy out, typed errors, progress, durable runs.
 
 >>> with Client("127.0.0.1:50051") as client:                          # doctest: +SKIP
 ...     model = client.create_model(spec, name="spirals")
 ...     history = model.fit(X, Y, epochs=50, optimizer="adam", validation_split=0.2, progress=True)
 ...     probabilities = model.predict(X)
+...     run = model.start_run(X, Y, epochs=5000)     # detached: returns at once
+...     run.id                                        # keep it; client.run(run_id).wait() later
+...     weights = model.export()                      # {"0.W": array, ...}
 
 Every call has a deadline (``timeout``, 30 s by default; training has none unless given).
-Idempotent calls (GetModel, ListModels, Predict, GetGradients, GetTrainingHistory) are retried
-on UNAVAILABLE with exponential backoff; nothing else is retried. The raw stub stays reachable
-as :attr:`Client.stub`.
+Reads (GetModel, ListModels, Predict, ...) are retried on UNAVAILABLE with exponential backoff,
+and so are CreateModel, StartRun and UploadDataset, which carry a request id that makes the
+server do them once. Watching a run reconnects after a lost connection from the last epoch it
+saw, and resumes the run if the server restarted under it. The raw stub stays reachable as
+:attr:`Client.stub`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,14 +35,24 @@ from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 from gradwire.v1.codec import Gradients, Prediction
+from gradwire.v1.digest import array_id, little_endian, weights_digest
 
-from .errors import ClientClosedError, from_rpc_error
+from .errors import ClientClosedError, DeadlineExceededError, GradwireError, RunFailedError, from_rpc_error
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MiB = 1 << 20
-IDEMPOTENT = frozenset({"GetModel", "ListModels", "Predict", "GetGradients", "GetTrainingHistory"})
+RETRIED = frozenset(
+    {"GetModel", "ListModels", "Predict", "GetGradients", "GetTrainingHistory", "GetDataset", "ListDatasets",
+     "GetRun", "ListRuns", "CancelRun", "ResumeRun", "CreateModel", "StartRun"}
+)  # fmt: skip
+"""Calls retried on UNAVAILABLE: reads, idempotent changes, and creations that carry a request id."""
+UPLOAD_CHUNK = 1 * MiB
+INLINE_LIMIT = 4 * MiB
+"""Training data up to this size (all arrays together) travels inside StartRun; larger is uploaded."""
 PROGRESS_WIDTH = 20
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
+PROTO_DTYPES = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
+FINISHED = ("completed", "cancelled", "failed")
 
 R = TypeVar("R")
 EpochCallback = Callable[[dict[str, Any]], bool | None]
@@ -53,6 +69,7 @@ class ModelInfo:
     training: bool
     created_at: datetime
     updated_at: datetime
+    active_run_id: str = ""
 
     @classmethod
     def from_proto(cls, m: pb.Model) -> ModelInfo:
@@ -66,6 +83,73 @@ class ModelInfo:
             m.training,
             m.created_at.ToDatetime(),
             m.updated_at.ToDatetime(),
+            m.active_run_id,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    id: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    created_at: datetime
+
+    @classmethod
+    def from_proto(cls, d: pb.Dataset) -> DatasetInfo:
+        dtype = {v: k for k, v in PROTO_DTYPES.items()}.get(d.dtype, "")
+        return cls(d.dataset_id, d.name, dtype, tuple(d.shape), d.nbytes, d.created_at.ToDatetime())
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as the server last described it (see ``Run`` in the contract)."""
+
+    id: str
+    model_id: str
+    status: str
+    stop_reason: str
+    error: str
+    datasets: dict[str, str]
+    base_version: int
+    version: int
+    best_epoch: int
+    best_loss: float | None
+    epochs_done: int
+    epochs_planned: int
+    attempts: int
+    receipt: dict[str, Any]
+    load_seconds: float
+    train_seconds: float
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @classmethod
+    def from_proto(cls, r: pb.Run) -> RunInfo:
+        receipt: dict[str, Any] = {}
+        if r.HasField("receipt"):
+            receipt = {f.name: getattr(r.receipt, f.name) for f in r.receipt.DESCRIPTOR.fields}
+            receipt["datasets"] = dict(r.receipt.datasets)
+        return cls(
+            r.run_id,
+            r.model_id,
+            r.status,
+            r.stop_reason,
+            r.error,
+            dict(r.datasets),
+            r.base_version,
+            r.version,
+            r.best_epoch,
+            r.best_loss if r.HasField("best_loss") else None,
+            r.epochs_done,
+            r.epochs_planned,
+            r.attempts,
+            receipt,
+            r.load_seconds,
+            r.train_seconds,
         )
 
 
@@ -82,6 +166,7 @@ class History:
     version: int = 0
     transfer_seconds: float = 0.0
     train_seconds: float = 0.0
+    receipt: dict[str, Any] = field(default_factory=dict)
 
     @property
     def history(self) -> dict[str, list[float | None]]:
@@ -94,6 +179,15 @@ class History:
             f"val_{metric}": [e["val_metric"] for e in self.epochs],
             "lr": [e["learning_rate"] for e in self.epochs],
         }
+
+    def close(self, run: RunInfo, transfer_seconds: float = 0.0) -> History:
+        """Take the run's ending into this history."""
+        self.run_id, self.status, self.stop_reason = run.id, run.status, run.stop_reason
+        self.best_epoch, self.version, self.receipt = run.best_epoch, run.version, run.receipt
+        self.best_loss = float("nan") if run.best_loss is None else run.best_loss
+        self.transfer_seconds = transfer_seconds + run.load_seconds
+        self.train_seconds = run.train_seconds
+        return self
 
     @classmethod
     def from_run(cls, run: pb.TrainingRun) -> History:
@@ -136,10 +230,16 @@ def print_progress(epoch: dict[str, Any], stream: Any = None) -> None:
     print("  ".join(parts), file=stream or sys.stderr, flush=True)
 
 
+def _request_id(given: str | None) -> str:
+    """The caller's request id, or a fresh one: every creating call carries one, so retrying it is safe."""
+    return given or uuid.uuid4().hex
+
+
 class Client:
     """A connection to a gradwire server; use it as a context manager.
 
-    ``address`` defaults to ``GRADWIRE_SERVER``, else 127.0.0.1:50051.
+    ``address`` defaults to ``GRADWIRE_SERVER``, else 127.0.0.1:50051. ``reconnect_seconds``
+    bounds how long watching a run keeps reconnecting to a server that cannot be reached.
     """
 
     def __init__(
@@ -150,6 +250,7 @@ class Client:
         retries: int = 3,
         backoff: float = 0.1,
         max_message_mb: int = 512,
+        reconnect_seconds: float = 60.0,
         channel: grpc.Channel | None = None,
     ) -> None:
         options = [
@@ -160,6 +261,7 @@ class Client:
         self.channel = channel or grpc.insecure_channel(self.address, options=options)
         self.stub = pb_grpc.TrainerStub(self.channel)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.reconnect_seconds = reconnect_seconds
         self._closed = False
 
     def __enter__(self) -> Client:
@@ -173,11 +275,14 @@ class Client:
             self._closed = True
             self.channel.close()
 
-    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        """A unary call by RPC name, with the deadline, retries and typed errors."""
+    def _check_open(self) -> None:
         if self._closed:
             raise ClientClosedError("this gradwire Client was closed; create a new one")
-        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """A unary call by RPC name, with the deadline, retries and typed errors."""
+        self._check_open()
+        attempts = 1 + (self.retries if method in RETRIED else 0)
         for attempt in range(attempts):
             try:
                 return getattr(self.stub, method)(request, timeout=timeout or self.timeout)
@@ -190,26 +295,91 @@ class Client:
 
     # ------------------------------------------------------------------ models
 
-    def create_model(self, spec: Mapping[str, Any], name: str = "") -> Model:
+    def create_model(self, spec: Mapping[str, Any], name: str = "", request_id: str | None = None) -> Model:
         """A new model from a spec in the engine's JSON form (``NetworkSpec.to_dict()``)."""
-        message = self.call("CreateModel", pb.CreateModelRequest(name=name, spec=codec.spec_from_dict(spec)))
-        return Model(self, ModelInfo.from_proto(message))
+        request = pb.CreateModelRequest(name=name, spec=codec.spec_from_dict(spec), request_id=_request_id(request_id))
+        return Model(self, ModelInfo.from_proto(self.call("CreateModel", request)))
 
     def model(self, model_id: str) -> Model:
         return Model(self, ModelInfo.from_proto(self.call("GetModel", pb.GetModelRequest(model_id=model_id))))
 
     def list_models(self, page_size: int = 50) -> Iterator[ModelInfo]:
         """Every model, oldest first, fetched a page at a time."""
-        token = ""
-        while True:
-            page = self.call("ListModels", pb.ListModelsRequest(page_size=page_size, page_token=token))
+        for page in self._pages("ListModels", pb.ListModelsRequest(page_size=page_size)):
             yield from (ModelInfo.from_proto(m) for m in page.models)
-            token = page.next_page_token
-            if not token:
-                return
 
     def delete_model(self, model_id: str) -> None:
         self.call("DeleteModel", pb.DeleteModelRequest(model_id=model_id))
+
+    def _pages(self, method: str, request: Any) -> Iterator[Any]:
+        while True:
+            page = self.call(method, request)
+            yield page
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    # ------------------------------------------------------------------ datasets
+
+    def upload_dataset(self, array: Any, name: str = "", request_id: str | None = None) -> DatasetInfo:
+        """Store a 2-D float32 or float64 array on the server; returns its dataset. Data the
+        server holds already (same content address) is not sent again."""
+        data = little_endian(_float_array("array", array))
+        existing = self.dataset_or_none(array_id(data))
+        if existing is not None:
+            return existing
+        header = pb.DatasetHeader(
+            name=name, dtype=PROTO_DTYPES[data.dtype.name], shape=data.shape, request_id=_request_id(request_id)
+        )
+        raw = memoryview(data).cast("B")
+
+        def messages() -> Iterator[pb.UploadDatasetRequest]:
+            yield pb.UploadDatasetRequest(header=header)
+            for start in range(0, len(raw), UPLOAD_CHUNK):
+                yield pb.UploadDatasetRequest(chunk=bytes(raw[start : start + UPLOAD_CHUNK]))
+
+        timeout = max(self.timeout, len(raw) / (10 * MiB))  # slow links get at least 10 MiB/s of deadline
+        return DatasetInfo.from_proto(self._with_retries(lambda: self.stub.UploadDataset(messages(), timeout=timeout)))
+
+    def dataset(self, dataset_id: str) -> DatasetInfo:
+        return DatasetInfo.from_proto(self.call("GetDataset", pb.GetDatasetRequest(dataset_id=dataset_id)))
+
+    def dataset_or_none(self, dataset_id: str) -> DatasetInfo | None:
+        try:
+            return self.dataset(dataset_id)
+        except GradwireError as error:
+            if error.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    def list_datasets(self, page_size: int = 50) -> Iterator[DatasetInfo]:
+        for page in self._pages("ListDatasets", pb.ListDatasetsRequest(page_size=page_size)):
+            yield from (DatasetInfo.from_proto(d) for d in page.datasets)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self.call("DeleteDataset", pb.DeleteDatasetRequest(dataset_id=dataset_id))
+
+    def _with_retries(self, send: Callable[[], R]) -> R:
+        self._check_open()
+        for attempt in range(1 + self.retries):
+            try:
+                return send()
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(self.backoff * 2**attempt)
+                    continue
+                raise from_rpc_error(error) from error
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ runs
+
+    def run(self, run_id: str) -> Run:
+        return Run(self, RunInfo.from_proto(self.call("GetRun", pb.GetRunRequest(run_id=run_id))))
+
+    def list_runs(self, model_id: str = "", statuses: tuple[str, ...] = (), page_size: int = 50) -> Iterator[RunInfo]:
+        request = pb.ListRunsRequest(model_id=model_id, statuses=statuses, page_size=page_size)
+        for page in self._pages("ListRuns", request):
+            yield from (RunInfo.from_proto(r) for r in page.runs)
 
     def healthy(self) -> bool:
         """Whether the server reports SERVING for the gradwire service."""
@@ -222,8 +392,101 @@ class Client:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _float_array(name: str, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype not in (np.float32, np.float64) or array.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D float32 or float64 array, got {array.dtype} {array.shape}")
+    return array
+
+
+class Run:
+    """A handle on one run: follow it, wait for it, cancel or resume it."""
+
+    def __init__(self, client: Client, info: RunInfo, transfer_seconds: float = 0.0) -> None:
+        self.client, self.info, self.transfer_seconds = client, info, transfer_seconds
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    def refresh(self) -> RunInfo:
+        self.info = RunInfo.from_proto(self.client.call("GetRun", pb.GetRunRequest(run_id=self.id)))
+        return self.info
+
+    def cancel(self) -> RunInfo:
+        """Cancel it: a queued or interrupted run at once, a running one within a minibatch."""
+        self.info = RunInfo.from_proto(self.client.call("CancelRun", pb.CancelRunRequest(run_id=self.id)))
+        return self.info
+
+    def resume(self) -> RunInfo:
+        """Queue an interrupted run again (a queued or running one is left as it is)."""
+        self.info = RunInfo.from_proto(self.client.call("ResumeRun", pb.ResumeRunRequest(run_id=self.id)))
+        return self.info
+
+    def epochs(self, after_epoch: int = 0, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """The run's epochs after ``after_epoch``, committed ones first, then live ones, until it
+        ends or is interrupted (then :attr:`info` holds how). Reconnects from the last epoch
+        seen while the server cannot be reached, for up to ``client.reconnect_seconds``."""
+        self.client._check_open()
+        cursor, since = after_epoch, None
+        while True:
+            try:
+                for event in self.client.stub.WatchRun(pb.WatchRunRequest(run_id=self.id, after_epoch=cursor),
+                                                       timeout=timeout):  # fmt: skip
+                    if event.HasField("result"):
+                        self.info = RunInfo.from_proto(event.result)
+                        return
+                    epoch = codec.epoch_to_dict(event.progress)
+                    cursor, since = epoch["epoch"], None
+                    yield epoch
+                return
+            except grpc.RpcError as error:
+                since = since or time.monotonic()
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - since > self.client.reconnect_seconds:
+                    raise from_rpc_error(error) from error
+                time.sleep(self.client.backoff)
+
+    def wait(
+        self,
+        callbacks: tuple[EpochCallback, ...] = (),
+        progress: bool = False,
+        timeout: float | None = None,
+        resume: int = 3,
+    ) -> History:
+        """Follow the run to its end; returns its :class:`History`. A callback returning ``True``
+        cancels it (its best weights so far still become a version). An interrupted run is resumed
+        up to ``resume`` times. Past ``timeout`` seconds the run is cancelled and
+        :class:`DeadlineExceededError` raised. A failed run raises :class:`RunFailedError`."""
+        listeners = (*callbacks, print_progress) if progress else callbacks
+        deadline = None if timeout is None else time.monotonic() + timeout
+        history = History(run_id=self.id)
+        cancelled = False
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                for epoch in self.epochs(len(history.epochs) and history.epochs[-1]["epoch"], left):
+                    history.epochs.append(epoch)
+                    answers = [listener(epoch) for listener in listeners]  # every listener hears every epoch
+                    if any(answers) and not cancelled:
+                        cancelled = bool(self.cancel())
+            except DeadlineExceededError:
+                _cancel_quietly(self)
+                raise
+            if self.info.status != "interrupted" or resume <= 0:
+                break
+            resume -= 1
+            self.resume()
+        if self.info.status == "failed":
+            raise RunFailedError(self.info)
+        return history.close(self.info, self.transfer_seconds)
+
+
 class Model:
-    """A handle on one model of the server: fit, predict, gradients, history."""
+    """A handle on one model of the server: fit, predict, gradients, export, history."""
 
     def __init__(self, client: Client, info: ModelInfo) -> None:
         self.client, self.info = client, info
@@ -240,7 +503,7 @@ class Model:
         self.info = ModelInfo.from_proto(self.client.call("GetModel", pb.GetModelRequest(model_id=self.id)))
         return self.info
 
-    def fit(
+    def start_run(
         self,
         x: Any,
         y: Any,
@@ -251,19 +514,19 @@ class Model:
         learning_rate: float | None = None,
         validation_split: float = 0.0,
         validation_data: tuple[Any, Any] | None = None,
-        callbacks: tuple[EpochCallback, ...] = (),
-        progress: bool = False,
-        timeout: float | None = None,
+        request_id: str | None = None,
         **options: Any,
-    ) -> History:
-        """Train on ``(x, y)``; returns the run's :class:`History`. Keras-like arguments.
+    ) -> Run:
+        """Queue a run and return at once (a detached run: keep ``run.id``, follow it later).
 
-        ``options`` takes the rest of the service's TrainOptions (``seed``, ``shuffle``,
-        ``patience``, ``min_delta``, ``loss_threshold``, ``clip_norm``, ``restore_best``,
-        ``stratify``, ``schedule`` as a dict) and optimiser constants (``momentum``, ``beta1``,
-        ``beta2``, ``epsilon``, ``rho``, ``weight_decay``). A callback returning ``True`` stops
-        training: the call is cancelled and the server commits the best weights so far.
+        ``x`` and ``y`` are arrays (sent inline when small, else uploaded once as datasets) or
+        :class:`DatasetInfo` / dataset ids of uploaded ones. Keras-like arguments; ``options``
+        takes the rest of TrainOptions (``seed``, ``shuffle``, ``patience``, ``min_delta``,
+        ``loss_threshold``, ``clip_norm``, ``restore_best``, ``stratify``, ``schedule`` as a dict)
+        and optimiser constants (``momentum``, ``beta1``, ``beta2``, ``epsilon``, ``rho``,
+        ``weight_decay``).
         """
+        started = time.perf_counter()
         optimizer_keys = {"momentum", "beta1", "beta2", "epsilon", "rho", "weight_decay"}
         settings = {
             "epochs": epochs,
@@ -276,49 +539,51 @@ class Model:
             },
             **{k: v for k, v in options.items() if k not in optimizer_keys},
         }
-        request = pb.TrainRequest(model_id=self.id, options=codec.options_from_dict(settings))
-        codec.array_to_tensor(_array("x", x, self.dtype), into=request.inputs)
-        codec.array_to_tensor(_array("y", y, self.dtype), into=request.targets)
+        data = {"inputs": x, "targets": y}
         if validation_data is not None:
-            codec.array_to_tensor(
-                _array("validation x", validation_data[0], self.dtype), into=request.validation_inputs
-            )
-            codec.array_to_tensor(
-                _array("validation y", validation_data[1], self.dtype), into=request.validation_targets
-            )
-        listeners = (*callbacks, print_progress) if progress else callbacks
-        return self._stream_training(request, listeners, timeout)
+            data |= {"validation_inputs": validation_data[0], "validation_targets": validation_data[1]}
+        request = pb.StartRunRequest(
+            model_id=self.id, options=codec.options_from_dict(settings), request_id=_request_id(request_id)
+        )
+        self._sources(request, data)
+        run = Run(self.client, RunInfo.from_proto(self.client.call("StartRun", request)))
+        run.transfer_seconds = time.perf_counter() - started
+        return run
 
-    def _stream_training(
-        self, request: pb.TrainRequest, listeners: tuple[Callable[..., Any], ...], timeout: float | None
+    def _sources(self, request: pb.StartRunRequest, data: dict[str, Any]) -> None:
+        """Fill the request's data: dataset ids as given, arrays inline when small, else uploaded."""
+        arrays = {role: _array(role, v, self.dtype) for role, v in data.items() if not _is_dataset(v)}
+        inline = sum(a.nbytes for a in arrays.values()) <= INLINE_LIMIT
+        for role, value in data.items():
+            source = getattr(request, role)
+            if _is_dataset(value):
+                source.dataset_id = value if isinstance(value, str) else value.id
+            elif inline:
+                codec.array_to_tensor(arrays[role], into=source.tensor)
+            else:
+                source.dataset_id = self.client.upload_dataset(arrays[role], name=role).id
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        callbacks: tuple[EpochCallback, ...] = (),
+        progress: bool = False,
+        timeout: float | None = None,
+        **arguments: Any,
     ) -> History:
-        if self.client._closed:
-            raise ClientClosedError("this gradwire Client was closed; create a new one")
-        history = History()
-        call = self.client.stub.Train(request, timeout=timeout)
+        """Train on ``(x, y)`` and wait for the end; returns the run's :class:`History`.
+
+        Takes :meth:`start_run`'s arguments. A callback returning ``True`` cancels the run (the
+        server commits the best weights so far). If this call is interrupted (an exception, Ctrl-C,
+        ``timeout``), the run is cancelled too.
+        """
+        run = self.start_run(x, y, **arguments)
         try:
-            for event in call:
-                if event.HasField("result"):
-                    r = event.result
-                    history.run_id, history.stop_reason, history.best_epoch = (
-                        r.run_id,
-                        r.stop_reason,
-                        r.best_epoch,
-                    )
-                    history.best_loss, history.version, history.status = r.best_loss, r.version, "completed"
-                    history.transfer_seconds, history.train_seconds = r.transfer_seconds, r.train_seconds
-                    continue
-                epoch = codec.epoch_to_dict(event.progress)
-                history.epochs.append(epoch)
-                answers = [listener(epoch) for listener in listeners]  # every listener hears every epoch
-                if any(answers):
-                    call.cancel()
-                    history.status = history.stop_reason = "cancelled"
-                    return history
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+            history = run.wait(callbacks, progress, timeout)
         except BaseException:
-            call.cancel()
+            _cancel_quietly(run)
             raise
         self.refresh()
         return history
@@ -350,6 +615,27 @@ class Model:
         codec.array_to_tensor(_array("y", y, self.dtype), into=request.targets)
         return codec.gradients_from_proto(self.client.call("GetGradients", request))
 
+    def export(self, version: int = 0) -> dict[str, np.ndarray]:
+        """A version's weights and buffers by name (0: the current version), checked against the
+        digest the server sent (the one a run's receipt names)."""
+        self.client._check_open()
+        arrays: dict[str, np.ndarray] = {}
+        digest = ""
+        try:
+            for piece in self.client.stub.ExportModel(
+                pb.ExportModelRequest(model_id=self.id, version=version), timeout=self.client.timeout
+            ):
+                digest = digest or piece.weights_sha256
+                if piece.offset == 0:
+                    arrays[piece.name] = np.empty(tuple(piece.shape), codec.DTYPES[piece.dtype])
+                target = memoryview(arrays[piece.name]).cast("B") if arrays[piece.name].size else memoryview(b"")
+                target[piece.offset : piece.offset + len(piece.data)] = piece.data
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        if weights_digest(arrays) != digest:
+            raise ValueError(f"exported weights of model {self.id} do not match the server's digest")
+        return arrays
+
     def history(self) -> list[History]:
         """Every training run of the model, oldest first."""
         reply = self.client.call("GetTrainingHistory", pb.GetTrainingHistoryRequest(model_id=self.id))
@@ -357,3 +643,14 @@ class Model:
 
     def delete(self) -> None:
         self.client.delete_model(self.id)
+
+
+def _is_dataset(value: Any) -> bool:
+    return isinstance(value, str | DatasetInfo)
+
+
+def _cancel_quietly(run: Run) -> None:
+    try:
+        run.cancel()
+    except GradwireError:
+        pass  # the server is gone; the run ends when its lease does, or is resumed

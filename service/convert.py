@@ -6,7 +6,7 @@ Errors name the request field: ``inputs.data``, ``spec.layers[1].units``,
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -14,15 +14,26 @@ import numpy as np
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gradwire.engine import EpochRecord, InvalidArgument, NetworkSpec, TrainConfig
+from gradwire.engine import InvalidArgument, NetworkSpec, TrainConfig
 from gradwire.engine.data import check_finite
-from gradwire.storage import ModelRecord, RunRecord
+from gradwire.storage import DatasetRecord, EpochEntry, ModelRecord, RunRecord
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
-from .errors import prefixed
+from .datasets import Header
+from .runs import DataSource
+from .usecases import Export, Gradients, Prediction
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)
+DTYPE_NAMES = {pb.FLOAT32: "float32", pb.FLOAT64: "float64"}
+PROTO_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+EXPORT_PIECE = 1 << 20
+"""Bytes of array data per ExportModel message."""
+
+
+def prefixed(exc: InvalidArgument, prefix: str) -> InvalidArgument:
+    """The same error with its field under ``prefix`` (``units`` → ``spec.layers[0].units``)."""
+    return InvalidArgument(f"{prefix}.{exc.field}" if prefix else exc.field, exc.message, exc.allowed)
 
 
 def tensor_from_proto(tensor: pb.Tensor, field: str) -> np.ndarray:
@@ -63,7 +74,10 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
     return stamp
 
 
-def model_to_proto(model: ModelRecord, classifier: bool, training: bool) -> pb.Model:
+# ------------------------------------------------------------------------------------ models
+
+
+def model_to_proto(model: ModelRecord, classifier: bool) -> pb.Model:
     return pb.Model(
         model_id=model.id,
         name=model.name,
@@ -71,18 +85,158 @@ def model_to_proto(model: ModelRecord, classifier: bool, training: bool) -> pb.M
         version=model.version,
         parameter_count=model.parameter_count,
         classifier=classifier,
-        training=training,
+        training=model.active_run_id is not None,
+        active_run_id=model.active_run_id or "",
         created_at=timestamp(model.created_at),
         updated_at=timestamp(model.updated_at),
     )
 
 
-def record_to_dict(record: EpochRecord) -> dict[str, Any]:
-    return asdict(record)
+def export_to_proto(export: Export) -> Iterator[pb.ExportModelResponse]:
+    """Each array in pieces of at most :data:`EXPORT_PIECE` bytes; the digest in the first message."""
+    digest = export.digest
+    for name, array in export.arrays.items():
+        data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+        raw = memoryview(data).cast("B") if data.size else memoryview(b"")
+        for offset in range(0, max(len(raw), 1), EXPORT_PIECE):
+            piece = pb.ExportModelResponse(
+                version=export.version, name=name, offset=offset, data=bytes(raw[offset : offset + EXPORT_PIECE]),
+                weights_sha256=digest,
+            )  # fmt: skip
+            if offset == 0:
+                piece.shape[:] = data.shape
+                piece.dtype = codec.PROTO_DTYPES[data.dtype.newbyteorder("=")]
+            digest = ""
+            yield piece
 
 
-def run_to_proto(run: RunRecord) -> pb.TrainingRun:
-    epochs_planned = int(run.options.get("epochs") or 0)
+# ------------------------------------------------------------------------------------ datasets
+
+
+def header_from_proto(header: pb.DatasetHeader) -> Header:
+    dtype = DTYPE_NAMES.get(header.dtype, f"DType {header.dtype}")
+    return Header(header.name, dtype, tuple(header.shape), header.request_id)
+
+
+def upload_chunks(messages: Iterator[pb.UploadDatasetRequest]) -> tuple[Header, Iterator[bytes]]:
+    """The header of an upload stream, and an iterator over the bytes of the rest."""
+    first = next(messages, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument("header", "the first message of an upload must be its header")
+
+    def chunks() -> Iterator[bytes]:
+        for message in messages:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument("header", "only the first message of an upload is a header")
+            yield message.chunk
+
+    return header_from_proto(first.header), chunks()
+
+
+def dataset_to_proto(dataset: DatasetRecord) -> pb.Dataset:
+    return pb.Dataset(
+        dataset_id=dataset.id,
+        name=dataset.name,
+        dtype=PROTO_DTYPES[dataset.dtype],
+        shape=[dataset.rows, dataset.columns],
+        nbytes=dataset.nbytes,
+        created_at=timestamp(dataset.created_at),
+    )
+
+
+# ------------------------------------------------------------------------------------ runs
+
+DATA_FIELDS = ("inputs", "targets", "validation_inputs", "validation_targets")
+
+
+def sources_from_proto(request: pb.StartRunRequest) -> dict[str, DataSource]:
+    """The request's data by role: a dataset id, or a checked inline array."""
+    out: dict[str, DataSource] = {}
+    for role in DATA_FIELDS:
+        source = getattr(request, role)
+        kind = source.WhichOneof("source")
+        if kind == "dataset_id":
+            out[role] = source.dataset_id
+        elif kind == "tensor":
+            out[role] = tensor_from_proto(source.tensor, f"{role}.tensor")
+    return out
+
+
+def train_sources(request: pb.TrainRequest) -> dict[str, DataSource]:
+    """A Train request's inline tensors by role."""
+    return {role: array for role in DATA_FIELDS if (array := optional_tensor(request, role)) is not None}
+
+
+def epochs_planned(run: RunRecord) -> int:
+    return int(run.options.get("epochs") or 0)
+
+
+def receipt_to_proto(receipt: dict[str, Any] | None) -> pb.Receipt | None:
+    if not receipt:
+        return None
+    return pb.Receipt(
+        seed=receipt["seed"],
+        spec_seed=receipt["spec_seed"],
+        datasets=receipt["datasets"],
+        numpy_version=receipt["numpy_version"],
+        gradwire_version=receipt["gradwire_version"],
+        weights_sha256=receipt["weights_sha256"],
+        base_version=receipt["base_version"],
+    )
+
+
+def run_to_proto(run: RunRecord) -> pb.Run:
+    return pb.Run(
+        run_id=run.id,
+        model_id=run.model_id,
+        status=run.status,
+        stop_reason=run.stop_reason,
+        error=run.error,
+        options=codec.options_from_dict(run.options),
+        datasets=run.datasets,
+        rows=run.rows,
+        base_version=run.base_version,
+        version=run.version or 0,
+        best_epoch=run.best_epoch,
+        best_loss=run.best_loss,
+        epochs_done=run.epochs_done,
+        epochs_planned=epochs_planned(run),
+        cancel_requested=run.cancel_requested,
+        attempts=run.attempts,
+        created_at=timestamp(run.created_at),
+        started_at=timestamp(run.started_at),
+        finished_at=timestamp(run.finished_at),
+        receipt=receipt_to_proto(run.receipt),
+        load_seconds=run.load_seconds,
+        train_seconds=run.train_seconds,
+    )
+
+
+def run_event(event: EpochEntry | RunRecord, planned: int) -> pb.RunEvent:
+    if isinstance(event, EpochEntry):
+        return pb.RunEvent(progress=codec.epoch_from_dict(event.record, planned))
+    return pb.RunEvent(result=run_to_proto(event))
+
+
+def train_event(event: EpochEntry | RunRecord, planned: int, transfer_seconds: float) -> pb.TrainEvent:
+    if isinstance(event, EpochEntry):
+        return pb.TrainEvent(progress=codec.epoch_from_dict(event.record, planned))
+    return pb.TrainEvent(
+        result=pb.TrainResult(
+            run_id=event.id,
+            stop_reason=event.stop_reason,
+            best_epoch=event.best_epoch,
+            best_loss=event.best_loss if event.best_loss is not None else float("nan"),
+            version=event.version or event.base_version,
+            epochs_run=event.epochs_done,
+            transfer_seconds=transfer_seconds + event.load_seconds,
+            train_seconds=event.train_seconds,
+        )
+    )
+
+
+def training_run_to_proto(run: RunRecord) -> pb.TrainingRun:
+    planned = epochs_planned(run)
     return pb.TrainingRun(
         run_id=run.id,
         status=run.status,
@@ -91,8 +245,22 @@ def run_to_proto(run: RunRecord) -> pb.TrainingRun:
         base_version=run.base_version,
         version=run.version or 0,
         best_epoch=run.best_epoch,
-        started_at=timestamp(run.started_at),
+        started_at=timestamp(run.started_at or run.created_at),
         finished_at=timestamp(run.finished_at),
-        epochs=[codec.epoch_from_dict(e.record, epochs_planned) for e in run.epochs],
+        epochs=[codec.epoch_from_dict(e.record, planned) for e in run.epochs],
         rows=run.rows,
+        error=run.error,
+    )
+
+
+# ------------------------------------------------------------------------------------ answers
+
+
+def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
+    return codec.prediction_to_proto(codec.Prediction(prediction.outputs, prediction.labels, prediction.version))
+
+
+def gradients_to_proto(result: Gradients) -> pb.GetGradientsResponse:
+    return codec.gradients_to_proto(
+        codec.Gradients(result.loss, result.gradients, result.version, result.max_relative_error)
     )

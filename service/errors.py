@@ -1,30 +1,13 @@
-"""Domain errors and the one table that maps them to gRPC status codes.
-
-Use cases raise; the servicer's single handler (:func:`status_of`) turns the exception into a
-status code, a message, and for bad input a ``google.rpc.BadRequest`` with the field. Anything
-not in the table is a bug: it is logged with its traceback and the client gets INTERNAL with
-no detail.
-"""
+"""The errors the service's use cases raise on purpose (the storage layer and the engine have
+their own). Nothing here knows the wire: :mod:`.status` maps every one of them to a status code."""
 
 from __future__ import annotations
-
-import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-
-from gradwire.engine import InvalidArgument
-from gradwire.storage import CorruptBlob, NotFound
 
 
 class ServiceError(Exception):
     """Base class of the errors the service raises on purpose."""
 
     field = ""
-
-
-class ModelBusy(ServiceError):
-    """The model is training already; one Train per model at a time."""
-
-    field = "model_id"
 
 
 class LimitExceeded(ServiceError):
@@ -41,36 +24,11 @@ class CannotAnswer(ServiceError):
     field = "model_id"
 
 
-STATUS: dict[type[Exception], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    CannotAnswer: grpc.StatusCode.FAILED_PRECONDITION,
-    CorruptBlob: grpc.StatusCode.FAILED_PRECONDITION,
-    ModelBusy: grpc.StatusCode.ABORTED,
-    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
+class RunFailed(ServiceError):
+    """A run ended ``failed``; ``kind`` is its stop reason (see :data:`.jobs.FAILURE_KINDS`)."""
 
+    field = "run_id"
 
-def status_of(exc: Exception) -> grpc.StatusCode | None:
-    """The status code for ``exc`` by the first of its classes in :data:`STATUS`; None: a bug."""
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return None
-
-
-def rich_status(code: grpc.StatusCode, exc: Exception) -> status_pb2.Status:
-    """A ``google.rpc.Status`` for ``exc``, with a BadRequest field violation when it names a field."""
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
-    field = getattr(exc, "field", "")
-    if code == grpc.StatusCode.INVALID_ARGUMENT and field:
-        detail = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=str(exc))]
-        )
-        status.details.add().Pack(detail)
-    return status
-
-
-def prefixed(exc: InvalidArgument, prefix: str) -> InvalidArgument:
-    """The same error with its field under ``prefix`` (``units`` → ``spec.layers[0].units``)."""
-    return InvalidArgument(f"{prefix}.{exc.field}" if prefix else exc.field, exc.message, exc.allowed)
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)

@@ -62,54 +62,62 @@ def _log_call(method: str, context: grpc.ServicerContext, started: float) -> Non
     )
 
 
+def _logged_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(request, context)
+        finally:
+            _log_call(method, context, started)
+
+    return call
+
+
+def _logged_stream(method: str, inner: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        started = time.perf_counter()
+        try:
+            yield from inner(request, context)
+        finally:
+            _log_call(method, context, started)
+
+    return call
+
+
+WRAPPERS = {
+    "unary_unary": _logged_unary,
+    "stream_unary": _logged_unary,
+    "unary_stream": _logged_stream,
+    "stream_stream": _logged_stream,
+}
+"""How to wrap each kind of handler: by whether it returns one response or yields many."""
+
+
 class LoggingInterceptor(grpc.ServerInterceptor):
-    """Logs method, status code, peer and duration of every call, streams included."""
+    """Logs method, status code, peer and duration of every call, of every kind."""
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        method = details.method
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    return inner(request, context)
-                finally:
-                    _log_call(method, context, started)
-
-            return handler._replace(unary_unary=unary)
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started = time.perf_counter()
-                try:
-                    yield from inner_stream(request, context)
-                finally:
-                    _log_call(method, context, started)
-
-            return handler._replace(unary_stream=stream)
+        for kind, wrap in WRAPPERS.items():
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return handler._replace(**{kind: wrap(details.method, inner)})
         return handler
 
 
 def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.Server, int, Gradwire]:
-    """A started server on ``settings.address``: ``(server, port, app)``."""
+    """A started server on ``settings.address``: ``(server, port, app)``; the app claims runs."""
     store = store or open_store(settings.database_url)
-    interrupted = store.mark_interrupted()
-    if interrupted:
-        log.warning(
-            "runs left running by the previous server marked interrupted", extra={"runs": interrupted}
-        )
     app = Gradwire(store, settings)
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
     ]
+    threads = settings.rpc_workers + settings.max_streams  # streams are capped; unary calls keep theirs
     server = grpc.server(
-        ThreadPoolExecutor(settings.rpc_workers, thread_name_prefix="gradwire-rpc"),
+        ThreadPoolExecutor(threads, thread_name_prefix="gradwire-rpc"),
         interceptors=[LoggingInterceptor()],
         options=options,
     )
@@ -121,11 +129,15 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(settings.address)
     server.start()
+    app.start()
     return server, port, app
 
 
 def stop_server(server: grpc.Server, app: Gradwire, grace: float = 5.0) -> None:
-    """Stop accepting calls, stop the trainings (their best weights commit), then close."""
+    """Stop accepting calls (streams end), ask the runs executing here to stop at their next epoch
+    end and keep their checkpoints (they become interrupted, to continue elsewhere or after a
+    restart), wait up to ``grace`` seconds, then close."""
     done = server.stop(grace)
-    app.close()
+    app.close(grace)
     done.wait()
+    app.store.close()

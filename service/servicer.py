@@ -1,7 +1,13 @@
 """The gRPC servicer: unpack the request, call a use case, pack the response. Nothing else.
 
-Every method runs under :func:`handled`, the one place where exceptions become statuses
-(through :data:`gradwire.service.errors.STATUS`); no traceback ever reaches a client.
+Every method runs under :func:`handled` (or :func:`handled_stream`), the one place where
+exceptions become statuses (through :mod:`.status`); no traceback ever reaches a client.
+
+Streams (WatchRun, Train, UploadDataset, ExportModel) take one of ``max_streams`` slots, and the
+server keeps that many threads for them beside the ``rpc_workers`` that answer unary calls: a
+stream past the cap is refused with RESOURCE_EXHAUSTED instead of waiting for a thread, so
+streams never delay a GetModel. A stream whose client leaves (cancel, deadline) stops within one
+wait of its use case.
 """
 
 from __future__ import annotations
@@ -11,19 +17,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_status import rpc_status
 
 from gradwire.engine import NetworkSpec
-from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 
 from . import convert
-from .errors import rich_status, status_of
-from .usecases import Gradwire, Outcome, Progress, TrainData, is_classifier
+from .errors import LimitExceeded
+from .runs import StartRequest
+from .status import rich_status, status_of
+from .usecases import Gradwire, is_classifier
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +41,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 def abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
     """End the call with the status the error table gives ``exc`` (INTERNAL, no detail, if none)."""
     code = status_of(exc)
-    if code is None:
-        log.exception("unexpected error", exc_info=exc)
+    if code is None or code == grpc.StatusCode.INTERNAL:
+        log.error("unexpected error", exc_info=exc)
         context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
     context.abort_with_status(rpc_status.to_status(rich_status(code, exc)))
     raise AssertionError("grpc's abort returned")  # it raises; this keeps the NoReturn honest
 
 
 def handled(method: F) -> F:
-    """Map a unary method's exceptions to statuses."""
+    """Map a unary (or client-streaming) method's exceptions to statuses."""
 
     @functools.wraps(method)
     def wrapper(self: TrainerServicer, request: Any, context: grpc.ServicerContext) -> Any:
@@ -66,63 +74,153 @@ def handled_stream(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class Streams:
+    """At most ``limit`` streams at once; past it, RESOURCE_EXHAUSTED at once (never a wait)."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        self.limit = limit
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._slots.acquire(blocking=False):
+            raise LimitExceeded("", f"this server serves at most {self.limit} streams at once; try again later")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 class TrainerServicer(pb_grpc.TrainerServicer):
     def __init__(self, app: Gradwire) -> None:
         self.app = app
+        self.streams = Streams(app.settings.max_streams)
+
+    def _gone(self, context: grpc.ServicerContext) -> Callable[[], bool]:
+        """A test that turns true once the call ends (cancel, deadline, done), waking waiters."""
+        ended = threading.Event()
+
+        def end() -> None:
+            ended.set()
+            self.app.changes.wake_all()
+
+        context.add_callback(end)
+        return ended.is_set
 
     def _model(self, model_id: str) -> pb.Model:
         model = self.app.get_model(model_id)
-        spec = NetworkSpec.from_dict(model.spec)
-        return convert.model_to_proto(model, is_classifier(spec), self.app.is_training(model.id))
+        return convert.model_to_proto(model, is_classifier(NetworkSpec.from_dict(model.spec)))
+
+    # ------------------------------------------------------------------ models
 
     @handled
     def CreateModel(self, request: pb.CreateModelRequest, context: grpc.ServicerContext) -> pb.Model:
         spec = convert.spec_from_proto(request.spec)
-        return self._model(self.app.create_model(request.name, spec).id)
+        return self._model(self.app.create_model(request.name, spec, request.request_id).id)
 
     @handled
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
         return self._model(request.model_id)
 
     @handled
-    def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
-    ) -> pb.ListModelsResponse:
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         models, token = self.app.list_models(request.page_size, request.page_token)
-        packed = [
-            convert.model_to_proto(
-                m, is_classifier(NetworkSpec.from_dict(m.spec)), self.app.is_training(m.id)
-            )
-            for m in models
-        ]
+        packed = [convert.model_to_proto(m, is_classifier(NetworkSpec.from_dict(m.spec))) for m in models]
         return pb.ListModelsResponse(models=packed, next_page_token=token)
 
     @handled
-    def DeleteModel(
-        self, request: pb.DeleteModelRequest, context: grpc.ServicerContext
-    ) -> pb.DeleteModelResponse:
+    def DeleteModel(self, request: pb.DeleteModelRequest, context: grpc.ServicerContext) -> pb.DeleteModelResponse:
         self.app.delete_model(request.model_id)
         return pb.DeleteModelResponse()
 
     @handled_stream
-    def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainEvent]:
-        started = time.perf_counter()
+    def ExportModel(
+        self, request: pb.ExportModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportModelResponse]:
+        with self.streams.slot():
+            yield from convert.export_to_proto(self.app.export(request.model_id, request.version))
+
+    # ------------------------------------------------------------------ datasets
+
+    @handled
+    def UploadDataset(
+        self, request_iterator: Iterator[pb.UploadDatasetRequest], context: grpc.ServicerContext
+    ) -> pb.Dataset:
+        with self.streams.slot():
+            header, chunks = convert.upload_chunks(request_iterator)
+            return convert.dataset_to_proto(self.app.datasets.upload(header, chunks))
+
+    @handled
+    def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
+        return convert.dataset_to_proto(self.app.datasets.get(request.dataset_id))
+
+    @handled
+    def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> pb.ListDatasetsResponse:
+        datasets, token = self.app.datasets.list(request.page_size, request.page_token)
+        return pb.ListDatasetsResponse(
+            datasets=[convert.dataset_to_proto(d) for d in datasets], next_page_token=token
+        )
+
+    @handled
+    def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteDatasetResponse:
+        self.app.datasets.delete(request.dataset_id)
+        return pb.DeleteDatasetResponse()
+
+    # ------------------------------------------------------------------ runs
+
+    @handled
+    def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.Run:
         config = convert.options_from_proto(request.options)
-        X = convert.tensor_from_proto(request.inputs, "inputs")
-        Y = convert.tensor_from_proto(request.targets, "targets")
-        Xv = convert.optional_tensor(request, "validation_inputs")
-        Yv = convert.optional_tensor(request, "validation_targets")
-        validation = None if Xv is None or Yv is None else (Xv, Yv)
-        data = TrainData(X, Y, validation, time.perf_counter() - started)
-        stop = threading.Event()
-        context.add_callback(stop.set)  # cancellation, deadline or the end of the call
-        for event in self.app.train(request.model_id, config, data, stop):
-            yield _event_to_proto(event)
+        start = StartRequest(request.model_id, config, convert.sources_from_proto(request), request.request_id)
+        return convert.run_to_proto(self.app.runs.start(start))
+
+    @handled_stream
+    def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunEvent]:
+        with self.streams.slot():
+            run = self.app.runs.get(request.run_id)
+            planned = convert.epochs_planned(run)
+            for event in self.app.runs.watch(request.run_id, request.after_epoch, self._gone(context)):
+                yield convert.run_event(event, planned)
+
+    @handled
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        return convert.run_to_proto(self.app.runs.get(request.run_id))
+
+    @handled
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
+        runs, token = self.app.runs.list(
+            request.model_id, list(request.statuses), request.page_size, request.page_token
+        )
+        return pb.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
+
+    @handled
+    def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        return convert.run_to_proto(self.app.runs.cancel(request.run_id))
+
+    @handled
+    def ResumeRun(self, request: pb.ResumeRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        return convert.run_to_proto(self.app.runs.resume(request.run_id))
+
+    @handled_stream
+    def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainEvent]:
+        with self.streams.slot():
+            started = time.perf_counter()
+            config = convert.options_from_proto(request.options)
+            run = self.app.runs.start(StartRequest(request.model_id, config, convert.train_sources(request)))
+            transfer = time.perf_counter() - started  # decoding, checking and storing the tensors
+            for event in self.app.runs.follow(run.id, self._gone(context)):
+                yield convert.train_event(event, config.epochs, transfer)
+
+    # ------------------------------------------------------------------ inference and history
 
     @handled
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         X = convert.tensor_from_proto(request.inputs, "inputs")
-        return codec.prediction_to_proto(self.app.predict(request.model_id, X, request.version))
+        return convert.prediction_to_proto(self.app.predict(request.model_id, X, request.version))
 
     @handled
     def GetGradients(
@@ -133,29 +231,13 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         result = self.app.gradients(
             request.model_id, X, Y, request.version, request.numerical_check, request.inference_mode
         )
-        return codec.gradients_to_proto(result)
+        return convert.gradients_to_proto(result)
 
     @handled
     def GetTrainingHistory(
         self, request: pb.GetTrainingHistoryRequest, context: grpc.ServicerContext
     ) -> pb.GetTrainingHistoryResponse:
         return pb.GetTrainingHistoryResponse(
-            runs=[convert.run_to_proto(r) for r in self.app.history(request.model_id)]
+            runs=[convert.training_run_to_proto(r) for r in self.app.history(request.model_id)]
         )
 
-
-def _event_to_proto(event: Progress | Outcome) -> pb.TrainEvent:
-    if isinstance(event, Progress):
-        return pb.TrainEvent(progress=codec.epoch_from_dict(event.record, event.epochs_planned))
-    return pb.TrainEvent(
-        result=pb.TrainResult(
-            run_id=event.run_id,
-            stop_reason=event.stop_reason,
-            best_epoch=event.best_epoch,
-            best_loss=event.best_loss,
-            version=event.version,
-            epochs_run=event.epochs_run,
-            transfer_seconds=event.transfer_seconds,
-            train_seconds=event.train_seconds,
-        )
-    )

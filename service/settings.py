@@ -23,35 +23,63 @@ class Limits:
     max_epochs: int = 100_000
     max_gradcheck_parameters: int = 20_000
     max_gradcheck_rows: int = 256
+    max_dataset_mb: int = 4096
+    max_inline_mb: int = 64
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where to listen, where the data lives, how much work runs at once.
+    """Where to listen, where the data lives, how much work runs at once, how runs are kept.
 
-    Environment: ``GRADWIRE_ADDRESS``, ``GRADWIRE_DATABASE_URL``, ``GRADWIRE_DATA_DIR``,
-    ``GRADWIRE_RPC_WORKERS``, ``GRADWIRE_TRAIN_WORKERS``, ``GRADWIRE_MAX_MESSAGE_MB``.
+    Every field reads from ``GRADWIRE_<FIELD>`` (``GRADWIRE_CHECKPOINT_INTERVAL``, ...) and from
+    the ``gradwire serve`` flag of the same name.
+
+    ``rpc_workers`` threads answer unary calls; ``max_streams`` more are kept for streams
+    (WatchRun, Train, UploadDataset, ExportModel), whose number is capped there, so streams never
+    starve a GetModel. ``train_workers`` runs execute at once in this process; the others wait
+    in the database, at most ``max_queued_runs`` of them (all processes together).
+
+    Runs: epochs and checkpoints commit at most every ``checkpoint_interval`` seconds (and at
+    every stop), so a crash loses at most that much work. A process holds a lease on each run it
+    executes, renewed every ``heartbeat_seconds``; one not renewed for ``lease_seconds`` is
+    interrupted by any process, and queued again up to ``auto_resume`` times in all. Other
+    processes' changes are seen within ``poll_seconds``. While the database cannot be reached,
+    runs and watchers keep trying for ``db_retry_seconds`` before they give up.
     """
 
     address: str = DEFAULT_ADDRESS
     database_url: str = ""
     data_dir: str = DEFAULT_DATA_DIR
     rpc_workers: int = 16
+    max_streams: int = 64
     train_workers: int = 2
-    max_queued_trainings: int = 8
+    max_queued_runs: int = 64
     max_message_mb: int = 512
     model_cache_size: int = 32
+    checkpoint_interval: float = 5.0
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    poll_seconds: float = 0.5
+    auto_resume: int = 3
+    db_retry_seconds: float = 30.0
+    upload_ttl_seconds: float = 3600.0
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if not self.database_url:
             url = f"sqlite:///{Path(self.data_dir).absolute() / 'gradwire.db'}"
             object.__setattr__(self, "database_url", url)
-        for name in ("rpc_workers", "train_workers", "max_message_mb", "model_cache_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.rpc_workers < self.train_workers + 2:
-            raise ValueError("rpc_workers must exceed train_workers by 2: each Train holds an RPC thread")
+        positive = ("rpc_workers", "max_streams", "train_workers", "max_message_mb", "model_cache_size",
+                    "checkpoint_interval", "lease_seconds", "heartbeat_seconds", "poll_seconds",
+                    "db_retry_seconds", "upload_ttl_seconds")  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be greater than 0")
+        for name in ("max_queued_runs", "auto_resume"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0")
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be at most half of lease_seconds")
 
     @property
     def max_message_bytes(self) -> int:
@@ -67,11 +95,14 @@ class Settings:
         return cls(**values, limits=Limits(**limits))
 
 
+PARSERS = {"int": int, "float": float, "str": str}
+
+
 def _read(cls: type, env: dict[str, str], given: dict[str, Any]) -> dict[str, Any]:
-    """Values of ``cls``'s fields from ``given``, else from ``GRADWIRE_<FIELD>``; ints parsed."""
+    """Values of ``cls``'s fields from ``given``, else from ``GRADWIRE_<FIELD>``, parsed by type."""
     values: dict[str, Any] = {}
     for f in fields(cls):
         raw = given.get(f.name, env.get(f"GRADWIRE_{f.name.upper()}"))
         if raw is not None and f.name != "limits":
-            values[f.name] = int(raw) if f.type == "int" else raw
+            values[f.name] = PARSERS[str(f.type)](raw)
     return values

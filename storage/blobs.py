@@ -1,36 +1,97 @@
-"""Arrays to bytes and back: ``.npz`` without pickles, with a SHA-256 checksum.
+"""Large values: arrays to ``.npz`` bytes and back (no pickles), and bytes to chunk rows and back.
 
 ``np.savez`` writes each array as raw little-endian data with its dtype and shape in a header;
 ``np.load(..., allow_pickle=False)`` refuses object arrays, so nothing executable is ever read.
+
+A blob is stored as :class:`~.schema.ChunkRow` rows of at most :data:`CHUNK_BYTES`, numbered from
+0, under a blob id; the row that owns the blob keeps the id and the SHA-256 of the whole. Reading
+goes one chunk per query, so a reader holds one chunk besides what it assembles.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from .errors import CorruptBlob
+from .schema import ChunkRow
+
+CHUNK_BYTES = 4 << 20
+"""The most bytes one stored value holds: far below every database's limit on one value."""
 
 
-def pack(arrays: Mapping[str, np.ndarray]) -> tuple[bytes, str]:
-    """``(blob, sha256 hex)`` for named arrays; refuses object dtypes."""
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def pack(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Named arrays as ``.npz`` bytes; refuses object dtypes."""
     for name, array in arrays.items():
         if array.dtype.hasobject:
             raise ValueError(f"array {name!r} has an object dtype and cannot be stored")
     buffer = io.BytesIO()
     contents: dict[str, Any] = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     np.savez(buffer, **contents)
-    blob = buffer.getvalue()
-    return blob, hashlib.sha256(blob).hexdigest()
+    return buffer.getvalue()
 
 
-def unpack(blob: bytes, checksum: str) -> dict[str, np.ndarray]:
-    """The arrays of a blob made by :func:`pack`, after checking its checksum."""
-    if hashlib.sha256(blob).hexdigest() != checksum:
-        raise CorruptBlob("stored arrays do not match their checksum")
+def unpack(blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of bytes made by :func:`pack`."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
+
+
+def sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_chunk(s: Session, blob_id: str, seq: int, data: bytes | memoryview) -> None:
+    s.add(ChunkRow(blob_id=blob_id, seq=seq, data=bytes(data)))
+
+
+def write(s: Session, data: bytes) -> tuple[str, str]:
+    """Store ``data`` as a new blob: ``(blob id, sha256)``."""
+    blob_id = new_id()
+    view = memoryview(data)
+    for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
+        write_chunk(s, blob_id, seq, view[start : start + CHUNK_BYTES])
+    return blob_id, sha256(data)
+
+
+def chunks(s: Session, blob_id: str) -> Iterator[bytes]:
+    """The blob's chunks in order, one query each (only one chunk in memory at a time)."""
+    for seq in range(2**31):
+        data = s.scalar(select(ChunkRow.data).where(ChunkRow.blob_id == blob_id, ChunkRow.seq == seq))
+        if data is None:
+            return
+        yield data
+
+
+def read(s: Session, blob_id: str, checksum: str) -> bytes:
+    """The whole blob, after checking its checksum."""
+    data = b"".join(chunks(s, blob_id))
+    if sha256(data) != checksum:
+        raise CorruptBlob("stored bytes do not match their checksum")
+    return data
+
+
+def write_arrays(s: Session, arrays: Mapping[str, np.ndarray]) -> tuple[str, str]:
+    return write(s, pack(arrays))
+
+
+def read_arrays(s: Session, blob_id: str, checksum: str) -> dict[str, np.ndarray]:
+    return unpack(read(s, blob_id, checksum))
+
+
+def drop(s: Session, blob_ids: Iterable[str | None]) -> None:
+    """Delete the chunks of these blobs (``None`` entries are skipped)."""
+    ids = [b for b in blob_ids if b]
+    if ids:
+        s.execute(delete(ChunkRow).where(ChunkRow.blob_id.in_(ids)))

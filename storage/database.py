@@ -1,7 +1,17 @@
-"""Connecting to the database, and keeping its schema at the code's revision.
+"""Connecting to the database, transactions, the database's clock, and keeping the schema at the
+code's revision.
 
-SQLite (the default, a file) is set up for a threaded server: WAL journal, a busy timeout and
-foreign keys on every connection. PostgreSQL URLs (``postgresql://...``) use psycopg 3.
+SQLite (the default, a file) is set up for a threaded server and for several processes on one
+file: WAL journal, a busy timeout and foreign keys on every connection, and write transactions
+that take the write lock when they begin (``BEGIN IMMEDIATE``), so a transaction that reads then
+writes never fails half-way on another writer's commit. PostgreSQL URLs (``postgresql://...``)
+use psycopg 3, with a bounded connect timeout.
+
+:class:`Database` hands out sessions: :meth:`Database.read` and :meth:`Database.write` (one
+transaction). A database that cannot be reached raises :class:`Unavailable` from either.
+
+Leases are measured on the database's clock (:class:`utcnow`, :func:`seconds_ago`), never on a
+server's, so processes on different machines agree on who holds what.
 
 :func:`open_store` upgrades an empty database to the current schema, accepts one at the current
 revision, and refuses any other with :class:`SchemaOutOfDate`, naming the command that upgrades
@@ -10,6 +20,8 @@ it. Upgrades go through Alembic (:func:`upgrade`), batch mode on SQLite.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +29,38 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, exc, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
-from .errors import SchemaOutOfDate
-from .store import Store
+from .errors import SchemaOutOfDate, Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 UPGRADE_COMMAND = "gradwire db upgrade"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_S = 5
+WRITE_OPTION = "gradwire_write"
+SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
+"""UTC now with microsecond digits, in the text form SQLAlchemy stores SQLite datetimes in."""
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # gradwire emits BEGIN itself (see _sqlite_begin)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Writers take the write lock at BEGIN; readers take none until they read."""
+    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def normalise_url(url: str) -> str:
@@ -52,12 +78,83 @@ def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False})
-    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+@contextmanager
+def unavailable_on_connection_errors() -> Iterator[None]:
+    """Database errors that say "not now" (no connection, locked, shutting down) become
+    :class:`Unavailable`; the rest (integrity, programming errors) pass unchanged."""
+    try:
+        yield
+    except (exc.OperationalError, exc.InterfaceError) as error:
+        raise Unavailable(f"the database is unavailable: {error.orig or error}") from error
+    except exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise Unavailable(f"the database connection was lost: {error.orig or error}") from error
+        raise
+
+
+class Database:
+    """The engine and its two kinds of session; sessions are never shared between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._reads = sessionmaker(engine, expire_on_commit=False)
+        self._writes = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading; it never commits."""
+        with unavailable_on_connection_errors(), self._reads() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with unavailable_on_connection_errors(), self._writes.begin() as session:
+            yield session
+
+
+class utcnow(FunctionElement[Any]):  # noqa: N801 (a SQL function, named like one)
+    """The database's current UTC time (not the transaction's start)."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+class seconds_ago(FunctionElement[Any]):  # noqa: N801
+    """The database's current UTC time less a number of seconds (a bound parameter)."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(utcnow, "postgresql")
+def _pg_now(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "clock_timestamp()"
+
+
+@compiles(utcnow, "sqlite")
+def _sqlite_now(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return SQLITE_NOW.format("")
+
+
+@compiles(seconds_ago, "postgresql")
+def _pg_ago(element: seconds_ago, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"clock_timestamp() - make_interval(secs => {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(seconds_ago, "sqlite")
+def _sqlite_ago(element: seconds_ago, compiler: SQLCompiler, **kw: Any) -> str:
+    return SQLITE_NOW.format(f", printf('-%f seconds', {compiler.process(element.clauses, **kw)})")
 
 
 def _config(engine: Engine) -> Config:
@@ -97,8 +194,9 @@ def check_schema(engine: Engine) -> None:
     )
 
 
-def open_store(url: str) -> Store:
-    """A :class:`Store` on ``url``, its schema checked (and created if the database is empty)."""
+def open_database(url: str) -> Database:
+    """A :class:`Database` on ``url``, its schema checked (and created if the database is empty)."""
     engine = make_engine(url)
-    check_schema(engine)
-    return Store(engine)
+    with unavailable_on_connection_errors():
+        check_schema(engine)
+    return Database(engine)

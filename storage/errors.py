@@ -8,7 +8,7 @@ class StorageError(Exception):
 
 
 class NotFound(StorageError):
-    """No such model, version or run. ``field`` names the request field that pointed at it."""
+    """No such model, version, dataset or run. ``field`` names the request field that pointed at it."""
 
     def __init__(self, what: str, key: object, field: str) -> None:
         self.what, self.key, self.field = what, key, field
@@ -20,4 +20,55 @@ class SchemaOutOfDate(StorageError):
 
 
 class CorruptBlob(StorageError):
-    """A stored array blob does not match its checksum."""
+    """Stored bytes do not match their checksum."""
+
+
+class Unavailable(StorageError):
+    """The database cannot be reached or refused the work for now; trying again later may succeed."""
+
+
+class Conflict(StorageError):
+    """A guarded update found the row in another state than it expected: someone else got there
+    first. Reported, never retried blindly. ``field`` names the request field concerned."""
+
+    field = ""
+
+
+class ModelBusy(Conflict):
+    """The model has a queued or running run already: one active run per model."""
+
+    field = "model_id"
+
+
+class VersionConflict(Conflict):
+    """A run's base version is no longer the model's current one: publishing would overwrite
+    another run's result."""
+
+    field = "run_id"
+
+
+class LeaseLost(Conflict):
+    """This process no longer holds the run (it was reaped, cancelled or finished elsewhere)."""
+
+    field = "run_id"
+
+
+class WrongState(StorageError):
+    """The run, or the dataset, is not in a state that allows the operation (resuming a run that
+    is not interrupted, deleting a dataset a run still needs)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class QueueFull(StorageError):
+    """As many runs wait in the queue as the configuration allows."""
+
+    field = "model_id"
+
+
+class RequestReused(StorageError):
+    """A client request id came back with a different request than the one it first named."""
+
+    field = "request_id"

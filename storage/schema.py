@@ -2,6 +2,11 @@
 
 Constraint and index names are explicit (the naming convention below) so that Alembic's diffs
 stay stable across databases.
+
+Large values (weights, checkpoints, datasets) never sit in one column: they are cut into
+:class:`ChunkRow` rows of at most :data:`gradwire.storage.blobs.CHUNK_BYTES` each, under a blob
+id that the owning row holds, so that no stored value comes near a database's limit on one
+value (1 GB for PostgreSQL ``bytea``, 1e9 bytes for SQLite).
 """
 
 from __future__ import annotations
@@ -9,7 +14,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -19,6 +38,10 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+ACTIVE_STATUSES = ("queued", "running")
+"""A run in one of these holds its model: at most one such run per model (a partial unique index)."""
+ACTIVE = "status IN ('queued', 'running')"
 
 
 def now() -> datetime:
@@ -43,37 +66,75 @@ class ModelRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 
+class ChunkRow(Base):
+    """One piece of a large value, by blob id and position."""
+
+    __tablename__ = "blob_chunks"
+
+    blob_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class WeightVersionRow(Base):
-    """One immutable set of weights (and batch-norm buffers) of a model."""
+    """One immutable set of weights (and batch-norm buffers) of a model, with the optimiser state
+    that belongs to exactly these weights when a run left one (``optimizer_blob``)."""
 
     __tablename__ = "weight_versions"
 
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    blob_id: Mapped[str] = mapped_column(String(32))
     checksum: Mapped[str] = mapped_column(String(64))
+    optimizer_blob_id: Mapped[str | None] = mapped_column(String(32))
+    optimizer_checksum: Mapped[str | None] = mapped_column(String(64))
+    optimizer_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     run_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
-class CheckpointRow(Base):
-    """The latest training state of a model (weights, optimiser state, counters): one per model."""
+class DatasetRow(Base):
+    """An uploaded 2-D array. Its id is its content address (dtype, shape and the SHA-256 of its
+    bytes, hashed together; the service defines it); ``checksum`` is the SHA-256 of the bytes."""
 
-    __tablename__ = "checkpoints"
+    __tablename__ = "datasets"
 
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(32))
-    epoch: Mapped[int] = mapped_column(Integer)
-    arrays: Mapped[bytes] = mapped_column(LargeBinary)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dtype: Mapped[str] = mapped_column(String(16))
+    rows: Mapped[int] = mapped_column(BigInteger)
+    columns: Mapped[int] = mapped_column(BigInteger)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    blob_id: Mapped[str] = mapped_column(String(32))
     checksum: Mapped[str] = mapped_column(String(64))
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
+
+
+class UploadRow(Base):
+    """A blob being written (an upload in progress): its chunks belong to nothing yet. A finished
+    upload deletes its row in the transaction that hands the blob to a dataset; the janitor deletes
+    those left by a failed upload or a dead process, with their chunks, after a while."""
+
+    __tablename__ = "uploads"
+
+    blob_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
 
 
 class RunRow(Base):
-    """One Train call: its options, its status and what it produced."""
+    """One training run: a job whose whole state lives here.
+
+    ``status`` moves queued → running → completed | cancelled | failed | interrupted, and
+    interrupted → queued on resume, each step a guarded update. ``owner`` and ``heartbeat_at``
+    are the lease of the process executing a running run.
+    """
 
     __tablename__ = "training_runs"
+    __table_args__ = (
+        Index("uq_training_runs_active_model", "model_id", unique=True,
+              sqlite_where=text(ACTIVE), postgresql_where=text(ACTIVE)),
+        Index("ix_training_runs_status_created_at", "status", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
@@ -84,9 +145,44 @@ class RunRow(Base):
     base_version: Mapped[int] = mapped_column(Integer)
     version: Mapped[int | None] = mapped_column(Integer)
     best_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    best_loss: Mapped[float | None] = mapped_column(Float)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    load_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    train_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RunDatasetRow(Base):
+    """Which dataset a run reads in which role (``inputs``, ``targets``, ``validation_inputs``,
+    ``validation_targets``); indexed by dataset, so a delete can ask who still needs it."""
+
+    __tablename__ = "run_datasets"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class CheckpointRow(Base):
+    """The latest training state of a run (weights, optimiser state, counters, RNG): what an exact
+    resume needs, at an epoch boundary. One per run; replaced at each commit."""
+
+    __tablename__ = "run_checkpoints"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    blob_id: Mapped[str] = mapped_column(String(32))
+    checksum: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 
 class EpochRow(Base):
@@ -99,4 +195,15 @@ class EpochRow(Base):
     train_loss: Mapped[float] = mapped_column(Float)
     val_loss: Mapped[float | None] = mapped_column(Float)
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class RequestRow(Base):
+    """A client request id and what its first call made: a retry with the same id gets that back."""
+
+    __tablename__ = "request_ids"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -92,7 +92,7 @@ class ModelSpec(_message.Message):
     def __init__(self, input_dim: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., loss: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("model_id", "name", "spec", "version", "parameter_count", "classifier", "training", "created_at", "updated_at")
+    __slots__ = ("model_id", "name", "spec", "version", "parameter_count", "classifier", "training", "created_at", "updated_at", "active_run_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class Model(_message.Message):
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     name: str
     spec: ModelSpec
@@ -111,15 +112,18 @@ class Model(_message.Message):
     training: bool
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, model_id: _Optional[str] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., version: _Optional[int] = ..., parameter_count: _Optional[int] = ..., classifier: _Optional[bool] = ..., training: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    active_run_id: str
+    def __init__(self, model_id: _Optional[str] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., version: _Optional[int] = ..., parameter_count: _Optional[int] = ..., classifier: _Optional[bool] = ..., training: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_run_id: _Optional[str] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("name", "spec")
+    __slots__ = ("name", "spec", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: ModelSpec
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("model_id",)
@@ -150,6 +154,100 @@ class DeleteModelRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ...) -> None: ...
 
 class DeleteModelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExportModelRequest(_message.Message):
+    __slots__ = ("model_id", "version")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    version: int
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ExportModelResponse(_message.Message):
+    __slots__ = ("version", "name", "shape", "dtype", "offset", "data", "weights_sha256")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    offset: int
+    data: bytes
+    weights_sha256: str
+    def __init__(self, version: _Optional[int] = ..., name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
+
+class DatasetHeader(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UploadDatasetRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: DatasetHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[DatasetHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class Dataset(_message.Message):
+    __slots__ = ("dataset_id", "name", "dtype", "shape", "nbytes", "created_at")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    name: str
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    nbytes: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, dataset_id: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., nbytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetDatasetRequest(_message.Message):
+    __slots__ = ("dataset_id",)
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    def __init__(self, dataset_id: _Optional[str] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets", "next_page_token")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
+    next_page_token: str
+    def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteDatasetRequest(_message.Message):
+    __slots__ = ("dataset_id",)
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    def __init__(self, dataset_id: _Optional[str] = ...) -> None: ...
+
+class DeleteDatasetResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
@@ -238,6 +336,166 @@ class TrainRequest(_message.Message):
     validation_targets: Tensor
     options: TrainOptions
     def __init__(self, model_id: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., validation_inputs: _Optional[_Union[Tensor, _Mapping]] = ..., validation_targets: _Optional[_Union[Tensor, _Mapping]] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ...) -> None: ...
+
+class DataSource(_message.Message):
+    __slots__ = ("dataset_id", "tensor")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    tensor: Tensor
+    def __init__(self, dataset_id: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StartRunRequest(_message.Message):
+    __slots__ = ("model_id", "inputs", "targets", "validation_inputs", "validation_targets", "options", "request_id")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    inputs: DataSource
+    targets: DataSource
+    validation_inputs: DataSource
+    validation_targets: DataSource
+    options: TrainOptions
+    request_id: str
+    def __init__(self, model_id: _Optional[str] = ..., inputs: _Optional[_Union[DataSource, _Mapping]] = ..., targets: _Optional[_Union[DataSource, _Mapping]] = ..., validation_inputs: _Optional[_Union[DataSource, _Mapping]] = ..., validation_targets: _Optional[_Union[DataSource, _Mapping]] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("seed", "spec_seed", "datasets", "numpy_version", "gradwire_version", "weights_sha256", "base_version")
+    class DatasetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SPEC_SEED_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    NUMPY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GRADWIRE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    seed: int
+    spec_seed: int
+    datasets: _containers.ScalarMap[str, str]
+    numpy_version: str
+    gradwire_version: str
+    weights_sha256: str
+    base_version: int
+    def __init__(self, seed: _Optional[int] = ..., spec_seed: _Optional[int] = ..., datasets: _Optional[_Mapping[str, str]] = ..., numpy_version: _Optional[str] = ..., gradwire_version: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., base_version: _Optional[int] = ...) -> None: ...
+
+class Run(_message.Message):
+    __slots__ = ("run_id", "model_id", "status", "stop_reason", "error", "options", "datasets", "rows", "base_version", "version", "best_epoch", "best_loss", "epochs_done", "epochs_planned", "cancel_requested", "attempts", "created_at", "started_at", "finished_at", "receipt", "load_seconds", "train_seconds")
+    class DatasetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BEST_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_DONE_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_PLANNED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    model_id: str
+    status: str
+    stop_reason: str
+    error: str
+    options: TrainOptions
+    datasets: _containers.ScalarMap[str, str]
+    rows: int
+    base_version: int
+    version: int
+    best_epoch: int
+    best_loss: float
+    epochs_done: int
+    epochs_planned: int
+    cancel_requested: bool
+    attempts: int
+    created_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    receipt: Receipt
+    load_seconds: float
+    train_seconds: float
+    def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., error: _Optional[str] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ..., datasets: _Optional[_Mapping[str, str]] = ..., rows: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., best_epoch: _Optional[int] = ..., best_loss: _Optional[float] = ..., epochs_done: _Optional[int] = ..., epochs_planned: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., load_seconds: _Optional[float] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("run_id", "after_epoch")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    after_epoch: int
+    def __init__(self, run_id: _Optional[str] = ..., after_epoch: _Optional[int] = ...) -> None: ...
+
+class RunEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: EpochProgress
+    result: Run
+    def __init__(self, progress: _Optional[_Union[EpochProgress, _Mapping]] = ..., result: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("model_id", "statuses", "page_size", "page_token")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    statuses: _containers.RepeatedScalarFieldContainer[str]
+    page_size: int
+    page_token: str
+    def __init__(self, model_id: _Optional[str] = ..., statuses: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs", "next_page_token")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ResumeRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class EpochProgress(_message.Message):
     __slots__ = ("epoch", "train_loss", "val_loss", "metric_name", "train_metric", "val_metric", "learning_rate", "grad_norms", "update_ratios", "elapsed_seconds", "eta_seconds", "epochs_planned", "samples")
@@ -373,7 +631,7 @@ class GetTrainingHistoryRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ...) -> None: ...
 
 class TrainingRun(_message.Message):
-    __slots__ = ("run_id", "status", "stop_reason", "options", "base_version", "version", "best_epoch", "started_at", "finished_at", "epochs", "rows")
+    __slots__ = ("run_id", "status", "stop_reason", "options", "base_version", "version", "best_epoch", "started_at", "finished_at", "epochs", "rows", "error")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +643,7 @@ class TrainingRun(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: str
     stop_reason: str
@@ -396,7 +655,8 @@ class TrainingRun(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     epochs: _containers.RepeatedCompositeFieldContainer[EpochProgress]
     rows: int
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., best_epoch: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epochs: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., rows: _Optional[int] = ...) -> None: ...
+    error: str
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., best_epoch: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epochs: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., rows: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetTrainingHistoryResponse(_message.Message):
     __slots__ = ("runs",)

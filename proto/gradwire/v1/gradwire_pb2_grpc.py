@@ -54,6 +54,61 @@ class TrainerStub:
                 request_serializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.ExportModel = channel.unary_stream(
+                '/gradwire.v1.Trainer/ExportModel',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelResponse.FromString,
+                _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/gradwire.v1.Trainer/UploadDataset',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.UploadDatasetRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/gradwire.v1.Trainer/GetDataset',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/gradwire.v1.Trainer/ListDatasets',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/gradwire.v1.Trainer/DeleteDataset',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteDatasetResponse.FromString,
+                _registered_method=True)
+        self.StartRun = channel.unary_unary(
+                '/gradwire.v1.Trainer/StartRun',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.StartRunRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
+                _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/gradwire.v1.Trainer/WatchRun',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.RunEvent.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/gradwire.v1.Trainer/GetRun',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/gradwire.v1.Trainer/ListRuns',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/gradwire.v1.Trainer/CancelRun',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
+                _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/gradwire.v1.Trainer/ResumeRun',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
+                _registered_method=True)
         self.Train = channel.unary_stream(
                 '/gradwire.v1.Trainer/Train',
                 request_serializer=gradwire_dot_v1_dot_gradwire__pb2.TrainRequest.SerializeToString,
@@ -101,17 +156,98 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """Delete a model, its weight versions and its history.
+        """Delete a model, its weight versions and its history (not while a run is queued or running).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportModel(self, request, context):
+        """A version's weights and buffers as named tensors, streamed in pieces of at most 1 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadDataset(self, request_iterator, context):
+        """Upload a 2-D array: one UploadDatasetRequest.header, then its bytes in chunks (about 1 MiB
+        each; any sizes work). The array is checked (size, dtype, finite floats) and stored under its
+        content address, so the same data uploaded twice is one dataset. An upload that ends early
+        or does not match its header stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Datasets, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Delete a dataset (not while a queued, running or interrupted run uses it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRun(self, request, context):
+        """Queue a training run and return it at once (status "queued").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRun(self, request, context):
+        """The committed epochs numbered above after_epoch, then each new one as it commits, then the
+        run as it ends (completed, cancelled, failed or interrupted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Runs, oldest first, of a model and some statuses if given, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """A queued or interrupted run is cancelled at once; a running one stops within a minibatch,
+        publishing its best weights so far. Cancelling a finished run changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Queue an interrupted run again; it continues from its last checkpoint. A queued or running
+        run is returned unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Train(self, request, context):
-        """Train: one TrainEvent.progress per epoch, then one TrainEvent.result. Each epoch's
-        checkpoint and history are committed before its progress event is sent. Cancelling the
-        call (or its deadline) stops training within one minibatch; the best weights so far are
-        committed as a new version and the run is recorded as cancelled.
+        """StartRun with inline tensors, then WatchRun until the run ends: one TrainEvent.progress per
+        epoch, then one TrainEvent.result. Cancelling the call (or its deadline) cancels the run:
+        it stops within one minibatch, its best weights so far become a new version, and it is
+        recorded as cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +296,61 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteModelRequest.FromString,
                     response_serializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelResponse.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.UploadDatasetRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.Dataset.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.GetDatasetRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.Dataset.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.DeleteDatasetResponse.SerializeToString,
+            ),
+            'StartRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRun,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.StartRunRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.Run.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.WatchRunRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.RunEvent.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.GetRunRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.Run.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ListRunsRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.CancelRunRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.Run.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ResumeRunRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.Run.SerializeToString,
             ),
             'Train': grpc.unary_stream_rpc_method_handler(
                     servicer.Train,
@@ -290,6 +481,303 @@ class Trainer:
             '/gradwire.v1.Trainer/DeleteModel',
             gradwire_dot_v1_dot_gradwire__pb2.DeleteModelRequest.SerializeToString,
             gradwire_dot_v1_dot_gradwire__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradwire.v1.Trainer/ExportModel',
+            gradwire_dot_v1_dot_gradwire__pb2.ExportModelRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.ExportModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/gradwire.v1.Trainer/UploadDataset',
+            gradwire_dot_v1_dot_gradwire__pb2.UploadDatasetRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/GetDataset',
+            gradwire_dot_v1_dot_gradwire__pb2.GetDatasetRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/ListDatasets',
+            gradwire_dot_v1_dot_gradwire__pb2.ListDatasetsRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/DeleteDataset',
+            gradwire_dot_v1_dot_gradwire__pb2.DeleteDatasetRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.DeleteDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/StartRun',
+            gradwire_dot_v1_dot_gradwire__pb2.StartRunRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradwire.v1.Trainer/WatchRun',
+            gradwire_dot_v1_dot_gradwire__pb2.WatchRunRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/GetRun',
+            gradwire_dot_v1_dot_gradwire__pb2.GetRunRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/ListRuns',
+            gradwire_dot_v1_dot_gradwire__pb2.ListRunsRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/CancelRun',
+            gradwire_dot_v1_dot_gradwire__pb2.CancelRunRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/ResumeRun',
+            gradwire_dot_v1_dot_gradwire__pb2.ResumeRunRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,145 @@
+"""Dataset use cases: upload (streamed, checked, content-addressed), inline tensors, list, delete.
+
+An upload is checked as it arrives, a storage chunk at a time: no more bytes than the header's
+shape holds, every float finite; the SHA-256 of the bytes is computed on the way. Only a
+complete, consistent upload becomes a dataset; anything else deletes what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradwire.engine import InvalidArgument
+from gradwire.engine.data import check_finite
+from gradwire.storage import CHUNK_BYTES, DatasetMeta, DatasetRecord, StorageError, Store
+from gradwire.v1.digest import dataset_id
+
+from .errors import LimitExceeded
+from .paging import next_token, page_request
+from .settings import MiB, Limits
+
+log = logging.getLogger(__name__)
+
+DATASET_DTYPES = ("float32", "float64")
+MAX_NAME = 200
+MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an upload declares before its bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    request_id: str = ""
+
+
+def check_request_id(request_id: str, field: str = "request_id") -> None:
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument(field, f"must be at most {MAX_REQUEST_ID} characters")
+
+
+class Datasets:
+    def __init__(self, store: Store, limits: Limits) -> None:
+        self.store, self.limits = store, limits
+
+    def upload(self, header: Header, chunks: Iterable[bytes]) -> DatasetRecord:
+        """Store the bytes ``chunks`` yields as the array ``header`` describes."""
+        rows, columns = self._check_header(header)
+        dtype = np.dtype(header.dtype)
+        expected = rows * columns * dtype.itemsize
+        blob_id = self.store.datasets.begin_upload()
+        try:
+            checksum = self._receive(blob_id, chunks, dtype, expected)
+            meta = DatasetMeta(
+                dataset_id(header.dtype, rows, columns, checksum), checksum, header.name, header.dtype, rows,
+                columns, expected,
+            )  # fmt: skip
+            return self.store.datasets.finish_upload(blob_id, meta, header.request_id)
+        except BaseException:
+            self._abandon(blob_id)
+            raise
+
+    def put(self, array: np.ndarray, name: str, field: str) -> DatasetRecord:
+        """Store a small array sent inline (already checked finite), or find it stored."""
+        if array.nbytes > self.limits.max_inline_mb * MiB:
+            raise LimitExceeded(
+                field, f"inline tensors take at most {self.limits.max_inline_mb} MiB; upload it with UploadDataset"
+            )
+        data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+        checksum = hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+        rows, columns = data.shape
+        meta = DatasetMeta(
+            dataset_id(data.dtype.name, rows, columns, checksum), checksum, name, data.dtype.name, rows, columns,
+            data.nbytes,
+        )  # fmt: skip
+        return self.store.datasets.put(meta, memoryview(data).cast("B"))
+
+    def get(self, dataset_id: str) -> DatasetRecord:
+        return self.store.datasets.get(dataset_id)
+
+    def list(self, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
+        limit, after = page_request(page_size, page_token)
+        items = self.store.datasets.list(limit, after)
+        return items, next_token(items, limit)
+
+    def delete(self, dataset_id: str) -> None:
+        self.store.datasets.delete(dataset_id)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_header(self, header: Header) -> tuple[int, int]:
+        if len(header.name) > MAX_NAME:
+            raise InvalidArgument("header.name", f"must be at most {MAX_NAME} characters")
+        check_request_id(header.request_id, "header.request_id")
+        if header.dtype not in DATASET_DTYPES:
+            raise InvalidArgument("header.dtype", f"must be one of {', '.join(DATASET_DTYPES)}, got {header.dtype}")
+        if len(header.shape) != 2 or min(header.shape) < 0:
+            raise InvalidArgument("header.shape", f"must be [rows, columns], got {list(header.shape)}")
+        rows, columns = header.shape
+        if rows == 0 or columns == 0:
+            raise InvalidArgument("header.shape", f"has no data: {list(header.shape)}")
+        nbytes = rows * columns * np.dtype(header.dtype).itemsize
+        if nbytes > self.limits.max_dataset_mb * MiB:
+            raise LimitExceeded("header.shape", f"{nbytes} bytes, datasets take at most {self.limits.max_dataset_mb} MiB")
+        return rows, columns
+
+    def _receive(self, blob_id: str, chunks: Iterable[bytes], dtype: np.dtype, expected: int) -> str:
+        """Write the bytes as storage chunks, checking them on the way; their SHA-256."""
+        digest, pending, seq, received = hashlib.sha256(), bytearray(), 0, 0
+
+        def store(piece: memoryview) -> None:
+            nonlocal seq
+            check_finite(np.frombuffer(piece, dtype), "chunk")
+            digest.update(piece)
+            self.store.datasets.write_chunk(blob_id, seq, piece)
+            seq += 1
+
+        for chunk in chunks:
+            received += len(chunk)
+            if received > expected:
+                raise InvalidArgument("chunk", f"more bytes than the header's shape holds ({expected})")
+            pending += chunk
+            full = len(pending) - len(pending) % CHUNK_BYTES
+            with memoryview(pending) as view:
+                for start in range(0, full, CHUNK_BYTES):
+                    store(view[start : start + CHUNK_BYTES])
+            del pending[:full]
+        if received != expected:
+            raise InvalidArgument("chunk", f"the upload ended after {received} of the {expected} bytes its shape needs")
+        if pending:
+            with memoryview(pending) as view:
+                store(view)
+        return digest.hexdigest()
+
+    def _abandon(self, blob_id: str) -> None:
+        try:
+            self.store.datasets.abort_upload(blob_id)
+        except StorageError:
+            log.warning("could not delete an abandoned upload; the janitor will", extra={"blob": blob_id})

@@ -1,0 +1,158 @@
+"""Where runs execute, and the loop that feeds them.
+
+The boundary is :class:`Executor`: it is handed a run id and the lease owner that claimed it, and
+the job (:class:`.jobs.RunJob`) reads everything it needs from the store and writes everything
+back. :class:`ThreadExecutor`, the default, runs jobs on a bounded pool of threads in this
+process; an executor that runs them on other machines implements the same four methods.
+
+:class:`Supervisor` is one thread per process. Woken by a new run here or every
+``poll_seconds``, it claims queued runs while the executor has room; every ``heartbeat_seconds``
+it also marks interrupted the runs whose lease expired (never its own), queues interrupted runs
+again (up to ``auto_resume`` attempts each), and deletes uploads abandoned for
+``upload_ttl_seconds``. A database that cannot be reached is logged and tried again next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from gradwire.storage import StorageError, Store
+
+from .jobs import RunJob
+from .settings import Settings
+from .signals import Changes, StopFlags
+
+log = logging.getLogger(__name__)
+
+
+def owner_id() -> str:
+    """A lease owner name unique to this process: host, pid and a random suffix (≤ 64 characters)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Executor(Protocol):
+    def free_slots(self) -> int:
+        """How many more runs it can take now."""
+
+    def submit(self, run_id: str, owner: str) -> None:
+        """Execute a run claimed (leased) by ``owner``; returns at once."""
+
+    def cancel(self, run_id: str) -> None:
+        """Stop a run now if it executes here (else its job learns of it from the database)."""
+
+    def shutdown(self, grace: float) -> None:
+        """Ask every run to stop at its next epoch end (its checkpoint kept, it becomes
+        interrupted), wait up to ``grace`` seconds, and release the workers."""
+
+
+class ThreadExecutor:
+    """Jobs on ``settings.train_workers`` threads of this process."""
+
+    def __init__(self, store: Store, settings: Settings, changes: Changes, on_done: Callable[[], None] = lambda: None) -> None:
+        self.store, self.settings, self.changes, self.on_done = store, settings, changes, on_done
+        self._pool = ThreadPoolExecutor(settings.train_workers, thread_name_prefix="gradwire-train")
+        self._running: dict[str, StopFlags] = {}
+        self._lock = threading.Condition()
+        self._closing = threading.Event()
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return 0 if self._closing.is_set() else self.settings.train_workers - len(self._running)
+
+    def submit(self, run_id: str, owner: str) -> None:
+        flags = StopFlags()
+        with self._lock:
+            self._running[run_id] = flags
+        self._pool.submit(self._execute, run_id, owner, flags)
+
+    def _execute(self, run_id: str, owner: str, flags: StopFlags) -> None:
+        try:
+            RunJob(self.store, run_id, owner, self.settings, self.changes, flags, self._closing).execute()
+        except BaseException:
+            log.exception("run job crashed", extra={"run": run_id})
+        finally:
+            with self._lock:
+                del self._running[run_id]
+                self._lock.notify_all()
+            self.on_done()
+
+    def cancel(self, run_id: str) -> None:
+        with self._lock:
+            flags = self._running.get(run_id)
+        if flags is not None:
+            flags.cancel.set()
+
+    def shutdown(self, grace: float) -> None:
+        with self._lock:
+            for flags in self._running.values():
+                flags.shutdown.set()
+            self._lock.wait_for(lambda: not self._running, grace)
+            left = len(self._running)
+        self._closing.set()  # jobs still retrying the database give up
+        if left:
+            log.warning("runs still executing at shutdown; their leases will run out", extra={"runs": left})
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Supervisor:
+    """The per-process loop that claims runs and keeps leases honest (see the module docstring)."""
+
+    def __init__(self, store: Store, executor: Executor, settings: Settings, owner: str) -> None:
+        self.store, self.executor, self.settings, self.owner = store, executor, settings, owner
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_sweep = -float("inf")
+        self._thread = threading.Thread(target=self._loop, name="gradwire-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Look for work now (a run was queued here, or a job ended)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except StorageError as exc:
+                log.warning("supervisor could not reach the database; retrying", extra={"error": str(exc)})
+            except Exception:
+                log.exception("supervisor tick failed")
+            self._wake.wait(self.settings.poll_seconds)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        if time.monotonic() - self._last_sweep >= self.settings.heartbeat_seconds:
+            self._sweep()
+            self._last_sweep = time.monotonic()
+        while not self._stop.is_set() and self.executor.free_slots() > 0:
+            run = self.store.runs.claim_next(self.owner)
+            if run is None:
+                return
+            log.info("run claimed", extra={"run": run.id, "attempt": run.attempts})
+            self.executor.submit(run.id, self.owner)
+
+    def _sweep(self) -> None:
+        s = self.settings
+        reaped = self.store.runs.reap(s.lease_seconds, alive=self.owner)
+        if reaped:
+            log.warning("runs whose lease expired marked interrupted", extra={"runs": reaped})
+        if s.auto_resume and (queued := self.store.runs.requeue_interrupted(s.auto_resume, s.max_queued_runs)):
+            log.info("interrupted runs queued again", extra={"runs": queued})
+        if swept := self.store.datasets.reap_uploads(s.upload_ttl_seconds):
+            log.info("abandoned uploads deleted", extra={"uploads": swept})

@@ -1,0 +1,38 @@
+"""Page tokens for the List calls: opaque to clients, the ``(created_at, id)`` of a page's last item."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from gradwire.engine import InvalidArgument
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+def page_request(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | None]:
+    """``(limit, after)`` for a store's list method, from a request's page size and token."""
+    if not 0 <= page_size <= MAX_PAGE:
+        raise InvalidArgument("page_size", f"must lie in [0, {MAX_PAGE}] (0: the default, {DEFAULT_PAGE})")
+    return page_size or DEFAULT_PAGE, _decode(page_token) if page_token else None
+
+
+def next_token(items: Sequence[Any], limit: int) -> str:
+    """The token of the page after ``items`` (records with ``created_at`` and ``id``); "" if last."""
+    if len(items) < limit:
+        return ""
+    last = items[-1]
+    return base64.urlsafe_b64encode(json.dumps([last.created_at.isoformat(), last.id]).encode()).decode()
+
+
+def _decode(token: str) -> tuple[datetime, str]:
+    try:
+        created, key = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(created), str(key)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgument("page_token", "not a token this service gave out") from None

@@ -1,0 +1,204 @@
+"""Run use cases: start, watch, get, list, cancel, resume, and Train as start + watch.
+
+Nothing here executes a run (:mod:`.executor` and :mod:`.jobs` do) or holds one: a started run
+is a queued row, and the RPC that started it returns. Watching reads committed epochs from the
+database after a cursor, woken early by this process's commits (:class:`.signals.Changes`) and
+polling every ``poll_seconds`` for other processes'; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from gradwire.engine import InvalidArgument, NetworkSpec, TrainConfig
+from gradwire.storage import (
+    DATASET_ROLES,
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
+    DatasetRecord,
+    EpochEntry,
+    NewRun,
+    RunRecord,
+    StorageError,
+    Store,
+    Unavailable,
+)
+
+from .datasets import Datasets, check_request_id
+from .errors import LimitExceeded, RunFailed
+from .paging import next_token, page_request
+from .settings import Settings
+from .signals import Changes
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+WATCH_PAGE = 500
+"""Committed epochs read per query while catching up."""
+WATCH_ENDS = (*TERMINAL_STATUSES, "interrupted")
+"""A watch ends when its run reaches one of these (an interrupted run waits for a resume)."""
+
+DataSource = str | np.ndarray
+"""A dataset id, or an array sent inline."""
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    model_id: str
+    config: TrainConfig
+    data: Mapping[str, DataSource]  # by role: inputs, targets, validation_inputs, validation_targets
+    request_id: str = ""
+
+
+class Runs:
+    def __init__(self, store: Store, settings: Settings, datasets: Datasets, changes: Changes,
+                 nudge: Callable[[], None], cancel_here: Callable[[str], None]) -> None:  # fmt: skip
+        self.store, self.settings, self.datasets, self.changes = store, settings, datasets, changes
+        self.nudge, self.cancel_here = nudge, cancel_here
+
+    # ------------------------------------------------------------------ starting
+
+    def start(self, request: StartRequest) -> RunRecord:
+        """Check everything, store inline data as datasets, and queue the run."""
+        check_request_id(request.request_id)
+        self._check_options(request.config)
+        spec = NetworkSpec.from_dict(self.store.models.get(request.model_id).spec)
+        if set(request.data) - set(DATASET_ROLES):
+            raise InvalidArgument("data", f"unknown roles {sorted(set(request.data) - set(DATASET_ROLES))}")
+        records = {role: self._dataset(role, source) for role, source in request.data.items()}
+        _check_shapes(records, spec, request.config)
+        new = NewRun(
+            request.model_id,
+            request.config.to_dict(),
+            {role: record.id for role, record in records.items()},
+            records["inputs"].rows,
+        )
+        run = self.store.runs.create(new, self.settings.max_queued_runs, request.request_id)
+        self.nudge()
+        return run
+
+    def _dataset(self, role: str, source: DataSource) -> DatasetRecord:
+        if isinstance(source, str):
+            return self.store.datasets.get(source, f"{role}.dataset_id")
+        return self.datasets.put(source, f"inline {role}", f"{role}.tensor")
+
+    def _check_options(self, config: TrainConfig) -> None:
+        limits = self.settings.limits
+        if config.epochs > limits.max_epochs:
+            raise LimitExceeded("options.epochs", f"at most {limits.max_epochs}")
+        if config.batch_size > limits.max_batch_size:
+            raise LimitExceeded("options.batch_size", f"at most {limits.max_batch_size}")
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, run_id: str) -> RunRecord:
+        return self.store.runs.get(run_id)
+
+    def list(
+        self, model_id: str, statuses: list[str], page_size: int, page_token: str
+    ) -> tuple[list[RunRecord], str]:
+        unknown = sorted(set(statuses) - set(RUN_STATUSES))
+        if unknown:
+            raise InvalidArgument("statuses", f"unknown statuses {unknown}", RUN_STATUSES)
+        limit, after = page_request(page_size, page_token)
+        runs = self.store.runs.list(limit, model_id, statuses, after)
+        return runs, next_token(runs, limit)
+
+    def watch(self, run_id: str, after_epoch: int, gone: Callable[[], bool]) -> Iterator[EpochEntry | RunRecord]:
+        """The committed epochs above ``after_epoch``, then new ones as they commit, then the run
+        as it ends. Returns early, without the run, once ``gone()`` holds (the caller left)."""
+        if after_epoch < 0:
+            raise InvalidArgument("after_epoch", "must be ≥ 0")
+        cursor = after_epoch
+        while not gone():
+            seen = self.changes.seen(run_id)
+            run = self._retrying(lambda: self.store.runs.get(run_id), gone)  # status first: see below
+            epochs = self._retrying(lambda: self.store.runs.epochs_after(run_id, cursor, WATCH_PAGE), gone)
+            for entry in epochs:
+                yield entry
+                cursor = entry.epoch
+            if len(epochs) == WATCH_PAGE:
+                continue
+            if run.status in WATCH_ENDS:  # it ended before the epochs were read: none is missed
+                yield run
+                return
+            self.changes.wait(run_id, seen, self.settings.poll_seconds, gone)
+
+    def _retrying(self, read: Callable[[], R], gone: Callable[[], bool]) -> R:
+        """``read()``, retried while the database is unavailable, for at most ``db_retry_seconds``."""
+        deadline = time.monotonic() + self.settings.db_retry_seconds
+        while True:
+            try:
+                return read()
+            except Unavailable:
+                if time.monotonic() + self.settings.poll_seconds > deadline or gone():
+                    raise
+                time.sleep(self.settings.poll_seconds)  # a bounded back-off, not synchronisation
+
+    # ------------------------------------------------------------------ changing
+
+    def cancel(self, run_id: str) -> RunRecord:
+        run = self.store.runs.cancel(run_id)
+        if run.status == "running":
+            self.cancel_here(run_id)  # at once if it executes in this process; else at its next heartbeat
+        self.changes.bump(run_id)
+        return run
+
+    def resume(self, run_id: str) -> RunRecord:
+        run = self.store.runs.resume(run_id, self.settings.max_queued_runs)
+        self.nudge()
+        return run
+
+    # ------------------------------------------------------------------ Train: start + watch
+
+    def follow(self, run_id: str, gone: Callable[[], bool]) -> Iterator[EpochEntry | RunRecord]:
+        """Watch a run to its end on behalf of a caller who owns it (Train): if the caller leaves
+        first, the run is cancelled; a run that ends failed or interrupted raises :class:`RunFailed`."""
+        ended = False
+        try:
+            for event in self.watch(run_id, 0, gone):
+                if isinstance(event, RunRecord):
+                    ended = True
+                    if event.status == "failed":
+                        raise RunFailed(event.stop_reason, event.error or f"run {event.id} failed")
+                    if event.status == "interrupted":
+                        raise RunFailed("interrupted", f"run {event.id} was interrupted ({event.stop_reason}); "
+                                        "it continues from its last checkpoint once resumed")  # fmt: skip
+                yield event
+        finally:
+            if not ended:
+                self._cancel_quietly(run_id)
+
+    def _cancel_quietly(self, run_id: str) -> None:
+        try:
+            self.cancel(run_id)
+        except StorageError:
+            log.warning("could not cancel the run of a Train call that ended", extra={"run": run_id}, exc_info=True)
+
+
+def _check_shapes(records: Mapping[str, DatasetRecord], spec: NetworkSpec, config: TrainConfig) -> None:
+    """Every dataset fits the model and its partner: widths, row counts, validation in pairs."""
+    for role in ("inputs", "targets"):
+        if role not in records:
+            raise InvalidArgument(role, "is required")
+    if ("validation_inputs" in records) != ("validation_targets" in records):
+        raise InvalidArgument("validation_targets", "validation inputs and targets come together")
+    if "validation_inputs" in records and config.validation_fraction:
+        raise InvalidArgument("options.validation_fraction", "give a validation set or a fraction, not both")
+    for prefix in ("", "validation_"):
+        if f"{prefix}inputs" not in records:
+            continue
+        inputs, targets = records[f"{prefix}inputs"], records[f"{prefix}targets"]
+        if inputs.columns != spec.input_dim:
+            raise InvalidArgument(f"{prefix}inputs.shape", f"has {inputs.columns} columns, the model takes {spec.input_dim}")
+        if targets.columns != spec.output_dim:
+            raise InvalidArgument(f"{prefix}targets.shape", f"has {targets.columns} columns, the model gives {spec.output_dim}")
+        if targets.rows != inputs.rows:
+            raise InvalidArgument(f"{prefix}targets.shape", f"has {targets.rows} rows, the inputs have {inputs.rows}")

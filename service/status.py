@@ -1,0 +1,71 @@
+"""The one table from errors to gRPC status codes, and the rich status a client receives.
+
+Use cases, the store and the engine raise; the servicer's handlers turn the exception into a
+status code, a message, and for bad input a ``google.rpc.BadRequest`` naming the field. Anything
+not in the table is a bug: it is logged with its traceback and the client gets INTERNAL with no
+detail.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from gradwire.engine import InvalidArgument
+from gradwire.storage import (
+    Conflict,
+    CorruptBlob,
+    NotFound,
+    QueueFull,
+    RequestReused,
+    Unavailable,
+    WrongState,
+)
+
+from .errors import CannotAnswer, LimitExceeded, RunFailed
+
+STATUS: dict[type[Exception], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    RequestReused: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    CannotAnswer: grpc.StatusCode.FAILED_PRECONDITION,
+    CorruptBlob: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    Conflict: grpc.StatusCode.ABORTED,  # ModelBusy, VersionConflict, LeaseLost
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+RUN_FAILURES: dict[str, grpc.StatusCode] = {
+    "version_conflict": grpc.StatusCode.ABORTED,
+    "missing_data": grpc.StatusCode.FAILED_PRECONDITION,
+    "corrupt_data": grpc.StatusCode.FAILED_PRECONDITION,
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "out_of_memory": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "database_unavailable": grpc.StatusCode.UNAVAILABLE,
+    "interrupted": grpc.StatusCode.UNAVAILABLE,
+}
+"""The status a Train call ends with when its run failed, by the run's stop reason; INTERNAL else."""
+
+
+def status_of(exc: Exception) -> grpc.StatusCode | None:
+    """The status code for ``exc`` by the first of its classes in :data:`STATUS`; None: a bug."""
+    if isinstance(exc, RunFailed):
+        return RUN_FAILURES.get(exc.kind, grpc.StatusCode.INTERNAL)
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return None
+
+
+def rich_status(code: grpc.StatusCode, exc: Exception) -> status_pb2.Status:
+    """A ``google.rpc.Status`` for ``exc``, with a BadRequest field violation when it names a field."""
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
+    field = getattr(exc, "field", "")
+    if code == grpc.StatusCode.INVALID_ARGUMENT and field:
+        detail = error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=str(exc))]
+        )
+        status.details.add().Pack(detail)
+    return status

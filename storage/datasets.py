@@ -1,0 +1,190 @@
+"""Datasets: 2-D arrays stored in chunks, addressed by their content, readable by every process
+that reaches the database.
+
+An upload writes its chunks as they come, each in a short transaction of its own, under a blob
+recorded in ``uploads``; nothing is a dataset until :meth:`DatasetStore.finish_upload` hands the
+blob over in one transaction. A failed upload deletes what it wrote; what a dead process left is
+deleted by :meth:`DatasetStore.reap_uploads` once it is old enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from . import blobs
+from .database import Database, seconds_ago
+from .errors import CorruptBlob, NotFound, WrongState
+from .records import DatasetRecord
+from .requests import once
+from .schema import DatasetRow, RunDatasetRow, RunRow, UploadRow
+
+HOLDING_STATUSES = ("queued", "running", "interrupted")
+"""A run in one of these may still read its datasets (an interrupted one when resumed)."""
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What a dataset is: its content address, the SHA-256 of its bytes, and its layout."""
+
+    id: str
+    checksum: str
+    name: str
+    dtype: str
+    rows: int
+    columns: int
+    nbytes: int
+
+
+def _record(row: DatasetRow) -> DatasetRecord:
+    return DatasetRecord(row.id, row.name, row.dtype, row.rows, row.columns, row.nbytes, row.created_at)
+
+
+def dataset_row(s: Session, dataset_id: str, field: str = "dataset_id", *, shared: bool = False) -> DatasetRow:
+    """The row, locked against a concurrent delete with ``shared`` (PostgreSQL; SQLite serialises writers)."""
+    query = select(DatasetRow).where(DatasetRow.id == dataset_id)
+    row = s.scalar(query.with_for_update(read=True) if shared else query)
+    if row is None:
+        raise NotFound("dataset", dataset_id, field)
+    return row
+
+
+class DatasetStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ writing
+
+    def begin_upload(self) -> str:
+        """A new blob to write chunks into: its id."""
+        with self.db.write() as s:
+            blob_id = blobs.new_id()
+            s.add(UploadRow(blob_id=blob_id))
+            return blob_id
+
+    def write_chunk(self, blob_id: str, seq: int, data: bytes | memoryview) -> None:
+        with self.db.write() as s:
+            blobs.write_chunk(s, blob_id, seq, data)
+
+    def abort_upload(self, blob_id: str) -> None:
+        """Delete a blob that will not become a dataset."""
+        with self.db.write() as s:
+            blobs.drop(s, [blob_id])
+            s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
+
+    def finish_upload(self, blob_id: str, meta: DatasetMeta, request_id: str = "") -> DatasetRecord:
+        """Make the uploaded blob the dataset ``meta`` describes; if that content is stored
+        already, the existing dataset is returned and the blob deleted."""
+        adopted = False
+
+        def create(s: Session) -> str:
+            nonlocal adopted
+            s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
+            if s.get(DatasetRow, meta.id) is None:
+                s.add(_row(meta, blob_id))
+                adopted = True
+            return meta.id
+
+        try:
+            return once(self.db, request_id, "dataset", create, lambda s, key: _record(dataset_row(s, key)))
+        finally:
+            if not adopted:
+                self.abort_upload(blob_id)
+
+    def put(self, meta: DatasetMeta, data: bytes, request_id: str = "") -> DatasetRecord:
+        """Store a small dataset in one transaction (or find it stored already)."""
+
+        def create(s: Session) -> str:
+            if s.get(DatasetRow, meta.id) is None:
+                blob_id, _ = blobs.write(s, data)
+                s.add(_row(meta, blob_id))
+            return meta.id
+
+        return once(self.db, request_id, "dataset", create, lambda s, key: _record(dataset_row(s, key)))
+
+    def reap_uploads(self, older_than_seconds: float) -> int:
+        """Delete uploads started longer ago than this (their process died or gave up)."""
+        with self.db.write() as s:
+            stale = list(
+                s.scalars(select(UploadRow.blob_id).where(UploadRow.started_at < seconds_ago(older_than_seconds)))
+            )
+            blobs.drop(s, stale)
+            s.execute(delete(UploadRow).where(UploadRow.blob_id.in_(stale)))
+            return len(stale)
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, dataset_id: str, field: str = "dataset_id") -> DatasetRecord:
+        with self.db.read() as s:
+            return _record(dataset_row(s, dataset_id, field))
+
+    def list(self, limit: int, after: tuple[datetime, str] | None = None) -> list[DatasetRecord]:
+        """Up to ``limit`` datasets in creation order, after the ``(created_at, id)`` given."""
+        query = select(DatasetRow).order_by(DatasetRow.created_at, DatasetRow.id).limit(limit)
+        if after is not None:
+            created, key = after
+            query = query.where(
+                (DatasetRow.created_at > created) | ((DatasetRow.created_at == created) & (DatasetRow.id > key))
+            )
+        with self.db.read() as s:
+            return [_record(row) for row in s.scalars(query)]
+
+    def load(self, dataset_id: str, field: str = "dataset_id") -> np.ndarray:
+        """The dataset as a ``(rows, columns)`` array: one allocation, filled a chunk at a time and
+        checked against its checksum."""
+        with self.db.read() as s:
+            row = dataset_row(s, dataset_id, field)
+            out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
+            target = memoryview(out).cast("B")
+            digest, filled = hashlib.sha256(), 0
+            for chunk in blobs.chunks(s, row.blob_id):
+                if filled + len(chunk) > row.nbytes:
+                    raise CorruptBlob(f"dataset {dataset_id} has more bytes stored than its shape holds")
+                target[filled : filled + len(chunk)] = chunk
+                digest.update(chunk)
+                filled += len(chunk)
+            if filled != row.nbytes or digest.hexdigest() != row.checksum:
+                raise CorruptBlob(f"dataset {dataset_id}: stored bytes do not match their checksum")
+            return out
+
+    # ------------------------------------------------------------------ deleting
+
+    def delete(self, dataset_id: str) -> None:
+        """Delete a dataset; refused while a queued, running or interrupted run needs it."""
+        with self.db.write() as s:
+            row = s.scalar(select(DatasetRow).where(DatasetRow.id == dataset_id).with_for_update())
+            if row is None:
+                raise NotFound("dataset", dataset_id, "dataset_id")
+            users = list(
+                s.scalars(
+                    select(RunRow.id)
+                    .join(RunDatasetRow, RunDatasetRow.run_id == RunRow.id)
+                    .where(RunDatasetRow.dataset_id == dataset_id, RunRow.status.in_(HOLDING_STATUSES))
+                )
+            )
+            if users:
+                raise WrongState(
+                    f"dataset {dataset_id} is used by run(s) {', '.join(sorted(users))}, queued, running "
+                    "or interrupted; cancel them first",
+                    "dataset_id",
+                )
+            blobs.drop(s, [row.blob_id])
+            s.delete(row)
+
+
+def _row(meta: DatasetMeta, blob_id: str) -> DatasetRow:
+    return DatasetRow(
+        id=meta.id,
+        name=meta.name,
+        dtype=meta.dtype,
+        rows=meta.rows,
+        columns=meta.columns,
+        nbytes=meta.nbytes,
+        blob_id=blob_id,
+        checksum=meta.checksum,
+    )

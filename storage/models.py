@@ -1,0 +1,167 @@
+"""Models and their weight versions. A model's current version changes only by a run's publish
+(compare-and-set, in :mod:`.runs`); versions themselves never change."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from . import blobs
+from .database import Database
+from .errors import ModelBusy, NotFound
+from .records import ModelRecord, VersionState
+from .requests import once
+from .schema import (
+    ACTIVE_STATUSES,
+    CheckpointRow,
+    EpochRow,
+    ModelRow,
+    RunDatasetRow,
+    RunRow,
+    WeightVersionRow,
+)
+
+Arrays = Mapping[str, np.ndarray]
+
+
+def model_row(s: Session, model_id: str, *, for_update: bool = False) -> ModelRow:
+    query = select(ModelRow).where(ModelRow.id == model_id)
+    row = s.scalar(query.with_for_update() if for_update else query)
+    if row is None:
+        raise NotFound("model", model_id, "model_id")
+    return row
+
+
+def active_run_id(s: Session, model_id: str) -> str | None:
+    return s.scalar(select(RunRow.id).where(RunRow.model_id == model_id, RunRow.status.in_(ACTIVE_STATUSES)))
+
+
+def _record(row: ModelRow, active: str | None) -> ModelRecord:
+    return ModelRecord(
+        row.id,
+        row.name,
+        row.spec,
+        row.parameter_count,
+        row.current_version,
+        row.created_at,
+        row.updated_at,
+        active,
+    )
+
+
+def add_version(
+    s: Session,
+    model_id: str,
+    version: int,
+    weights: Arrays,
+    run_id: str | None = None,
+    optimizer: Arrays | None = None,
+    optimizer_meta: dict[str, Any] | None = None,
+) -> None:
+    """Store weight version ``version`` (and the optimiser state belonging to it, if any)."""
+    blob_id, checksum = blobs.write_arrays(s, weights)
+    row = WeightVersionRow(model_id=model_id, version=version, blob_id=blob_id, checksum=checksum, run_id=run_id)
+    if optimizer is not None:
+        row.optimizer_blob_id, row.optimizer_checksum = blobs.write_arrays(s, optimizer)
+        row.optimizer_meta = optimizer_meta
+    s.add(row)
+
+
+class ModelStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self, name: str, spec: dict[str, Any], weights: Arrays, parameter_count: int, request_id: str = ""
+    ) -> ModelRecord:
+        """A new model at version 1 holding ``weights`` (``parameter_count`` of them trainable)."""
+
+        def create(s: Session) -> str:
+            row = ModelRow(
+                id=blobs.new_id(), name=name, spec=spec, parameter_count=parameter_count, current_version=1
+            )
+            s.add(row)
+            s.flush()
+            add_version(s, row.id, 1, weights)
+            return row.id
+
+        return once(self.db, request_id, "model", create, lambda s, key: _record(model_row(s, key), None))
+
+    def get(self, model_id: str) -> ModelRecord:
+        with self.db.read() as s:
+            return _record(model_row(s, model_id), active_run_id(s, model_id))
+
+    def current_version(self, model_id: str) -> int:
+        """The version that answers now: one indexed read, so that no process serves a stale one."""
+        with self.db.read() as s:
+            version = s.scalar(select(ModelRow.current_version).where(ModelRow.id == model_id))
+        if version is None:
+            raise NotFound("model", model_id, "model_id")
+        return version
+
+    def list(self, limit: int, after: tuple[datetime, str] | None = None) -> list[ModelRecord]:
+        """Up to ``limit`` models in creation order, after the ``(created_at, id)`` given."""
+        query = (
+            select(ModelRow, RunRow.id)
+            .outerjoin(RunRow, (RunRow.model_id == ModelRow.id) & RunRow.status.in_(ACTIVE_STATUSES))
+            .order_by(ModelRow.created_at, ModelRow.id)
+            .limit(limit)
+        )
+        if after is not None:
+            created, key = after
+            query = query.where(
+                (ModelRow.created_at > created) | ((ModelRow.created_at == created) & (ModelRow.id > key))
+            )
+        with self.db.read() as s:
+            return [_record(row, active) for row, active in s.execute(query)]
+
+    def delete(self, model_id: str) -> None:
+        """Delete a model with its versions, runs and history; refused while a run is queued or running."""
+        with self.db.write() as s:
+            model_row(s, model_id, for_update=True)
+            active = active_run_id(s, model_id)
+            if active is not None:
+                raise ModelBusy(f"model {model_id} has run {active} queued or running; cancel it first")
+            run_ids = select(RunRow.id).where(RunRow.model_id == model_id)
+            checkpoints = list(s.scalars(select(CheckpointRow.blob_id).where(CheckpointRow.run_id.in_(run_ids))))
+            versions = s.execute(
+                select(WeightVersionRow.blob_id, WeightVersionRow.optimizer_blob_id).where(
+                    WeightVersionRow.model_id == model_id
+                )
+            ).all()
+            blobs.drop(s, [*checkpoints, *(b for pair in versions for b in pair)])
+            # Children first: SQLite enforces cascades only with foreign keys on, so be explicit.
+            for child in (EpochRow, CheckpointRow, RunDatasetRow):
+                s.execute(delete(child).where(child.run_id.in_(run_ids)))
+            for table in (RunRow, WeightVersionRow):
+                s.execute(delete(table).where(table.model_id == model_id))
+            s.execute(delete(ModelRow).where(ModelRow.id == model_id))
+
+    def load_version(self, model_id: str, version: int | None = None) -> VersionState:
+        """A version of the model (the current one by default) with its optimiser state."""
+        with self.db.read() as s:
+            row = _version_row(s, model_id, version)
+            optimizer = None
+            if row.optimizer_blob_id and row.optimizer_checksum:
+                optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
+            weights = blobs.read_arrays(s, row.blob_id, row.checksum)
+            return VersionState(row.version, weights, optimizer, row.optimizer_meta)
+
+    def load_weights(self, model_id: str, version: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
+        """``(version, arrays)`` of a version of the model, the current one by default."""
+        with self.db.read() as s:
+            row = _version_row(s, model_id, version)
+            return row.version, blobs.read_arrays(s, row.blob_id, row.checksum)
+
+
+def _version_row(s: Session, model_id: str, version: int | None) -> WeightVersionRow:
+    wanted = model_row(s, model_id).current_version if version is None else version
+    row = s.get(WeightVersionRow, (model_id, wanted))
+    if row is None:
+        raise NotFound("version", wanted, "version")
+    return row

@@ -1,0 +1,424 @@
+"""Runs as durable jobs: every state change is a guarded update that names the state it expects.
+
+::
+
+    queued ──claim──▶ running ──finish──▶ completed | cancelled | failed | interrupted
+      ▲                  │ lease expired (reap)                               │
+      └──────resume──────┴───────────────────────▶ interrupted ◀──────────────┘
+
+* One queued or running run per model: a partial unique index, not a lock in some process.
+* :meth:`RunStore.claim_next` takes the oldest queued run (``FOR UPDATE SKIP LOCKED`` on
+  PostgreSQL; SQLite serialises writers) and gives the claimer a lease: ``owner`` and
+  ``heartbeat_at``, renewed by every :meth:`RunStore.commit` and :meth:`RunStore.heartbeat`.
+  Every write a running job makes names its owner; one that matches nothing raises
+  :class:`LeaseLost`, and the job stops.
+* :meth:`RunStore.reap` marks interrupted the running runs whose lease expired on the database's
+  clock; a live peer's runs are never touched.
+* Publishing is compare-and-set on the model's version: a run whose base version is no longer
+  current raises :class:`VersionConflict` and publishes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, exc, func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from . import blobs
+from .database import Database, seconds_ago, utcnow
+from .datasets import dataset_row
+from .errors import LeaseLost, ModelBusy, NotFound, QueueFull, VersionConflict, WrongState
+from .models import active_run_id, add_version, model_row
+from .records import TERMINAL_STATUSES, Checkpoint, EpochEntry, Outcome, RunRecord, json_safe
+from .requests import once
+from .schema import CheckpointRow, EpochRow, ModelRow, RunDatasetRow, RunRow, now
+
+QUEUE_LOCK = 0x67726477  # "grdw": serialises the queue-length check across PostgreSQL sessions
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What a run is asked to do: the model, its options (the engine's JSON), its datasets by role."""
+
+    model_id: str
+    options: dict[str, Any]
+    datasets: Mapping[str, str]
+    rows: int
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ creating and moving
+
+    def create(self, new: NewRun, max_queued: int, request_id: str = "") -> RunRecord:
+        """A queued run of ``new.model_id``; ModelBusy if the model has one queued or running,
+        QueueFull if ``max_queued`` runs wait already."""
+
+        def create(s: Session) -> str:
+            model = model_row(s, new.model_id, for_update=True)
+            for role, dataset_id in new.datasets.items():
+                dataset_row(s, dataset_id, role, shared=True)
+            self._check_queue(s, max_queued)
+            row = RunRow(
+                id=blobs.new_id(),
+                model_id=new.model_id,
+                status="queued",
+                options=json_safe(new.options),
+                rows=new.rows,
+                base_version=model.current_version,
+                version=None,
+            )
+            s.add(row)
+            s.flush()
+            s.add_all(RunDatasetRow(run_id=row.id, role=r, dataset_id=d) for r, d in new.datasets.items())
+            return row.id
+
+        try:
+            return once(self.db, request_id, "run", create, lambda s, key: _record(_row(s, key), s))
+        except exc.IntegrityError:
+            raise self._busy(new.model_id) from None
+
+    def claim_next(self, owner: str) -> RunRecord | None:
+        """The oldest queued run, now running under ``owner``'s lease; None if none waits."""
+        with self.db.write() as s:
+            run_id = s.scalar(
+                select(RunRow.id)
+                .where(RunRow.status == "queued")
+                .order_by(RunRow.created_at, RunRow.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if run_id is None:
+                return None
+            claimed = s.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status == "queued")
+                .values(
+                    status="running",
+                    owner=owner,
+                    heartbeat_at=utcnow(),
+                    started_at=func.coalesce(RunRow.started_at, utcnow()),
+                    attempts=RunRow.attempts + 1,
+                )
+            )
+            if _count(claimed) != 1:
+                return None  # lost a race; the caller asks again
+            return _record(_row(s, run_id), s)
+
+    def heartbeat(self, run_id: str, owner: str) -> bool:
+        """Renew the lease; returns whether a cancel was asked for. LeaseLost if it is not ours."""
+        with self.db.write() as s:
+            return self._renew(s, run_id, owner)
+
+    def commit(
+        self, run_id: str, owner: str, epochs: Iterable[dict[str, Any]], checkpoint: Checkpoint | None
+    ) -> bool:
+        """Append epochs and replace the checkpoint, renewing the lease, in one transaction;
+        returns whether a cancel was asked for. LeaseLost (and nothing written) if not ours."""
+        with self.db.write() as s:
+            cancel = self._renew(s, run_id, owner)
+            last = _add_epochs(s, run_id, epochs)
+            if last:
+                s.execute(update(RunRow).where(RunRow.id == run_id).values(epochs_done=last))
+            if checkpoint is not None:
+                _save_checkpoint(s, run_id, checkpoint)
+            return cancel
+
+    def finish(self, run_id: str, owner: str, outcome: Outcome) -> RunRecord:
+        """End a running run as ``outcome`` says, with its last epochs, in one transaction.
+
+        With weights, the model's version moves from the run's base version to the next, or
+        VersionConflict is raised and nothing is written. An interrupted outcome keeps (or
+        replaces, with ``outcome.checkpoint``) the run's checkpoint; any other drops it.
+        """
+        with self.db.write() as s:
+            row = s.scalar(select(RunRow).where(RunRow.id == run_id).with_for_update())
+            if row is None or row.status != "running" or row.owner != owner:
+                raise LeaseLost(f"run {run_id} is no longer held by {owner}")
+            last = _add_epochs(s, run_id, outcome.epochs)
+            if outcome.weights is not None:
+                row.version = self._publish(s, row, outcome)
+            if outcome.status == "interrupted":
+                if outcome.checkpoint is not None:
+                    _save_checkpoint(s, run_id, outcome.checkpoint)
+            else:
+                _drop_checkpoint(s, run_id)
+                row.finished_at = now()
+            row.status, row.stop_reason, row.error = outcome.status, outcome.stop_reason, outcome.error
+            row.best_epoch, row.best_loss = outcome.best_epoch, json_safe(outcome.best_loss)
+            row.receipt = json_safe(outcome.receipt) if outcome.receipt is not None else row.receipt
+            row.epochs_done = max(row.epochs_done, last)
+            row.load_seconds += outcome.load_seconds
+            row.train_seconds += outcome.train_seconds
+            row.owner = row.heartbeat_at = None
+            s.flush()
+            return _record(row, s)
+
+    def reap(self, lease_seconds: float, alive: str = "") -> list[str]:
+        """Mark interrupted every running run whose lease is older than ``lease_seconds``, but
+        those of owner ``alive`` (the caller, who knows its own runs are executing)."""
+        with self.db.write() as s:
+            reaped = s.scalars(
+                update(RunRow)
+                .where(
+                    RunRow.status == "running",
+                    RunRow.heartbeat_at < seconds_ago(lease_seconds),
+                    RunRow.owner.is_distinct_from(alive),
+                )
+                .values(status="interrupted", stop_reason="lease_expired", owner=None, heartbeat_at=None)
+                .returning(RunRow.id)
+            )
+            return list(reaped)
+
+    def requeue_interrupted(self, max_attempts: int, max_queued: int) -> list[str]:
+        """Queue again the interrupted runs claimed fewer than ``max_attempts`` times. One whose
+        model moved on to another version can never publish: it fails, saying so."""
+        with self.db.read() as s:
+            candidates = list(
+                s.scalars(
+                    select(RunRow.id)
+                    .where(RunRow.status == "interrupted", RunRow.attempts < max_attempts)
+                    .order_by(RunRow.created_at)
+                    .limit(100)
+                )
+            )
+        queued = []
+        for run_id in candidates:
+            try:
+                self.resume(run_id, max_queued)
+                queued.append(run_id)
+            except VersionConflict as exc:
+                self._fail_interrupted(run_id, "version_conflict", str(exc))
+            except (ModelBusy, QueueFull, WrongState):
+                continue  # another run holds the model, the queue is full, or it moved on: later
+        return queued
+
+    def _fail_interrupted(self, run_id: str, reason: str, error: str) -> None:
+        with self.db.write() as s:
+            row = _row(s, run_id, for_update=True)
+            if row.status == "interrupted":
+                _drop_checkpoint(s, run_id)
+                row.status, row.stop_reason, row.error, row.finished_at = "failed", reason, error, now()
+
+    def resume(self, run_id: str, max_queued: int) -> RunRecord:
+        """Queue an interrupted run again, to continue from its checkpoint. A run queued or
+        running already is returned as it is; a finished one cannot resume."""
+        try:
+            with self.db.write() as s:
+                row = _row(s, run_id, for_update=True)
+                if row.status in ("queued", "running"):
+                    return _record(row, s)
+                if row.status != "interrupted":
+                    raise WrongState(f"run {run_id} is {row.status}; only an interrupted run resumes", "run_id")
+                current = model_row(s, row.model_id).current_version
+                if current != row.base_version:
+                    raise VersionConflict(
+                        f"run {run_id} started from version {row.base_version} of model {row.model_id}, "
+                        f"which is now at version {current}; start a new run instead"
+                    )
+                self._check_queue(s, max_queued)
+                row.status, row.cancel_requested = "queued", False
+                s.flush()
+                return _record(row, s)
+        except exc.IntegrityError:
+            raise self._busy(self.get(run_id).model_id) from None
+
+    def cancel(self, run_id: str) -> RunRecord:
+        """Queued or interrupted: cancelled now. Running: asked to stop (its executor sees the
+        flag at its next heartbeat or commit). Finished: unchanged."""
+        with self.db.write() as s:
+            row = _row(s, run_id, for_update=True)
+            if row.status in ("queued", "interrupted"):
+                _drop_checkpoint(s, run_id)
+                row.status, row.stop_reason, row.finished_at = "cancelled", "cancelled", now()
+            elif row.status == "running":
+                row.cancel_requested = True
+            s.flush()
+            return _record(row, s)
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, run_id: str) -> RunRecord:
+        with self.db.read() as s:
+            return _record(_row(s, run_id), s)
+
+    def list(
+        self,
+        limit: int,
+        model_id: str = "",
+        statuses: Iterable[str] = (),
+        after: tuple[datetime, str] | None = None,
+    ) -> list[RunRecord]:
+        """Up to ``limit`` runs, oldest first, of one model and some statuses if given."""
+        query = select(RunRow).order_by(RunRow.created_at, RunRow.id).limit(limit)
+        if model_id:
+            query = query.where(RunRow.model_id == model_id)
+        if statuses := list(statuses):
+            query = query.where(RunRow.status.in_(statuses))
+        if after is not None:
+            created, key = after
+            query = query.where(
+                (RunRow.created_at > created) | ((RunRow.created_at == created) & (RunRow.id > key))
+            )
+        with self.db.read() as s:
+            return [_record(row, s) for row in s.scalars(query)]
+
+    def epochs_after(self, run_id: str, after: int, limit: int) -> list[EpochEntry]:
+        """Committed epochs numbered above ``after``, in order, at most ``limit``."""
+        query = (
+            select(EpochRow.epoch, EpochRow.record)
+            .where(EpochRow.run_id == run_id, EpochRow.epoch > after)
+            .order_by(EpochRow.epoch)
+            .limit(limit)
+        )
+        with self.db.read() as s:
+            return [EpochEntry(epoch, record) for epoch, record in s.execute(query)]
+
+    def history(self, model_id: str) -> list[RunRecord]:
+        """The model's runs, oldest first, each with its epochs."""
+        with self.db.read() as s:
+            model_row(s, model_id)
+            runs = list(s.scalars(select(RunRow).where(RunRow.model_id == model_id).order_by(RunRow.created_at)))
+            out = []
+            for run in runs:
+                epochs = s.execute(
+                    select(EpochRow.epoch, EpochRow.record).where(EpochRow.run_id == run.id).order_by(EpochRow.epoch)
+                )
+                out.append(_record(run, s, tuple(EpochEntry(e, r) for e, r in epochs)))
+            return out
+
+    def load_checkpoint(self, run_id: str) -> Checkpoint | None:
+        with self.db.read() as s:
+            row = s.get(CheckpointRow, run_id)
+            if row is None:
+                return None
+            return Checkpoint(row.epoch, blobs.read_arrays(s, row.blob_id, row.checksum), row.meta)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_queue(self, s: Session, max_queued: int) -> None:
+        if self.db.dialect == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": QUEUE_LOCK})
+        queued = s.scalar(select(func.count()).select_from(RunRow).where(RunRow.status == "queued")) or 0
+        if queued >= max_queued:
+            raise QueueFull(f"{queued} runs are queued, the most this service keeps waiting; try again later")
+
+    def _busy(self, model_id: str) -> ModelBusy:
+        with self.db.read() as s:
+            active = active_run_id(s, model_id)
+        return ModelBusy(f"model {model_id} has run {active} queued or running already")
+
+    @staticmethod
+    def _renew(s: Session, run_id: str, owner: str) -> bool:
+        renewed = s.scalars(
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.owner == owner, RunRow.status == "running")
+            .values(heartbeat_at=utcnow())
+            .returning(RunRow.cancel_requested)
+        ).all()
+        if not renewed:
+            raise LeaseLost(f"run {run_id} is no longer held by {owner}")
+        return bool(renewed[0])
+
+    @staticmethod
+    def _publish(s: Session, run: RunRow, outcome: Outcome) -> int:
+        """Compare-and-set the model's version from the run's base to the next; store the weights."""
+        version = run.base_version + 1
+        moved = s.execute(
+            update(ModelRow)
+            .where(ModelRow.id == run.model_id, ModelRow.current_version == run.base_version)
+            .values(current_version=version, updated_at=now())
+        )
+        if _count(moved) != 1:
+            current = model_row(s, run.model_id).current_version
+            raise VersionConflict(
+                f"run {run.id} started from version {run.base_version} of model {run.model_id}, "
+                f"which another run moved to version {current}; this run's weights were not published"
+            )
+        assert outcome.weights is not None
+        add_version(s, run.model_id, version, outcome.weights, run.id, outcome.optimizer, outcome.optimizer_meta)
+        return version
+
+
+def _count(result: Any) -> int:
+    return int(result.rowcount or 0)
+
+
+def _row(s: Session, run_id: str, *, for_update: bool = False) -> RunRow:
+    query = select(RunRow).where(RunRow.id == run_id)
+    row = s.scalar(query.with_for_update() if for_update else query)
+    if row is None:
+        raise NotFound("run", run_id, "run_id")
+    return row
+
+
+def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> RunRecord:
+    roles = s.execute(select(RunDatasetRow.role, RunDatasetRow.dataset_id).where(RunDatasetRow.run_id == row.id))
+    datasets = {role: dataset_id for role, dataset_id in roles}
+    return RunRecord(
+        id=row.id,
+        model_id=row.model_id,
+        status=row.status,
+        stop_reason=row.stop_reason,
+        options=row.options,
+        datasets=datasets,
+        rows=row.rows,
+        base_version=row.base_version,
+        version=row.version,
+        best_epoch=row.best_epoch,
+        best_loss=row.best_loss,
+        epochs_done=row.epochs_done,
+        error=row.error,
+        receipt=row.receipt,
+        owner=row.owner,
+        cancel_requested=row.cancel_requested,
+        attempts=row.attempts,
+        load_seconds=row.load_seconds,
+        train_seconds=row.train_seconds,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        epochs=epochs,
+    )
+
+
+def _add_epochs(s: Session, run_id: str, epochs: Iterable[dict[str, Any]]) -> int:
+    """Insert epoch records (one statement); the highest epoch number, 0 if none."""
+    rows = [
+        {
+            "run_id": run_id,
+            "epoch": int(r["epoch"]),
+            "train_loss": json_safe(r["train_loss"]),
+            "val_loss": json_safe(r.get("val_loss")),
+            "record": json_safe(r),
+            "created_at": now(),
+        }
+        for r in epochs
+    ]
+    if rows:
+        s.execute(insert(EpochRow), rows)
+    return max((r["epoch"] for r in rows), default=0)
+
+
+def _save_checkpoint(s: Session, run_id: str, checkpoint: Checkpoint) -> None:
+    blob_id, checksum = blobs.write_arrays(s, checkpoint.arrays)
+    row = s.get(CheckpointRow, run_id)
+    if row is None:
+        s.add(CheckpointRow(run_id=run_id, epoch=checkpoint.epoch, blob_id=blob_id, checksum=checksum,
+                            meta=json_safe(checkpoint.meta)))
+        return
+    blobs.drop(s, [row.blob_id])
+    row.epoch, row.blob_id, row.checksum, row.meta = checkpoint.epoch, blob_id, checksum, json_safe(checkpoint.meta)
+
+
+def _drop_checkpoint(s: Session, run_id: str) -> None:
+    row = s.get(CheckpointRow, run_id)
+    if row is not None:
+        blobs.drop(s, [row.blob_id])
+        s.execute(delete(CheckpointRow).where(CheckpointRow.run_id == run_id))
