@@ -18,6 +18,7 @@ saw, and resumes the run if the server restarted under it. The raw stub stays re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -36,15 +37,29 @@ from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 from gradwire.v1.codec import Gradients, Prediction
 from gradwire.v1.digest import array_id, little_endian, weights_digest
+from gradwire.v1.digest import raw as raw_bytes
 
 from .errors import ClientClosedError, DeadlineExceededError, GradwireError, RunFailedError, from_rpc_error
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MiB = 1 << 20
 RETRIED = frozenset(
-    {"GetModel", "ListModels", "Predict", "GetGradients", "GetTrainingHistory", "GetDataset", "ListDatasets",
-     "GetRun", "ListRuns", "CancelRun", "ResumeRun", "CreateModel", "StartRun"}
-)  # fmt: skip
+    {
+        "GetModel",
+        "ListModels",
+        "Predict",
+        "GetGradients",
+        "GetTrainingHistory",
+        "GetDataset",
+        "ListDatasets",
+        "GetRun",
+        "ListRuns",
+        "CancelRun",
+        "ResumeRun",
+        "CreateModel",
+        "StartRun",
+    }
+)
 """Calls retried on UNAVAILABLE: reads, idempotent changes, and creations that carry a request id."""
 UPLOAD_CHUNK = 1 * MiB
 INLINE_LIMIT = 4 * MiB
@@ -297,7 +312,9 @@ class Client:
 
     def create_model(self, spec: Mapping[str, Any], name: str = "", request_id: str | None = None) -> Model:
         """A new model from a spec in the engine's JSON form (``NetworkSpec.to_dict()``)."""
-        request = pb.CreateModelRequest(name=name, spec=codec.spec_from_dict(spec), request_id=_request_id(request_id))
+        request = pb.CreateModelRequest(
+            name=name, spec=codec.spec_from_dict(spec), request_id=_request_id(request_id)
+        )
         return Model(self, ModelInfo.from_proto(self.call("CreateModel", request)))
 
     def model(self, model_id: str) -> Model:
@@ -329,9 +346,12 @@ class Client:
         if existing is not None:
             return existing
         header = pb.DatasetHeader(
-            name=name, dtype=PROTO_DTYPES[data.dtype.name], shape=data.shape, request_id=_request_id(request_id)
+            name=name,
+            dtype=PROTO_DTYPES[data.dtype.name],
+            shape=data.shape,
+            request_id=_request_id(request_id),
         )
-        raw = memoryview(data).cast("B")
+        raw = raw_bytes(data)
 
         def messages() -> Iterator[pb.UploadDatasetRequest]:
             yield pb.UploadDatasetRequest(header=header)
@@ -339,7 +359,9 @@ class Client:
                 yield pb.UploadDatasetRequest(chunk=bytes(raw[start : start + UPLOAD_CHUNK]))
 
         timeout = max(self.timeout, len(raw) / (10 * MiB))  # slow links get at least 10 MiB/s of deadline
-        return DatasetInfo.from_proto(self._with_retries(lambda: self.stub.UploadDataset(messages(), timeout=timeout)))
+        return DatasetInfo.from_proto(
+            self._with_retries(lambda: self.stub.UploadDataset(messages(), timeout=timeout))
+        )
 
     def dataset(self, dataset_id: str) -> DatasetInfo:
         return DatasetInfo.from_proto(self.call("GetDataset", pb.GetDatasetRequest(dataset_id=dataset_id)))
@@ -376,7 +398,9 @@ class Client:
     def run(self, run_id: str) -> Run:
         return Run(self, RunInfo.from_proto(self.call("GetRun", pb.GetRunRequest(run_id=run_id))))
 
-    def list_runs(self, model_id: str = "", statuses: tuple[str, ...] = (), page_size: int = 50) -> Iterator[RunInfo]:
+    def list_runs(
+        self, model_id: str = "", statuses: tuple[str, ...] = (), page_size: int = 50
+    ) -> Iterator[RunInfo]:
         request = pb.ListRunsRequest(model_id=model_id, statuses=statuses, page_size=page_size)
         for page in self._pages("ListRuns", request):
             yield from (RunInfo.from_proto(r) for r in page.runs)
@@ -435,8 +459,9 @@ class Run:
         cursor, since = after_epoch, None
         while True:
             try:
-                for event in self.client.stub.WatchRun(pb.WatchRunRequest(run_id=self.id, after_epoch=cursor),
-                                                       timeout=timeout):  # fmt: skip
+                for event in self.client.stub.WatchRun(
+                    pb.WatchRunRequest(run_id=self.id, after_epoch=cursor), timeout=timeout
+                ):
                     if event.HasField("result"):
                         self.info = RunInfo.from_proto(event.result)
                         return
@@ -446,7 +471,10 @@ class Run:
                 return
             except grpc.RpcError as error:
                 since = since or time.monotonic()
-                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - since > self.client.reconnect_seconds:
+                if (
+                    error.code() != grpc.StatusCode.UNAVAILABLE
+                    or time.monotonic() - since > self.client.reconnect_seconds
+                ):
                     raise from_rpc_error(error) from error
                 time.sleep(self.client.backoff)
 
@@ -458,7 +486,8 @@ class Run:
         resume: int = 3,
     ) -> History:
         """Follow the run to its end; returns its :class:`History`. A callback returning ``True``
-        cancels it (its best weights so far still become a version). An interrupted run is resumed
+        cancels it (its best weights so far still become a version); the callbacks hear no epoch
+        after that, though the history keeps those that ran meanwhile. An interrupted run is resumed
         up to ``resume`` times. Past ``timeout`` seconds the run is cancelled and
         :class:`DeadlineExceededError` raised. A failed run raises :class:`RunFailedError`."""
         listeners = (*callbacks, print_progress) if progress else callbacks
@@ -470,9 +499,12 @@ class Run:
             try:
                 for epoch in self.epochs(len(history.epochs) and history.epochs[-1]["epoch"], left):
                     history.epochs.append(epoch)
+                    if cancelled:
+                        continue  # epochs that ran before the cancel took effect: kept, not announced
                     answers = [listener(epoch) for listener in listeners]  # every listener hears every epoch
-                    if any(answers) and not cancelled:
-                        cancelled = bool(self.cancel())
+                    if any(answers):
+                        self.cancel()
+                        cancelled = True
             except DeadlineExceededError:
                 _cancel_quietly(self)
                 raise
@@ -628,7 +660,7 @@ class Model:
                 digest = digest or piece.weights_sha256
                 if piece.offset == 0:
                     arrays[piece.name] = np.empty(tuple(piece.shape), codec.DTYPES[piece.dtype])
-                target = memoryview(arrays[piece.name]).cast("B") if arrays[piece.name].size else memoryview(b"")
+                target = raw_bytes(arrays[piece.name])
                 target[piece.offset : piece.offset + len(piece.data)] = piece.data
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
@@ -650,7 +682,5 @@ def _is_dataset(value: Any) -> bool:
 
 
 def _cancel_quietly(run: Run) -> None:
-    try:
+    with contextlib.suppress(GradwireError):  # the server is gone: the run ends when its lease does
         run.cancel()
-    except GradwireError:
-        pass  # the server is gone; the run ends when its lease does, or is resumed

@@ -27,8 +27,8 @@ import numpy as np
 from .config import TrainConfig
 from .errors import InvalidArgument
 from .network import Network
-from .spec import NetworkSpec
 from .optimizers import OptimizerState
+from .spec import NetworkSpec
 from .training import Best, EpochRecord, Trainer
 
 Array = np.ndarray

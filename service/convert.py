@@ -19,6 +19,7 @@ from gradwire.engine.data import check_finite
 from gradwire.storage import DatasetRecord, EpochEntry, ModelRecord, RunRecord
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
+from gradwire.v1.digest import raw as raw_bytes
 
 from .datasets import Header
 from .runs import DataSource
@@ -97,12 +98,15 @@ def export_to_proto(export: Export) -> Iterator[pb.ExportModelResponse]:
     digest = export.digest
     for name, array in export.arrays.items():
         data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
-        raw = memoryview(data).cast("B") if data.size else memoryview(b"")
+        raw = raw_bytes(data)
         for offset in range(0, max(len(raw), 1), EXPORT_PIECE):
             piece = pb.ExportModelResponse(
-                version=export.version, name=name, offset=offset, data=bytes(raw[offset : offset + EXPORT_PIECE]),
+                version=export.version,
+                name=name,
+                offset=offset,
+                data=bytes(raw[offset : offset + EXPORT_PIECE]),
                 weights_sha256=digest,
-            )  # fmt: skip
+            )
             if offset == 0:
                 piece.shape[:] = data.shape
                 piece.dtype = codec.PROTO_DTYPES[data.dtype.newbyteorder("=")]
@@ -257,7 +261,9 @@ def training_run_to_proto(run: RunRecord) -> pb.TrainingRun:
 
 
 def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
-    return codec.prediction_to_proto(codec.Prediction(prediction.outputs, prediction.labels, prediction.version))
+    return codec.prediction_to_proto(
+        codec.Prediction(prediction.outputs, prediction.labels, prediction.version)
+    )
 
 
 def gradients_to_proto(result: Gradients) -> pb.GetGradientsResponse:

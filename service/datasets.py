@@ -17,11 +17,11 @@ import numpy as np
 from gradwire.engine import InvalidArgument
 from gradwire.engine.data import check_finite
 from gradwire.storage import CHUNK_BYTES, DatasetMeta, DatasetRecord, StorageError, Store
-from gradwire.v1.digest import dataset_id
+from gradwire.v1.digest import dataset_id, raw
 
 from .errors import LimitExceeded
 from .paging import next_token, page_request
-from .settings import MiB, Limits
+from .settings import Limits, MiB
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,14 @@ class Datasets:
         try:
             checksum = self._receive(blob_id, chunks, dtype, expected)
             meta = DatasetMeta(
-                dataset_id(header.dtype, rows, columns, checksum), checksum, header.name, header.dtype, rows,
-                columns, expected,
-            )  # fmt: skip
+                dataset_id(header.dtype, rows, columns, checksum),
+                checksum,
+                header.name,
+                header.dtype,
+                rows,
+                columns,
+                expected,
+            )
             return self.store.datasets.finish_upload(blob_id, meta, header.request_id)
         except BaseException:
             self._abandon(blob_id)
@@ -70,23 +75,29 @@ class Datasets:
         """Store a small array sent inline (already checked finite), or find it stored."""
         if array.nbytes > self.limits.max_inline_mb * MiB:
             raise LimitExceeded(
-                field, f"inline tensors take at most {self.limits.max_inline_mb} MiB; upload it with UploadDataset"
+                field,
+                f"inline tensors take at most {self.limits.max_inline_mb} MiB; upload it with UploadDataset",
             )
         data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
-        checksum = hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+        checksum = hashlib.sha256(raw(data)).hexdigest()
         rows, columns = data.shape
         meta = DatasetMeta(
-            dataset_id(data.dtype.name, rows, columns, checksum), checksum, name, data.dtype.name, rows, columns,
+            dataset_id(data.dtype.name, rows, columns, checksum),
+            checksum,
+            name,
+            data.dtype.name,
+            rows,
+            columns,
             data.nbytes,
-        )  # fmt: skip
-        return self.store.datasets.put(meta, memoryview(data).cast("B"))
+        )
+        return self.store.datasets.put(meta, raw(data))
 
     def get(self, dataset_id: str) -> DatasetRecord:
         return self.store.datasets.get(dataset_id)
 
-    def list(self, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
+    def page(self, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
         limit, after = page_request(page_size, page_token)
-        items = self.store.datasets.list(limit, after)
+        items = self.store.datasets.page(limit, after)
         return items, next_token(items, limit)
 
     def delete(self, dataset_id: str) -> None:
@@ -99,7 +110,9 @@ class Datasets:
             raise InvalidArgument("header.name", f"must be at most {MAX_NAME} characters")
         check_request_id(header.request_id, "header.request_id")
         if header.dtype not in DATASET_DTYPES:
-            raise InvalidArgument("header.dtype", f"must be one of {', '.join(DATASET_DTYPES)}, got {header.dtype}")
+            raise InvalidArgument(
+                "header.dtype", f"must be one of {', '.join(DATASET_DTYPES)}, got {header.dtype}"
+            )
         if len(header.shape) != 2 or min(header.shape) < 0:
             raise InvalidArgument("header.shape", f"must be [rows, columns], got {list(header.shape)}")
         rows, columns = header.shape
@@ -107,7 +120,9 @@ class Datasets:
             raise InvalidArgument("header.shape", f"has no data: {list(header.shape)}")
         nbytes = rows * columns * np.dtype(header.dtype).itemsize
         if nbytes > self.limits.max_dataset_mb * MiB:
-            raise LimitExceeded("header.shape", f"{nbytes} bytes, datasets take at most {self.limits.max_dataset_mb} MiB")
+            raise LimitExceeded(
+                "header.shape", f"{nbytes} bytes, datasets take at most {self.limits.max_dataset_mb} MiB"
+            )
         return rows, columns
 
     def _receive(self, blob_id: str, chunks: Iterable[bytes], dtype: np.dtype, expected: int) -> str:
@@ -132,7 +147,9 @@ class Datasets:
                     store(view[start : start + CHUNK_BYTES])
             del pending[:full]
         if received != expected:
-            raise InvalidArgument("chunk", f"the upload ended after {received} of the {expected} bytes its shape needs")
+            raise InvalidArgument(
+                "chunk", f"the upload ended after {received} of the {expected} bytes its shape needs"
+            )
         if pending:
             with memoryview(pending) as view:
                 store(view)

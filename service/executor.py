@@ -7,7 +7,8 @@ process; an executor that runs them on other machines implements the same four m
 
 :class:`Supervisor` is one thread per process. Woken by a new run here or every
 ``poll_seconds``, it claims queued runs while the executor has room; every ``heartbeat_seconds``
-it also marks interrupted the runs whose lease expired (never its own), queues interrupted runs
+it also marks interrupted the runs whose lease expired (but those its executor is executing:
+their heartbeats may only be late because the database was away), queues interrupted runs
 again (up to ``auto_resume`` attempts each), and deletes uploads abandoned for
 ``upload_ttl_seconds``. A database that cannot be reached is logged and tried again next time.
 """
@@ -45,6 +46,9 @@ class Executor(Protocol):
     def submit(self, run_id: str, owner: str) -> None:
         """Execute a run claimed (leased) by ``owner``; returns at once."""
 
+    def executing(self) -> set[str]:
+        """The runs it executes now (alive, whatever their heartbeats say)."""
+
     def cancel(self, run_id: str) -> None:
         """Stop a run now if it executes here (else its job learns of it from the database)."""
 
@@ -56,7 +60,9 @@ class Executor(Protocol):
 class ThreadExecutor:
     """Jobs on ``settings.train_workers`` threads of this process."""
 
-    def __init__(self, store: Store, settings: Settings, changes: Changes, on_done: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, changes: Changes, on_done: Callable[[], None] = lambda: None
+    ) -> None:
         self.store, self.settings, self.changes, self.on_done = store, settings, changes, on_done
         self._pool = ThreadPoolExecutor(settings.train_workers, thread_name_prefix="gradwire-train")
         self._running: dict[str, StopFlags] = {}
@@ -83,6 +89,10 @@ class ThreadExecutor:
                 del self._running[run_id]
                 self._lock.notify_all()
             self.on_done()
+
+    def executing(self) -> set[str]:
+        with self._lock:
+            return set(self._running)
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
@@ -149,10 +159,12 @@ class Supervisor:
 
     def _sweep(self) -> None:
         s = self.settings
-        reaped = self.store.runs.reap(s.lease_seconds, alive=self.owner)
+        reaped = self.store.runs.reap(s.lease_seconds, self.executor.executing())
         if reaped:
             log.warning("runs whose lease expired marked interrupted", extra={"runs": reaped})
-        if s.auto_resume and (queued := self.store.runs.requeue_interrupted(s.auto_resume, s.max_queued_runs)):
+        if s.auto_resume and (
+            queued := self.store.runs.requeue_interrupted(s.auto_resume, s.max_queued_runs)
+        ):
             log.info("interrupted runs queued again", extra={"runs": queued})
         if swept := self.store.datasets.reap_uploads(s.upload_ttl_seconds):
             log.info("abandoned uploads deleted", extra={"uploads": swept})

@@ -99,8 +99,17 @@ class Loaded:
 class Committer:
     """The job's link to the database, on a thread of its own (see the module's docstring)."""
 
-    def __init__(self, store: Store, run: RunRecord, owner: str, settings: Settings, changes: Changes,
-                 flags: StopFlags, trainer: Trainer, elapsed_offset: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        run: RunRecord,
+        owner: str,
+        settings: Settings,
+        changes: Changes,
+        flags: StopFlags,
+        trainer: Trainer,
+        elapsed_offset: float,
+    ) -> None:
         self.store, self.run, self.owner, self.settings = store, run, owner, settings
         self.changes, self.flags, self.trainer, self.offset = changes, flags, trainer, elapsed_offset
         self.pending: list[dict[str, Any]] = []
@@ -140,7 +149,9 @@ class Committer:
     def _loop(self) -> None:
         while True:
             with self.wake:
-                self.wake.wait_for(lambda: self.closing or self.in_flight is not None, self.settings.heartbeat_seconds)
+                self.wake.wait_for(
+                    lambda: self.closing or self.in_flight is not None, self.settings.heartbeat_seconds
+                )
                 if self.closing:
                     return
                 work = self.in_flight
@@ -178,8 +189,16 @@ def checkpoint_of(trainer: Trainer) -> Checkpoint:
 class RunJob:
     """One run, executed once by the process holding its lease."""
 
-    def __init__(self, store: Store, run_id: str, owner: str, settings: Settings, changes: Changes,
-                 flags: StopFlags, closing: threading.Event) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        owner: str,
+        settings: Settings,
+        changes: Changes,
+        flags: StopFlags,
+        closing: threading.Event,
+    ) -> None:
         self.store, self.run_id, self.owner, self.settings = store, run_id, owner, settings
         self.changes, self.flags, self.closing = changes, flags, closing
 
@@ -231,8 +250,9 @@ class RunJob:
         validation = None
         if "validation_inputs" in data:
             validation = (data["validation_inputs"], data["validation_targets"])
-        committer = Committer(self.store, run, self.owner, self.settings, self.changes, self.flags, trainer,
-                              run.train_seconds)  # fmt: skip
+        committer = Committer(
+            self.store, run, self.owner, self.settings, self.changes, self.flags, trainer, run.train_seconds
+        )
         with committer:
             result = trainer.fit(
                 data["inputs"],
@@ -245,7 +265,9 @@ class RunJob:
         outcome = self._outcome(run, trainer, result, committer.leftover())
         return replace(outcome, train_seconds=time.perf_counter() - started)
 
-    def _outcome(self, run: RunRecord, trainer: Trainer, result: FitResult, epochs: list[dict[str, Any]]) -> Outcome:
+    def _outcome(
+        self, run: RunRecord, trainer: Trainer, result: FitResult, epochs: list[dict[str, Any]]
+    ) -> Outcome:
         status = FINISHED[result.stop_reason]
         common: dict[str, Any] = {
             "status": status,
@@ -268,8 +290,13 @@ class RunJob:
             "weights_sha256": weights_digest(weights),
             "base_version": run.base_version,
         }
-        return Outcome(**common, weights=weights, optimizer=optimizer.slots, optimizer_meta=optimizer.meta,
-                       receipt=receipt)  # fmt: skip
+        return Outcome(
+            **common,
+            weights=weights,
+            optimizer=optimizer.slots,
+            optimizer_meta=optimizer.meta,
+            receipt=receipt,
+        )
 
     def _failed(self, exc: BaseException) -> Outcome:
         return Outcome("failed", failure_kind(exc), error=f"{type(exc).__name__}: {exc}")
@@ -286,19 +313,35 @@ class RunJob:
                 break
             except VersionConflict as exc:
                 log.warning("run lost the race to publish", extra={"run": self.run_id})
-                outcome = replace(outcome, status="failed", stop_reason="version_conflict", error=str(exc),
-                                  weights=None, optimizer=None, optimizer_meta=None)  # fmt: skip
+                outcome = replace(
+                    outcome,
+                    status="failed",
+                    stop_reason="version_conflict",
+                    error=str(exc),
+                    weights=None,
+                    optimizer=None,
+                    optimizer_meta=None,
+                )
             except LeaseLost:
                 log.warning("run lost its lease before it could finish", extra={"run": self.run_id})
                 return
             except Unavailable as exc:
-                log.warning("run end not recorded yet; will retry", extra={"run": self.run_id, "error": str(exc)})
+                log.warning(
+                    "run end not recorded yet; will retry", extra={"run": self.run_id, "error": str(exc)}
+                )
                 if time.monotonic() + pause > deadline or self.closing.wait(pause):
-                    log.error("run could not record its end; its lease will run out", extra={"run": self.run_id})
+                    log.error(
+                        "run could not record its end; its lease will run out", extra={"run": self.run_id}
+                    )
                     return
                 pause = min(pause * 2, 2.0)
         self.changes.bump(self.run_id)
         log.info(
             "run finished",
-            extra={"run": self.run_id, "status": done.status, "reason": done.stop_reason, "version": done.version},
+            extra={
+                "run": self.run_id,
+                "status": done.status,
+                "reason": done.stop_reason,
+                "version": done.version,
+            },
         )

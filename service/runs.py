@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -58,8 +59,15 @@ class StartRequest:
 
 
 class Runs:
-    def __init__(self, store: Store, settings: Settings, datasets: Datasets, changes: Changes,
-                 nudge: Callable[[], None], cancel_here: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        datasets: Datasets,
+        changes: Changes,
+        nudge: Callable[[], None],
+        cancel_here: Callable[[str], None],
+    ) -> None:
         self.store, self.settings, self.datasets, self.changes = store, settings, datasets, changes
         self.nudge, self.cancel_here = nudge, cancel_here
 
@@ -101,17 +109,19 @@ class Runs:
     def get(self, run_id: str) -> RunRecord:
         return self.store.runs.get(run_id)
 
-    def list(
+    def page(
         self, model_id: str, statuses: list[str], page_size: int, page_token: str
     ) -> tuple[list[RunRecord], str]:
         unknown = sorted(set(statuses) - set(RUN_STATUSES))
         if unknown:
             raise InvalidArgument("statuses", f"unknown statuses {unknown}", RUN_STATUSES)
         limit, after = page_request(page_size, page_token)
-        runs = self.store.runs.list(limit, model_id, statuses, after)
+        runs = self.store.runs.page(limit, model_id, statuses, after)
         return runs, next_token(runs, limit)
 
-    def watch(self, run_id: str, after_epoch: int, gone: Callable[[], bool]) -> Iterator[EpochEntry | RunRecord]:
+    def watch(
+        self, run_id: str, after_epoch: int, gone: Callable[[], bool]
+    ) -> Iterator[EpochEntry | RunRecord]:
         """The committed epochs above ``after_epoch``, then new ones as they commit, then the run
         as it ends. Returns early, without the run, once ``gone()`` holds (the caller left)."""
         if after_epoch < 0:
@@ -119,8 +129,8 @@ class Runs:
         cursor = after_epoch
         while not gone():
             seen = self.changes.seen(run_id)
-            run = self._retrying(lambda: self.store.runs.get(run_id), gone)  # status first: see below
-            epochs = self._retrying(lambda: self.store.runs.epochs_after(run_id, cursor, WATCH_PAGE), gone)
+            run = self._retrying(partial(self.store.runs.get, run_id), gone)  # status first: see below
+            epochs = self._retrying(partial(self.store.runs.epochs_after, run_id, cursor, WATCH_PAGE), gone)
             for entry in epochs:
                 yield entry
                 cursor = entry.epoch
@@ -169,8 +179,8 @@ class Runs:
                     if event.status == "failed":
                         raise RunFailed(event.stop_reason, event.error or f"run {event.id} failed")
                     if event.status == "interrupted":
-                        raise RunFailed("interrupted", f"run {event.id} was interrupted ({event.stop_reason}); "
-                                        "it continues from its last checkpoint once resumed")  # fmt: skip
+                        why = f"run {event.id} was interrupted ({event.stop_reason}); resume it to continue"
+                        raise RunFailed("interrupted", why)
                 yield event
         finally:
             if not ended:
@@ -180,7 +190,9 @@ class Runs:
         try:
             self.cancel(run_id)
         except StorageError:
-            log.warning("could not cancel the run of a Train call that ended", extra={"run": run_id}, exc_info=True)
+            log.warning(
+                "could not cancel the run of a Train call that ended", extra={"run": run_id}, exc_info=True
+            )
 
 
 def _check_shapes(records: Mapping[str, DatasetRecord], spec: NetworkSpec, config: TrainConfig) -> None:
@@ -197,8 +209,14 @@ def _check_shapes(records: Mapping[str, DatasetRecord], spec: NetworkSpec, confi
             continue
         inputs, targets = records[f"{prefix}inputs"], records[f"{prefix}targets"]
         if inputs.columns != spec.input_dim:
-            raise InvalidArgument(f"{prefix}inputs.shape", f"has {inputs.columns} columns, the model takes {spec.input_dim}")
+            raise InvalidArgument(
+                f"{prefix}inputs.shape", f"has {inputs.columns} columns, the model takes {spec.input_dim}"
+            )
         if targets.columns != spec.output_dim:
-            raise InvalidArgument(f"{prefix}targets.shape", f"has {targets.columns} columns, the model gives {spec.output_dim}")
+            raise InvalidArgument(
+                f"{prefix}targets.shape", f"has {targets.columns} columns, the model gives {spec.output_dim}"
+            )
         if targets.rows != inputs.rows:
-            raise InvalidArgument(f"{prefix}targets.shape", f"has {targets.rows} rows, the inputs have {inputs.rows}")
+            raise InvalidArgument(
+                f"{prefix}targets.shape", f"has {targets.rows} rows, the inputs have {inputs.rows}"
+            )

@@ -84,7 +84,9 @@ class Streams:
     @contextmanager
     def slot(self) -> Iterator[None]:
         if not self._slots.acquire(blocking=False):
-            raise LimitExceeded("", f"this server serves at most {self.limit} streams at once; try again later")
+            raise LimitExceeded(
+                "", f"this server serves at most {self.limit} streams at once; try again later"
+            )
         try:
             yield
         finally:
@@ -123,13 +125,17 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         return self._model(request.model_id)
 
     @handled
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
         models, token = self.app.list_models(request.page_size, request.page_token)
         packed = [convert.model_to_proto(m, is_classifier(NetworkSpec.from_dict(m.spec))) for m in models]
         return pb.ListModelsResponse(models=packed, next_page_token=token)
 
     @handled
-    def DeleteModel(self, request: pb.DeleteModelRequest, context: grpc.ServicerContext) -> pb.DeleteModelResponse:
+    def DeleteModel(
+        self, request: pb.DeleteModelRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteModelResponse:
         self.app.delete_model(request.model_id)
         return pb.DeleteModelResponse()
 
@@ -158,7 +164,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def ListDatasets(
         self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> pb.ListDatasetsResponse:
-        datasets, token = self.app.datasets.list(request.page_size, request.page_token)
+        datasets, token = self.app.datasets.page(request.page_size, request.page_token)
         return pb.ListDatasetsResponse(
             datasets=[convert.dataset_to_proto(d) for d in datasets], next_page_token=token
         )
@@ -175,7 +181,9 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @handled
     def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.Run:
         config = convert.options_from_proto(request.options)
-        start = StartRequest(request.model_id, config, convert.sources_from_proto(request), request.request_id)
+        start = StartRequest(
+            request.model_id, config, convert.sources_from_proto(request), request.request_id
+        )
         return convert.run_to_proto(self.app.runs.start(start))
 
     @handled_stream
@@ -192,7 +200,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
 
     @handled
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
-        runs, token = self.app.runs.list(
+        runs, token = self.app.runs.page(
             request.model_id, list(request.statuses), request.page_size, request.page_token
         )
         return pb.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
@@ -240,4 +248,3 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         return pb.GetTrainingHistoryResponse(
             runs=[convert.training_run_to_proto(r) for r in self.app.history(request.model_id)]
         )
-

@@ -69,9 +69,19 @@ class Settings:
         if not self.database_url:
             url = f"sqlite:///{Path(self.data_dir).absolute() / 'gradwire.db'}"
             object.__setattr__(self, "database_url", url)
-        positive = ("rpc_workers", "max_streams", "train_workers", "max_message_mb", "model_cache_size",
-                    "checkpoint_interval", "lease_seconds", "heartbeat_seconds", "poll_seconds",
-                    "db_retry_seconds", "upload_ttl_seconds")  # fmt: skip
+        positive = (
+            "rpc_workers",
+            "max_streams",
+            "train_workers",
+            "max_message_mb",
+            "model_cache_size",
+            "checkpoint_interval",
+            "lease_seconds",
+            "heartbeat_seconds",
+            "poll_seconds",
+            "db_retry_seconds",
+            "upload_ttl_seconds",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be greater than 0")

@@ -30,7 +30,9 @@ class Changes:
         with self._moved:
             return self._counts[run_id]
 
-    def wait(self, run_id: str, seen: int, timeout: float, give_up: Callable[[], bool] = lambda: False) -> int:
+    def wait(
+        self, run_id: str, seen: int, timeout: float, give_up: Callable[[], bool] = lambda: False
+    ) -> int:
         """Block until ``run_id`` changed since ``seen``, ``give_up()`` holds, or ``timeout`` passed."""
         with self._moved:
             self._moved.wait_for(lambda: self._counts[run_id] != seen or give_up(), timeout)

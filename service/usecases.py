@@ -91,7 +91,9 @@ class Gradwire:
         self.executor = executor or ThreadExecutor(store, settings, self.changes, on_done=self._job_done)
         self.supervisor = Supervisor(store, self.executor, settings, self.owner)
         self.datasets = Datasets(store, settings.limits)
-        self.runs = Runs(store, settings, self.datasets, self.changes, self.supervisor.nudge, self.executor.cancel)
+        self.runs = Runs(
+            store, settings, self.datasets, self.changes, self.supervisor.nudge, self.executor.cancel
+        )
 
     def _job_done(self) -> None:
         self.supervisor.nudge()
@@ -115,7 +117,9 @@ class Gradwire:
         check_request_id(request_id)
         self._check_architecture(spec)
         network = Network(spec)
-        model = self.store.models.create(name, spec.to_dict(), network.state_arrays(), network.flat.size, request_id)
+        model = self.store.models.create(
+            name, spec.to_dict(), network.state_arrays(), network.flat.size, request_id
+        )
         log.info("model created", extra={"model": model.id, "params": model.parameter_count})
         return model
 
@@ -124,7 +128,7 @@ class Gradwire:
 
     def list_models(self, page_size: int, page_token: str) -> tuple[list[ModelRecord], str]:
         limit, after = page_request(page_size, page_token)
-        models = self.store.models.list(limit, after)
+        models = self.store.models.page(limit, after)
         return models, next_token(models, limit)
 
     def delete_model(self, model_id: str) -> None:
@@ -178,9 +182,13 @@ class Gradwire:
                 f"parameters, the model has {network.flat.size}",
             )
         if len(X) > self.limits.max_gradcheck_rows:
-            raise LimitExceeded("inputs", f"numerical_check takes at most {self.limits.max_gradcheck_rows} rows")
+            raise LimitExceeded(
+                "inputs", f"numerical_check takes at most {self.limits.max_gradcheck_rows} rows"
+            )
         wide = NetworkSpec.from_dict({**spec.to_dict(), "dtype": "float64"})
-        report = check_gradients(Network.from_state(wide, network.state_arrays()), X, Y, training=not inference_mode)
+        report = check_gradients(
+            Network.from_state(wide, network.state_arrays()), X, Y, training=not inference_mode
+        )
         worst: dict[str, float] = {}
         for name, error in report.errors.items():
             layer = name.rsplit(".", 1)[0]

@@ -56,7 +56,7 @@ def write_chunk(s: Session, blob_id: str, seq: int, data: bytes | memoryview) ->
     s.add(ChunkRow(blob_id=blob_id, seq=seq, data=bytes(data)))
 
 
-def write(s: Session, data: bytes) -> tuple[str, str]:
+def write(s: Session, data: bytes | memoryview) -> tuple[str, str]:
     """Store ``data`` as a new blob: ``(blob id, sha256)``."""
     blob_id = new_id()
     view = memoryview(data)

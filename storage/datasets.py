@@ -45,7 +45,9 @@ def _record(row: DatasetRow) -> DatasetRecord:
     return DatasetRecord(row.id, row.name, row.dtype, row.rows, row.columns, row.nbytes, row.created_at)
 
 
-def dataset_row(s: Session, dataset_id: str, field: str = "dataset_id", *, shared: bool = False) -> DatasetRow:
+def dataset_row(
+    s: Session, dataset_id: str, field: str = "dataset_id", *, shared: bool = False
+) -> DatasetRow:
     """The row, locked against a concurrent delete with ``shared`` (PostgreSQL; SQLite serialises writers)."""
     query = select(DatasetRow).where(DatasetRow.id == dataset_id)
     row = s.scalar(query.with_for_update(read=True) if shared else query)
@@ -96,7 +98,7 @@ class DatasetStore:
             if not adopted:
                 self.abort_upload(blob_id)
 
-    def put(self, meta: DatasetMeta, data: bytes, request_id: str = "") -> DatasetRecord:
+    def put(self, meta: DatasetMeta, data: bytes | memoryview, request_id: str = "") -> DatasetRecord:
         """Store a small dataset in one transaction (or find it stored already)."""
 
         def create(s: Session) -> str:
@@ -111,7 +113,9 @@ class DatasetStore:
         """Delete uploads started longer ago than this (their process died or gave up)."""
         with self.db.write() as s:
             stale = list(
-                s.scalars(select(UploadRow.blob_id).where(UploadRow.started_at < seconds_ago(older_than_seconds)))
+                s.scalars(
+                    select(UploadRow.blob_id).where(UploadRow.started_at < seconds_ago(older_than_seconds))
+                )
             )
             blobs.drop(s, stale)
             s.execute(delete(UploadRow).where(UploadRow.blob_id.in_(stale)))
@@ -123,13 +127,14 @@ class DatasetStore:
         with self.db.read() as s:
             return _record(dataset_row(s, dataset_id, field))
 
-    def list(self, limit: int, after: tuple[datetime, str] | None = None) -> list[DatasetRecord]:
+    def page(self, limit: int, after: tuple[datetime, str] | None = None) -> list[DatasetRecord]:
         """Up to ``limit`` datasets in creation order, after the ``(created_at, id)`` given."""
         query = select(DatasetRow).order_by(DatasetRow.created_at, DatasetRow.id).limit(limit)
         if after is not None:
             created, key = after
             query = query.where(
-                (DatasetRow.created_at > created) | ((DatasetRow.created_at == created) & (DatasetRow.id > key))
+                (DatasetRow.created_at > created)
+                | ((DatasetRow.created_at == created) & (DatasetRow.id > key))
             )
         with self.db.read() as s:
             return [_record(row) for row in s.scalars(query)]
@@ -140,7 +145,7 @@ class DatasetStore:
         with self.db.read() as s:
             row = dataset_row(s, dataset_id, field)
             out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
-            target = memoryview(out).cast("B")
+            target = out.reshape(-1).view(np.uint8).data
             digest, filled = hashlib.sha256(), 0
             for chunk in blobs.chunks(s, row.blob_id):
                 if filled + len(chunk) > row.nbytes:

@@ -65,7 +65,9 @@ def add_version(
 ) -> None:
     """Store weight version ``version`` (and the optimiser state belonging to it, if any)."""
     blob_id, checksum = blobs.write_arrays(s, weights)
-    row = WeightVersionRow(model_id=model_id, version=version, blob_id=blob_id, checksum=checksum, run_id=run_id)
+    row = WeightVersionRow(
+        model_id=model_id, version=version, blob_id=blob_id, checksum=checksum, run_id=run_id
+    )
     if optimizer is not None:
         row.optimizer_blob_id, row.optimizer_checksum = blobs.write_arrays(s, optimizer)
         row.optimizer_meta = optimizer_meta
@@ -104,7 +106,7 @@ class ModelStore:
             raise NotFound("model", model_id, "model_id")
         return version
 
-    def list(self, limit: int, after: tuple[datetime, str] | None = None) -> list[ModelRecord]:
+    def page(self, limit: int, after: tuple[datetime, str] | None = None) -> list[ModelRecord]:
         """Up to ``limit`` models in creation order, after the ``(created_at, id)`` given."""
         query = (
             select(ModelRow, RunRow.id)
@@ -128,7 +130,9 @@ class ModelStore:
             if active is not None:
                 raise ModelBusy(f"model {model_id} has run {active} queued or running; cancel it first")
             run_ids = select(RunRow.id).where(RunRow.model_id == model_id)
-            checkpoints = list(s.scalars(select(CheckpointRow.blob_id).where(CheckpointRow.run_id.in_(run_ids))))
+            checkpoints = list(
+                s.scalars(select(CheckpointRow.blob_id).where(CheckpointRow.run_id.in_(run_ids)))
+            )
             versions = s.execute(
                 select(WeightVersionRow.blob_id, WeightVersionRow.optimizer_blob_id).where(
                     WeightVersionRow.model_id == model_id

@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,7 +33,7 @@ from .database import Database, seconds_ago, utcnow
 from .datasets import dataset_row
 from .errors import LeaseLost, ModelBusy, NotFound, QueueFull, VersionConflict, WrongState
 from .models import active_run_id, add_version, model_row
-from .records import TERMINAL_STATUSES, Checkpoint, EpochEntry, Outcome, RunRecord, json_safe
+from .records import Checkpoint, EpochEntry, Outcome, RunRecord, json_safe
 from .requests import once
 from .schema import CheckpointRow, EpochRow, ModelRow, RunDatasetRow, RunRow, now
 
@@ -160,19 +160,19 @@ class RunStore:
             s.flush()
             return _record(row, s)
 
-    def reap(self, lease_seconds: float, alive: str = "") -> list[str]:
+    def reap(self, lease_seconds: float, executing: Collection[str] = ()) -> list[str]:
         """Mark interrupted every running run whose lease is older than ``lease_seconds``, but
-        those of owner ``alive`` (the caller, who knows its own runs are executing)."""
+        those in ``executing`` (the caller knows they are alive: it executes them)."""
         with self.db.write() as s:
+            query = update(RunRow).where(
+                RunRow.status == "running", RunRow.heartbeat_at < seconds_ago(lease_seconds)
+            )
+            if executing:
+                query = query.where(RunRow.id.not_in(list(executing)))
             reaped = s.scalars(
-                update(RunRow)
-                .where(
-                    RunRow.status == "running",
-                    RunRow.heartbeat_at < seconds_ago(lease_seconds),
-                    RunRow.owner.is_distinct_from(alive),
-                )
-                .values(status="interrupted", stop_reason="lease_expired", owner=None, heartbeat_at=None)
-                .returning(RunRow.id)
+                query.values(
+                    status="interrupted", stop_reason="lease_expired", owner=None, heartbeat_at=None
+                ).returning(RunRow.id)
             )
             return list(reaped)
 
@@ -215,7 +215,9 @@ class RunStore:
                 if row.status in ("queued", "running"):
                     return _record(row, s)
                 if row.status != "interrupted":
-                    raise WrongState(f"run {run_id} is {row.status}; only an interrupted run resumes", "run_id")
+                    raise WrongState(
+                        f"run {run_id} is {row.status}; only an interrupted run resumes", "run_id"
+                    )
                 current = model_row(s, row.model_id).current_version
                 if current != row.base_version:
                     raise VersionConflict(
@@ -248,7 +250,7 @@ class RunStore:
         with self.db.read() as s:
             return _record(_row(s, run_id), s)
 
-    def list(
+    def page(
         self,
         limit: int,
         model_id: str = "",
@@ -284,11 +286,15 @@ class RunStore:
         """The model's runs, oldest first, each with its epochs."""
         with self.db.read() as s:
             model_row(s, model_id)
-            runs = list(s.scalars(select(RunRow).where(RunRow.model_id == model_id).order_by(RunRow.created_at)))
+            runs = list(
+                s.scalars(select(RunRow).where(RunRow.model_id == model_id).order_by(RunRow.created_at))
+            )
             out = []
             for run in runs:
                 epochs = s.execute(
-                    select(EpochRow.epoch, EpochRow.record).where(EpochRow.run_id == run.id).order_by(EpochRow.epoch)
+                    select(EpochRow.epoch, EpochRow.record)
+                    .where(EpochRow.run_id == run.id)
+                    .order_by(EpochRow.epoch)
                 )
                 out.append(_record(run, s, tuple(EpochEntry(e, r) for e, r in epochs)))
             return out
@@ -342,7 +348,9 @@ class RunStore:
                 f"which another run moved to version {current}; this run's weights were not published"
             )
         assert outcome.weights is not None
-        add_version(s, run.model_id, version, outcome.weights, run.id, outcome.optimizer, outcome.optimizer_meta)
+        add_version(
+            s, run.model_id, version, outcome.weights, run.id, outcome.optimizer, outcome.optimizer_meta
+        )
         return version
 
 
@@ -359,8 +367,8 @@ def _row(s: Session, run_id: str, *, for_update: bool = False) -> RunRow:
 
 
 def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> RunRecord:
-    roles = s.execute(select(RunDatasetRow.role, RunDatasetRow.dataset_id).where(RunDatasetRow.run_id == row.id))
-    datasets = {role: dataset_id for role, dataset_id in roles}
+    roles = select(RunDatasetRow.role, RunDatasetRow.dataset_id).where(RunDatasetRow.run_id == row.id)
+    datasets = dict(s.execute(roles).tuples().all())  # a Result has keys(): dict() needs plain rows
     return RunRecord(
         id=row.id,
         model_id=row.model_id,
@@ -410,11 +418,23 @@ def _save_checkpoint(s: Session, run_id: str, checkpoint: Checkpoint) -> None:
     blob_id, checksum = blobs.write_arrays(s, checkpoint.arrays)
     row = s.get(CheckpointRow, run_id)
     if row is None:
-        s.add(CheckpointRow(run_id=run_id, epoch=checkpoint.epoch, blob_id=blob_id, checksum=checksum,
-                            meta=json_safe(checkpoint.meta)))
+        s.add(
+            CheckpointRow(
+                run_id=run_id,
+                epoch=checkpoint.epoch,
+                blob_id=blob_id,
+                checksum=checksum,
+                meta=json_safe(checkpoint.meta),
+            )
+        )
         return
     blobs.drop(s, [row.blob_id])
-    row.epoch, row.blob_id, row.checksum, row.meta = checkpoint.epoch, blob_id, checksum, json_safe(checkpoint.meta)
+    row.epoch, row.blob_id, row.checksum, row.meta = (
+        checkpoint.epoch,
+        blob_id,
+        checksum,
+        json_safe(checkpoint.meta),
+    )
 
 
 def _drop_checkpoint(s: Session, run_id: str) -> None:

@@ -131,8 +131,13 @@ class RunRow(Base):
 
     __tablename__ = "training_runs"
     __table_args__ = (
-        Index("uq_training_runs_active_model", "model_id", unique=True,
-              sqlite_where=text(ACTIVE), postgresql_where=text(ACTIVE)),
+        Index(
+            "uq_training_runs_active_model",
+            "model_id",
+            unique=True,
+            sqlite_where=text(ACTIVE),
+            postgresql_where=text(ACTIVE),
+        ),
         Index("ix_training_runs_status_created_at", "status", "created_at"),
     )
 

@@ -10,6 +10,9 @@ from helpers import Running
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
 
+TEST_SETTINGS = {"checkpoint_interval": 0.05, "poll_seconds": 0.1}
+"""Commit often and look often, so that the tests see epochs as they happen."""
+
 
 @pytest.fixture
 def start_server(database_url: str) -> Iterator[Callable[..., Running]]:
@@ -17,7 +20,8 @@ def start_server(database_url: str) -> Iterator[Callable[..., Running]]:
     started = []
 
     def start(**overrides: object) -> Running:
-        settings = Settings(address="127.0.0.1:0", database_url=database_url, **overrides)  # type: ignore[arg-type]
+        values = {**TEST_SETTINGS, **overrides}
+        settings = Settings(address="127.0.0.1:0", database_url=database_url, **values)  # type: ignore[arg-type]
         server, port, app = create_server(settings)
         started.append((server, app))
         return Running(f"127.0.0.1:{port}", app, settings)

@@ -14,13 +14,13 @@ from gradwire.v1 import gradwire_pb2 as pb
 
 
 class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """Counts the attempts that leave the client, per method (a real interceptor on a real channel)."""
+    """Records the attempts that leave the client, per method (a real interceptor on a real channel)."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, int] = {}
+        self.calls: dict[str, list[Any]] = {}
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        self.calls[details.method] = self.calls.get(details.method, 0) + 1
+        self.calls.setdefault(details.method, []).append(request)
         return continuation(details, request)
 
 
@@ -31,7 +31,8 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_only_idempotent_calls_are_retried_on_unavailable() -> None:
+def test_only_calls_safe_to_repeat_are_retried_on_unavailable() -> None:
+    """Reads, and creations that carry a request id (the same one on every attempt); never a delete."""
     counter = CountingInterceptor()
     channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{closed_port()}"), counter)
     with Client(channel=channel, retries=2, backoff=0.0, timeout=5) as client:
@@ -42,7 +43,17 @@ def test_only_idempotent_calls_are_retried_on_unavailable() -> None:
             client.create_model(
                 {"input_dim": 1, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}
             )
-    assert counter.calls == {"/gradwire.v1.Trainer/GetModel": 3, "/gradwire.v1.Trainer/CreateModel": 1}
+        with pytest.raises(UnavailableError):
+            client.delete_model("any")
+    calls = {method.rsplit("/", 1)[1]: requests for method, requests in counter.calls.items()}
+    assert {method: len(requests) for method, requests in calls.items()} == {
+        "GetModel": 3,
+        "CreateModel": 3,
+        "DeleteModel": 1,
+    }
+    ids = {request.request_id for request in calls["CreateModel"]}
+    assert len(ids) == 1
+    assert len(ids.pop()) == 32
 
 
 def test_the_raw_stub_is_reachable(client: Client) -> None:

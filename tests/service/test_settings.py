@@ -23,8 +23,15 @@ def test_environment_then_flags(tmp_path: Path) -> None:
     assert (limited.limits.max_layers, limited.limits.max_epochs) == (7, 9)
 
 
-def test_bad_worker_counts_are_refused() -> None:
+def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="train_workers"):
         Settings(train_workers=0)
-    with pytest.raises(ValueError, match="rpc_workers must exceed train_workers"):
-        Settings(rpc_workers=3, train_workers=2)
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        Settings(checkpoint_interval=0)
+    with pytest.raises(ValueError, match="heartbeat_seconds must be at most half of lease_seconds"):
+        Settings(lease_seconds=3, heartbeat_seconds=2)
+
+
+def test_fractional_seconds_parse_from_the_environment() -> None:
+    settings = Settings.from_env({"GRADWIRE_CHECKPOINT_INTERVAL": "0.25", "GRADWIRE_AUTO_RESUME": "0"})
+    assert (settings.checkpoint_interval, settings.auto_resume) == (0.25, 0)

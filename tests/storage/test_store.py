@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
-from gradwire.storage import CorruptBlob, NotFound, SchemaOutOfDate, Store, open_store
-from gradwire.storage.database import head_revision, make_engine
-from gradwire.storage.schema import Base
-from gradwire.storage.store import Checkpoint
+from gradwire.storage import (
+    CHUNK_BYTES,
+    Checkpoint,
+    CorruptBlob,
+    DatasetMeta,
+    LeaseLost,
+    ModelBusy,
+    NewRun,
+    NotFound,
+    Outcome,
+    QueueFull,
+    SchemaOutOfDate,
+    Store,
+    VersionConflict,
+    WrongState,
+    blobs,
+    open_store,
+)
+from gradwire.storage.database import _config, head_revision, make_engine
+from gradwire.storage.schema import Base, ChunkRow
 
 SPEC = {"input_dim": 2, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}
 
@@ -28,6 +46,23 @@ def store(database_url: str) -> Store:
     return open_store(database_url)
 
 
+def put_dataset(store: Store, data: bytes = b"\x00" * 16, rows: int = 2, name: str = "d") -> str:
+    checksum = blobs.sha256(data)
+    meta = DatasetMeta(
+        f"ds-{checksum[:20]}-{rows}", checksum, name, "float32", rows, len(data) // 4 // rows, len(data)
+    )
+    return store.datasets.put(meta, data).id
+
+
+def queued_run(store: Store, model_id: str, max_queued: int = 10, request_id: str = "") -> Any:
+    data = put_dataset(store)
+    new = NewRun(model_id, {"epochs": 2}, {"inputs": data, "targets": data}, rows=2)
+    return store.runs.create(new, max_queued, request_id)
+
+
+# ------------------------------------------------------------------------------------ schema
+
+
 def test_an_empty_database_is_upgraded_and_matches_the_models(database_url: str) -> None:
     store = open_store(database_url)
     with store.engine.connect() as connection:
@@ -39,7 +74,7 @@ def test_an_empty_database_is_upgraded_and_matches_the_models(database_url: str)
 
 def test_an_out_of_date_schema_is_refused_untouched(database_url: str) -> None:
     store = open_store(database_url)
-    store.create_model("kept", SPEC, weights(), 3)
+    store.models.create("kept", SPEC, weights(), 3)
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '0000'"))
     with pytest.raises(SchemaOutOfDate, match="gradwire db upgrade"):
@@ -57,40 +92,86 @@ def test_tables_without_a_revision_are_refused(database_url: str) -> None:
         open_store(database_url)
 
 
+def test_upgrading_from_the_first_schema_keeps_weights_and_history(database_url: str) -> None:
+    """A database made by the first release: its weights move into chunks, its epochs stay, its
+    run left running becomes interrupted; the downgrade gives the weights back."""
+    engine = make_engine(database_url)
+    command.upgrade(_config(engine), "0001")
+    blob = blobs.pack(weights(7))
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO models VALUES ('m1', 'old', '{}', 3, 1, '2026-01-01', '2026-01-01')")
+        )
+        connection.execute(
+            text("INSERT INTO weight_versions VALUES ('m1', 1, :blob, :sum, NULL, '2026-01-01')"),
+            {"blob": blob, "sum": blobs.sha256(blob)},
+        )
+        run = "('r1', 'm1', 'running', '', '{}', 4, 1, NULL, 0, '', '2026-01-01', NULL)"
+        connection.execute(text(f"INSERT INTO training_runs VALUES {run}"))
+        for epoch, loss in ((1, 0.5), (2, 0.4)):
+            connection.execute(
+                text(f"INSERT INTO epochs VALUES ('r1', {epoch}, {loss}, NULL, '{{}}', '2026-01-01')")
+            )
+    with pytest.raises(SchemaOutOfDate):  # the server refuses it; the operator upgrades:
+        open_store(database_url)
+    command.upgrade(_config(engine), "head")
+    store = open_store(database_url)
+    np.testing.assert_array_equal(store.models.load_weights("m1")[1]["0.W"], weights(7)["0.W"])
+    (run,) = store.runs.history("m1")
+    assert (run.status, run.epochs_done, [e.epoch for e in run.epochs]) == ("interrupted", 2, [1, 2])
+    command.downgrade(_config(engine), "0001")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT weights FROM weight_versions")).scalar() == blob
+        assert connection.execute(text("SELECT count(*) FROM epochs")).scalar() == 2
+
+
+# ------------------------------------------------------------------------------------ blobs, models
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_weights_round_trip_exactly(store: Store, dtype: str) -> None:
-    model = store.create_model("m", SPEC, weights(1, dtype), 3)
+    model = store.models.create("m", SPEC, weights(1, dtype), 3)
     assert (model.version, model.parameter_count, model.spec) == (1, 3, SPEC)
-    version, arrays = store.load_weights(model.id)
+    version, arrays = store.models.load_weights(model.id)
     assert version == 1
     for name, array in weights(1, dtype).items():
         assert arrays[name].dtype == np.dtype(dtype)
         np.testing.assert_array_equal(arrays[name], array)
 
 
+def test_a_large_value_is_stored_in_chunks_no_larger_than_the_limit(store: Store) -> None:
+    big = {"0.W": np.arange(3 * CHUNK_BYTES // 8 + 5, dtype=np.float64)}  # three chunks and a bit
+    model = store.models.create("big", SPEC, big, big["0.W"].size)
+    with store.db.read() as s:
+        sizes = s.execute(select(func.length(ChunkRow.data))).scalars().all()
+    assert len(sizes) == 4
+    assert max(sizes) <= CHUNK_BYTES
+    np.testing.assert_array_equal(store.models.load_weights(model.id)[1]["0.W"], big["0.W"])
+
+
 def test_unknown_models_and_versions_are_not_found(store: Store) -> None:
     with pytest.raises(NotFound) as info:
-        store.get_model("nope")
+        store.models.get("nope")
     assert info.value.field == "model_id"
-    model = store.create_model("m", SPEC, weights(), 3)
+    model = store.models.create("m", SPEC, weights(), 3)
     with pytest.raises(NotFound) as info:
-        store.load_weights(model.id, 7)
+        store.models.load_weights(model.id, 7)
     assert info.value.field == "version"
 
 
 def test_a_corrupted_blob_is_detected(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights(), 3)
+    model = store.models.create("m", SPEC, weights(), 3)
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE weight_versions SET checksum = :c"), {"c": "0" * 64})
     with pytest.raises(CorruptBlob):
-        store.load_weights(model.id)
+        store.models.load_weights(model.id)
 
 
 def test_listing_pages_through_every_model_once(store: Store) -> None:
-    ids = [store.create_model(f"m{i}", SPEC, weights(i), 3).id for i in range(7)]
+    ids = [store.models.create(f"m{i}", SPEC, weights(i), 3).id for i in range(7)]
     seen, after = [], None
     while True:
-        page = store.list_models(3, after)
+        page = store.models.page(3, after)
         seen += [m.id for m in page]
         if len(page) < 3:
             break
@@ -99,63 +180,246 @@ def test_listing_pages_through_every_model_once(store: Store) -> None:
     assert len(seen) == 7
 
 
-def test_a_run_records_epochs_checkpoints_and_a_new_version(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights(), 3)
-    run = store.start_run(model.id, {"epochs": 2, "clip_norm": None}, rows=10)
-    assert (run.status, run.base_version, run.version) == ("running", 1, None)
-    for epoch in (1, 2):
-        record = {"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": None, "train_metric": float("nan")}
-        store.record_epoch(
-            run.id, model.id, record, Checkpoint(run.id, epoch, weights(epoch), {"epoch": epoch})
-        )
-    checkpoint = store.load_checkpoint(model.id)
-    assert checkpoint is not None
-    assert (checkpoint.epoch, checkpoint.meta) == (2, {"epoch": 2})
-    np.testing.assert_array_equal(checkpoint.arrays["0.W"], weights(2)["0.W"])
-    done = store.finish_run(run.id, "completed", "max_epochs", 2, weights(5))
-    assert (done.status, done.version) == ("completed", 2)
-    assert store.get_model(model.id).version == 2
-    np.testing.assert_array_equal(store.load_weights(model.id)[1]["0.W"], weights(5)["0.W"])
-    np.testing.assert_array_equal(store.load_weights(model.id, 1)[1]["0.W"], weights()["0.W"])
-    (history,) = store.history(model.id)
-    assert [e.epoch for e in history.epochs] == [1, 2]
-    assert history.epochs[0].record["train_metric"] is None  # NaN is stored as null
-    assert history.stop_reason == "max_epochs"
+def test_a_request_id_makes_a_creation_happen_once_even_when_calls_race(store: Store) -> None:
+    made: list[str] = []
 
+    def create() -> None:
+        made.append(store.models.create("m", SPEC, weights(), 3, request_id="req-1").id)
 
-def test_runs_left_running_are_marked_interrupted(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights(), 3)
-    store.start_run(model.id, {}, rows=1)
-    assert store.mark_interrupted() == 1
-    assert store.history(model.id)[0].status == "interrupted"
-
-
-def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
-    model = store.create_model("m", SPEC, weights(), 3)
-    other = store.create_model("other", SPEC, weights(), 3)
-    run = store.start_run(model.id, {}, rows=1)
-    store.record_epoch(
-        run.id, model.id, {"epoch": 1, "train_loss": 1.0}, Checkpoint(run.id, 1, weights(), {})
-    )
-    store.finish_run(run.id, "completed", "max_epochs", 1, weights(3))
-    store.delete_model(model.id)
-    with pytest.raises(NotFound):
-        store.get_model(model.id)
-    with store.engine.connect() as connection:
-        for table in ("weight_versions", "checkpoints", "training_runs", "epochs"):
-            remaining = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()
-            assert remaining == (1 if table == "weight_versions" else 0), table
-    assert store.get_model(other.id).name == "other"
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 4
+    assert len(set(made)) == 1
+    assert len(store.models.page(10)) == 1
 
 
 def test_concurrent_writers_all_land(store: Store) -> None:
     def create(worker: int) -> None:
         for i in range(8):
-            store.create_model(f"w{worker}-{i}", SPEC, weights(i), 3)
+            store.models.create(f"w{worker}-{i}", SPEC, weights(i), 3)
 
     threads = [threading.Thread(target=create, args=(w,)) for w in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(store.list_models(100)) == 32
+    assert len(store.models.page(100)) == 32
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+def test_a_staged_upload_is_nothing_until_finished_and_the_same_content_is_one_dataset(store: Store) -> None:
+    data = np.arange(8, dtype=np.float32).tobytes()
+    checksum = blobs.sha256(data)
+    meta = DatasetMeta("ds-1", checksum, "first", "float32", 2, 4, len(data))
+    blob = store.datasets.begin_upload()
+    store.datasets.write_chunk(blob, 0, data)
+    assert store.datasets.page(10) == []
+    first = store.datasets.finish_upload(blob, meta)
+    again = store.datasets.begin_upload()
+    store.datasets.write_chunk(again, 0, data)
+    second = store.datasets.finish_upload(
+        again, DatasetMeta("ds-1", checksum, "second", "float32", 2, 4, len(data))
+    )
+    assert first == second  # the first upload's dataset, name included
+    np.testing.assert_array_equal(store.datasets.load("ds-1"), np.arange(8, dtype=np.float32).reshape(2, 4))
+    with store.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(ChunkRow)) == 1  # the duplicate's chunks are gone
+
+
+def test_abandoned_uploads_are_swept(store: Store) -> None:
+    blob = store.datasets.begin_upload()
+    store.datasets.write_chunk(blob, 0, b"\x01" * 8)
+    assert store.datasets.reap_uploads(3600) == 0  # too young
+    assert store.datasets.reap_uploads(0) == 1
+    with store.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(ChunkRow)) == 0
+
+
+def test_a_dataset_in_use_cannot_be_deleted_until_its_runs_end(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    dataset = run.datasets["inputs"]
+    with pytest.raises(WrongState, match=run.id):
+        store.datasets.delete(dataset)
+    store.runs.cancel(run.id)
+    store.datasets.delete(dataset)
+    with pytest.raises(NotFound):
+        store.datasets.get(dataset)
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+def finished(
+    status: str = "completed", weights_: dict[str, np.ndarray] | None = None, **more: Any
+) -> Outcome:
+    return Outcome(status, "max_epochs", 2, 0.5, ({"epoch": 2, "train_loss": 0.5},), weights_, **more)
+
+
+def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    assert (run.status, run.base_version, run.owner) == ("queued", 1, None)
+    claimed = store.runs.claim_next("me")
+    assert claimed is not None
+    assert (claimed.id, claimed.status, claimed.owner, claimed.attempts) == (run.id, "running", "me", 1)
+    assert store.runs.claim_next("other") is None  # nothing else queued
+    with pytest.raises(LeaseLost):
+        store.runs.heartbeat(run.id, "other")
+    record = {"epoch": 1, "train_loss": 1.0, "val_loss": None, "train_metric": float("nan")}
+    assert store.runs.commit(run.id, "me", [record], Checkpoint(1, weights(1), {"epoch": 1})) is False
+    checkpoint = store.runs.load_checkpoint(run.id)
+    assert checkpoint is not None
+    assert (checkpoint.epoch, checkpoint.meta) == (1, {"epoch": 1})
+    done = store.runs.finish(run.id, "me", finished(weights_=weights(5)))
+    assert (done.status, done.version, done.epochs_done, done.owner) == ("completed", 2, 2, None)
+    assert store.runs.load_checkpoint(run.id) is None  # finished runs keep no checkpoint
+    assert store.models.get(model.id).version == 2
+    np.testing.assert_array_equal(store.models.load_weights(model.id)[1]["0.W"], weights(5)["0.W"])
+    (history,) = store.runs.history(model.id)
+    assert [e.epoch for e in history.epochs] == [1, 2]
+    assert history.epochs[0].record["train_metric"] is None  # NaN is stored as null
+    with pytest.raises(LeaseLost):
+        store.runs.finish(run.id, "me", finished())  # a second finish matches nothing
+
+
+def test_one_queued_or_running_run_per_model_is_a_database_constraint(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    first = queued_run(store, model.id)
+    with pytest.raises(ModelBusy, match=first.id):
+        queued_run(store, model.id)
+    with pytest.raises(ModelBusy):
+        store.models.delete(model.id)
+    store.runs.cancel(first.id)
+    queued_run(store, model.id)  # the model is free again
+
+
+def test_the_queue_is_bounded(store: Store) -> None:
+    models = [store.models.create(f"m{i}", SPEC, weights(), 3) for i in range(3)]
+    queued_run(store, models[0].id, max_queued=2)
+    queued_run(store, models[1].id, max_queued=2)
+    with pytest.raises(QueueFull):
+        queued_run(store, models[2].id, max_queued=2)
+
+
+def test_a_cancelled_queued_run_is_never_claimed(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    assert store.runs.cancel(run.id).status == "cancelled"
+    assert store.runs.claim_next("me") is None
+    assert store.runs.cancel(run.id).status == "cancelled"  # cancelling again changes nothing
+
+
+def test_cancelling_a_running_run_asks_its_owner_to_stop(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    store.runs.claim_next("me")
+    assert store.runs.cancel(run.id).status == "running"
+    assert store.runs.heartbeat(run.id, "me") is True
+
+
+def test_only_expired_leases_are_reaped_and_never_those_executing_here(store: Store) -> None:
+    models = [store.models.create(f"m{i}", SPEC, weights(), 3) for i in range(2)]
+    runs = [queued_run(store, m.id) for m in models]
+    for _ in runs:
+        store.runs.claim_next("peer")
+    assert store.runs.reap(lease_seconds=3600) == []  # live leases
+    assert store.runs.reap(lease_seconds=0, executing={runs[1].id}) == [runs[0].id]
+    assert store.runs.get(runs[0].id).status == "interrupted"
+    assert store.runs.get(runs[0].id).stop_reason == "lease_expired"
+    with pytest.raises(LeaseLost):  # the old owner's next write finds it is not theirs any more
+        store.runs.commit(runs[0].id, "peer", [], None)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_once(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    store.runs.claim_next("dead")
+    store.runs.commit(
+        run.id, "dead", [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {"epoch": 1})
+    )
+    store.runs.reap(lease_seconds=0)
+    resumed = store.runs.resume(run.id, max_queued=10)
+    assert (resumed.status, resumed.epochs_done) == ("queued", 1)
+    assert store.runs.resume(run.id, max_queued=10).status == "queued"  # again: unchanged
+    again = store.runs.claim_next("alive")
+    assert again is not None
+    assert (again.attempts, again.owner) == (2, "alive")
+    checkpoint = store.runs.load_checkpoint(run.id)
+    assert checkpoint is not None
+    assert checkpoint.epoch == 1
+    store.runs.finish(run.id, "alive", finished())
+    with pytest.raises(WrongState):
+        store.runs.resume(run.id, max_queued=10)
+
+
+def test_publishing_is_compare_and_set_on_the_base_version(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    store.runs.claim_next("me")
+    with store.engine.begin() as connection:  # another writer moved the model on meanwhile
+        connection.execute(text("UPDATE models SET current_version = 2"))
+    with pytest.raises(VersionConflict, match="version 2"):
+        store.runs.finish(run.id, "me", finished(weights_=weights(9)))
+    assert store.runs.get(run.id).status == "running"  # nothing was written
+    with pytest.raises(NotFound):
+        store.models.load_weights(model.id, 2)
+
+
+def test_an_interrupted_run_whose_model_moved_on_cannot_resume(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    stale = queued_run(store, model.id)
+    store.runs.claim_next("dead")
+    store.runs.reap(lease_seconds=0)
+    fresh = queued_run(store, model.id)
+    store.runs.claim_next("me")
+    store.runs.finish(fresh.id, "me", finished(weights_=weights(2)))
+    with pytest.raises(VersionConflict, match="start a new run"):
+        store.runs.resume(stale.id, max_queued=10)
+    assert store.runs.requeue_interrupted(max_attempts=3, max_queued=10) == []
+    failed = store.runs.get(stale.id)
+    assert (failed.status, failed.stop_reason) == ("failed", "version_conflict")
+
+
+def test_two_claimers_never_take_the_same_run(store: Store) -> None:
+    models = [store.models.create(f"m{i}", SPEC, weights(), 3) for i in range(6)]
+    for model in models:
+        queued_run(store, model.id)
+    claims: list[str] = []
+
+    def claim(owner: str) -> None:
+        while (run := store.runs.claim_next(owner)) is not None:
+            claims.append(run.id)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claims) == len(set(claims)) == 6
+
+
+def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    other = store.models.create("other", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    store.runs.claim_next("me")
+    store.runs.commit(run.id, "me", [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(), {}))
+    store.runs.finish(
+        run.id, "me", finished(weights_=weights(3), optimizer=weights(4), optimizer_meta={"t": 1})
+    )
+    store.models.delete(model.id)
+    with pytest.raises(NotFound):
+        store.models.get(model.id)
+    with store.engine.connect() as connection:
+        for table in ("weight_versions", "run_checkpoints", "training_runs", "epochs", "run_datasets"):
+            remaining = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+            assert remaining == (1 if table == "weight_versions" else 0), table
+        # what is left: the other model's weights and the dataset
+        assert connection.execute(text("SELECT count(*) FROM blob_chunks")).scalar() == 2
+    assert store.models.get(other.id).name == "other"

@@ -27,11 +27,16 @@ def little_endian(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
 
 
+def raw(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy (empty for an empty array)."""
+    return array.reshape(-1).view(np.uint8).data
+
+
 def array_id(array: np.ndarray) -> str:
     """The dataset id of a 2-D float array, as the service computes it on upload."""
     data = little_endian(array)
     rows, columns = data.shape
-    return dataset_id(data.dtype.name, rows, columns, hashlib.sha256(memoryview(data).cast("B")).hexdigest())
+    return dataset_id(data.dtype.name, rows, columns, hashlib.sha256(raw(data)).hexdigest())
 
 
 def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
@@ -40,5 +45,5 @@ def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
     for name in sorted(arrays):
         data = little_endian(np.asarray(arrays[name]))
         digest.update(f"\n{name}\n{data.dtype.name}\n{list(data.shape)}\n".encode())
-        digest.update(memoryview(data).cast("B") if data.size else b"")
+        digest.update(raw(data))
     return digest.hexdigest()

@@ -33,7 +33,10 @@ CHUNK_BYTES = 4 << 20  # as gradwire.storage.blobs.CHUNK_BYTES when this revisio
 ACTIVE = "status IN ('queued', 'running')"
 
 chunks = sa.table(
-    "blob_chunks", sa.column("blob_id", sa.String), sa.column("seq", sa.Integer), sa.column("data", sa.LargeBinary)
+    "blob_chunks",
+    sa.column("blob_id", sa.String),
+    sa.column("seq", sa.Integer),
+    sa.column("data", sa.LargeBinary),
 )
 versions = sa.table(
     "weight_versions",
@@ -89,7 +92,10 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=32), nullable=False),
         sa.Column("dataset_id", sa.String(length=64), nullable=False),
         sa.ForeignKeyConstraint(
-            ["run_id"], ["training_runs.id"], name=op.f("fk_run_datasets_run_id_training_runs"), ondelete="CASCADE"
+            ["run_id"],
+            ["training_runs.id"],
+            name=op.f("fk_run_datasets_run_id_training_runs"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("run_id", "role", name=op.f("pk_run_datasets")),
     )
@@ -103,7 +109,10 @@ def upgrade() -> None:
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["run_id"], ["training_runs.id"], name=op.f("fk_run_checkpoints_run_id_training_runs"), ondelete="CASCADE"
+            ["run_id"],
+            ["training_runs.id"],
+            name=op.f("fk_run_checkpoints_run_id_training_runs"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("run_id", name=op.f("pk_run_checkpoints")),
     )
@@ -123,7 +132,9 @@ def _upgrade_weight_versions() -> None:
         data = connection.execute(sa.select(versions.c.weights).where(where)).scalar_one()
         blob_id = uuid.uuid4().hex
         for seq, start in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
-            connection.execute(chunks.insert().values(blob_id=blob_id, seq=seq, data=data[start : start + CHUNK_BYTES]))
+            connection.execute(
+                chunks.insert().values(blob_id=blob_id, seq=seq, data=data[start : start + CHUNK_BYTES])
+            )
         connection.execute(versions.update().where(where).values(blob_id=blob_id))
     with op.batch_alter_table("weight_versions") as batch:
         batch.alter_column("blob_id", existing_type=sa.String(length=32), nullable=False)
@@ -137,7 +148,9 @@ def _upgrade_runs() -> None:
         batch.add_column(sa.Column("receipt", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("owner", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(
+            sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
         batch.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="1"))
         batch.add_column(sa.Column("load_seconds", sa.Float(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("train_seconds", sa.Float(), nullable=False, server_default="0"))
@@ -184,21 +197,35 @@ def downgrade() -> None:
     op.drop_table("run_checkpoints")
     op.drop_index(op.f("ix_run_datasets_dataset_id"), table_name="run_datasets")
     op.drop_table("run_datasets")
-    op.execute("UPDATE training_runs SET status = 'cancelled', started_at = created_at WHERE status = 'queued'")
+    op.execute(
+        "UPDATE training_runs SET status = 'cancelled', started_at = created_at WHERE status = 'queued'"
+    )
     op.execute("UPDATE training_runs SET started_at = created_at WHERE started_at IS NULL")
     with op.batch_alter_table("training_runs") as batch:
         batch.drop_index("uq_training_runs_active_model")
         batch.drop_index("ix_training_runs_status_created_at")
         batch.alter_column("started_at", existing_type=sa.DateTime(timezone=True), nullable=False)
-        for column in ("created_at", "train_seconds", "load_seconds", "attempts", "cancel_requested", "heartbeat_at", "owner", "receipt",
-                       "epochs_done", "best_loss"):
+        for column in (
+            "created_at",
+            "train_seconds",
+            "load_seconds",
+            "attempts",
+            "cancel_requested",
+            "heartbeat_at",
+            "owner",
+            "receipt",
+            "epochs_done",
+            "best_loss",
+        ):
             batch.drop_column(column)
     with op.batch_alter_table("weight_versions") as batch:
         batch.add_column(sa.Column("weights", sa.LargeBinary(), nullable=True))
     connection = op.get_bind()
     keys = connection.execute(sa.select(versions.c.model_id, versions.c.version, versions.c.blob_id)).all()
     for model_id, version, blob_id in keys:
-        parts = connection.execute(sa.select(chunks.c.data).where(chunks.c.blob_id == blob_id).order_by(chunks.c.seq))
+        parts = connection.execute(
+            sa.select(chunks.c.data).where(chunks.c.blob_id == blob_id).order_by(chunks.c.seq)
+        )
         where = (versions.c.model_id == model_id) & (versions.c.version == version)
         connection.execute(versions.update().where(where).values(weights=b"".join(parts.scalars())))
     with op.batch_alter_table("weight_versions") as batch:
