@@ -1,129 +1,356 @@
 """``make bench`` (service part): gradwire over gRPC against its references, in one run.
 
-Two child processes serve on free loopback ports: ``gradwire serve`` (SQLite in a scratch
-folder) and a bare grpcio echo service that returns the bytes it receives. This process is the
-client of both, and also runs the in-process engine.
+Child processes serve on free loopback ports: ``gradwire serve`` on SQLite (a scratch folder),
+``gradwire serve`` on a scratch PostgreSQL database (when a server answers at
+``GRADWIRE_BENCH_POSTGRES_URL``, default postgresql://postgres@127.0.0.1:5432/postgres; the
+database is created for the run and dropped after it; elsewhere those figures are skipped, saying
+why), and a bare grpcio echo service. This process is the client of all of them, and also runs
+the in-process engine. Each figure is the best of interleaved rounds with its reference.
 
+* Upload: the 182 MiB float32 training set (60,000 × 784 inputs and their 60,000 × 10 targets)
+  through ``client.upload_dataset``, MiB/s, against a bare grpcio client stream of the same bytes
+  in the same 1 MiB chunks to the echo process, which counts them.
 * Train: the 784-256-128-10 ReLU / softmax cross-entropy workload (float32, batch 128, Adam),
-  5 epochs over 60,000 synthetic rows, through the SDK, against ``Trainer.fit`` in this process.
-  The service's rate counts the server's training span (training, per-epoch commits, progress
-  events); the one-off transfer of the data (client encoding, wire, server decoding) is
-  reported separately, with the end-to-end rate.
+  5 epochs over those 60,000 rows, run on the uploaded datasets, against ``Trainer.fit`` in this
+  process. The service's rate counts the run's ``train_seconds`` (training and the commits of
+  epochs and checkpoints); the upload and the run's ``load_seconds`` (reading its datasets from
+  the database) are reported beside it, with the end-to-end rate.
+* Server memory: the SQLite server's resident size before the upload (idle) and its peak
+  (``VmHWM``) over the upload and the training runs, against the dataset's size.
 * Predict of 20,000 × 784 float32 rows: request bytes per second, against the echo's bytes per
   second for the very same serialised request.
 * Single-row Predict: median round-trip latency, against the echo's for the same request.
+* Small runs: 20-64-1 (squared error), 2,000 rows, 50 epochs, Adam, batch 32, on SQLite and on
+  PostgreSQL: samples/s over the run's ``train_seconds`` against the in-process engine.
+* XOR (the README's 2-4-1 spec), 500 epochs, batch 4, Adam: the wall time of ``model.fit``
+  through the SDK on SQLite and on PostgreSQL, beside the in-process engine's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from bench.common import write_results
-from bench.engine_bench import WORKLOADS, dataset, spec_for
+from bench.common import (
+    PostgresUnavailable,
+    postgres_admin_url,
+    reset_peak,
+    scratch_postgres,
+    status_kib,
+    write_results,
+)
+from bench.engine_bench import WORKLOADS, Workload, dataset, spec_for
 from gradwire.client import Client
-from gradwire.engine import Network, OptimizerConfig, TrainConfig, Trainer
+from gradwire.client.sdk import UPLOAD_CHUNK, DatasetInfo, RunInfo
+from gradwire.engine import Network, NetworkSpec, OptimizerConfig, TrainConfig, Trainer
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
+from gradwire.v1.digest import array_id, raw
 
 RESULTS = Path(__file__).parent / "results" / "service.json"
 ECHO_METHOD = "/bench.Echo/Echo"
+COUNT_METHOD = "/bench.Echo/Count"
 MESSAGE_OPTIONS = [
     ("grpc.max_send_message_length", 512 << 20),
     ("grpc.max_receive_message_length", 512 << 20),
 ]
+MiB = 2**20
+BACKENDS = ("sqlite", "postgresql")
+
+XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+XOR_Y = np.array([0, 1, 1, 0], dtype=np.float32)
+XOR_SPEC = {  # the README's
+    "input_dim": 2,
+    "layers": [
+        {"kind": "dense", "units": 4, "activation": "tanh", "init": "xavier_uniform"},
+        {"kind": "dense", "units": 1, "activation": "sigmoid", "init": "xavier_uniform"},
+    ],
+    "loss": "binary_crossentropy",
+    "dtype": "float32",
+    "seed": 1,
+}
+
+# Targets: a ratio against the reference (at least), or XOR's wall time in seconds (at most).
+UPLOAD_TARGET = 0.8
+TRAIN_TARGET = 0.95
+SMALL_TARGET = 0.9
+XOR_TARGET_S = 0.5
+MEMORY_TARGET = 1.25
+PREDICT_TARGET = 0.8
+LATENCY_TARGET = 2.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rows: int  # the 784 workload's rows (upload, train, memory)
+    epochs: int
+    train_rounds: int
+    upload_rounds: int
+    small_rows: int
+    small_epochs: int
+    small_rounds: int
+    xor_epochs: int
+    xor_rounds: int
+    predict_rows: int
+    predict_rounds: int
+    predict_calls: int
+
+
+FULL = Sizes(60_000, 5, 3, 3, 2_000, 50, 5, 500, 5, 20_000, 5, 300)
+# Two upload rounds even when quick, so the delete between rounds is exercised.
+QUICK = Sizes(2_000, 1, 1, 2, 200, 2, 1, 20, 1, 500, 1, 20)
+
+
+# ------------------------------------------------------------------------------------ processes
 
 
 def echo_server() -> None:
-    """Child process: a grpcio server whose one method returns its request's bytes."""
+    """Child process: a grpcio server whose ``Echo`` returns its request's bytes and whose
+    client-streaming ``Count`` consumes a stream of byte chunks and answers their total length."""
+
+    def count(chunks: Iterator[bytes], context: Any) -> bytes:
+        return str(sum(len(chunk) for chunk in chunks)).encode()
+
     server = grpc.server(futures.ThreadPoolExecutor(4), options=MESSAGE_OPTIONS)
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),))
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+        "Count": grpc.stream_unary_rpc_method_handler(count),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"echo listening on 127.0.0.1:{port}", flush=True)
     server.wait_for_termination()
 
 
+@dataclass(frozen=True)
+class Child:
+    address: str
+    pid: int
+
+
 @contextmanager
-def child(argv: list[str]) -> Iterator[str]:
-    """Start a server process; yield the address it prints once it listens."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def child(argv: list[str]) -> Iterator[Child]:
+    """Start a server process; yield the address it prints once it listens, and its pid."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            match = re.search(r"listening on (\S+)", line)
+            if not match:
+                process.wait(timeout=30)
+                errors.seek(0)
+                raise RuntimeError(f"{argv[:2]} did not start: {line!r}\n{errors.read()[-2000:]}")
+            yield Child(match.group(1), process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=120)
+
+
+def gradwire_server(stack: ExitStack, database_url: str) -> Child:
+    gradwire = str(Path(sys.executable).with_name("gradwire"))
+    argv = [gradwire, "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
+    return stack.enter_context(child([*argv, "--log-level", "warning"]))
+
+
+def postgres_server(stack: ExitStack) -> tuple[Child | None, dict[str, Any]]:
+    """A gradwire server on a fresh PostgreSQL database (dropped when ``stack`` closes), or None
+    and why not."""
+    name = f"gradwire_bench_{os.getpid()}"
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"listening on (\S+)", line)
-        if not match:
-            raise RuntimeError(f"{argv[0]} did not start: {line!r}")
-        yield match.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
+        url = stack.enter_context(scratch_postgres(postgres_admin_url(), name))
+    except PostgresUnavailable as error:
+        return None, {"skipped": str(error)}
+    return gradwire_server(stack, url), {"database": name}
 
 
-def best_of(rounds: int, run: Callable[[], float]) -> float:
-    return min(run() for _ in range(rounds))
+# ------------------------------------------------------------------------------------ helpers
 
 
-def train_figures(client: Client, rows: int, epochs: int, rounds: int) -> dict[str, float]:
-    w = WORKLOADS[0]
-    X, Y = dataset(w, rows)
+def judge(value: float, target: float, at_most: bool = False) -> dict[str, Any]:
+    met = value <= target if at_most else value >= target
+    return {"target": f"{'≤' if at_most else '≥'} {target}", "meets_target": met}
+
+
+def verdict(row: dict[str, Any]) -> str:
+    return f"(target {row['target']}: {'met' if row['meets_target'] else 'MISSED'})"
+
+
+def engine_seconds(spec: NetworkSpec, config: TrainConfig, X: np.ndarray, Y: np.ndarray) -> float:
+    """The same training in this process, from building the network to the end of ``fit``."""
+    start = time.perf_counter()
+    Trainer(Network(spec), config).fit(X, Y)
+    return time.perf_counter() - start
+
+
+def service_run(client: Client, spec: NetworkSpec, x: Any, y: Any, **options: Any) -> tuple[RunInfo, float]:
+    """One run on a fresh model: the finished run and the wall time from StartRun to its end."""
+    model = client.create_model(spec.to_dict())
+    start = time.perf_counter()
+    run = model.start_run(x, y, **options)
+    run.wait()
+    wall = time.perf_counter() - start
+    model.delete()
+    if run.info.status != "completed":
+        raise RuntimeError(f"run {run.id} ended {run.info.status} ({run.info.stop_reason}): {run.info.error}")
+    return run.info, wall
+
+
+def adam(w: Workload, epochs: int) -> tuple[TrainConfig, dict[str, Any]]:
+    """The engine's config and the SDK's arguments for the same training."""
     config = TrainConfig(epochs=epochs, batch_size=w.batch, optimizer=OptimizerConfig("adam", 0.001), seed=1)
+    options = {
+        "epochs": epochs,
+        "batch_size": w.batch,
+        "optimizer": "adam",
+        "learning_rate": 0.001,
+        "seed": 1,
+    }
+    return config, options
 
-    def engine() -> float:
-        trainer = Trainer(Network(spec_for(w)), config)
+
+# ------------------------------------------------------------------------------------ measures
+
+
+def upload_figures(
+    client: Client, echo: grpc.Channel, arrays: tuple[np.ndarray, ...], rounds: int
+) -> tuple[dict[str, Any], list[DatasetInfo]]:
+    """Best-of-``rounds`` upload of ``arrays`` through the SDK and through a bare client stream;
+    the datasets of the last round are kept (the training runs use them)."""
+    count = echo.stream_unary(COUNT_METHOD)  # raw bytes in, raw bytes out: no protobuf at all
+    total = sum(a.nbytes for a in arrays)
+
+    def bare() -> float:
         start = time.perf_counter()
-        trainer.fit(X, Y)
+        for array in arrays:
+            view = raw(array)
+            chunks = (bytes(view[i : i + UPLOAD_CHUNK]) for i in range(0, len(view), UPLOAD_CHUNK))
+            assert int(count(chunks, timeout=600)) == array.nbytes
         return time.perf_counter() - start
 
-    service_runs: list[tuple[float, float]] = []
-
-    def service() -> float:
-        model = client.create_model(spec_for(w).to_dict())
+    def sdk() -> tuple[float, list[DatasetInfo]]:
         start = time.perf_counter()
-        history = model.fit(
-            X, Y, epochs=epochs, batch_size=w.batch, optimizer="adam", learning_rate=0.001, seed=1
-        )
-        total = time.perf_counter() - start
-        service_runs.append((history.train_seconds, total))
-        model.delete()
-        return history.train_seconds
+        infos = [
+            client.upload_dataset(a, name) for a, name in zip(arrays, ("inputs", "targets"), strict=True)
+        ]
+        return time.perf_counter() - start, infos
 
-    engine_s = service_s = float("inf")
-    for _ in range(rounds):  # interleaved, best of each
-        engine_s = min(engine_s, engine())
-        service_s = min(service_s, service())
-    train_s, total_s = min(service_runs)
-    samples = rows * epochs
-    return {
-        "engine_samples_per_s": samples / engine_s,
-        "service_samples_per_s": samples / service_s,
-        "service_vs_engine": engine_s / service_s,
-        "transfer_seconds": total_s - train_s,
-        "dataset_mb": (X.nbytes + Y.nbytes) / 2**20,
-        "end_to_end_samples_per_s": samples / total_s,
+    # Each upload of identical bytes is deduplicated by content (the SDK asks the server for the
+    # array's content address first and sends nothing if it is stored). So the datasets are
+    # deleted between rounds rather than one byte varied per round: every round then sends,
+    # checks, hashes and stores exactly the same bytes (the very data the training runs use),
+    # and the scratch database holds one copy instead of one per round.
+    bare_s = upload_s = float("inf")
+    infos: list[DatasetInfo] = []
+    for round_ in range(rounds):
+        if round_:
+            for info in infos:
+                client.delete_dataset(info.id)
+        bare_s = min(bare_s, bare())
+        seconds, infos = sdk()
+        upload_s = min(upload_s, seconds)
+    start = time.perf_counter()
+    for array in arrays:
+        array_id(array)  # the SDK's first step: the content address, SHA-256 over the bytes
+    hash_s = time.perf_counter() - start
+    figures = {
+        "dataset_mb": total / MiB,
+        "chunk_bytes": UPLOAD_CHUNK,
+        "upload_seconds": upload_s,
+        "echo_seconds": bare_s,
+        "upload_bytes_per_s": total / upload_s,
+        "echo_bytes_per_s": total / bare_s,
+        "upload_vs_echo": bare_s / upload_s,
+        "client_sha256_seconds": hash_s,
+        "rounds": rounds,
+        "repeat_uploads": "dataset deleted between rounds",
     }
+    return figures | judge(bare_s / upload_s, UPLOAD_TARGET), infos
 
 
-def predict_figures(
-    client: Client, echo: grpc.Channel, rows: int, rounds: int, calls: int
-) -> dict[str, float]:
+def train_figures(
+    client: Client, X: np.ndarray, Y: np.ndarray, datasets: list[DatasetInfo], sizes: Sizes, upload_s: float
+) -> dict[str, Any]:
+    """The 784 workload on the uploaded datasets, against the engine in this process."""
+    w = WORKLOADS[0]
+    config, options = adam(w, sizes.epochs)
+    engine_s = float("inf")
+    runs: list[tuple[float, float, float]] = []  # (train_seconds, load_seconds, wall)
+    for _ in range(sizes.train_rounds):  # interleaved, best of each
+        engine_s = min(engine_s, engine_seconds(spec_for(w), config, X, Y))
+        info, wall = service_run(client, spec_for(w), datasets[0], datasets[1], **options)
+        runs.append((info.train_seconds, info.load_seconds, wall))
+    train_s, load_s, wall_s = min(runs)
+    samples = sizes.rows * sizes.epochs
+    figures = {
+        "engine_samples_per_s": samples / engine_s,
+        "service_samples_per_s": samples / train_s,
+        "service_vs_engine": engine_s / train_s,
+        "dataset_mb": (X.nbytes + Y.nbytes) / MiB,
+        "upload_seconds": upload_s,
+        "load_seconds": load_s,
+        "transfer_seconds": upload_s + load_s,
+        "run_wall_seconds": wall_s,
+        "end_to_end_samples_per_s": samples / (upload_s + wall_s),
+    }
+    return figures | judge(engine_s / train_s, TRAIN_TARGET)
+
+
+@dataclass
+class MemoryProbe:
+    """The SQLite server's resident size: idle before the upload, peak over the upload, then
+    (the peak reset) over the training runs."""
+
+    pid: int
+    idle_kib: int = 0
+    upload_peak_kib: int = 0
+    resettable: bool = False
+
+    def idle(self) -> None:
+        self.resettable = reset_peak(self.pid)
+        self.idle_kib = status_kib(self.pid, "VmRSS")
+
+    def uploaded(self) -> None:
+        self.upload_peak_kib = status_kib(self.pid, "VmHWM")
+        reset_peak(self.pid)
+
+    def trained(self, dataset_bytes: int) -> dict[str, Any]:
+        last_kib = status_kib(self.pid, "VmHWM")
+        peak = 1024 * max(self.upload_peak_kib, last_kib)
+        idle = 1024 * self.idle_kib
+        growth = (peak - idle) / dataset_bytes
+        figures = {
+            "idle_bytes": idle,
+            "peak_bytes": peak,
+            "upload_peak_bytes": 1024 * self.upload_peak_kib if self.resettable else None,
+            "train_peak_bytes": 1024 * last_kib if self.resettable else None,
+            "dataset_bytes": dataset_bytes,
+            "growth_over_dataset": growth,
+            "peak_over_dataset": peak / dataset_bytes,
+        }
+        return figures | judge(growth, MEMORY_TARGET, at_most=True)
+
+
+def predict_figures(client: Client, echo: grpc.Channel, sizes: Sizes) -> dict[str, Any]:
     w = WORKLOADS[0]
     model = client.create_model(spec_for(w).to_dict())
-    X = np.random.default_rng(0).standard_normal((rows, w.sizes[0]), np.float32)
+    X = np.random.default_rng(0).standard_normal((sizes.predict_rows, w.sizes[0]), np.float32)
     big = pb.PredictRequest(model_id=model.id, inputs=codec.array_to_tensor(X)).SerializeToString()
     one = pb.PredictRequest(model_id=model.id, inputs=codec.array_to_tensor(X[:1])).SerializeToString()
     predict = client.channel.unary_unary("/gradwire.v1.Trainer/Predict")  # raw bytes, like the echo
@@ -138,46 +365,159 @@ def predict_figures(
         return time.perf_counter() - start
 
     predict_s = echo_s = float("inf")
-    for _ in range(rounds):
+    for _ in range(sizes.predict_rounds):
         predict_s = min(predict_s, timed(predict, big))
         echo_s = min(echo_s, timed(send_echo, big))
     latencies: dict[str, list[float]] = {"predict": [], "echo": []}
-    for _ in range(calls):
+    for _ in range(sizes.predict_calls):
         latencies["predict"].append(timed(predict, one))
         latencies["echo"].append(timed(send_echo, one))
     model.delete()
     p50 = {name: statistics.median(values) for name, values in latencies.items()}
     return {
-        "request_mb": len(big) / 2**20,
+        "request_mb": len(big) / MiB,
         "predict_bytes_per_s": len(big) / predict_s,
         "echo_bytes_per_s": len(big) / echo_s,
         "predict_vs_echo_bytes": echo_s / predict_s,
+        "predict_target": f"≥ {PREDICT_TARGET}",
         "single_row_predict_p50_ms": 1000 * p50["predict"],
         "single_row_echo_p50_ms": 1000 * p50["echo"],
         "latency_predict_over_echo": p50["predict"] / p50["echo"],
+        "latency_target": f"≤ {LATENCY_TARGET}",
     }
 
 
+def small_figures(clients: dict[str, Client], sizes: Sizes) -> dict[str, Any]:
+    """20-64-1 on inline data, on each backend, against the engine; interleaved rounds."""
+    w = WORKLOADS[1]
+    X, Y = dataset(w, sizes.small_rows)
+    config, options = adam(w, sizes.small_epochs)
+    engine_s = float("inf")
+    best = {name: float("inf") for name in clients}
+    for _ in range(sizes.small_rounds):
+        engine_s = min(engine_s, engine_seconds(spec_for(w), config, X, Y))
+        for name, client in clients.items():
+            info, _ = service_run(client, spec_for(w), X, Y, **options)
+            best[name] = min(best[name], info.train_seconds)
+    samples = sizes.small_rows * sizes.small_epochs
+    figures: dict[str, Any] = {"rows": sizes.small_rows, "epochs": sizes.small_epochs}
+    figures["engine_samples_per_s"] = samples / engine_s
+    for name, train_s in best.items():
+        figures[name] = {
+            "service_samples_per_s": samples / train_s,
+            "service_vs_engine": engine_s / train_s,
+        } | judge(engine_s / train_s, SMALL_TARGET)
+    return figures
+
+
+def xor_figures(clients: dict[str, Client], sizes: Sizes) -> dict[str, Any]:
+    """Wall time of ``model.fit`` on XOR through the SDK, beside the engine's; interleaved rounds."""
+    config = TrainConfig(epochs=sizes.xor_epochs, batch_size=4, optimizer=OptimizerConfig("adam", 0.05))
+    spec = NetworkSpec.from_dict(XOR_SPEC)
+    options: dict[str, Any] = {
+        "epochs": sizes.xor_epochs,
+        "batch_size": 4,
+        "optimizer": "adam",
+        "learning_rate": 0.05,
+    }
+    engine_s = float("inf")
+    best = {name: float("inf") for name in clients}
+    for _ in range(sizes.xor_rounds):
+        engine_s = min(engine_s, engine_seconds(spec, config, XOR_X, XOR_Y.reshape(-1, 1)))
+        for name, client in clients.items():
+            model = client.create_model(XOR_SPEC, name="xor")
+            start = time.perf_counter()
+            model.fit(XOR_X, XOR_Y, **options)
+            best[name] = min(best[name], time.perf_counter() - start)
+            model.delete()
+    figures: dict[str, Any] = {"epochs": sizes.xor_epochs, "engine_seconds": engine_s}
+    for name, fit_s in best.items():
+        figures[name] = {"fit_seconds": fit_s, "fit_over_engine": fit_s / engine_s} | judge(
+            fit_s, XOR_TARGET_S, at_most=True
+        )
+    return figures
+
+
+# ------------------------------------------------------------------------------------ report
+
+
 def report(results: dict[str, Any]) -> None:
-    t, p = results["train"], results["predict"]
+    u, t, m, p = results["upload"], results["train"], results["memory"], results["predict"]
     print(
-        f"train 784-256-128-10 adam: engine {t['engine_samples_per_s']:,.0f}/s  "
-        f"service {t['service_samples_per_s']:,.0f}/s  "
-        f"service/engine {t['service_vs_engine']:.3f} (target ≥ 0.9)\n"
-        f"  one-off transfer of {t['dataset_mb']:.0f} MiB: {t['transfer_seconds']:.2f} s; "
-        f"end to end {t['end_to_end_samples_per_s']:,.0f}/s"
+        f"upload {u['dataset_mb']:.1f} MiB (inputs and targets, 1 MiB chunks): "
+        f"gradwire {u['upload_bytes_per_s'] / MiB:,.0f} MiB/s  "
+        f"echo stream {u['echo_bytes_per_s'] / MiB:,.0f} MiB/s  "
+        f"upload/echo {u['upload_vs_echo']:.3f} {verdict(u)}\n"
+        f"  of the upload's {u['upload_seconds']:.2f} s, the SDK's content address (SHA-256 in this "
+        f"process) takes {u['client_sha256_seconds']:.2f} s"
     )
-    mib = 2**20
     print(
-        f"predict {p['request_mb']:.1f} MiB: {p['predict_bytes_per_s'] / mib:,.0f} MiB/s  "
-        f"echo {p['echo_bytes_per_s'] / mib:,.0f} MiB/s  "
-        f"predict/echo {p['predict_vs_echo_bytes']:.3f} (target ≥ 0.8)"
+        f"train 784-256-128-10 adam on the uploaded datasets: engine {t['engine_samples_per_s']:,.0f}/s  "
+        f"service {t['service_samples_per_s']:,.0f}/s  "
+        f"service/engine {t['service_vs_engine']:.3f} {verdict(t)}\n"
+        f"  upload {t['upload_seconds']:.2f} s, load from the database {t['load_seconds']:.2f} s; "
+        f"end to end (upload + run) {t['end_to_end_samples_per_s']:,.0f}/s"
+    )
+    phases = ""
+    if m["train_peak_bytes"] is not None:
+        upload_mb, train_mb = m["upload_peak_bytes"] / MiB, m["train_peak_bytes"] / MiB
+        phases = f" (upload {upload_mb:,.0f} MiB, training {train_mb:,.0f} MiB)"
+    print(
+        f"server memory (SQLite), {m['dataset_bytes'] / MiB:.0f} MiB dataset: "
+        f"idle {m['idle_bytes'] / MiB:,.0f} MiB  "
+        f"peak {m['peak_bytes'] / MiB:,.0f} MiB{phases}\n"
+        f"  (peak − idle)/dataset {m['growth_over_dataset']:.2f} {verdict(m)}  "
+        f"peak/dataset {m['peak_over_dataset']:.2f}"
+    )
+    print(
+        f"predict {p['request_mb']:.1f} MiB: {p['predict_bytes_per_s'] / MiB:,.0f} MiB/s  "
+        f"echo {p['echo_bytes_per_s'] / MiB:,.0f} MiB/s  "
+        f"predict/echo {p['predict_vs_echo_bytes']:.3f} (target {p['predict_target']})"
     )
     print(
         f"single-row latency p50: predict {p['single_row_predict_p50_ms']:.3f} ms  "
         f"echo {p['single_row_echo_p50_ms']:.3f} ms  "
-        f"predict/echo {p['latency_predict_over_echo']:.2f} (target ≤ 2)"
+        f"predict/echo {p['latency_predict_over_echo']:.2f} (target {p['latency_target']})"
     )
+    s, x, pg = results["small"], results["xor"], results["postgresql"]
+    print(
+        f"train 20-64-1 adam, {s['rows']:,} rows × {s['epochs']} epochs: "
+        f"engine {s['engine_samples_per_s']:,.0f}/s"
+    )
+    for name in BACKENDS:
+        if name in s:
+            print(
+                f"  {name:10s} service {s[name]['service_samples_per_s']:,.0f}/s  "
+                f"service/engine {s[name]['service_vs_engine']:.3f} {verdict(s[name])}"
+            )
+    print(f"XOR 2-4-1, {x['epochs']} epochs, batch 4, adam: engine {x['engine_seconds']:.3f} s")
+    for name in BACKENDS:
+        if name in x:
+            print(
+                f"  {name:10s} model.fit {x[name]['fit_seconds']:.3f} s  "
+                f"fit/engine {x[name]['fit_over_engine']:.1f} {verdict(x[name])}"
+            )
+    if "skipped" in pg:
+        print(f"PostgreSQL figures skipped: {pg['skipped']}")
+
+
+def measure(clients: dict[str, Client], echo: grpc.Channel, sqlite_pid: int, sizes: Sizes) -> dict[str, Any]:
+    client = clients["sqlite"]
+    X, Y = dataset(WORKLOADS[0], sizes.rows)
+    warm = client.upload_dataset(np.ones((8, 8), np.float32), "warm-up")  # connection, threads
+    client.delete_dataset(warm.id)
+    memory = MemoryProbe(sqlite_pid)
+    memory.idle()
+    upload, datasets = upload_figures(client, echo, (X, Y), sizes.upload_rounds)
+    memory.uploaded()
+    results: dict[str, Any] = {"upload": upload}
+    results["train"] = train_figures(client, X, Y, datasets, sizes, upload["upload_seconds"])
+    results["memory"] = memory.trained(X.nbytes + Y.nbytes)
+    del X, Y
+    results["predict"] = predict_figures(client, echo, sizes)
+    results["small"] = small_figures(clients, sizes)
+    results["xor"] = xor_figures(clients, sizes)
+    return results
 
 
 def main() -> None:
@@ -189,25 +529,19 @@ def main() -> None:
     if args.echo_server:
         echo_server()
         return
-    gradwire = str(Path(sys.executable).with_name("gradwire"))
-    with (
-        tempfile.TemporaryDirectory() as data_dir,
-        child(
-            [gradwire, "serve", "--address", "127.0.0.1:0", "--data-dir", data_dir, "--log-level", "warning"]
-        ) as address,
-        child([sys.executable, "-m", "bench.service_bench", "--echo-server"]) as echo_address,
-        Client(address, timeout=600) as client,
-        grpc.insecure_channel(echo_address, options=MESSAGE_OPTIONS) as echo,
-    ):
-        quick = args.quick
-        results: dict[str, Any] = {
-            "train": train_figures(client, 2_000 if quick else 60_000, 1 if quick else 5, 1 if quick else 3),
-            "predict": predict_figures(
-                client, echo, 500 if quick else 20_000, 1 if quick else 5, 20 if quick else 300
-            ),
-        }
+    with ExitStack() as stack:
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        sqlite = gradwire_server(stack, f"sqlite:///{data_dir / 'gradwire.db'}")
+        echo = stack.enter_context(child([sys.executable, "-m", "bench.service_bench", "--echo-server"]))
+        postgres, postgres_info = postgres_server(stack)
+        clients = {"sqlite": stack.enter_context(Client(sqlite.address, timeout=600))}
+        if postgres is not None:
+            clients["postgresql"] = stack.enter_context(Client(postgres.address, timeout=600))
+        channel = stack.enter_context(grpc.insecure_channel(echo.address, options=MESSAGE_OPTIONS))
+        results = measure(clients, channel, sqlite.pid, QUICK if args.quick else FULL)
+        results["postgresql"] = postgres_info
     report(results)
-    write_results(args.output, results, quick)
+    write_results(args.output, results, args.quick)
 
 
 if __name__ == "__main__":

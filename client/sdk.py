@@ -61,7 +61,8 @@ RETRIED = frozenset(
     }
 )
 """Calls retried on UNAVAILABLE: reads, idempotent changes, and creations that carry a request id."""
-UPLOAD_CHUNK = 1 * MiB
+UPLOAD_CHUNK = MiB - 4096
+"""Bytes per upload message: about 1 MiB, with room for the message around them under a 1 MiB limit."""
 INLINE_LIMIT = 4 * MiB
 """Training data up to this size (all arrays together) travels inside StartRun; larger is uploaded."""
 PROGRESS_WIDTH = 20

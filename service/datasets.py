@@ -16,7 +16,7 @@ import numpy as np
 
 from gradwire.engine import InvalidArgument
 from gradwire.engine.data import check_finite
-from gradwire.storage import CHUNK_BYTES, DatasetMeta, DatasetRecord, StorageError, Store
+from gradwire.storage import CHUNK_BYTES, DatasetMeta, DatasetRecord, RequestReused, StorageError, Store
 from gradwire.v1.digest import dataset_id, raw
 
 from .errors import LimitExceeded
@@ -66,7 +66,10 @@ class Datasets:
                 columns,
                 expected,
             )
-            return self.store.datasets.finish_upload(blob_id, meta, header.request_id)
+            record = self.store.datasets.finish_upload(blob_id, meta, header.request_id)
+            if record.id != meta.id:
+                raise RequestReused(f"request_id {header.request_id!r} was first used to upload other data")
+            return record
         except BaseException:
             self._abandon(blob_id)
             raise

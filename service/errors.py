@@ -15,7 +15,7 @@ class LimitExceeded(ServiceError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {message}" if field else message)
 
 
 class CannotAnswer(ServiceError):

@@ -50,7 +50,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def _log_call(method: str, context: grpc.ServicerContext, started: float) -> None:
-    code = context.code() or grpc.StatusCode.OK
+    code = context.code() or (grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
     log.info(
         "rpc",
         extra={

@@ -37,9 +37,15 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+RUN_ID_METADATA = "gradwire-run-id"
+"""The initial metadata by which Train names its run, as soon as the run exists."""
+
 
 def abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
-    """End the call with the status the error table gives ``exc`` (INTERNAL, no detail, if none)."""
+    """End the call with the status the error table gives ``exc`` (INTERNAL, no detail, if none).
+    A call its client already left (cancel, deadline) just ends: nobody hears a status."""
+    if not context.is_active():
+        raise exc  # grpc knows the call is over (it raised this very error into the request stream)
     code = status_of(exc)
     if code is None or code == grpc.StatusCode.INTERNAL:
         log.error("unexpected error", exc_info=exc)
@@ -220,6 +226,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             config = convert.options_from_proto(request.options)
             run = self.app.runs.start(StartRequest(request.model_id, config, convert.train_sources(request)))
             transfer = time.perf_counter() - started  # decoding, checking and storing the tensors
+            context.send_initial_metadata(((RUN_ID_METADATA, run.id),))
             for event in self.app.runs.follow(run.id, self._gone(context)):
                 yield convert.train_event(event, config.epochs, transfer)
 

@@ -22,7 +22,7 @@ import numpy as np
 from gradwire.engine import InvalidArgument, Network, NetworkSpec, check_gradients
 from gradwire.engine.data import as_targets
 from gradwire.engine.spec import Residual
-from gradwire.storage import ModelRecord, RunRecord, Store
+from gradwire.storage import ModelRecord, RequestReused, RunRecord, Store
 from gradwire.v1.digest import weights_digest
 
 from .datasets import Datasets, check_request_id
@@ -120,6 +120,8 @@ class Gradwire:
         model = self.store.models.create(
             name, spec.to_dict(), network.state_arrays(), network.flat.size, request_id
         )
+        if (model.name, model.spec) != (name, spec.to_dict()):
+            raise RequestReused(f"request_id {request_id!r} was first used to create another model ({model.id})")
         log.info("model created", extra={"model": model.id, "params": model.parameter_count})
         return model
 

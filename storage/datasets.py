@@ -10,11 +10,12 @@ deleted by :meth:`DatasetStore.reap_uploads` once it is old enough.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exc, select
 from sqlalchemy.orm import Session
 
 from . import blobs
@@ -82,21 +83,19 @@ class DatasetStore:
     def finish_upload(self, blob_id: str, meta: DatasetMeta, request_id: str = "") -> DatasetRecord:
         """Make the uploaded blob the dataset ``meta`` describes; if that content is stored
         already, the existing dataset is returned and the blob deleted."""
-        adopted = False
 
         def create(s: Session) -> str:
-            nonlocal adopted
             s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
             if s.get(DatasetRow, meta.id) is None:
                 s.add(_row(meta, blob_id))
-                adopted = True
             return meta.id
 
-        try:
-            return once(self.db, request_id, "dataset", create, lambda s, key: _record(dataset_row(s, key)))
-        finally:
-            if not adopted:
-                self.abort_upload(blob_id)
+        record = self._once(meta, request_id, create)
+        with self.db.read() as s:
+            adopted = s.scalar(select(DatasetRow.id).where(DatasetRow.blob_id == blob_id)) is not None
+        if not adopted:
+            self.abort_upload(blob_id)
+        return record
 
     def put(self, meta: DatasetMeta, data: bytes | memoryview, request_id: str = "") -> DatasetRecord:
         """Store a small dataset in one transaction (or find it stored already)."""
@@ -107,7 +106,15 @@ class DatasetStore:
                 s.add(_row(meta, blob_id))
             return meta.id
 
-        return once(self.db, request_id, "dataset", create, lambda s, key: _record(dataset_row(s, key)))
+        return self._once(meta, request_id, create)
+
+    def _once(self, meta: DatasetMeta, request_id: str, create: Callable[[Session], str]) -> DatasetRecord:
+        """``create`` once per request id; two stores of the same content racing both get the one
+        that committed first."""
+        try:
+            return once(self.db, request_id, "dataset", create, lambda s, key: _record(dataset_row(s, key)))
+        except exc.IntegrityError:
+            return self.get(meta.id)
 
     def reap_uploads(self, older_than_seconds: float) -> int:
         """Delete uploads started longer ago than this (their process died or gave up)."""

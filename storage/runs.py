@@ -225,7 +225,7 @@ class RunStore:
                         f"which is now at version {current}; start a new run instead"
                     )
                 self._check_queue(s, max_queued)
-                row.status, row.cancel_requested = "queued", False
+                row.status, row.stop_reason, row.cancel_requested = "queued", "", False
                 s.flush()
                 return _record(row, s)
         except exc.IntegrityError:
@@ -368,7 +368,7 @@ def _row(s: Session, run_id: str, *, for_update: bool = False) -> RunRow:
 
 def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> RunRecord:
     roles = select(RunDatasetRow.role, RunDatasetRow.dataset_id).where(RunDatasetRow.run_id == row.id)
-    datasets = dict(s.execute(roles).tuples().all())  # a Result has keys(): dict() needs plain rows
+    datasets = {role: dataset_id for role, dataset_id in s.execute(roles)}  # noqa: C416 (a Result has keys())
     return RunRecord(
         id=row.id,
         model_id=row.model_id,

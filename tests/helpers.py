@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +26,31 @@ class Running:
     settings: Any
 
 
+class CallsEnded(logging.Handler):
+    """Sees the one log line the server writes as each call ends (after its handler returned):
+    a test waits on it for the server's side of a call to be over, instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[tuple[str, str]] = []
+        self.changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.changed:
+            self.ended.append((getattr(record, "method", ""), getattr(record, "code", "")))
+            self.changed.notify_all()
+
+    def wait_for(self, method: str, timeout: float = 30.0) -> str:
+        """The status code of the first ended call of ``method`` (e.g. "UploadDataset")."""
+
+        def ended() -> str | None:
+            return next((code for m, code in self.ended if m.endswith(f"/{method}")), None)
+
+        with self.changed:
+            assert self.changed.wait_for(ended, timeout), f"no {method} call ended within {timeout} s"
+            return ended() or ""
+
+
 def two_spirals(n_per_class: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two interleaved spirals in 2-D, labels 0 and 1: not separable by any line."""
     t = np.sqrt(rng.uniform(0.0, 1.0, n_per_class)) * 3 * np.pi
@@ -24,3 +58,65 @@ def two_spirals(n_per_class: int, noise: float, rng: np.random.Generator) -> tup
     X = np.concatenate([arm, -arm]) + rng.normal(0.0, noise, (2 * n_per_class, 2))
     labels = np.repeat([0, 1], n_per_class)
     return X, labels
+
+
+GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
+
+
+class ServerProcess:
+    """``gradwire serve`` as a real child process on a free port, over ``database_url``.
+
+    ``settings`` become ``GRADWIRE_<NAME>`` environment variables. Its JSON log lines are read
+    as they come, so a test can wait for one (:meth:`wait_for_log`) instead of sleeping.
+    """
+
+    def __init__(self, database_url: str, **settings: object) -> None:
+        env = {**os.environ, **{f"GRADWIRE_{k.upper()}": str(v) for k, v in settings.items()}}
+        argv = [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", database_url, "--log-format", "json"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.logs: list[dict[str, Any]] = []
+        self._logged = threading.Condition()
+        threading.Thread(target=self._read_logs, daemon=True).start()
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # blocks until the server has bound its port
+        match = re.search(r"listening on (\S+)", line)
+        assert match, f"gradwire serve did not start: {line!r}; log: {self.logs[-5:]}"
+        self.address = match.group(1)
+
+    def _read_logs(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = {"message": line.rstrip()}
+            with self._logged:
+                self.logs.append(entry)
+                self._logged.notify_all()
+
+    def wait_for_log(self, message: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The first log entry whose message is ``message``, waiting for it if need be."""
+
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.logs if e.get("message") == message), None)
+
+        with self._logged:
+            assert self._logged.wait_for(found, timeout), f"no log {message!r} within {timeout} s"
+            return found() or {}
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no cleanup."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then its exit status (it must exit within ``timeout``)."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.kill()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +33,7 @@ def test_engine_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
 
 def test_service_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     output = tmp_path / "service.json"
-    subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "bench.service_bench", "--quick", "--output", str(output)],
         cwd=ROOT,
         check=True,
@@ -39,7 +42,46 @@ def test_service_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None
         timeout=600,
     )
     results = json.loads(output.read_text())
-    assert results["train"]["service_samples_per_s"] > 0
-    assert results["train"]["transfer_seconds"] > 0
+    train = results["train"]
+    assert train["service_samples_per_s"] > 0
+    assert train["engine_samples_per_s"] > 0
+    assert train["transfer_seconds"] > 0
+    assert train["upload_seconds"] > 0
+    assert train["load_seconds"] > 0
     assert results["predict"]["echo_bytes_per_s"] > 0
     assert results["predict"]["single_row_predict_p50_ms"] > 0
+
+    upload = results["upload"]
+    assert upload["upload_bytes_per_s"] > 0
+    assert upload["echo_bytes_per_s"] > 0
+    assert upload["upload_vs_echo"] > 0
+    memory = results["memory"]
+    assert memory["peak_bytes"] >= memory["idle_bytes"] > 0
+    assert memory["dataset_bytes"] > 0
+    assert memory["growth_over_dataset"] is not None
+    assert memory["peak_over_dataset"] > 0
+
+    backends = ["sqlite"]
+    if "skipped" in results["postgresql"]:
+        assert "PostgreSQL figures skipped" in run.stdout
+    else:
+        backends.append("postgresql")
+    assert results["small"]["engine_samples_per_s"] > 0
+    assert results["xor"]["engine_seconds"] > 0
+    for backend in backends:
+        assert results["small"][backend]["service_samples_per_s"] > 0
+        assert results["small"][backend]["service_vs_engine"] > 0
+        assert results["xor"][backend]["fit_seconds"] > 0
+    for figure in (upload, train, memory, *(results[k][b] for k in ("small", "xor") for b in backends)):
+        assert {"target", "meets_target"} <= figure.keys()
+
+
+def test_service_benchmark_skips_an_unreachable_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.common import PostgresUnavailable, scratch_postgres
+
+    with (
+        pytest.raises(PostgresUnavailable, match=re.escape("127.0.0.1:1")),
+        scratch_postgres("postgresql://postgres@127.0.0.1:1/postgres", "gradwire_bench_never"),
+    ):
+        pass

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import Running
+from helpers import CallsEnded, Running
 
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
@@ -29,6 +30,18 @@ def start_server(database_url: str) -> Iterator[Callable[..., Running]]:
     yield start
     for server, app in started:
         stop_server(server, app, grace=0)
+
+
+@pytest.fixture
+def calls_ended() -> Iterator[CallsEnded]:
+    handler = CallsEnded()
+    logger = logging.getLogger("gradwire.rpc")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture

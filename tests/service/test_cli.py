@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,12 @@ import pytest
 from helpers import Running
 from sqlalchemy import text
 
-from gradwire.service.cli import main
+from gradwire.client import Client
+from gradwire.service import Settings, create_server, stop_server
+from gradwire.service.cli import build_parser, main, training_arguments, training_data
 from gradwire.storage import make_engine, open_store
 from gradwire.storage.database import current_revision, head_revision
+from gradwire.v1.digest import array_id
 
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
 SPEC = {
@@ -116,3 +121,288 @@ def test_bad_input_from_the_shell_prints_the_field(
     bad.write_text(json.dumps({**SPEC, "loss": "hinge"}))
     assert main(["models", "create", "--spec", str(bad), "--server", server.address]) == 1
     assert "spec.loss" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ training flags
+
+FLAGS = [
+    "--epochs", "7", "--batch-size", "4", "--optimizer", "adam", "--learning-rate", "0.1",
+    "--validation-split", "0.25", "--patience", "3", "--seed", "5",
+    "--options", '{"schedule": {"name": "cosine"}, "momentum": 0.8}',
+]  # fmt: skip
+
+
+def test_train_and_runs_start_share_their_flags_and_options() -> None:
+    parser = build_parser()
+    train = parser.parse_args(["train", "m", "--data", "d.npz", *FLAGS])
+    start = parser.parse_args(["runs", "start", "m", "--data", "d.npz", *FLAGS])
+    expected = {
+        "epochs": 7,
+        "batch_size": 4,
+        "optimizer": "adam",
+        "learning_rate": 0.1,
+        "validation_split": 0.25,
+        "patience": 3,
+        "seed": 5,
+        "schedule": {"name": "cosine"},
+        "momentum": 0.8,
+    }
+    assert training_arguments(train) == training_arguments(start) == expected
+    # the same flags on both: only what belongs to one of them differs
+    assert vars(train).keys() ^ vars(start).keys() == {"quiet", "request_id", "action"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--options", '{"epochs": 3}'], "--options repeats epochs"),
+        (["--options", "[1, 2]"], "must be a JSON object"),
+        (["--options", "{epochs"], "is not JSON"),
+    ],
+)
+def test_training_options_that_contradict_the_flags_are_refused(arguments: list[str], message: str) -> None:
+    args = build_parser().parse_args(["runs", "start", "m", "--data", "d.npz", *arguments])
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        training_arguments(args)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "training needs --data"),
+        (["--inputs-dataset", "a"], "training needs --data"),
+        (["--data", "d.npz", "--inputs-dataset", "a"], "give --data, or the inputs and targets, not both"),
+        (["--inputs", "x.csv", "--inputs-dataset", "a"], "give --inputs or --inputs-dataset, not both"),
+    ],
+)
+def test_training_data_is_one_source_per_role(arguments: list[str], message: str) -> None:
+    args = build_parser().parse_args(["runs", "start", "m", *arguments])
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        training_data(args)
+
+
+def test_training_data_mixes_a_file_and_a_dataset(tmp_path: Path) -> None:
+    np.savetxt(tmp_path / "x.csv", np.arange(6.0).reshape(3, 2), delimiter=",")
+    args = build_parser().parse_args(
+        ["train", "m", "--inputs", str(tmp_path / "x.csv"), "--targets-dataset", "abc"]
+    )
+    x, y = training_data(args)
+    assert isinstance(x, np.ndarray)
+    assert (x.shape, y) == ((3, 2), "abc")
+
+
+# ------------------------------------------------------------------------------------ datasets and runs
+
+
+def _out(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().out.strip()
+
+
+def _epochs_printed(err: str) -> list[int]:
+    """The epoch numbers of the progress lines."""
+    return [int(n) for n in re.findall(r"epoch (\d+)/\d+", err)]
+
+
+def _listed(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The ids (first column) of a listing."""
+    return [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+
+
+def _model(tmp_path: Path, at: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(SPEC))
+    assert main(["models", "create", "--spec", str(spec_file), *at]) == 0
+    return _out(capsys)
+
+
+def _data(tmp_path: Path, rows: int = 64) -> Path:
+    """Linear data for SPEC in ``data.npz`` (arrays x and y)."""
+    x = np.random.default_rng(0).normal(size=(rows, 2))
+    np.savez(tmp_path / "data.npz", x=x, y=x @ np.array([[1.0, -1.0, 0.5], [2.0, 0.0, -1.0]]))
+    return tmp_path / "data.npz"
+
+
+def test_datasets_upload_list_show_delete(
+    server: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = ["--server", server.address]
+    x = np.random.default_rng(1).normal(size=(20, 2))
+    np.savez(tmp_path / "d.npz", x=x, labels=np.arange(20))
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", fmt="%.17g")  # every bit of each number
+
+    ids = []
+    for upload in (["d.npz", "--name", "train-x"], ["d.npz", "--name", "again"], ["x.csv"]):
+        assert main(["datasets", "upload", str(tmp_path / upload[0]), *upload[1:], *at]) == 0
+        ids.append(_out(capsys))
+    assert ids == [array_id(x)] * 3  # one content address: .npz, again, or .csv
+    assert main(["datasets", "upload", str(tmp_path / "d.npz"), "--dtype", "float32", *at]) == 0
+    single = _out(capsys)
+    assert main(["datasets", "upload", str(tmp_path / "d.npz"), "--key", "labels", *at]) == 0
+    labels = _out(capsys)
+    assert single == array_id(x.astype(np.float32))
+    assert labels == array_id(np.arange(20.0).reshape(-1, 1))  # integers as float64, 1-D as a column
+    with pytest.raises(SystemExit, match="has no array 'nope'"):
+        main(["datasets", "upload", str(tmp_path / "d.npz"), "--key", "nope", *at])
+
+    assert main(["datasets", "list", *at]) == 0
+    assert sorted(_listed(capsys)) == sorted([ids[0], single, labels])
+    assert main(["datasets", "show", ids[0], *at]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {k: shown[k] for k in ("id", "name", "dtype", "shape", "nbytes")} == {
+        "id": ids[0],
+        "name": "train-x",  # the first upload's: the later ones found it stored
+        "dtype": "float64",
+        "shape": [20, 2],
+        "nbytes": 320,
+    }
+    assert shown["created_at"].startswith("20")
+
+    assert main(["datasets", "delete", single, *at]) == 0
+    assert _out(capsys) == f"deleted {single}"
+    assert main(["datasets", "show", single, *at]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["datasets", "list", *at]) == 0
+    assert sorted(_listed(capsys)) == sorted([ids[0], labels])
+
+
+def test_a_detached_run_on_datasets_watched_shown_and_exported(
+    server: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = ["--server", server.address]
+    model_id = _model(tmp_path, at, capsys)
+    data = _data(tmp_path)
+    dataset = {}
+    for key, role in (("x", "inputs"), ("y", "targets")):
+        assert main(["datasets", "upload", str(data), "--key", key, *at]) == 0
+        dataset[role] = _out(capsys)
+    start = ["runs", "start", model_id, "--inputs-dataset", dataset["inputs"]]
+    start += ["--targets-dataset", dataset["targets"], "--epochs", "30", "--optimizer", "adam"]
+    assert main([*start, "--learning-rate", "0.05", "--seed", "7", *at]) == 0
+    run_id = _out(capsys)
+
+    assert main(["runs", "watch", run_id, *at]) == 0
+    watched = capsys.readouterr()
+    assert _epochs_printed(watched.err) == list(range(1, 31))
+    assert watched.out.startswith(f"run {run_id} completed (max_epochs); best epoch ")
+    assert watched.out.rstrip().endswith(f"model {model_id} at version 2")
+    assert main(["runs", "watch", run_id, "--after-epoch", "25", *at]) == 0
+    assert _epochs_printed(capsys.readouterr().err) == [26, 27, 28, 29, 30]
+
+    assert main(["runs", "show", run_id, *at]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["id"], shown["model_id"], shown["status"]) == (run_id, model_id, "completed")
+    assert (shown["epochs_done"], shown["epochs_planned"], shown["version"]) == (30, 30, 2)
+    assert shown["datasets"] == shown["receipt"]["datasets"] == dataset
+    assert (shown["receipt"]["seed"], shown["receipt"]["base_version"]) == (7, 1)
+    digest = shown["receipt"]["weights_sha256"]
+    assert re.fullmatch("[0-9a-f]{64}", digest)
+
+    assert main(["runs", "resume", run_id, *at]) == 1  # only an interrupted run resumes
+    assert "gradwire: FAILED_PRECONDITION" in capsys.readouterr().err
+    assert main(["runs", "show", "no-such-run", *at]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+    with Client(server.address) as client:
+        model = client.model(model_id)
+        expected = {version: model.export(version) for version in (1, 2)}
+    for version in (2, 1):
+        output = tmp_path / f"v{version}.npz"
+        assert main(["export", model_id, "--output", str(output), "--version", str(version), *at]) == 0
+        printed = _out(capsys)
+        with np.load(output, allow_pickle=False) as exported:
+            assert sorted(exported.files) == sorted(expected[version])
+            for name, array in expected[version].items():
+                assert exported[name].dtype == array.dtype
+                np.testing.assert_array_equal(exported[name], array)
+        assert printed.startswith(f"{len(expected[version])} arrays written to {output}")
+        assert (digest in printed) == (version == 2)  # the receipt names the weights the run made
+    assert main(["export", model_id, "--output", str(tmp_path / "current"), *at]) == 0
+    assert _out(capsys).endswith(f"(weights_sha256 {digest})")  # version 0: the current one
+    assert (tmp_path / "current.npz").exists()
+
+
+def test_runs_list_filters_cancel_and_a_repeated_start(
+    server: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = ["--server", server.address]
+    quick_model, long_model = _model(tmp_path, at, capsys), _model(tmp_path, at, capsys)
+    data = str(_data(tmp_path, rows=256))
+    assert main(["runs", "start", quick_model, "--data", data, "--epochs", "3", *at]) == 0
+    quick = _out(capsys)
+    assert main(["runs", "watch", quick, *at]) == 0
+    capsys.readouterr()
+
+    # batches of one row for 100000 epochs: running (or queued) until cancelled
+    long = ["runs", "start", long_model, "--data", data, "--epochs", "100000", "--batch-size", "1"]
+    assert main([*long, "--request-id", "cli-long", *at]) == 0
+    long_run = _out(capsys)
+    assert main([*long, "--request-id", "cli-long", *at]) == 0
+    assert _out(capsys) == long_run  # the same request: the same run, not a second
+    assert main([*long, *at]) == 1
+    assert "gradwire: ABORTED" in capsys.readouterr().err  # one active run per model
+
+    assert main(["runs", "list", "--status", "queued", "running", *at]) == 0
+    assert _listed(capsys) == [long_run]
+    assert main(["runs", "cancel", long_run, *at]) == 0
+    assert re.fullmatch(
+        f"run {long_run} (cancelled|running \\(asked to stop: it ends within a minibatch\\))",
+        _out(capsys),
+    )
+    assert main(["runs", "watch", long_run, *at]) == 0  # a cancelled run ends the watch with 0
+    assert f"run {long_run} cancelled (cancelled)" in capsys.readouterr().out
+
+    listings = {
+        (): [quick, long_run],
+        ("--model", quick_model): [quick],
+        ("--model", long_model): [long_run],
+        ("--status", "cancelled"): [long_run],
+        ("--status", "completed", "--status", "failed"): [quick],
+        ("--model", quick_model, "--status", "cancelled"): [],
+        ("--status", "running", "queued"): [],
+    }
+    for flags, expected in listings.items():
+        assert main(["runs", "list", *flags, *at]) == 0
+        assert _listed(capsys) == expected, flags
+    with pytest.raises(SystemExit):
+        main(["runs", "list", "--status", "finished", *at])  # not a status: argparse says so
+    assert "invalid choice: 'finished'" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_watches_to_exit_3_and_resumes(
+    database_url: str,
+    start_server: Callable[..., Running],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings(
+        address="127.0.0.1:0", database_url=database_url, checkpoint_interval=0.05, poll_seconds=0.1
+    )
+    server, port, app = create_server(settings)
+    at = ["--server", f"127.0.0.1:{port}"]
+    try:
+        model_id = _model(tmp_path, at, capsys)
+        data = str(_data(tmp_path, rows=256))
+        start = ["runs", "start", model_id, "--data", data, "--epochs", "100000", "--batch-size", "1"]
+        assert main([*start, *at]) == 0
+        run_id = _out(capsys)
+        with Client(f"127.0.0.1:{port}") as client:
+            next(client.run(run_id).epochs())  # an epoch came: it is running
+    finally:
+        stop_server(server, app, grace=60)  # runs executing stop at an epoch's end: interrupted
+
+    second = start_server(auto_resume=0)  # the same database; resumes nothing by itself
+    at = ["--server", second.address]
+    assert main(["runs", "list", "--status", "interrupted", *at]) == 0
+    assert _listed(capsys) == [run_id]
+    assert main(["runs", "watch", run_id, *at]) == 3
+    watched = capsys.readouterr()
+    assert _epochs_printed(watched.err)[0] == 1  # the epochs it committed before it stopped
+    assert f"gradwire runs resume {run_id}" in watched.err
+    assert watched.out.startswith(f"run {run_id} interrupted (")
+
+    assert main(["runs", "resume", run_id, *at]) == 0
+    assert _out(capsys) == f"run {run_id} queued"
+    assert main(["runs", "cancel", run_id, *at]) == 0
+    capsys.readouterr()
+    assert main(["runs", "watch", run_id, *at]) == 0
+    assert f"run {run_id} cancelled (cancelled)" in capsys.readouterr().out
