@@ -84,6 +84,9 @@ def scratch_postgres(admin_url: str, name: str) -> Iterator[str]:
     try:
         yield admin.set(database=name).render_as_string(hide_password=False)
     finally:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        except exc.DBAPIError as error:
+            print(f"could not drop the scratch database {name}; drop it by hand: {error.orig or error}")
         engine.dispose()

@@ -91,7 +91,9 @@ class Runs:
         )
         run = self.store.runs.create(new, self.settings.max_queued_runs, request.request_id)
         if (run.model_id, run.datasets) != (new.model_id, dict(new.datasets)):
-            raise RequestReused(f"request_id {request.request_id!r} was first used to start another run ({run.id})")
+            raise RequestReused(
+                f"request_id {request.request_id!r} was first used to start another run ({run.id})"
+            )
         self.nudge()
         return run
 

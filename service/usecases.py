@@ -121,7 +121,9 @@ class Gradwire:
             name, spec.to_dict(), network.state_arrays(), network.flat.size, request_id
         )
         if (model.name, model.spec) != (name, spec.to_dict()):
-            raise RequestReused(f"request_id {request_id!r} was first used to create another model ({model.id})")
+            raise RequestReused(
+                f"request_id {request_id!r} was first used to create another model ({model.id})"
+            )
         log.info("model created", extra={"model": model.id, "params": model.parameter_count})
         return model
 

@@ -72,8 +72,19 @@ class ServerProcess:
 
     def __init__(self, database_url: str, **settings: object) -> None:
         env = {**os.environ, **{f"GRADWIRE_{k.upper()}": str(v) for k, v in settings.items()}}
-        argv = [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", database_url, "--log-format", "json"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        argv = [
+            GRADWIRE,
+            "serve",
+            "--address",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+            "--log-format",
+            "json",
+        ]
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         self.logs: list[dict[str, Any]] = []
         self._logged = threading.Condition()
         threading.Thread(target=self._read_logs, daemon=True).start()

@@ -137,7 +137,9 @@ def test_sigkill_at_random_epochs_then_resume_gives_the_uninterrupted_weights(da
         server.kill()
 
 
-def test_sigterm_keeps_the_epoch_it_stops_at_and_a_restarted_server_resumes_by_itself(database_url: str) -> None:
+def test_sigterm_keeps_the_epoch_it_stops_at_and_a_restarted_server_resumes_by_itself(
+    database_url: str,
+) -> None:
     """A graceful stop: the run stops at the end of an epoch, its checkpoint committed, and becomes
     interrupted; the next server queues it again on its own (auto_resume) and it completes."""
     server = ServerProcess(database_url, auto_resume=3, **SETTINGS)
