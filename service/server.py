@@ -50,6 +50,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def _log_call(method: str, context: grpc.ServicerContext, started: float) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return  # the peer and the code cost a little on every call: only when they are written
     code = context.code() or (grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
     log.info(
         "rpc",

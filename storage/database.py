@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, exc, inspect
+from sqlalchemy import ClauseElement, Connection, DateTime, Engine, create_engine, event, exc, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
@@ -109,12 +109,39 @@ class Database:
         self.dialect = engine.dialect.name
         self._reads = sessionmaker(engine, expire_on_commit=False)
         self._writes = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        self._compiled: dict[ClauseElement, SQLCompiler] = {}
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session for reading; it never commits."""
         with unavailable_on_connection_errors(), self._reads() as session:
             yield session
+
+    def scalar(self, statement: ClauseElement, **params: Any) -> Any:
+        """The first value of one read, for hot paths (Predict asks one on every call).
+
+        It runs on a raw driver connection from the pool, the statement compiled once: a tenth of
+        the cost of a session on SQLite, where the query itself takes microseconds.
+        """
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = cast(
+                SQLCompiler, statement.compile(dialect=self.engine.dialect)
+            )
+        positional = compiled.positiontup or ()
+        args = [params[name] for name in positional] if compiled.positional else params
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(compiled.string, args)
+                row = cursor.fetchone()
+            finally:
+                connection.close()  # back to the pool, rolled back
+        except (dbapi.OperationalError, dbapi.InterfaceError) as error:
+            raise Unavailable(f"the database is unavailable: {error}") from error
+        return None if row is None else row[0]
 
     @contextmanager
     def write(self) -> Iterator[Session]:

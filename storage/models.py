@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from . import blobs
@@ -27,6 +27,9 @@ from .schema import (
 )
 
 Arrays = Mapping[str, np.ndarray]
+
+CURRENT_VERSION = select(ModelRow.current_version).where(ModelRow.id == bindparam("model_id"))
+"""Built once: Predict asks it on every call."""
 
 
 def model_row(s: Session, model_id: str, *, for_update: bool = False) -> ModelRow:
@@ -100,8 +103,7 @@ class ModelStore:
 
     def current_version(self, model_id: str) -> int:
         """The version that answers now: one indexed read, so that no process serves a stale one."""
-        with self.db.read() as s:
-            version = s.scalar(select(ModelRow.current_version).where(ModelRow.id == model_id))
+        version = self.db.scalar(CURRENT_VERSION, model_id=model_id)
         if version is None:
             raise NotFound("model", model_id, "model_id")
         return version
