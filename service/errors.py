@@ -24,6 +24,11 @@ class CannotAnswer(ServiceError):
     field = "model_id"
 
 
+class ShuttingDown(ServiceError):
+    """This server process is stopping; the call can be made again (to it once restarted, or to
+    another)."""
+
+
 class RunFailed(ServiceError):
     """A run ended ``failed``; ``kind`` is its stop reason (see :data:`.jobs.FAILURE_KINDS`)."""
 

@@ -9,6 +9,7 @@ polling every ``poll_seconds`` for other processes'; every wait is bounded.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from gradwire.storage import (
 )
 
 from .datasets import Datasets, check_request_id
-from .errors import LimitExceeded, RunFailed
+from .errors import LimitExceeded, RunFailed, ShuttingDown
 from .paging import next_token, page_request
 from .settings import Settings
 from .signals import Changes
@@ -71,6 +72,12 @@ class Runs:
     ) -> None:
         self.store, self.settings, self.datasets, self.changes = store, settings, datasets, changes
         self.nudge, self.cancel_here = nudge, cancel_here
+        self.closing = threading.Event()
+
+    def close(self) -> None:
+        """End every watch now: the process is stopping (the runs themselves go on elsewhere)."""
+        self.closing.set()
+        self.changes.wake_all()
 
     # ------------------------------------------------------------------ starting
 
@@ -132,7 +139,13 @@ class Runs:
         if after_epoch < 0:
             raise InvalidArgument("after_epoch", "must be ≥ 0")
         cursor = after_epoch
+
+        def gone_or_closing() -> bool:
+            return gone() or self.closing.is_set()
+
         while not gone():
+            if self.closing.is_set():
+                raise ShuttingDown(f"this server is stopping; watch run {run_id} again after epoch {cursor}")
             seen = self.changes.seen(run_id)
             run = self._retrying(partial(self.store.runs.get, run_id), gone)  # status first: see below
             epochs = self._retrying(partial(self.store.runs.epochs_after, run_id, cursor, WATCH_PAGE), gone)
@@ -144,7 +157,7 @@ class Runs:
             if run.status in WATCH_ENDS:  # it ended before the epochs were read: none is missed
                 yield run
                 return
-            self.changes.wait(run_id, seen, self.settings.poll_seconds, gone)
+            self.changes.wait(run_id, seen, self.settings.poll_seconds, gone_or_closing)
 
     def _retrying(self, read: Callable[[], R], gone: Callable[[], bool]) -> R:
         """``read()``, retried while the database is unavailable, for at most ``db_retry_seconds``."""
@@ -178,7 +191,7 @@ class Runs:
         first, the run is cancelled; a run that ends failed or interrupted raises :class:`RunFailed`."""
         ended = False
         try:
-            for event in self.watch(run_id, 0, gone):
+            for event in self.watch(run_id, 0, gone):  # ShuttingDown leaves the run be: it resumes
                 if isinstance(event, RunRecord):
                     ended = True
                     if event.status == "failed":
@@ -187,6 +200,9 @@ class Runs:
                         why = f"run {event.id} was interrupted ({event.stop_reason}); resume it to continue"
                         raise RunFailed("interrupted", why)
                 yield event
+        except ShuttingDown:
+            ended = True
+            raise
         finally:
             if not ended:
                 self._cancel_quietly(run_id)

@@ -139,6 +139,7 @@ def stop_server(server: grpc.Server, app: Gradwire, grace: float = 5.0) -> None:
     """Stop accepting calls (streams end), ask the runs executing here to stop at their next epoch
     end and keep their checkpoints (they become interrupted, to continue elsewhere or after a
     restart), wait up to ``grace`` seconds, then close."""
+    app.runs.close()  # watches end at once (UNAVAILABLE: watch again elsewhere or later)
     done = server.stop(grace)
     app.close(grace)
     done.wait()

@@ -22,7 +22,7 @@ from gradwire.storage import (
     WrongState,
 )
 
-from .errors import CannotAnswer, LimitExceeded, RunFailed
+from .errors import CannotAnswer, LimitExceeded, RunFailed, ShuttingDown
 
 STATUS: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -35,6 +35,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }
 
 RUN_FAILURES: dict[str, grpc.StatusCode] = {

@@ -103,11 +103,11 @@ class Gradwire:
         self.supervisor.start()
 
     def close(self, grace: float = 5.0) -> None:
-        """Claim nothing more; ask the runs executing here to stop at their next epoch end (they
-        become interrupted, their checkpoints kept) and wait up to ``grace`` seconds for them."""
+        """Claim nothing more and end every watch; ask the runs executing here to stop at their next
+        epoch end (they become interrupted, their checkpoints kept), waiting up to ``grace`` seconds."""
+        self.runs.close()
         self.supervisor.stop()
         self.executor.shutdown(grace)
-        self.changes.wake_all()
 
     # ------------------------------------------------------------------ models
 
