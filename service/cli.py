@@ -46,10 +46,10 @@ import numpy as np
 
 from gradwire.client import Client, DatasetInfo, GradwireError, History, ModelInfo, RunInfo, print_progress
 from gradwire.engine import history_table
-from gradwire.storage import SchemaOutOfDate, make_engine, upgrade
+from gradwire.storage import SchemaOutOfDate, Unavailable, make_engine, upgrade
 from gradwire.v1.digest import weights_digest
 
-from .server import JsonFormatter, create_server, stop_server
+from .server import JsonFormatter, create_server, return_freed_memory, stop_server
 from .settings import Limits, Settings
 
 EXIT_USAGE = 2
@@ -119,9 +119,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     settings = _settings(args)
+    return_freed_memory()
     try:
         server, port, app = create_server(settings)
-    except SchemaOutOfDate as exc:
+    except (SchemaOutOfDate, Unavailable) as exc:
         print(f"gradwire: {exc}", file=sys.stderr)
         return EXIT_USAGE
     host = settings.address.rsplit(":", 1)[0]
@@ -130,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     stopping.wait()
-    print("gradwire stopping: trainings commit their best weights", flush=True)
+    print("gradwire stopping: runs stop at the end of their epoch and keep their checkpoints", flush=True)
     stop_server(server, app)
     return 0
 

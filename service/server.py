@@ -7,6 +7,7 @@ registered beside the gradwire service. Every RPC is logged once, as one structu
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import time
@@ -107,6 +108,22 @@ class LoggingInterceptor(grpc.ServerInterceptor):
             if inner is not None:
                 return handler._replace(**{kind: wrap(details.method, inner)})
         return handler
+
+
+MMAP_THRESHOLD = 1 << 20
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def return_freed_memory() -> bool:
+    """Ask glibc to serve allocations of 1 MiB and more from their own mappings, given back to
+    the system as soon as they are freed. Its default raises that threshold as large blocks come
+    and go, and then keeps the freed chunks of uploads, datasets and checkpoints in its heap, so
+    a server's resident size stays at its highest. False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
 
 
 def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.Server, int, Gradwire]:

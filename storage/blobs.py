@@ -31,18 +31,19 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def pack(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """Named arrays as ``.npz`` bytes; refuses object dtypes."""
+def pack(arrays: Mapping[str, np.ndarray]) -> memoryview:
+    """Named arrays as ``.npz`` bytes (a view of the buffer written, not a copy); refuses object
+    dtypes."""
     for name, array in arrays.items():
         if array.dtype.hasobject:
             raise ValueError(f"array {name!r} has an object dtype and cannot be stored")
     buffer = io.BytesIO()
     contents: dict[str, Any] = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     np.savez(buffer, **contents)
-    return buffer.getvalue()
+    return buffer.getbuffer()
 
 
-def unpack(blob: bytes) -> dict[str, np.ndarray]:
+def unpack(blob: bytes | memoryview) -> dict[str, np.ndarray]:
     """The arrays of bytes made by :func:`pack`."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
@@ -53,7 +54,8 @@ def sha256(data: bytes | memoryview) -> str:
 
 
 def write_chunk(s: Session, blob_id: str, seq: int, data: bytes | memoryview) -> None:
-    s.add(ChunkRow(blob_id=blob_id, seq=seq, data=bytes(data)))
+    """One chunk; a memoryview is stored as it is, without a copy here (the driver copies)."""
+    s.add(ChunkRow(blob_id=blob_id, seq=seq, data=data))
 
 
 def write(s: Session, data: bytes | memoryview) -> tuple[str, str]:

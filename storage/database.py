@@ -50,6 +50,7 @@ SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # gradwire emits BEGIN itself (see _sqlite_begin)
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA page_size=65536")  # takes effect on a new file only
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
