@@ -129,14 +129,14 @@ class Datasets:
         return rows, columns
 
     def _receive(self, blob_id: str, chunks: Iterable[bytes], dtype: np.dtype, expected: int) -> str:
-        """Write the bytes as storage chunks, checking them on the way; their SHA-256."""
+        """Store the bytes as storage chunks, each checked (finite floats) on the way; their SHA-256."""
         digest, pending, seq, received = hashlib.sha256(), bytearray(), 0, 0
 
-        def store(piece: memoryview) -> None:
+        def store(piece: bytes) -> None:
             nonlocal seq
             check_finite(np.frombuffer(piece, dtype), "chunk")
             digest.update(piece)
-            self.store.datasets.write_chunk(blob_id, seq, piece)
+            self.store.datasets.write_chunks(blob_id, seq, [piece])
             seq += 1
 
         for chunk in chunks:
@@ -145,17 +145,15 @@ class Datasets:
                 raise InvalidArgument("chunk", f"more bytes than the header's shape holds ({expected})")
             pending += chunk
             full = len(pending) - len(pending) % CHUNK_BYTES
-            with memoryview(pending) as view:
-                for start in range(0, full, CHUNK_BYTES):
-                    store(view[start : start + CHUNK_BYTES])
+            for start in range(0, full, CHUNK_BYTES):
+                store(bytes(pending[start : start + CHUNK_BYTES]))
             del pending[:full]
         if received != expected:
             raise InvalidArgument(
                 "chunk", f"the upload ended after {received} of the {expected} bytes its shape needs"
             )
         if pending:
-            with memoryview(pending) as view:
-                store(view)
+            store(bytes(pending))
         return digest.hexdigest()
 
     def _abandon(self, blob_id: str) -> None:

@@ -10,7 +10,7 @@ deleted by :meth:`DatasetStore.reap_uploads` once it is old enough.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -70,9 +70,11 @@ class DatasetStore:
             s.add(UploadRow(blob_id=blob_id))
             return blob_id
 
-    def write_chunk(self, blob_id: str, seq: int, data: bytes | memoryview) -> None:
+    def write_chunks(self, blob_id: str, first: int, pieces: Sequence[bytes | memoryview]) -> None:
+        """Chunks ``first``, ``first + 1``, ... of an upload's blob, in one transaction."""
         with self.db.write() as s:
-            blobs.write_chunk(s, blob_id, seq, data)
+            for seq, piece in enumerate(pieces, first):
+                blobs.write_chunk(s, blob_id, seq, piece)
 
     def abort_upload(self, blob_id: str) -> None:
         """Delete a blob that will not become a dataset."""

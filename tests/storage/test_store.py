@@ -217,11 +217,11 @@ def test_a_staged_upload_is_nothing_until_finished_and_the_same_content_is_one_d
     checksum = blobs.sha256(data)
     meta = DatasetMeta("ds-1", checksum, "first", "float32", 2, 4, len(data))
     blob = store.datasets.begin_upload()
-    store.datasets.write_chunk(blob, 0, data)
+    store.datasets.write_chunks(blob, 0, [data])
     assert store.datasets.page(10) == []
     first = store.datasets.finish_upload(blob, meta)
     again = store.datasets.begin_upload()
-    store.datasets.write_chunk(again, 0, data)
+    store.datasets.write_chunks(again, 0, [data])
     second = store.datasets.finish_upload(
         again, DatasetMeta("ds-1", checksum, "second", "float32", 2, 4, len(data))
     )
@@ -233,7 +233,7 @@ def test_a_staged_upload_is_nothing_until_finished_and_the_same_content_is_one_d
 
 def test_abandoned_uploads_are_swept(store: Store) -> None:
     blob = store.datasets.begin_upload()
-    store.datasets.write_chunk(blob, 0, b"\x01" * 8)
+    store.datasets.write_chunks(blob, 0, [b"\x01" * 8])
     assert store.datasets.reap_uploads(3600) == 0  # too young
     assert store.datasets.reap_uploads(0) == 1
     with store.db.read() as s:
