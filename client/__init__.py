@@ -19,7 +19,7 @@ from .errors import (
     RunFailedError,
     UnavailableError,
 )
-from .sdk import Client, DatasetInfo, History, Model, ModelInfo, Run, RunInfo, print_progress
+from .sdk import Client, DatasetInfo, Exported, History, Model, ModelInfo, Run, RunInfo, print_progress
 
 __all__ = [
     "ERRORS",
@@ -28,6 +28,7 @@ __all__ = [
     "ClientClosedError",
     "DatasetInfo",
     "DeadlineExceededError",
+    "Exported",
     "FailedPreconditionError",
     "Gradients",
     "GradwireError",

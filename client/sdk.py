@@ -138,6 +138,12 @@ class RunInfo:
     receipt: dict[str, Any]
     load_seconds: float
     train_seconds: float
+    rows: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -166,7 +172,22 @@ class RunInfo:
             receipt,
             r.load_seconds,
             r.train_seconds,
+            r.rows,
+            codec.options_to_dict(r.options),
+            r.cancel_requested,
+            _moment(r, "created_at"),
+            _moment(r, "started_at"),
+            _moment(r, "finished_at"),
         )
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What :meth:`Model.exported` gives: the version, its arrays by name, their SHA-256 digest."""
+
+    version: int
+    arrays: dict[str, np.ndarray]
+    sha256: str
 
 
 @dataclass
@@ -215,6 +236,10 @@ class History:
             run.best_epoch,
             version=run.version,
         )
+
+
+def _moment(message: Any, name: str) -> datetime | None:
+    return getattr(message, name).ToDatetime() if message.HasField(name) else None
 
 
 def _array(name: str, value: Any, dtype: str) -> np.ndarray:
@@ -649,16 +674,20 @@ class Model:
         return codec.gradients_from_proto(self.client.call("GetGradients", request))
 
     def export(self, version: int = 0) -> dict[str, np.ndarray]:
-        """A version's weights and buffers by name (0: the current version), checked against the
-        digest the server sent (the one a run's receipt names)."""
+        """A version's weights and buffers by name (0: the current version)."""
+        return self.exported(version).arrays
+
+    def exported(self, version: int = 0) -> Exported:
+        """A version's weights and buffers, its number and their digest (the one a run's receipt
+        names), checked against each other."""
         self.client._check_open()
         arrays: dict[str, np.ndarray] = {}
-        digest = ""
+        digest, number = "", 0
         try:
             for piece in self.client.stub.ExportModel(
                 pb.ExportModelRequest(model_id=self.id, version=version), timeout=self.client.timeout
             ):
-                digest = digest or piece.weights_sha256
+                digest, number = digest or piece.weights_sha256, piece.version
                 if piece.offset == 0:
                     arrays[piece.name] = np.empty(tuple(piece.shape), codec.DTYPES[piece.dtype])
                 target = raw_bytes(arrays[piece.name])
@@ -667,7 +696,7 @@ class Model:
             raise from_rpc_error(error) from error
         if weights_digest(arrays) != digest:
             raise ValueError(f"exported weights of model {self.id} do not match the server's digest")
-        return arrays
+        return Exported(number, arrays, digest)
 
     def history(self) -> list[History]:
         """Every training run of the model, oldest first."""

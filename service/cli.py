@@ -46,9 +46,9 @@ import numpy as np
 
 from gradwire.client import Client, DatasetInfo, GradwireError, History, ModelInfo, RunInfo, print_progress
 from gradwire.engine import history_table
-from gradwire.storage import SchemaOutOfDate, Unavailable, make_engine, upgrade
-from gradwire.v1.digest import weights_digest
+from gradwire.storage import RUN_STATUSES, SchemaOutOfDate, Unavailable, make_engine, upgrade
 
+from .datasets import DATASET_DTYPES
 from .server import JsonFormatter, create_server, return_freed_memory, stop_server
 from .settings import Limits, Settings
 
@@ -56,8 +56,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
 WATCH_EXIT = {"completed": 0, "cancelled": 0, "failed": 1, "interrupted": EXIT_INTERRUPTED}
 """``runs watch``'s exit code by how the run ended."""
-RUN_STATUSES = ("queued", "running", "completed", "cancelled", "failed", "interrupted")
-DATASET_DTYPES = ("float32", "float64")
 OPTION_FLAGS = ("seed", "patience", "loss_threshold", "clip_norm")
 """Training flags that go to TrainOptions only when given (the server's defaults otherwise)."""
 
@@ -210,11 +208,14 @@ def cmd_history(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_export(args: argparse.Namespace, client: Client) -> int:
     """The weights and buffers of a version as ``.npz``: numeric arrays, so no pickles."""
-    arrays = client.model(args.model_id).export(args.version)
+    exported = client.model(args.model_id).exported(args.version)
     path = args.output if args.output.endswith(".npz") else f"{args.output}.npz"  # as np.savez names it
-    named: dict[str, Any] = dict(arrays)  # names such as "0.W": never savez's own allow_pickle
+    named: dict[str, Any] = dict(exported.arrays)  # names such as "0.W": never savez's own allow_pickle
     np.savez(path, **named)
-    print(f"{len(arrays)} arrays written to {path} (weights_sha256 {weights_digest(arrays)})")
+    print(
+        f"version {exported.version}: {len(named)} arrays written to {path} "
+        f"(weights_sha256 {exported.sha256})"
+    )
     return 0
 
 
@@ -556,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GradwireError as exc:
         detail = "".join(f"\n  {field}: {description}" for field, description in exc.field_violations)
         print(f"gradwire: {exc}{detail}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # the SDK's own checks of arrays, before anything is sent
+        print(f"gradwire: {exc}", file=sys.stderr)
         return 1
 
 

@@ -314,10 +314,12 @@ def test_a_detached_run_on_datasets_watched_shown_and_exported(
             for name, array in expected[version].items():
                 assert exported[name].dtype == array.dtype
                 np.testing.assert_array_equal(exported[name], array)
-        assert printed.startswith(f"{len(expected[version])} arrays written to {output}")
+        assert printed.startswith(f"version {version}: {len(expected[version])} arrays written to {output}")
         assert (digest in printed) == (version == 2)  # the receipt names the weights the run made
     assert main(["export", model_id, "--output", str(tmp_path / "current"), *at]) == 0
-    assert _out(capsys).endswith(f"(weights_sha256 {digest})")  # version 0: the current one
+    current = _out(capsys)  # version 0: the current one, named
+    assert current.startswith("version 2: ")
+    assert current.endswith(f"(weights_sha256 {digest})")
     assert (tmp_path / "current.npz").exists()
 
 
