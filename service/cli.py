@@ -50,13 +50,15 @@ from gradwire.storage import RUN_STATUSES, SchemaOutOfDate, Unavailable, make_en
 
 from .datasets import DATASET_DTYPES
 from .server import JsonFormatter, create_server, return_freed_memory, stop_server
-from .settings import Limits, Settings
+from .settings import PARSERS, Limits, Settings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
 WATCH_EXIT = {"completed": 0, "cancelled": 0, "failed": 1, "interrupted": EXIT_INTERRUPTED}
 """``runs watch``'s exit code by how the run ended."""
 OPTION_FLAGS = ("seed", "patience", "loss_threshold", "clip_norm")
+SETTINGS_NOT_FLAGS = ("address", "database_url", "data_dir", "limits")
+"""Settings given their own flags above (with help of their own), or not a value."""
 """Training flags that go to TrainOptions only when given (the server's defaults otherwise)."""
 
 ClientCommand = Callable[[argparse.Namespace, Client], int]
@@ -436,13 +438,10 @@ def _server_parsers(sub: Subparsers) -> None:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--address", help="host:port to listen on (default 127.0.0.1:50051; port 0: any)")
     _database_flags(serve)
-    serve.add_argument("--rpc-workers", type=int)
-    serve.add_argument("--train-workers", type=int)
-    serve.add_argument("--max-message-mb", type=int)
-    for limit in fields(Limits):
-        serve.add_argument(
-            f"--{limit.name.replace('_', '-')}", type=int, help=f"limit (default {limit.default})"
-        )
+    for setting in (*fields(Settings), *fields(Limits)):  # every setting, each its flag (see docs/service.md)
+        if setting.name not in SETTINGS_NOT_FLAGS:
+            flag = f"--{setting.name.replace('_', '-')}"
+            serve.add_argument(flag, type=PARSERS[str(setting.type)], help=f"default {setting.default}")
     serve.add_argument("--log-level", default=os.environ.get("GRADWIRE_LOG_LEVEL", "info"))
     serve.add_argument("--log-format", choices=("json", "text"), default="json")
 
