@@ -20,7 +20,7 @@ from gradwire.storage import CHUNK_BYTES, DatasetMeta, DatasetRecord, RequestReu
 from gradwire.v1.digest import dataset_id, raw
 
 from .errors import LimitExceeded
-from .paging import next_token, page_request
+from .paging import paged
 from .settings import Limits, MiB
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ class Datasets:
         return self.store.datasets.get(dataset_id)
 
     def page(self, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
-        limit, after = page_request(page_size, page_token)
-        items = self.store.datasets.page(limit, after)
-        return items, next_token(items, limit)
+        return paged(self.store.datasets.page, page_size, page_token)
 
     def delete(self, dataset_id: str) -> None:
         self.store.datasets.delete(dataset_id)

@@ -5,14 +5,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from gradwire.engine import InvalidArgument
 
+T = TypeVar("T")
+
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+
+
+def paged(
+    fetch: Callable[[int, tuple[datetime, str] | None], list[T]], page_size: int, page_token: str
+) -> tuple[list[T], str]:
+    """A page of what ``fetch(limit, after)`` lists, and the token of the next page ("" if last)."""
+    limit, after = page_request(page_size, page_token)
+    items = fetch(limit, after)
+    return items, next_token(items, limit)
 
 
 def page_request(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | None]:

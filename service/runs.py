@@ -35,7 +35,7 @@ from gradwire.storage import (
 
 from .datasets import Datasets, check_request_id
 from .errors import LimitExceeded, RunFailed, ShuttingDown
-from .paging import next_token, page_request
+from .paging import paged
 from .settings import Settings
 from .signals import Changes
 
@@ -127,9 +127,9 @@ class Runs:
         unknown = sorted(set(statuses) - set(RUN_STATUSES))
         if unknown:
             raise InvalidArgument("statuses", f"unknown statuses {unknown}", RUN_STATUSES)
-        limit, after = page_request(page_size, page_token)
-        runs = self.store.runs.page(limit, model_id, statuses, after)
-        return runs, next_token(runs, limit)
+        return paged(
+            partial(self.store.runs.page, model_id=model_id, statuses=statuses), page_size, page_token
+        )
 
     def watch(
         self, run_id: str, after_epoch: int, gone: Callable[[], bool]

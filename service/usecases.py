@@ -28,7 +28,7 @@ from gradwire.v1.digest import weights_digest
 from .datasets import Datasets, check_request_id
 from .errors import CannotAnswer, LimitExceeded
 from .executor import Executor, Supervisor, ThreadExecutor, owner_id
-from .paging import next_token, page_request
+from .paging import paged
 from .runs import Runs
 from .settings import Settings
 from .signals import Changes
@@ -131,9 +131,7 @@ class Gradwire:
         return self.store.models.get(model_id)
 
     def list_models(self, page_size: int, page_token: str) -> tuple[list[ModelRecord], str]:
-        limit, after = page_request(page_size, page_token)
-        models = self.store.models.page(limit, after)
-        return models, next_token(models, limit)
+        return paged(self.store.models.page, page_size, page_token)
 
     def delete_model(self, model_id: str) -> None:
         self.store.models.delete(model_id)

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from . import blobs
 from .database import Database, seconds_ago
-from .errors import CorruptBlob, NotFound, WrongState
+from .errors import CorruptBlob, WrongState
+from .lookup import one
 from .records import DatasetRecord
 from .requests import once
 from .schema import DatasetRow, RunDatasetRow, RunRow, UploadRow
@@ -49,12 +50,8 @@ def _record(row: DatasetRow) -> DatasetRecord:
 def dataset_row(
     s: Session, dataset_id: str, field: str = "dataset_id", *, shared: bool = False
 ) -> DatasetRow:
-    """The row, locked against a concurrent delete with ``shared`` (PostgreSQL; SQLite serialises writers)."""
-    query = select(DatasetRow).where(DatasetRow.id == dataset_id)
-    row = s.scalar(query.with_for_update(read=True) if shared else query)
-    if row is None:
-        raise NotFound("dataset", dataset_id, field)
-    return row
+    """The row, locked against a concurrent delete with ``shared``."""
+    return one(s, DatasetRow, dataset_id, "dataset", field, "share" if shared else "")
 
 
 class DatasetStore:
@@ -171,9 +168,7 @@ class DatasetStore:
     def delete(self, dataset_id: str) -> None:
         """Delete a dataset; refused while a queued, running or interrupted run needs it."""
         with self.db.write() as s:
-            row = s.scalar(select(DatasetRow).where(DatasetRow.id == dataset_id).with_for_update())
-            if row is None:
-                raise NotFound("dataset", dataset_id, "dataset_id")
+            row = one(s, DatasetRow, dataset_id, "dataset", "dataset_id", "update")
             users = list(
                 s.scalars(
                     select(RunRow.id)

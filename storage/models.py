@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from . import blobs
 from .database import Database
 from .errors import ModelBusy, NotFound
+from .lookup import one
 from .records import ModelRecord, VersionState
 from .requests import once
 from .schema import (
@@ -33,11 +34,7 @@ CURRENT_VERSION = select(ModelRow.current_version).where(ModelRow.id == bindpara
 
 
 def model_row(s: Session, model_id: str, *, for_update: bool = False) -> ModelRow:
-    query = select(ModelRow).where(ModelRow.id == model_id)
-    row = s.scalar(query.with_for_update() if for_update else query)
-    if row is None:
-        raise NotFound("model", model_id, "model_id")
-    return row
+    return one(s, ModelRow, model_id, "model", "model_id", "update" if for_update else "")
 
 
 def active_run_id(s: Session, model_id: str) -> str | None:

@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 from . import blobs
 from .database import Database, seconds_ago, utcnow
 from .datasets import dataset_row
-from .errors import LeaseLost, ModelBusy, NotFound, QueueFull, VersionConflict, WrongState
+from .errors import LeaseLost, ModelBusy, QueueFull, VersionConflict, WrongState
+from .lookup import one
 from .models import active_run_id, add_version, model_row
 from .records import Checkpoint, EpochEntry, Outcome, RunRecord, json_safe
 from .requests import once
@@ -253,9 +254,9 @@ class RunStore:
     def page(
         self,
         limit: int,
+        after: tuple[datetime, str] | None = None,
         model_id: str = "",
         statuses: Iterable[str] = (),
-        after: tuple[datetime, str] | None = None,
     ) -> list[RunRecord]:
         """Up to ``limit`` runs, oldest first, of one model and some statuses if given."""
         query = select(RunRow).order_by(RunRow.created_at, RunRow.id).limit(limit)
@@ -359,11 +360,7 @@ def _count(result: Any) -> int:
 
 
 def _row(s: Session, run_id: str, *, for_update: bool = False) -> RunRow:
-    query = select(RunRow).where(RunRow.id == run_id)
-    row = s.scalar(query.with_for_update() if for_update else query)
-    if row is None:
-        raise NotFound("run", run_id, "run_id")
-    return row
+    return one(s, RunRow, run_id, "run", "run_id", "update" if for_update else "")
 
 
 def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> RunRecord:
