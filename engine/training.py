@@ -314,12 +314,18 @@ class Trainer:
         """Why training stops after ``record``'s epoch, if it does. The callback hears every
         epoch, the one that triggers a stop too, so whoever records epochs misses none."""
         asked = callback is not None and bool(callback(record))
+        return self.rule_stop(record.train_loss) or ("callback" if asked else None)
+
+    def rule_stop(self, train_loss: float) -> str | None:
+        """The stopping rule the last epoch (whose training loss was ``train_loss``) met, if any:
+        ``loss_threshold`` or ``early_stopping``. Asked after each epoch; asked again by whoever
+        restores a trainer whose state was saved in that epoch's callback, before going on."""
         cfg = self.config
-        if cfg.loss_threshold is not None and record.train_loss <= cfg.loss_threshold:
+        if cfg.loss_threshold is not None and train_loss <= cfg.loss_threshold:
             return "loss_threshold"
         if cfg.patience is not None and self.best.bad_epochs >= cfg.patience:
             return "early_stopping"
-        return "callback" if asked else None
+        return None
 
 
 def fit(

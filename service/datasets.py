@@ -74,13 +74,17 @@ class Datasets:
             self._abandon(blob_id)
             raise
 
-    def put(self, array: np.ndarray, name: str, field: str) -> DatasetRecord:
-        """Store a small array sent inline (already checked finite), or find it stored."""
+    def check_inline(self, array: np.ndarray, field: str) -> None:
+        """Refuse an inline tensor past ``max_inline_mb`` (before anything is stored)."""
         if array.nbytes > self.limits.max_inline_mb * MiB:
             raise LimitExceeded(
                 field,
                 f"inline tensors take at most {self.limits.max_inline_mb} MiB; upload it with UploadDataset",
             )
+
+    def put(self, array: np.ndarray, name: str) -> DatasetRecord:
+        """Store a small array sent inline (checked by :meth:`check_inline`, and finite), or find it
+        stored."""
         data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
         checksum = hashlib.sha256(raw(data)).hexdigest()
         rows, columns = data.shape

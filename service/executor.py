@@ -1,6 +1,6 @@
 """Where runs execute, and the loop that feeds them.
 
-The boundary is :class:`Executor`: it is handed a run id and the lease owner that claimed it, and
+The boundary is :class:`Executor`: it is handed a run id and the lease of the claim, and
 the job (:class:`.jobs.RunJob`) reads everything it needs from the store and writes everything
 back. :class:`ThreadExecutor`, the default, runs jobs on a bounded pool of threads in this
 process; an executor that runs them on other machines implements the same four methods.
@@ -43,8 +43,8 @@ class Executor(Protocol):
     def free_slots(self) -> int:
         """How many more runs it can take now."""
 
-    def submit(self, run_id: str, owner: str) -> None:
-        """Execute a run claimed (leased) by ``owner``; returns at once."""
+    def submit(self, run_id: str, lease: str) -> None:
+        """Execute a run claimed under ``lease`` (the run's owner); returns at once."""
 
     def executing(self) -> set[str]:
         """The runs it executes now (alive, whatever their heartbeats say)."""
@@ -65,7 +65,7 @@ class ThreadExecutor:
     ) -> None:
         self.store, self.settings, self.changes, self.on_done = store, settings, changes, on_done
         self._pool = ThreadPoolExecutor(settings.train_workers, thread_name_prefix="gradwire-train")
-        self._running: dict[str, StopFlags] = {}
+        self._running: dict[str, tuple[str, StopFlags]] = {}  # by lease: (run id, flags)
         self._lock = threading.Condition()
         self._closing = threading.Event()
 
@@ -73,36 +73,36 @@ class ThreadExecutor:
         with self._lock:
             return 0 if self._closing.is_set() else self.settings.train_workers - len(self._running)
 
-    def submit(self, run_id: str, owner: str) -> None:
+    def submit(self, run_id: str, lease: str) -> None:
         flags = StopFlags()
         with self._lock:
-            self._running[run_id] = flags
-        self._pool.submit(self._execute, run_id, owner, flags)
+            self._running[lease] = (run_id, flags)
+        self._pool.submit(self._execute, run_id, lease, flags)
 
-    def _execute(self, run_id: str, owner: str, flags: StopFlags) -> None:
+    def _execute(self, run_id: str, lease: str, flags: StopFlags) -> None:
         try:
-            RunJob(self.store, run_id, owner, self.settings, self.changes, flags, self._closing).execute()
+            RunJob(self.store, run_id, lease, self.settings, self.changes, flags, self._closing).execute()
         except BaseException:
             log.exception("run job crashed", extra={"run": run_id})
         finally:
             with self._lock:
-                del self._running[run_id]
+                del self._running[lease]
                 self._lock.notify_all()
             self.on_done()
 
     def executing(self) -> set[str]:
         with self._lock:
-            return set(self._running)
+            return {run_id for run_id, _ in self._running.values()}
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
-            flags = self._running.get(run_id)
-        if flags is not None:
-            flags.cancel.set()
+            for running, flags in self._running.values():
+                if running == run_id:
+                    flags.cancel.set()
 
     def shutdown(self, grace: float) -> None:
         with self._lock:
-            for flags in self._running.values():
+            for _, flags in self._running.values():
                 flags.shutdown.set()
             self._lock.wait_for(lambda: not self._running, grace)
             left = len(self._running)
@@ -155,7 +155,8 @@ class Supervisor:
             if run is None:
                 return
             log.info("run claimed", extra={"run": run.id, "attempt": run.attempts})
-            self.executor.submit(run.id, self.owner)
+            assert run.owner is not None  # the lease of this claim
+            self.executor.submit(run.id, run.owner)
 
     def _sweep(self) -> None:
         s = self.settings

@@ -1,13 +1,14 @@
-"""Executing one run: given its id, read everything it needs from the store, train, and write
-everything back. This is all an executor runs, in a thread here or, later, on another machine.
+"""Executing one run: given its id and lease, read everything it needs from the store, train, and
+write everything back. This is all an executor runs, in a thread here or, later, elsewhere.
 
 A job holds the run's lease from the moment it was claimed. Its :class:`Committer` thread is its
-link to the database: every ``checkpoint_interval`` seconds it commits the epochs since the last
-commit with a checkpoint taken at the latest epoch boundary (at most one write in flight: the
-trainer never waits for the database, and never queues writes), and every ``heartbeat_seconds``
-it renews the lease and reads whether a cancel was asked for. The end of the run (its last
-epochs, its new version by compare-and-set, its status and receipt) is one transaction, retried
-while the database is unavailable, for at most ``db_retry_seconds``.
+link to the database from the start (loading a large dataset may outlast a lease): every
+``heartbeat_seconds`` it renews the lease and reads whether a cancel was asked for, and every
+``checkpoint_interval`` seconds it commits the epochs since the last commit with a checkpoint
+taken at the latest epoch boundary. At most one write is in flight: the trainer never waits for
+the database, and writes never queue up. The end of the run (its last epochs, its new version by
+compare-and-set, its status and receipt) is one transaction, retried while the database is
+unavailable, for at most ``db_retry_seconds``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ FAILURE_KINDS: dict[type[BaseException], str] = {
     CorruptBlob: "corrupt_data",
     InvalidArgument: "invalid",
     MemoryError: "out_of_memory",
-    Unavailable: "database_unavailable",
 }
 """A failed run's stop reason, by the class of what failed it; anything else is ``error``."""
 
@@ -74,6 +74,8 @@ FINISHED = {
 }
 """A run's status by the engine's stop reason."""
 
+Epochs = list[dict[str, Any]]
+
 
 def failure_kind(exc: BaseException) -> str:
     return next((kind for cls, kind in FAILURE_KINDS.items() if isinstance(exc, cls)), "error")
@@ -86,6 +88,12 @@ def gradwire_version() -> str:
         return "unknown"
 
 
+def checkpoint_of(trainer: Trainer) -> Checkpoint:
+    """The trainer's whole state at an epoch boundary, for an exact resume (no history)."""
+    state = export_state(trainer, with_history=False)
+    return Checkpoint(trainer.epoch, state.arrays, state.meta)
+
+
 @dataclass
 class Loaded:
     """What a job reads before it trains."""
@@ -94,30 +102,30 @@ class Loaded:
     trainer: Trainer
     data: dict[str, np.ndarray]
     seconds: float
+    last_loss: float | None  # the training loss of the epoch the checkpoint ends, when resuming
 
 
 class Committer:
-    """The job's link to the database, on a thread of its own (see the module's docstring)."""
+    """The job's link to the database, on a thread of its own (see the module's docstring).
+
+    A write that fails for another reason than the database being away fails the run:
+    ``failure`` holds it and the trainer stops within a minibatch.
+    """
 
     def __init__(
-        self,
-        store: Store,
-        run: RunRecord,
-        owner: str,
-        settings: Settings,
-        changes: Changes,
-        flags: StopFlags,
-        trainer: Trainer,
-        elapsed_offset: float,
+        self, store: Store, run_id: str, owner: str, settings: Settings, changes: Changes, flags: StopFlags
     ) -> None:
-        self.store, self.run, self.owner, self.settings = store, run, owner, settings
-        self.changes, self.flags, self.trainer, self.offset = changes, flags, trainer, elapsed_offset
-        self.pending: list[dict[str, Any]] = []
-        self.in_flight: tuple[list[dict[str, Any]], Checkpoint] | None = None
+        self.store, self.run_id, self.owner, self.settings = store, run_id, owner, settings
+        self.changes, self.flags = changes, flags
+        self.trainer: Trainer | None = None  # set once loaded: checkpoints come from it
+        self.offset = 0.0  # seconds trained by earlier attempts, added to each epoch's elapsed
+        self.pending: Epochs = []
+        self.in_flight: tuple[Epochs, Checkpoint] | None = None
         self.last_commit = time.monotonic()
+        self.failure: Exception | None = None
         self.wake = threading.Condition()
         self.closing = False
-        self.thread = threading.Thread(target=self._loop, name=f"gradwire-commit-{run.id[:8]}", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"gradwire-commit-{run_id[:8]}", daemon=True)
 
     def __enter__(self) -> Committer:
         self.thread.start()
@@ -129,6 +137,10 @@ class Committer:
             self.wake.notify_all()
         self.thread.join()
 
+    def should_stop(self) -> bool:
+        """Asked before every minibatch."""
+        return self.flags.now() or self.failure is not None
+
     def epoch_ended(self, record: EpochRecord) -> bool:
         """On the training thread, after every epoch; True asks the trainer to stop here."""
         entry = asdict(record)
@@ -136,14 +148,15 @@ class Committer:
         self.pending.append(entry)
         due = time.monotonic() - self.last_commit >= self.settings.checkpoint_interval
         with self.wake:
-            if due and self.in_flight is None:
+            if due and self.in_flight is None and self.trainer is not None:
                 self.in_flight = (self.pending, checkpoint_of(self.trainer))
                 self.pending = []
                 self.wake.notify_all()
         return self.flags.shutdown.is_set()
 
-    def leftover(self) -> list[dict[str, Any]]:
-        """After the thread stopped: the epochs no commit has landed yet, in order."""
+    def leftover(self) -> Epochs:
+        """After the thread stopped: the epochs no commit is known to have landed, in order (a
+        commit whose answer was lost may have: the store skips those it has)."""
         return [*(self.in_flight[0] if self.in_flight else ()), *self.pending]
 
     def _loop(self) -> None:
@@ -158,36 +171,34 @@ class Committer:
             try:
                 cancel = self._write(work)
             except LeaseLost:
-                log.warning("run lost its lease; stopping", extra={"run": self.run.id})
+                log.warning("run lost its lease; stopping", extra={"run": self.run_id})
                 self.flags.lost.set()
                 return
             except Unavailable as exc:
-                log.warning("run commit failed; will retry", extra={"run": self.run.id, "error": str(exc)})
+                log.warning("run commit failed; will retry", extra={"run": self.run_id, "error": str(exc)})
                 with self.wake:  # back off; the work stays in flight for the next try
                     self.wake.wait_for(lambda: self.closing, self.settings.heartbeat_seconds)
                 continue
+            except Exception as exc:
+                log.exception("run commit failed; the run fails", extra={"run": self.run_id})
+                self.failure = exc
+                return
             if cancel:
                 self.flags.cancel.set()
 
-    def _write(self, work: tuple[list[dict[str, Any]], Checkpoint] | None) -> bool:
+    def _write(self, work: tuple[Epochs, Checkpoint] | None) -> bool:
         runs = self.store.runs
         if work is None:
-            return runs.heartbeat(self.run.id, self.owner)
-        cancel = runs.commit(self.run.id, self.owner, work[0], work[1])
+            return runs.heartbeat(self.run_id, self.owner)
+        cancel = runs.commit(self.run_id, self.owner, work[0], work[1])
         with self.wake:
             self.in_flight, self.last_commit = None, time.monotonic()
-        self.changes.bump(self.run.id)
+        self.changes.bump(self.run_id)
         return cancel
 
 
-def checkpoint_of(trainer: Trainer) -> Checkpoint:
-    """The trainer's whole state at an epoch boundary, for an exact resume (no history)."""
-    state = export_state(trainer, with_history=False)
-    return Checkpoint(trainer.epoch, state.arrays, state.meta)
-
-
 class RunJob:
-    """One run, executed once by the process holding its lease."""
+    """One run, executed once by the process holding its lease (``owner``)."""
 
     def __init__(
         self,
@@ -205,18 +216,24 @@ class RunJob:
     def execute(self) -> None:
         """Run to the end; whatever happens, the run's row says how it ended, or (database gone
         for longer than ``db_retry_seconds``, lease lost) its lease runs out and it is reaped."""
+        committer = Committer(self.store, self.run_id, self.owner, self.settings, self.changes, self.flags)
+        with committer:
+            outcome = self._attempt(committer)
+        self._finish(replace(outcome, epochs=tuple(committer.leftover())))
+
+    def _attempt(self, committer: Committer) -> Outcome:
         try:
             loaded = self._load()
         except Exception as exc:
             log.exception("run could not start", extra={"run": self.run_id})
-            self._finish(self._failed(exc))
-            return
+            return self._failed(exc)
+        committer.trainer, committer.offset = loaded.trainer, loaded.run.train_seconds
         try:
-            outcome = self._train(loaded)
+            outcome = self._train(loaded, committer)
         except Exception as exc:
             log.exception("run failed", extra={"run": self.run_id})
             outcome = self._failed(exc)
-        self._finish(replace(outcome, load_seconds=loaded.seconds))
+        return replace(outcome, load_seconds=loaded.seconds)
 
     # ------------------------------------------------------------------ phases
 
@@ -224,15 +241,21 @@ class RunJob:
         started = time.perf_counter()
         run = self.store.runs.get(self.run_id)
         model = self.store.models.get(run.model_id)
-        spec = NetworkSpec.from_dict(model.spec)
         config = TrainConfig.from_dict(run.options)
         checkpoint = self.store.runs.load_checkpoint(run.id)
+        last_loss = None
         if checkpoint is not None:
             trainer = restore_trainer(TrainingState(checkpoint.arrays, checkpoint.meta))
+            last = self.store.runs.epochs_after(run.id, checkpoint.epoch - 1, 1)
+            last_loss = last[0].record["train_loss"] if last else None
         else:
-            trainer = self._fresh_trainer(run, spec, config)
-        data = {role: self.store.datasets.load(dataset_id, role) for role, dataset_id in run.datasets.items()}
-        return Loaded(run, trainer, data, time.perf_counter() - started)
+            trainer = self._fresh_trainer(run, NetworkSpec.from_dict(model.spec), config)
+        arrays: dict[str, np.ndarray] = {}  # by dataset id: one copy of data used in two roles
+        for dataset_id in run.datasets.values():
+            if dataset_id not in arrays:
+                arrays[dataset_id] = self.store.datasets.load(dataset_id)
+        data = {role: arrays[dataset_id] for role, dataset_id in run.datasets.items()}
+        return Loaded(run, trainer, data, time.perf_counter() - started, last_loss)
 
     def _fresh_trainer(self, run: RunRecord, spec: NetworkSpec, config: TrainConfig) -> Trainer:
         """The run's start: its base version's weights, and the optimiser state that belongs to
@@ -244,40 +267,38 @@ class RunJob:
             carry_optimizer_state(trainer, OptimizerState(meta["name"], int(meta["t"]), base.optimizer))
         return trainer
 
-    def _train(self, loaded: Loaded) -> Outcome:
+    def _train(self, loaded: Loaded, committer: Committer) -> Outcome:
         run, trainer, data = loaded.run, loaded.trainer, loaded.data
         started = time.perf_counter()
+        due = None if loaded.last_loss is None else trainer.rule_stop(loaded.last_loss)
+        if due is not None:  # the checkpoint is of the epoch that stopped it: nothing more to train
+            return replace(self._outcome(run, trainer, due), train_seconds=time.perf_counter() - started)
         validation = None
         if "validation_inputs" in data:
             validation = (data["validation_inputs"], data["validation_targets"])
-        committer = Committer(
-            self.store, run, self.owner, self.settings, self.changes, self.flags, trainer, run.train_seconds
+        result: FitResult = trainer.fit(
+            data["inputs"],
+            data["targets"],
+            epochs=max(trainer.config.epochs - trainer.epoch, 0),
+            validation_data=validation,
+            callback=committer.epoch_ended,
+            should_stop=committer.should_stop,
         )
-        with committer:
-            result = trainer.fit(
-                data["inputs"],
-                data["targets"],
-                epochs=max(trainer.config.epochs - trainer.epoch, 0),
-                validation_data=validation,
-                callback=committer.epoch_ended,
-                should_stop=self.flags.now,
-            )
-        outcome = self._outcome(run, trainer, result, committer.leftover())
+        if committer.failure is not None:
+            raise committer.failure
+        outcome = self._outcome(run, trainer, result.stop_reason)
         return replace(outcome, train_seconds=time.perf_counter() - started)
 
-    def _outcome(
-        self, run: RunRecord, trainer: Trainer, result: FitResult, epochs: list[dict[str, Any]]
-    ) -> Outcome:
-        status = FINISHED[result.stop_reason]
+    def _outcome(self, run: RunRecord, trainer: Trainer, stop_reason: str) -> Outcome:
+        status = FINISHED[stop_reason]
         common: dict[str, Any] = {
             "status": status,
-            "stop_reason": "cancelled" if status == "cancelled" else result.stop_reason,
+            "stop_reason": {"cancelled": "cancelled", "interrupted": "shutdown"}.get(status, stop_reason),
             "best_epoch": trainer.best.epoch,
             "best_loss": trainer.best.loss,
-            "epochs": tuple(epochs),
         }
         if status == "interrupted":
-            return Outcome(**{**common, "stop_reason": "shutdown"}, checkpoint=checkpoint_of(trainer))
+            return Outcome(**common, checkpoint=checkpoint_of(trainer))
         if trainer.epoch == 0:  # nothing learnt: no new version
             return Outcome(**common)
         weights, optimizer = final_state(trainer, trainer.config.restore_best)
@@ -299,6 +320,10 @@ class RunJob:
         )
 
     def _failed(self, exc: BaseException) -> Outcome:
+        """How a run ends when something failed: the database away is no fault of the run's (it
+        is interrupted, to resume from its checkpoint); anything else fails it, saying why."""
+        if isinstance(exc, Unavailable):
+            return Outcome("interrupted", "database_unavailable", error=str(exc))
         return Outcome("failed", failure_kind(exc), error=f"{type(exc).__name__}: {exc}")
 
     def _finish(self, outcome: Outcome) -> None:
@@ -313,14 +338,9 @@ class RunJob:
                 break
             except VersionConflict as exc:
                 log.warning("run lost the race to publish", extra={"run": self.run_id})
+                lost = {"weights": None, "optimizer": None, "optimizer_meta": None}
                 outcome = replace(
-                    outcome,
-                    status="failed",
-                    stop_reason="version_conflict",
-                    error=str(exc),
-                    weights=None,
-                    optimizer=None,
-                    optimizer_meta=None,
+                    outcome, status="failed", stop_reason="version_conflict", error=str(exc), **lost
                 )
             except LeaseLost:
                 log.warning("run lost its lease before it could finish", extra={"run": self.run_id})
@@ -335,7 +355,13 @@ class RunJob:
                     )
                     return
                 pause = min(pause * 2, 2.0)
-        self.changes.bump(self.run_id)
+            except Exception as exc:
+                if outcome.status == "failed" and outcome.weights is None:
+                    log.exception("run could not record its failure", extra={"run": self.run_id})
+                    return
+                log.exception("run could not record its end; it fails", extra={"run": self.run_id})
+                outcome = replace(self._failed(exc), epochs=outcome.epochs)
+        self.changes.finished(self.run_id)
         log.info(
             "run finished",
             extra={

@@ -88,8 +88,9 @@ class Runs:
         spec = NetworkSpec.from_dict(self.store.models.get(request.model_id).spec)
         if set(request.data) - set(DATASET_ROLES):
             raise InvalidArgument("data", f"unknown roles {sorted(set(request.data) - set(DATASET_ROLES))}")
-        records = {role: self._dataset(role, source) for role, source in request.data.items()}
-        _check_shapes(records, spec, request.config)
+        found = {role: self._find(role, source) for role, source in request.data.items()}
+        _check_shapes({role: _shape(source) for role, source in found.items()}, spec, request.config)
+        records = {role: self._store(role, source) for role, source in found.items()}  # all checked
         new = NewRun(
             request.model_id,
             request.config.to_dict(),
@@ -104,10 +105,17 @@ class Runs:
         self.nudge()
         return run
 
-    def _dataset(self, role: str, source: DataSource) -> DatasetRecord:
+    def _find(self, role: str, source: DataSource) -> DatasetRecord | np.ndarray:
+        """The stored dataset a request names, or its inline array once checked for size."""
         if isinstance(source, str):
             return self.store.datasets.get(source, f"{role}.dataset_id")
-        return self.datasets.put(source, f"inline {role}", f"{role}.tensor")
+        self.datasets.check_inline(source, f"{role}.tensor")
+        return source
+
+    def _store(self, role: str, found: DatasetRecord | np.ndarray) -> DatasetRecord:
+        if isinstance(found, np.ndarray):
+            return self.datasets.put(found, f"inline {role}")
+        return found
 
     def _check_options(self, config: TrainConfig) -> None:
         limits = self.settings.limits
@@ -216,28 +224,34 @@ class Runs:
             )
 
 
-def _check_shapes(records: Mapping[str, DatasetRecord], spec: NetworkSpec, config: TrainConfig) -> None:
+def _shape(found: DatasetRecord | np.ndarray) -> tuple[int, int]:
+    """``(rows, columns)`` of a stored dataset or of an inline (2-D) array."""
+    if isinstance(found, np.ndarray):
+        rows, columns = found.shape
+        return rows, columns
+    return found.rows, found.columns
+
+
+def _check_shapes(shapes: Mapping[str, tuple[int, int]], spec: NetworkSpec, config: TrainConfig) -> None:
     """Every dataset fits the model and its partner: widths, row counts, validation in pairs."""
     for role in ("inputs", "targets"):
-        if role not in records:
+        if role not in shapes:
             raise InvalidArgument(role, "is required")
-    if ("validation_inputs" in records) != ("validation_targets" in records):
+    if ("validation_inputs" in shapes) != ("validation_targets" in shapes):
         raise InvalidArgument("validation_targets", "validation inputs and targets come together")
-    if "validation_inputs" in records and config.validation_fraction:
+    if "validation_inputs" in shapes and config.validation_fraction:
         raise InvalidArgument("options.validation_fraction", "give a validation set or a fraction, not both")
     for prefix in ("", "validation_"):
-        if f"{prefix}inputs" not in records:
+        if f"{prefix}inputs" not in shapes:
             continue
-        inputs, targets = records[f"{prefix}inputs"], records[f"{prefix}targets"]
-        if inputs.columns != spec.input_dim:
+        (rows, inputs), (target_rows, targets) = shapes[f"{prefix}inputs"], shapes[f"{prefix}targets"]
+        if inputs != spec.input_dim:
             raise InvalidArgument(
-                f"{prefix}inputs.shape", f"has {inputs.columns} columns, the model takes {spec.input_dim}"
+                f"{prefix}inputs.shape", f"has {inputs} columns, the model takes {spec.input_dim}"
             )
-        if targets.columns != spec.output_dim:
+        if targets != spec.output_dim:
             raise InvalidArgument(
-                f"{prefix}targets.shape", f"has {targets.columns} columns, the model gives {spec.output_dim}"
+                f"{prefix}targets.shape", f"has {targets} columns, the model gives {spec.output_dim}"
             )
-        if targets.rows != inputs.rows:
-            raise InvalidArgument(
-                f"{prefix}targets.shape", f"has {targets.rows} rows, the inputs have {inputs.rows}"
-            )
+        if target_rows != rows:
+            raise InvalidArgument(f"{prefix}targets.shape", f"has {target_rows} rows, the inputs have {rows}")

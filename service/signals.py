@@ -43,9 +43,12 @@ class Changes:
         with self._moved:
             self._moved.notify_all()
 
-    def forget(self, run_id: str) -> None:
+    def finished(self, run_id: str) -> None:
+        """A last change: waiters wake (their count differs from the fresh one) and the run's
+        counter goes, so that the table does not grow with every run ever executed."""
         with self._moved:
             self._counts.pop(run_id, None)
+            self._moved.notify_all()
 
 
 class StopFlags:

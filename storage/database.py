@@ -42,6 +42,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 UPGRADE_COMMAND = "gradwire db upgrade"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 5
+POSTGRES_CONNECT = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives": 1,  # a peer that vanished without a word (no reset) is found out in seconds,
+    "keepalives_idle": 10,  # not after the kernel's quarter of an hour of retransmissions
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: unacknowledged data on a dead link fails the call
+}
+"""libpq parameters: every wait on the database has a bound."""
 WRITE_OPTION = "gradwire_write"
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
 """UTC now with microsecond digits, in the text form SQLAlchemy stores SQLite datetimes in."""
@@ -79,7 +88,7 @@ def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        return create_engine(url, pool_pre_ping=True, connect_args=POSTGRES_CONNECT)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False})

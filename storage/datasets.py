@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, exc, select
+from sqlalchemy import delete, exc, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import blobs
-from .database import Database, seconds_ago
+from .database import Database, seconds_ago, utcnow
 from .errors import CorruptBlob, WrongState
 from .lookup import one
 from .records import DatasetRecord
 from .requests import once
-from .schema import DatasetRow, RunDatasetRow, RunRow, UploadRow
+from .schema import ChunkRow, DatasetRow, RunDatasetRow, RunRow, UploadRow
 
 HOLDING_STATUSES = ("queued", "running", "interrupted")
 """A run in one of these may still read its datasets (an interrupted one when resumed)."""
@@ -64,12 +64,14 @@ class DatasetStore:
         """A new blob to write chunks into: its id."""
         with self.db.write() as s:
             blob_id = blobs.new_id()
-            s.add(UploadRow(blob_id=blob_id))
+            s.execute(insert(UploadRow).values(blob_id=blob_id, touched_at=utcnow()))
             return blob_id
 
     def write_chunks(self, blob_id: str, first: int, pieces: Sequence[bytes | memoryview]) -> None:
-        """Chunks ``first``, ``first + 1``, ... of an upload's blob, in one transaction."""
+        """Chunks ``first``, ``first + 1``, ... of an upload's blob, in one transaction that also
+        touches the upload; WrongState if the janitor deleted it (it was left idle too long)."""
         with self.db.write() as s:
+            _touch(s, blob_id)
             for seq, piece in enumerate(pieces, first):
                 blobs.write_chunk(s, blob_id, seq, piece)
 
@@ -80,20 +82,33 @@ class DatasetStore:
             s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
 
     def finish_upload(self, blob_id: str, meta: DatasetMeta, request_id: str = "") -> DatasetRecord:
-        """Make the uploaded blob the dataset ``meta`` describes; if that content is stored
-        already, the existing dataset is returned and the blob deleted."""
+        """Make the uploaded blob the dataset ``meta`` describes, after checking every byte of it
+        is stored; if that content is stored already, the existing dataset is returned and the blob
+        deleted."""
 
         def create(s: Session) -> str:
+            _touch(s, blob_id)
             s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
-            if s.get(DatasetRow, meta.id) is None:
-                s.add(_row(meta, blob_id))
+            if s.get(DatasetRow, meta.id) is not None:
+                blobs.drop(s, [blob_id])
+                return meta.id
+            stored = s.execute(
+                select(func.count(), func.coalesce(func.sum(func.length(ChunkRow.data)), 0)).where(
+                    ChunkRow.blob_id == blob_id
+                )
+            ).one()
+            if tuple(stored) != (-(-meta.nbytes // blobs.CHUNK_BYTES), meta.nbytes):
+                raise CorruptBlob(
+                    f"the upload stored {stored[1]} bytes in {stored[0]} chunks, not {meta.nbytes}"
+                )
+            s.add(_row(meta, blob_id))
             return meta.id
 
         record = self._once(meta, request_id, create)
         with self.db.read() as s:
             adopted = s.scalar(select(DatasetRow.id).where(DatasetRow.blob_id == blob_id)) is not None
         if not adopted:
-            self.abort_upload(blob_id)
+            self.abort_upload(blob_id)  # another upload of the same content, or of the same request
         return record
 
     def put(self, meta: DatasetMeta, data: bytes | memoryview, request_id: str = "") -> DatasetRecord:
@@ -116,11 +131,11 @@ class DatasetStore:
             return self.get(meta.id)
 
     def reap_uploads(self, older_than_seconds: float) -> int:
-        """Delete uploads started longer ago than this (their process died or gave up)."""
+        """Delete uploads left untouched for longer than this (their process died or gave up)."""
         with self.db.write() as s:
             stale = list(
                 s.scalars(
-                    select(UploadRow.blob_id).where(UploadRow.started_at < seconds_ago(older_than_seconds))
+                    select(UploadRow.blob_id).where(UploadRow.touched_at < seconds_ago(older_than_seconds))
                 )
             )
             blobs.drop(s, stale)
@@ -184,6 +199,12 @@ class DatasetStore:
                 )
             blobs.drop(s, [row.blob_id])
             s.delete(row)
+
+
+def _touch(s: Session, blob_id: str) -> None:
+    touched = s.execute(update(UploadRow).where(UploadRow.blob_id == blob_id).values(touched_at=utcnow()))
+    if not getattr(touched, "rowcount", 0):
+        raise WrongState("the upload was idle too long and was discarded; upload the data again", "chunk")
 
 
 def _row(meta: DatasetMeta, blob_id: str) -> DatasetRow:

@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -86,7 +86,10 @@ class RunStore:
             raise self._busy(new.model_id) from None
 
     def claim_next(self, owner: str) -> RunRecord | None:
-        """The oldest queued run, now running under ``owner``'s lease; None if none waits."""
+        """The oldest queued run, now running under a lease of ``owner``'s; None if none waits.
+
+        The lease is the record's ``owner``: the claimer's name and a token of this claim, so that
+        a job of an earlier claim of the same run, in the same process, can never pass for it."""
         with self.db.write() as s:
             run_id = s.scalar(
                 select(RunRow.id)
@@ -102,7 +105,7 @@ class RunStore:
                 .where(RunRow.id == run_id, RunRow.status == "queued")
                 .values(
                     status="running",
-                    owner=owner,
+                    owner=f"{owner}/{blobs.new_id()[:12]}",
                     heartbeat_at=utcnow(),
                     started_at=func.coalesce(RunRow.started_at, utcnow()),
                     attempts=RunRow.attempts + 1,
@@ -115,7 +118,7 @@ class RunStore:
     def heartbeat(self, run_id: str, owner: str) -> bool:
         """Renew the lease; returns whether a cancel was asked for. LeaseLost if it is not ours."""
         with self.db.write() as s:
-            return self._renew(s, run_id, owner)
+            return self._renew(s, run_id, owner)[0]
 
     def commit(
         self, run_id: str, owner: str, epochs: Iterable[dict[str, Any]], checkpoint: Checkpoint | None
@@ -123,9 +126,9 @@ class RunStore:
         """Append epochs and replace the checkpoint, renewing the lease, in one transaction;
         returns whether a cancel was asked for. LeaseLost (and nothing written) if not ours."""
         with self.db.write() as s:
-            cancel = self._renew(s, run_id, owner)
-            last = _add_epochs(s, run_id, epochs)
-            if last:
+            cancel, done = self._renew(s, run_id, owner)
+            last = _add_epochs(s, run_id, epochs, after=done)
+            if last > done:
                 s.execute(update(RunRow).where(RunRow.id == run_id).values(epochs_done=last))
             if checkpoint is not None:
                 _save_checkpoint(s, run_id, checkpoint)
@@ -142,7 +145,9 @@ class RunStore:
             row = s.scalar(select(RunRow).where(RunRow.id == run_id).with_for_update())
             if row is None or row.status != "running" or row.owner != owner:
                 raise LeaseLost(f"run {run_id} is no longer held by {owner}")
-            last = _add_epochs(s, run_id, outcome.epochs)
+            last = _add_epochs(s, run_id, outcome.epochs, after=row.epochs_done)
+            if outcome.status == "interrupted" and row.cancel_requested:  # cancelled meanwhile: it ends
+                outcome = replace(outcome, status="cancelled", stop_reason="cancelled", checkpoint=None)
             if outcome.weights is not None:
                 row.version = self._publish(s, row, outcome)
             if outcome.status == "interrupted":
@@ -152,7 +157,8 @@ class RunStore:
                 _drop_checkpoint(s, run_id)
                 row.finished_at = now()
             row.status, row.stop_reason, row.error = outcome.status, outcome.stop_reason, outcome.error
-            row.best_epoch, row.best_loss = outcome.best_epoch, json_safe(outcome.best_loss)
+            if outcome.status != "failed":  # a failure knows nothing of the best epoch: keep what was
+                row.best_epoch, row.best_loss = outcome.best_epoch, json_safe(outcome.best_loss)
             row.receipt = json_safe(outcome.receipt) if outcome.receipt is not None else row.receipt
             row.epochs_done = max(row.epochs_done, last)
             row.load_seconds += outcome.load_seconds
@@ -162,29 +168,51 @@ class RunStore:
             return _record(row, s)
 
     def reap(self, lease_seconds: float, executing: Collection[str] = ()) -> list[str]:
-        """Mark interrupted every running run whose lease is older than ``lease_seconds``, but
-        those in ``executing`` (the caller knows they are alive: it executes them)."""
+        """End the leases older than ``lease_seconds`` of running runs but those in ``executing``
+        (the caller knows they are alive: it executes them): such a run becomes interrupted, or
+        cancelled if a cancel was asked for. Returns the runs reaped."""
         with self.db.write() as s:
             query = update(RunRow).where(
                 RunRow.status == "running", RunRow.heartbeat_at < seconds_ago(lease_seconds)
             )
             if executing:
                 query = query.where(RunRow.id.not_in(list(executing)))
-            reaped = s.scalars(
+            cancelled = list(
+                s.scalars(
+                    query.where(RunRow.cancel_requested)
+                    .values(
+                        status="cancelled",
+                        stop_reason="cancelled",
+                        owner=None,
+                        heartbeat_at=None,
+                        finished_at=utcnow(),
+                    )
+                    .returning(RunRow.id)
+                )
+            )
+            for run_id in cancelled:
+                _drop_checkpoint(s, run_id)
+            interrupted = s.scalars(
                 query.values(
                     status="interrupted", stop_reason="lease_expired", owner=None, heartbeat_at=None
                 ).returning(RunRow.id)
             )
-            return list(reaped)
+            return [*cancelled, *interrupted]
 
     def requeue_interrupted(self, max_attempts: int, max_queued: int) -> list[str]:
-        """Queue again the interrupted runs claimed fewer than ``max_attempts`` times. One whose
-        model moved on to another version can never publish: it fails, saying so."""
+        """Queue again the interrupted runs that a graceful stop interrupted, and those claimed
+        fewer than ``max_attempts`` times (a run that crashes its servers does not do it forever).
+        One whose model moved on to another version can never publish: it fails, saying so."""
+        resumable = select(RunDatasetRow.run_id).where(RunDatasetRow.role == "inputs")
         with self.db.read() as s:
             candidates = list(
                 s.scalars(
                     select(RunRow.id)
-                    .where(RunRow.status == "interrupted", RunRow.attempts < max_attempts)
+                    .where(
+                        RunRow.status == "interrupted",
+                        (RunRow.stop_reason == "shutdown") | (RunRow.attempts < max_attempts),
+                        RunRow.id.in_(resumable),  # runs from before 0002 kept no data
+                    )
                     .order_by(RunRow.created_at)
                     .limit(100)
                 )
@@ -219,7 +247,11 @@ class RunStore:
                     raise WrongState(
                         f"run {run_id} is {row.status}; only an interrupted run resumes", "run_id"
                     )
-                current = model_row(s, row.model_id).current_version
+                if s.get(RunDatasetRow, (run_id, "inputs")) is None:
+                    raise WrongState(
+                        f"run {run_id} was made before runs kept their data; start a new run", "run_id"
+                    )
+                current = model_row(s, row.model_id, for_update=True).current_version
                 if current != row.base_version:
                     raise VersionConflict(
                         f"run {run_id} started from version {row.base_version} of model {row.model_id}, "
@@ -322,16 +354,18 @@ class RunStore:
         return ModelBusy(f"model {model_id} has run {active} queued or running already")
 
     @staticmethod
-    def _renew(s: Session, run_id: str, owner: str) -> bool:
-        renewed = s.scalars(
+    def _renew(s: Session, run_id: str, owner: str) -> tuple[bool, int]:
+        """Renew the lease: whether a cancel was asked for, and the epochs committed so far."""
+        renewed = s.execute(
             update(RunRow)
             .where(RunRow.id == run_id, RunRow.owner == owner, RunRow.status == "running")
             .values(heartbeat_at=utcnow())
-            .returning(RunRow.cancel_requested)
+            .returning(RunRow.cancel_requested, RunRow.epochs_done)
         ).all()
         if not renewed:
             raise LeaseLost(f"run {run_id} is no longer held by {owner}")
-        return bool(renewed[0])
+        cancel, done = renewed[0]
+        return bool(cancel), int(done)
 
     @staticmethod
     def _publish(s: Session, run: RunRow, outcome: Outcome) -> int:
@@ -393,8 +427,9 @@ def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> Run
     )
 
 
-def _add_epochs(s: Session, run_id: str, epochs: Iterable[dict[str, Any]]) -> int:
-    """Insert epoch records (one statement); the highest epoch number, 0 if none."""
+def _add_epochs(s: Session, run_id: str, epochs: Iterable[dict[str, Any]], after: int) -> int:
+    """Insert the epoch records numbered above ``after`` (those at or below it are committed
+    already: a retry of a commit whose answer was lost); the highest epoch number, or ``after``."""
     rows = [
         {
             "run_id": run_id,
@@ -405,10 +440,11 @@ def _add_epochs(s: Session, run_id: str, epochs: Iterable[dict[str, Any]]) -> in
             "created_at": now(),
         }
         for r in epochs
+        if int(r["epoch"]) > after
     ]
     if rows:
         s.execute(insert(EpochRow), rows)
-    return max((r["epoch"] for r in rows), default=0)
+    return max((r["epoch"] for r in rows), default=after)
 
 
 def _save_checkpoint(s: Session, run_id: str, checkpoint: Checkpoint) -> None:

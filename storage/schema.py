@@ -111,14 +111,15 @@ class DatasetRow(Base):
 
 
 class UploadRow(Base):
-    """A blob being written (an upload in progress): its chunks belong to nothing yet. A finished
-    upload deletes its row in the transaction that hands the blob to a dataset; the janitor deletes
-    those left by a failed upload or a dead process, with their chunks, after a while."""
+    """A blob being written (an upload in progress): its chunks belong to nothing yet. Each write
+    touches it (on the database's clock); a finished upload deletes it in the transaction that
+    hands the blob to a dataset; the janitor deletes those left untouched for a while (a failed
+    upload, a dead process), with their chunks."""
 
     __tablename__ = "uploads"
 
     blob_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
+    touched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class RunRow(Base):
@@ -154,7 +155,7 @@ class RunRow(Base):
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    owner: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import grpc
@@ -21,7 +22,8 @@ from gradwire.client import (
     Run,
     RunFailedError,
 )
-from gradwire.engine import Network, NetworkSpec
+from gradwire.engine import Network, NetworkSpec, TrainConfig, Trainer
+from gradwire.service.jobs import checkpoint_of
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.digest import weights_digest
@@ -370,3 +372,53 @@ def test_checkpoint_writes_never_queue_up(
     assert [e["epoch"] for e in history.epochs] == list(range(1, 41))
     assert seen["most"] == 1
     assert 1 <= seen["calls"] < 40  # writes were folded together, not queued one per epoch
+
+
+def test_a_run_resumed_from_the_checkpoint_of_its_stopping_epoch_stops_there(
+    start_server: Callable[..., Running],
+) -> None:
+    """A crash after the checkpoint of the epoch that met loss_threshold, before the end was
+    recorded: the resumed run must not train on, but end as the uninterrupted one did."""
+    options = {
+        "epochs": 500,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "learning_rate": 0.01,
+        "loss_threshold": 0.3,
+    }
+    first = start_server()
+    with Client(first.address) as client:
+        reference = client.create_model(SPEC)
+        whole = reference.fit(X, Y, **options)
+        assert whole.stop_reason == "loss_threshold"
+        expected = reference.export()
+        first.app.supervisor.stop()  # from now on this process claims nothing: it plays the dead server
+        model = client.create_model(SPEC)
+        crashed = model.start_run(X, Y, **options).id
+
+    # What the dead server had committed: every epoch up to the stopping one, with the checkpoint
+    # taken in that epoch's callback (the same training, in this process, gives the same state).
+    trainer = Trainer(
+        Network(NetworkSpec.from_dict(SPEC)), TrainConfig.from_dict(first.app.store.runs.get(crashed).options)
+    )
+    saved: list[Any] = []
+    trainer.fit(X, Y, callback=lambda r: saved.append((asdict(r), checkpoint_of(trainer))))
+    assert saved[-1][1].epoch == whole.epochs[-1]["epoch"]
+    runs = first.app.store.runs
+    lease = runs.claim_next("dead-server")
+    assert lease is not None
+    assert lease.owner is not None
+    runs.commit(crashed, lease.owner, [record for record, _ in saved], saved[-1][1])
+    assert runs.reap(lease_seconds=0) == [crashed]
+
+    second = start_server()  # queues it again by itself, claims it, and resumes it
+    with Client(second.address) as client:
+        history = client.run(crashed).wait()
+        assert (history.status, history.stop_reason, history.epochs[-1]["epoch"]) == (
+            "completed",
+            "loss_threshold",
+            whole.epochs[-1]["epoch"],
+        )
+        resumed = client.model(model.id).export()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(resumed[name], array)

@@ -119,6 +119,9 @@ def test_upgrading_from_the_first_schema_keeps_weights_and_history(database_url:
     np.testing.assert_array_equal(store.models.load_weights("m1")[1]["0.W"], weights(7)["0.W"])
     (run,) = store.runs.history("m1")
     assert (run.status, run.epochs_done, [e.epoch for e in run.epochs]) == ("interrupted", 2, [1, 2])
+    assert store.runs.requeue_interrupted(max_attempts=9, max_queued=10) == []  # it kept no data
+    with pytest.raises(WrongState, match="before runs kept their data"):
+        store.runs.resume("r1", max_queued=10)
     command.downgrade(_config(engine), "0001")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT weights FROM weight_versions")).scalar() == blob
@@ -231,6 +234,26 @@ def test_a_staged_upload_is_nothing_until_finished_and_the_same_content_is_one_d
         assert s.scalar(select(func.count()).select_from(ChunkRow)) == 1  # the duplicate's chunks are gone
 
 
+def test_an_upload_the_janitor_swept_cannot_become_a_dataset(store: Store) -> None:
+    """A slow upload outlives the janitor's patience: its next write, and its finish, are
+    refused, and no dataset with missing bytes ever appears under the content's address."""
+    data = b"\x00" * 16
+    meta = DatasetMeta("ds-slow", blobs.sha256(data), "slow", "float32", 2, 2, len(data))
+    blob = store.datasets.begin_upload()
+    store.datasets.write_chunks(blob, 0, [data[:8]])
+    assert store.datasets.reap_uploads(0) == 1
+    with pytest.raises(WrongState, match="idle too long"):
+        store.datasets.write_chunks(blob, 1, [data[8:]])
+    with pytest.raises(WrongState):
+        store.datasets.finish_upload(blob, meta)
+    assert store.datasets.page(10) == []
+    short = store.datasets.begin_upload()
+    store.datasets.write_chunks(short, 0, [data[:8]])
+    with pytest.raises(CorruptBlob, match="8 bytes"):  # fewer bytes than the dataset has
+        store.datasets.finish_upload(short, meta)
+    assert store.datasets.page(10) == []
+
+
 def test_abandoned_uploads_are_swept(store: Store) -> None:
     blob = store.datasets.begin_upload()
     store.datasets.write_chunks(blob, 0, [b"\x01" * 8])
@@ -261,22 +284,31 @@ def finished(
     return Outcome(status, "max_epochs", 2, 0.5, ({"epoch": 2, "train_loss": 0.5},), weights_, **more)
 
 
+def claim(store: Store, owner: str = "me") -> str:
+    """Claim the oldest queued run for ``owner``: the lease of that claim."""
+    run = store.runs.claim_next(owner)
+    assert run is not None
+    assert run.owner is not None
+    assert run.owner.startswith(f"{owner}/")
+    return run.owner
+
+
 def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None:
     model = store.models.create("m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     assert (run.status, run.base_version, run.owner) == ("queued", 1, None)
-    claimed = store.runs.claim_next("me")
-    assert claimed is not None
-    assert (claimed.id, claimed.status, claimed.owner, claimed.attempts) == (run.id, "running", "me", 1)
+    lease = claim(store)
+    claimed = store.runs.get(run.id)
+    assert (claimed.status, claimed.owner, claimed.attempts) == ("running", lease, 1)
     assert store.runs.claim_next("other") is None  # nothing else queued
     with pytest.raises(LeaseLost):
-        store.runs.heartbeat(run.id, "other")
+        store.runs.heartbeat(run.id, "me")  # the process's name alone is not the lease
     record = {"epoch": 1, "train_loss": 1.0, "val_loss": None, "train_metric": float("nan")}
-    assert store.runs.commit(run.id, "me", [record], Checkpoint(1, weights(1), {"epoch": 1})) is False
+    assert store.runs.commit(run.id, lease, [record], Checkpoint(1, weights(1), {"epoch": 1})) is False
     checkpoint = store.runs.load_checkpoint(run.id)
     assert checkpoint is not None
     assert (checkpoint.epoch, checkpoint.meta) == (1, {"epoch": 1})
-    done = store.runs.finish(run.id, "me", finished(weights_=weights(5)))
+    done = store.runs.finish(run.id, lease, finished(weights_=weights(5)))
     assert (done.status, done.version, done.epochs_done, done.owner) == ("completed", 2, 2, None)
     assert store.runs.load_checkpoint(run.id) is None  # finished runs keep no checkpoint
     assert store.models.get(model.id).version == 2
@@ -285,7 +317,19 @@ def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None
     assert [e.epoch for e in history.epochs] == [1, 2]
     assert history.epochs[0].record["train_metric"] is None  # NaN is stored as null
     with pytest.raises(LeaseLost):
-        store.runs.finish(run.id, "me", finished())  # a second finish matches nothing
+        store.runs.finish(run.id, lease, finished())  # a second finish matches nothing
+
+
+def test_a_commit_whose_answer_was_lost_can_be_sent_again(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    lease = claim(store)
+    epochs = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2)]
+    store.runs.commit(run.id, lease, epochs, None)
+    store.runs.commit(run.id, lease, [*epochs, {"epoch": 3, "train_loss": 0.3}], None)  # 1, 2 again
+    done = store.runs.finish(run.id, lease, Outcome("completed", "max_epochs", epochs=tuple(epochs)))
+    assert done.epochs_done == 3
+    assert [e.epoch for e in store.runs.history(model.id)[0].epochs] == [1, 2, 3]
 
 
 def test_one_queued_or_running_run_per_model_is_a_database_constraint(store: Store) -> None:
@@ -318,54 +362,104 @@ def test_a_cancelled_queued_run_is_never_claimed(store: Store) -> None:
 def test_cancelling_a_running_run_asks_its_owner_to_stop(store: Store) -> None:
     model = store.models.create("m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
-    store.runs.claim_next("me")
+    lease = claim(store)
     assert store.runs.cancel(run.id).status == "running"
-    assert store.runs.heartbeat(run.id, "me") is True
+    assert store.runs.heartbeat(run.id, lease) is True
+
+
+@pytest.mark.parametrize("end", ["reaped", "stopped"])
+def test_a_cancel_asked_of_a_run_whose_server_went_away_is_not_lost(store: Store, end: str) -> None:
+    """Its server died before seeing the flag (the reaper ends it), or stopped gracefully at an
+    epoch's end (its own finish says interrupted): either way the run ends cancelled, never
+    queued again."""
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    lease = claim(store)
+    store.runs.commit(run.id, lease, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {}))
+    store.runs.cancel(run.id)
+    if end == "reaped":
+        assert store.runs.reap(lease_seconds=0) == [run.id]
+    else:
+        stop = Outcome("interrupted", "shutdown", checkpoint=Checkpoint(1, weights(), {}))
+        store.runs.finish(run.id, lease, stop)
+    ended = store.runs.get(run.id)
+    assert (ended.status, ended.stop_reason) == ("cancelled", "cancelled")
+    assert store.runs.load_checkpoint(run.id) is None
+    assert store.runs.requeue_interrupted(max_attempts=3, max_queued=10) == []
 
 
 def test_only_expired_leases_are_reaped_and_never_those_executing_here(store: Store) -> None:
     models = [store.models.create(f"m{i}", SPEC, weights(), 3) for i in range(2)]
     runs = [queued_run(store, m.id) for m in models]
-    for _ in runs:
-        store.runs.claim_next("peer")
+    leases = [claim(store, "peer") for _ in runs]
     assert store.runs.reap(lease_seconds=3600) == []  # live leases
     assert store.runs.reap(lease_seconds=0, executing={runs[1].id}) == [runs[0].id]
     assert store.runs.get(runs[0].id).status == "interrupted"
     assert store.runs.get(runs[0].id).stop_reason == "lease_expired"
     with pytest.raises(LeaseLost):  # the old owner's next write finds it is not theirs any more
-        store.runs.commit(runs[0].id, "peer", [], None)
+        store.runs.commit(runs[0].id, leases[0], [], None)
+
+
+def test_a_job_of_an_earlier_claim_cannot_pass_for_the_current_one(store: Store) -> None:
+    """The same process claims a run again after a peer reaped it: the two claims' leases differ,
+    so the stale job's writes fail, even from the same process."""
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    stale = claim(store, "proc-a")
+    store.runs.reap(lease_seconds=0)
+    store.runs.resume(run.id, max_queued=10)
+    current = claim(store, "proc-a")
+    assert current != stale
+    with pytest.raises(LeaseLost):
+        store.runs.heartbeat(run.id, stale)
+    with pytest.raises(LeaseLost):
+        store.runs.finish(run.id, stale, finished(weights_=weights(1)))
+    assert store.runs.heartbeat(run.id, current) is False
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_once(store: Store) -> None:
     model = store.models.create("m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
-    store.runs.claim_next("dead")
+    dead = claim(store, "dead")
     store.runs.commit(
-        run.id, "dead", [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {"epoch": 1})
+        run.id, dead, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {"epoch": 1})
     )
     store.runs.reap(lease_seconds=0)
     resumed = store.runs.resume(run.id, max_queued=10)
-    assert (resumed.status, resumed.epochs_done) == ("queued", 1)
+    assert (resumed.status, resumed.epochs_done, resumed.stop_reason) == ("queued", 1, "")
     assert store.runs.resume(run.id, max_queued=10).status == "queued"  # again: unchanged
-    again = store.runs.claim_next("alive")
-    assert again is not None
-    assert (again.attempts, again.owner) == (2, "alive")
+    alive = claim(store, "alive")
+    assert store.runs.get(run.id).attempts == 2
     checkpoint = store.runs.load_checkpoint(run.id)
     assert checkpoint is not None
     assert checkpoint.epoch == 1
-    store.runs.finish(run.id, "alive", finished())
+    store.runs.finish(run.id, alive, finished())
     with pytest.raises(WrongState):
         store.runs.resume(run.id, max_queued=10)
+
+
+def test_graceful_stops_do_not_use_up_the_automatic_resumes(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    for _ in range(3):  # three rolling restarts
+        lease = claim(store)
+        stop = Outcome("interrupted", "shutdown", checkpoint=Checkpoint(0, weights(), {}))
+        store.runs.finish(run.id, lease, stop)
+        assert store.runs.requeue_interrupted(max_attempts=1, max_queued=10) == [run.id]
+    claim(store)
+    store.runs.reap(lease_seconds=0)  # a crash: this one counts
+    assert store.runs.requeue_interrupted(max_attempts=1, max_queued=10) == []
+    assert store.runs.get(run.id).status == "interrupted"
 
 
 def test_publishing_is_compare_and_set_on_the_base_version(store: Store) -> None:
     model = store.models.create("m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
-    store.runs.claim_next("me")
+    lease = claim(store)
     with store.engine.begin() as connection:  # another writer moved the model on meanwhile
         connection.execute(text("UPDATE models SET current_version = 2"))
     with pytest.raises(VersionConflict, match="version 2"):
-        store.runs.finish(run.id, "me", finished(weights_=weights(9)))
+        store.runs.finish(run.id, lease, finished(weights_=weights(9)))
     assert store.runs.get(run.id).status == "running"  # nothing was written
     with pytest.raises(NotFound):
         store.models.load_weights(model.id, 2)
@@ -374,11 +468,11 @@ def test_publishing_is_compare_and_set_on_the_base_version(store: Store) -> None
 def test_an_interrupted_run_whose_model_moved_on_cannot_resume(store: Store) -> None:
     model = store.models.create("m", SPEC, weights(), 3)
     stale = queued_run(store, model.id)
-    store.runs.claim_next("dead")
+    claim(store, "dead")
     store.runs.reap(lease_seconds=0)
     fresh = queued_run(store, model.id)
-    store.runs.claim_next("me")
-    store.runs.finish(fresh.id, "me", finished(weights_=weights(2)))
+    lease = claim(store)
+    store.runs.finish(fresh.id, lease, finished(weights_=weights(2)))
     with pytest.raises(VersionConflict, match="start a new run"):
         store.runs.resume(stale.id, max_queued=10)
     assert store.runs.requeue_interrupted(max_attempts=3, max_queued=10) == []
@@ -408,10 +502,10 @@ def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
     model = store.models.create("m", SPEC, weights(), 3)
     other = store.models.create("other", SPEC, weights(), 3)
     run = queued_run(store, model.id)
-    store.runs.claim_next("me")
-    store.runs.commit(run.id, "me", [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(), {}))
+    lease = claim(store)
+    store.runs.commit(run.id, lease, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(), {}))
     store.runs.finish(
-        run.id, "me", finished(weights_=weights(3), optimizer=weights(4), optimizer_meta={"t": 1})
+        run.id, lease, finished(weights_=weights(3), optimizer=weights(4), optimizer_meta={"t": 1})
     )
     store.models.delete(model.id)
     with pytest.raises(NotFound):

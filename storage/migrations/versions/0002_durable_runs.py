@@ -72,10 +72,10 @@ def upgrade() -> None:
     op.create_table(
         "uploads",
         sa.Column("blob_id", sa.String(length=32), nullable=False),
-        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("touched_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("blob_id", name=op.f("pk_uploads")),
     )
-    op.create_index(op.f("ix_uploads_started_at"), "uploads", ["started_at"], unique=False)
+    op.create_index(op.f("ix_uploads_touched_at"), "uploads", ["touched_at"], unique=False)
     op.create_table(
         "request_ids",
         sa.Column("request_id", sa.String(length=128), nullable=False),
@@ -146,7 +146,7 @@ def _upgrade_runs() -> None:
         batch.add_column(sa.Column("best_loss", sa.Float(), nullable=True))
         batch.add_column(sa.Column("epochs_done", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("receipt", sa.JSON(), nullable=True))
-        batch.add_column(sa.Column("owner", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("owner", sa.String(length=128), nullable=True))
         batch.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(
             sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -233,7 +233,7 @@ def downgrade() -> None:
         for column in ("optimizer_meta", "optimizer_checksum", "optimizer_blob_id", "blob_id"):
             batch.drop_column(column)
     op.drop_table("request_ids")
-    op.drop_index(op.f("ix_uploads_started_at"), table_name="uploads")
+    op.drop_index(op.f("ix_uploads_touched_at"), table_name="uploads")
     op.drop_table("uploads")
     op.drop_index(op.f("ix_datasets_created_at"), table_name="datasets")
     op.drop_table("datasets")
