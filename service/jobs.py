@@ -338,10 +338,7 @@ class RunJob:
                 break
             except VersionConflict as exc:
                 log.warning("run lost the race to publish", extra={"run": self.run_id})
-                lost = {"weights": None, "optimizer": None, "optimizer_meta": None}
-                outcome = replace(
-                    outcome, status="failed", stop_reason="version_conflict", error=str(exc), **lost
-                )
+                outcome = Outcome("failed", "version_conflict", epochs=outcome.epochs, error=str(exc))
             except LeaseLost:
                 log.warning("run lost its lease before it could finish", extra={"run": self.run_id})
                 return
