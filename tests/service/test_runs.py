@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from helpers import Running
+from sqlalchemy import text
 
 from gradwire.client import (
     Client,
@@ -422,3 +423,24 @@ def test_a_run_resumed_from_the_checkpoint_of_its_stopping_epoch_stops_there(
         resumed = client.model(model.id).export()
     for name, array in expected.items():
         np.testing.assert_array_equal(resumed[name], array)
+
+
+def test_a_run_whose_model_moved_on_meanwhile_fails_and_publishes_nothing(
+    server: Running, client: Client
+) -> None:
+    """Another writer moves the model's version while the run trains: the run cannot publish by
+    compare-and-set; it fails, saying so, and Train ends ABORTED."""
+    model = client.create_model(SPEC)
+    call = client.stub.Train(train_request(model.id))
+    run_id = dict(call.initial_metadata())["gradwire-run-id"]
+    next(call)  # it trains
+    with server.app.store.engine.begin() as connection:
+        connection.execute(text("UPDATE models SET current_version = 7 WHERE id = :id"), {"id": model.id})
+    client.run(run_id).cancel()  # its end would publish version 2, built on version 1
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "version 7" in info.value.details()
+    run = client.run(run_id).info
+    assert (run.status, run.stop_reason, run.version) == ("failed", "version_conflict", 0)
+    assert run.epochs_done >= 1  # its epochs are kept
