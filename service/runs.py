@@ -154,7 +154,7 @@ class Runs:
         while not gone():
             if self.closing.is_set():
                 raise ShuttingDown(f"this server is stopping; watch run {run_id} again after epoch {cursor}")
-            seen = self.changes.seen(run_id)
+            seen = self.changes.seen()
             run = self._retrying(partial(self.store.runs.get, run_id), gone)  # status first: see below
             epochs = self._retrying(partial(self.store.runs.epochs_after, run_id, cursor, WATCH_PAGE), gone)
             for entry in epochs:

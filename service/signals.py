@@ -10,44 +10,56 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Callable
 
 
 class Changes:
-    """A counter per run, bumped on each change; waiters block until theirs moves, with a bound."""
+    """Wakes the watchers of a run when it changes. Changes are numbered in one sequence; a
+    watcher notes the number before it reads the database, then waits (with a bound) for a later
+    change of its run. A finished run's entry goes, and the number of the latest such goodbye
+    stands in for every run without an entry, so the table does not grow with every run ever
+    executed (a watcher of a run that never changed may then wake for nothing, and read again)."""
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+        self._sequence = 0
+        self._last: dict[str, int] = {}
+        self._forgotten = 0
         self._moved = threading.Condition()
 
     def bump(self, run_id: str) -> None:
         with self._moved:
-            self._counts[run_id] += 1
+            self._sequence += 1
+            self._last[run_id] = self._sequence
             self._moved.notify_all()
 
-    def seen(self, run_id: str) -> int:
+    def finished(self, run_id: str) -> None:
+        """The run's last change: its watchers wake, and its entry goes."""
         with self._moved:
-            return self._counts[run_id]
+            self._sequence += 1
+            self._last.pop(run_id, None)
+            self._forgotten = self._sequence
+            self._moved.notify_all()
+
+    def seen(self) -> int:
+        """The number of the latest change, to wait for a later one."""
+        with self._moved:
+            return self._sequence
 
     def wait(
         self, run_id: str, seen: int, timeout: float, give_up: Callable[[], bool] = lambda: False
-    ) -> int:
-        """Block until ``run_id`` changed since ``seen``, ``give_up()`` holds, or ``timeout`` passed."""
+    ) -> bool:
+        """Block until ``run_id`` changed after ``seen`` (True), ``give_up()`` holds or ``timeout``
+        passed (False)."""
         with self._moved:
-            self._moved.wait_for(lambda: self._counts[run_id] != seen or give_up(), timeout)
-            return self._counts[run_id]
+            self._moved.wait_for(lambda: self._changed(run_id, seen) or give_up(), timeout)
+            return self._changed(run_id, seen)
+
+    def _changed(self, run_id: str, seen: int) -> bool:
+        return self._last.get(run_id, self._forgotten) > seen
 
     def wake_all(self) -> None:
         """Make every waiter look at its ``give_up`` condition again."""
         with self._moved:
-            self._moved.notify_all()
-
-    def finished(self, run_id: str) -> None:
-        """A last change: waiters wake (their count differs from the fresh one) and the run's
-        counter goes, so that the table does not grow with every run ever executed."""
-        with self._moved:
-            self._counts.pop(run_id, None)
             self._moved.notify_all()
 
 
