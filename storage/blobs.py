@@ -31,15 +31,18 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def pack(arrays: Mapping[str, np.ndarray]) -> memoryview:
-    """Named arrays as ``.npz`` bytes (a view of the buffer written, not a copy); refuses object
-    dtypes."""
+def storable(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The arrays, C-contiguous, as ``np.savez`` takes them; refuses object dtypes (pickles)."""
     for name, array in arrays.items():
         if array.dtype.hasobject:
             raise ValueError(f"array {name!r} has an object dtype and cannot be stored")
+    return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+
+
+def pack(arrays: Mapping[str, np.ndarray]) -> memoryview:
+    """Named arrays as ``.npz`` bytes (a view of the buffer written, not a copy)."""
     buffer = io.BytesIO()
-    contents: dict[str, Any] = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    np.savez(buffer, **contents)
+    np.savez(buffer, **storable(arrays))
     return buffer.getbuffer()
 
 
@@ -84,8 +87,50 @@ def read(s: Session, blob_id: str, checksum: str) -> bytes:
     return data
 
 
+class ChunkWriter(io.RawIOBase):
+    """A file to write a blob into: it goes to the database a chunk at a time (each flushed to it
+    at once), so writing a large ``.npz`` never holds more than a chunk of it in memory here."""
+
+    def __init__(self, s: Session) -> None:
+        super().__init__()
+        self.s, self.blob_id, self.seq, self.size = s, new_id(), 0, 0
+        self.pending = bytearray()
+        self.digest = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.pending += view
+        self.size += len(view)
+        while len(self.pending) >= CHUNK_BYTES:
+            self._emit(bytes(self.pending[:CHUNK_BYTES]))
+            del self.pending[:CHUNK_BYTES]
+        return len(view)
+
+    def finish(self) -> tuple[str, str]:
+        """The last chunk out: ``(blob id, sha256)``."""
+        if self.pending or self.seq == 0:
+            self._emit(bytes(self.pending))
+            self.pending.clear()
+        return self.blob_id, self.digest.hexdigest()
+
+    def _emit(self, chunk: bytes) -> None:
+        write_chunk(self.s, self.blob_id, self.seq, chunk)
+        self.s.flush()  # sent: the session need not keep the bytes
+        self.seq += 1
+
+
 def write_arrays(s: Session, arrays: Mapping[str, np.ndarray]) -> tuple[str, str]:
-    return write(s, pack(arrays))
+    """Store named arrays as an ``.npz`` blob, streamed into chunks: ``(blob id, sha256)``."""
+    writer = ChunkWriter(s)
+    np.savez(writer, **storable(arrays))
+    return writer.finish()
 
 
 def read_arrays(s: Session, blob_id: str, checksum: str) -> dict[str, np.ndarray]:
