@@ -80,6 +80,29 @@ def handled_stream(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def idle_bounded(messages: Iterator[Any], context: grpc.ServicerContext, seconds: float) -> Iterator[Any]:
+    """The client's messages; if none comes for ``seconds``, the call is cancelled (the stream
+    then raises, and the handler cleans up): a stalled client holds no thread for long."""
+    timer: threading.Timer | None = None
+
+    def arm() -> None:
+        nonlocal timer
+        if timer is not None:
+            timer.cancel()
+        timer = threading.Timer(seconds, context.cancel)
+        timer.daemon = True
+        timer.start()
+
+    try:
+        arm()
+        for message in messages:
+            arm()
+            yield message
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 class Streams:
     """At most ``limit`` streams at once; past it, RESOURCE_EXHAUSTED at once (never a wait)."""
 
@@ -159,7 +182,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         self, request_iterator: Iterator[pb.UploadDatasetRequest], context: grpc.ServicerContext
     ) -> pb.Dataset:
         with self.streams.slot():
-            header, chunks = convert.upload_chunks(request_iterator)
+            messages = idle_bounded(request_iterator, context, self.app.settings.upload_idle_seconds)
+            header, chunks = convert.upload_chunks(messages)
             return convert.dataset_to_proto(self.app.datasets.upload(header, chunks))
 
     @handled

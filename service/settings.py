@@ -44,7 +44,9 @@ class Settings:
     executes, renewed every ``heartbeat_seconds``; one not renewed for ``lease_seconds`` is
     interrupted by any process, and queued again up to ``auto_resume`` times in all. Other
     processes' changes are seen within ``poll_seconds``. While the database cannot be reached,
-    runs and watchers keep trying for ``db_retry_seconds`` before they give up.
+    runs and watchers keep trying for ``db_retry_seconds`` before they give up. An upload whose
+    client sends nothing for ``upload_idle_seconds`` is cancelled; one left unfinished for
+    ``upload_ttl_seconds`` is deleted.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -63,6 +65,7 @@ class Settings:
     auto_resume: int = 3
     db_retry_seconds: float = 30.0
     upload_ttl_seconds: float = 3600.0
+    upload_idle_seconds: float = 60.0
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -81,6 +84,7 @@ class Settings:
             "poll_seconds",
             "db_retry_seconds",
             "upload_ttl_seconds",
+            "upload_idle_seconds",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -177,3 +178,22 @@ def test_uploads_retried_with_one_request_id_make_one_dataset(client: Client) ->
         upload(client, header, [np.zeros((3, 3)).tobytes()])
     assert info.value.fields == ("request_id",)
     assert [d.id for d in client.list_datasets()] == [first.id]
+
+
+def test_an_upload_whose_client_stalls_is_cancelled_and_leaves_nothing(
+    start_server: Callable[..., Running], calls_ended: CallsEnded
+) -> None:
+    running = start_server(upload_idle_seconds=0.5)
+    release = threading.Event()
+
+    def stalling() -> Iterator[pb.UploadDatasetRequest]:
+        yield pb.UploadDatasetRequest(header=pb.DatasetHeader(dtype=pb.FLOAT64, shape=[1000, 1000]))
+        yield pb.UploadDatasetRequest(chunk=b"\x00" * (5 << 20))
+        release.wait(60)  # the client holds the stream open and sends nothing
+
+    with Client(running.address) as client, pytest.raises(grpc.RpcError) as info:
+        client.stub.UploadDataset(stalling(), timeout=60)  # no deadline would end it this soon
+    release.set()
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert calls_ended.wait_for("UploadDataset") == "CANCELLED"
+    assert stored_pieces(running) == (0, 0)
