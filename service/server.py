@@ -110,18 +110,21 @@ class LoggingInterceptor(grpc.ServerInterceptor):
         return handler
 
 
-MMAP_THRESHOLD = 1 << 20
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MALLOPT = {
+    -3: 1 << 20,  # M_MMAP_THRESHOLD: blocks of 1 MiB and more get mappings of their own
+    -8: 2,  # M_ARENA_MAX: two heaps, not eight per core, for a process of many threads
+}
+"""glibc's allocator settings for a server, by mallopt parameter number."""
 
 
 def return_freed_memory() -> bool:
-    """Ask glibc to serve allocations of 1 MiB and more from their own mappings, given back to
-    the system as soon as they are freed. Its default raises that threshold as large blocks come
-    and go, and then keeps the freed chunks of uploads, datasets and checkpoints in its heap, so
-    a server's resident size stays at its highest. False where the C library is not glibc."""
+    """Tune glibc so that a server's resident size follows its work. By default it raises its
+    mmap threshold as large blocks come and go, and then keeps the freed chunks of uploads,
+    datasets and checkpoints in its heaps; and it gives each thread that allocates an arena of
+    its own, each keeping what it freed. False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        return all(libc.mallopt(parameter, value) for parameter, value in MALLOPT.items())
     except (OSError, AttributeError):
         return False
 
