@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def owner_id() -> str:
-    """A lease owner name unique to this process: host, pid and a random suffix (≤ 64 characters)."""
+    """A name unique to this process: host, pid and a random suffix (at most 57 characters; each
+    claim adds a token of its own to make the lease, at most 128)."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 

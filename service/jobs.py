@@ -217,9 +217,12 @@ class RunJob:
         """Run to the end; whatever happens, the run's row says how it ended, or (database gone
         for longer than ``db_retry_seconds``, lease lost) its lease runs out and it is reaped."""
         committer = Committer(self.store, self.run_id, self.owner, self.settings, self.changes, self.flags)
-        with committer:
-            outcome = self._attempt(committer)
-        self._finish(replace(outcome, epochs=tuple(committer.leftover())))
+        try:
+            with committer:
+                outcome = self._attempt(committer)
+            self._finish(replace(outcome, epochs=tuple(committer.leftover())))
+        finally:
+            self.changes.finished(self.run_id)  # however it went: its watchers here look again
 
     def _attempt(self, committer: Committer) -> Outcome:
         try:
@@ -358,7 +361,6 @@ class RunJob:
                     return
                 log.exception("run could not record its end; it fails", extra={"run": self.run_id})
                 outcome = replace(self._failed(exc), epochs=outcome.epochs)
-        self.changes.finished(self.run_id)
         log.info(
             "run finished",
             extra={

@@ -184,7 +184,9 @@ class Runs:
         run = self.store.runs.cancel(run_id)
         if run.status == "running":
             self.cancel_here(run_id)  # at once if it executes in this process; else at its next heartbeat
-        self.changes.bump(run_id)
+            self.changes.bump(run_id)
+        else:
+            self.changes.finished(run_id)  # it ended (now or before): its watchers here wake
         return run
 
     def resume(self, run_id: str) -> RunRecord:

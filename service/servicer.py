@@ -81,26 +81,33 @@ def handled_stream(method: F) -> F:
 
 
 def idle_bounded(messages: Iterator[Any], context: grpc.ServicerContext, seconds: float) -> Iterator[Any]:
-    """The client's messages; if none comes for ``seconds``, the call is cancelled (the stream
-    then raises, and the handler cleans up): a stalled client holds no thread for long."""
-    timer: threading.Timer | None = None
+    """The client's messages; if the server waits ``seconds`` for the next one, the call is
+    cancelled (the stream then raises and the handler cleans up), so a stalled client holds no
+    thread for long. Only the waits count, not the server's own work between messages; one
+    watchdog thread per call."""
+    waiting_since: list[float | None] = [None]
+    over = threading.Event()
 
-    def arm() -> None:
-        nonlocal timer
-        if timer is not None:
-            timer.cancel()
-        timer = threading.Timer(seconds, context.cancel)
-        timer.daemon = True
-        timer.start()
+    def watch() -> None:
+        while not over.wait(seconds / 4):
+            since = waiting_since[0]
+            if since is not None and time.monotonic() - since > seconds:
+                context.cancel()
+                return
 
+    threading.Thread(target=watch, name="gradwire-upload-idle", daemon=True).start()
     try:
-        arm()
-        for message in messages:
-            arm()
+        while True:
+            waiting_since[0] = time.monotonic()
+            try:
+                message = next(messages, None)
+            finally:
+                waiting_since[0] = None
+            if message is None:
+                return
             yield message
     finally:
-        if timer is not None:
-            timer.cancel()
+        over.set()
 
 
 class Streams:

@@ -42,7 +42,8 @@ class Settings:
     Runs: epochs and checkpoints commit at most every ``checkpoint_interval`` seconds (and at
     every stop), so a crash loses at most that much work. A process holds a lease on each run it
     executes, renewed every ``heartbeat_seconds``; one not renewed for ``lease_seconds`` is
-    interrupted by any process, and queued again up to ``auto_resume`` times in all. Other
+    interrupted by any process, and queued again up to ``auto_resume`` times in all (a graceful
+    stop does not count: a run interrupted by SIGTERM is always queued again). Other
     processes' changes are seen within ``poll_seconds``. While the database cannot be reached,
     runs and watchers keep trying for ``db_retry_seconds`` before they give up. An upload whose
     client sends nothing for ``upload_idle_seconds`` is cancelled; one left unfinished for

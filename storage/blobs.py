@@ -88,14 +88,20 @@ def read(s: Session, blob_id: str, checksum: str) -> bytes:
 
 
 class ChunkWriter(io.RawIOBase):
-    """A file to write a blob into: it goes to the database a chunk at a time (each flushed to it
-    at once), so writing a large ``.npz`` never holds more than a chunk of it in memory here."""
+    """A file to write a blob into: it goes to the database a chunk at a time, each flushed to it
+    at once, so that what is written is not kept here beside the arrays it comes from (large
+    writes are cut into chunks without a copy; only a chunk's worth of small ones is buffered).
+
+    A write that fails (the database went away) is kept: later writes do nothing, and
+    :meth:`finish` raises it, so the caller sees the cause, not the writer's later complaints.
+    """
 
     def __init__(self, s: Session) -> None:
         super().__init__()
         self.s, self.blob_id, self.seq, self.size = s, new_id(), 0, 0
         self.pending = bytearray()
         self.digest = hashlib.sha256()
+        self.error: Exception | None = None
 
     def writable(self) -> bool:
         return True
@@ -105,22 +111,41 @@ class ChunkWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self.digest.update(view)
-        self.pending += view
-        self.size += len(view)
-        while len(self.pending) >= CHUNK_BYTES:
-            self._emit(bytes(self.pending[:CHUNK_BYTES]))
-            del self.pending[:CHUNK_BYTES]
+        if self.error is None:
+            try:
+                self._take(view)
+            except Exception as exc:
+                self.error = exc
         return len(view)
 
+    def _take(self, view: memoryview) -> None:
+        self.digest.update(view)
+        self.size += len(view)
+        start = 0
+        if self.pending:  # top up the buffered chunk first
+            start = min(CHUNK_BYTES - len(self.pending), len(view))
+            self.pending += view[:start]
+            if len(self.pending) < CHUNK_BYTES:
+                return
+            full, self.pending = bytes(self.pending), bytearray()
+            self._emit(full)
+        while len(view) - start >= CHUNK_BYTES:
+            self._emit(view[start : start + CHUNK_BYTES])
+            start += CHUNK_BYTES
+        self.pending += view[start:]
+
     def finish(self) -> tuple[str, str]:
-        """The last chunk out: ``(blob id, sha256)``."""
-        if self.pending or self.seq == 0:
-            self._emit(bytes(self.pending))
-            self.pending.clear()
+        """The last chunk out: ``(blob id, sha256)``; the first failure, if a write failed."""
+        if self.error is None and (self.pending or self.seq == 0):
+            try:
+                self._emit(bytes(self.pending))
+            except Exception as exc:
+                self.error = exc
+        if self.error is not None:
+            raise self.error
         return self.blob_id, self.digest.hexdigest()
 
-    def _emit(self, chunk: bytes) -> None:
+    def _emit(self, chunk: bytes | memoryview) -> None:
         write_chunk(self.s, self.blob_id, self.seq, chunk)
         self.s.flush()  # sent: the session need not keep the bytes
         self.seq += 1

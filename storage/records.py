@@ -104,7 +104,7 @@ class Outcome:
 
     status: str
     stop_reason: str
-    best_epoch: int = 0
+    best_epoch: int | None = None  # None: not known (a failure), the run's record keeps its own
     best_loss: float | None = None
     epochs: tuple[dict[str, Any], ...] = ()
     weights: dict[str, np.ndarray] | None = None

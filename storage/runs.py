@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exc, func, insert, select, text, update
+from sqlalchemy import case, delete, exc, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from . import blobs
@@ -157,7 +157,7 @@ class RunStore:
                 _drop_checkpoint(s, run_id)
                 row.finished_at = now()
             row.status, row.stop_reason, row.error = outcome.status, outcome.stop_reason, outcome.error
-            if outcome.status != "failed":  # a failure knows nothing of the best epoch: keep what was
+            if outcome.best_epoch is not None:  # a failure knows nothing of it: keep what was
                 row.best_epoch, row.best_loss = outcome.best_epoch, json_safe(outcome.best_loss)
             row.receipt = json_safe(outcome.receipt) if outcome.receipt is not None else row.receipt
             row.epochs_done = max(row.epochs_done, last)
@@ -170,34 +170,28 @@ class RunStore:
     def reap(self, lease_seconds: float, executing: Collection[str] = ()) -> list[str]:
         """End the leases older than ``lease_seconds`` of running runs but those in ``executing``
         (the caller knows they are alive: it executes them): such a run becomes interrupted, or
-        cancelled if a cancel was asked for. Returns the runs reaped."""
+        cancelled if a cancel was asked for (one statement, so a cancel landing meanwhile cannot
+        fall between two). Returns the runs reaped."""
+        cancelled = RunRow.cancel_requested
         with self.db.write() as s:
             query = update(RunRow).where(
                 RunRow.status == "running", RunRow.heartbeat_at < seconds_ago(lease_seconds)
             )
             if executing:
                 query = query.where(RunRow.id.not_in(list(executing)))
-            cancelled = list(
-                s.scalars(
-                    query.where(RunRow.cancel_requested)
-                    .values(
-                        status="cancelled",
-                        stop_reason="cancelled",
-                        owner=None,
-                        heartbeat_at=None,
-                        finished_at=utcnow(),
-                    )
-                    .returning(RunRow.id)
-                )
-            )
-            for run_id in cancelled:
-                _drop_checkpoint(s, run_id)
-            interrupted = s.scalars(
+            reaped = s.execute(
                 query.values(
-                    status="interrupted", stop_reason="lease_expired", owner=None, heartbeat_at=None
-                ).returning(RunRow.id)
-            )
-            return [*cancelled, *interrupted]
+                    status=case((cancelled, "cancelled"), else_="interrupted"),
+                    stop_reason=case((cancelled, "cancelled"), else_="lease_expired"),
+                    finished_at=case((cancelled, utcnow()), else_=None),
+                    owner=None,
+                    heartbeat_at=None,
+                ).returning(RunRow.id, RunRow.status)
+            ).all()
+            for run_id, status in reaped:
+                if status == "cancelled":
+                    _drop_checkpoint(s, run_id)
+            return [run_id for run_id, _ in reaped]
 
     def requeue_interrupted(self, max_attempts: int, max_queued: int) -> list[str]:
         """Queue again the interrupted runs that a graceful stop interrupted, and those claimed
@@ -247,6 +241,11 @@ class RunStore:
                     raise WrongState(
                         f"run {run_id} is {row.status}; only an interrupted run resumes", "run_id"
                     )
+                if row.cancel_requested:  # a cancel asked while it ran: it ends here
+                    _drop_checkpoint(s, run_id)
+                    row.status, row.stop_reason, row.finished_at = "cancelled", "cancelled", now()
+                    s.flush()
+                    return _record(row, s)
                 if s.get(RunDatasetRow, (run_id, "inputs")) is None:
                     raise WrongState(
                         f"run {run_id} was made before runs kept their data; start a new run", "run_id"

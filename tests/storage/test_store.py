@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from gradwire.storage import (
     CHUNK_BYTES,
@@ -25,6 +25,7 @@ from gradwire.storage import (
     QueueFull,
     SchemaOutOfDate,
     Store,
+    Unavailable,
     VersionConflict,
     WrongState,
     blobs,
@@ -517,3 +518,40 @@ def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
         # what is left: the other model's weights and the dataset
         assert connection.execute(text("SELECT count(*) FROM blob_chunks")).scalar() == 2
     assert store.models.get(other.id).name == "other"
+
+
+def test_a_database_failure_in_the_middle_of_a_blob_is_reported_as_itself_and_stores_nothing(
+    store: Store,
+) -> None:
+    """The second chunk's INSERT fails as a lost connection would (raised by the real driver's
+    hook): the caller gets Unavailable, not the session's later complaints, and no model exists."""
+    big = {"0.W": np.arange(2 * CHUNK_BYTES // 8 + 1, dtype=np.float64)}  # three chunks
+    inserts = []
+
+    def fail_second_chunk(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO blob_chunks"):
+            inserts.append(statement)
+            if len(inserts) == 2:
+                raise store.engine.dialect.loaded_dbapi.OperationalError("connection lost")
+
+    event.listen(store.engine, "before_cursor_execute", fail_second_chunk)
+    try:
+        with pytest.raises(Unavailable, match="connection lost"):
+            store.models.create("big", SPEC, big, big["0.W"].size)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", fail_second_chunk)
+    assert store.models.page(10) == []
+    with store.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(ChunkRow)) == 0
+
+
+def test_an_interrupted_run_that_was_asked_to_cancel_ends_instead_of_resuming(store: Store) -> None:
+    model = store.models.create("m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    claim(store)
+    store.runs.reap(lease_seconds=0)
+    with store.engine.begin() as connection:  # a cancel that landed just as it was interrupted
+        connection.execute(text("UPDATE training_runs SET cancel_requested = :yes"), {"yes": True})
+    ended = store.runs.resume(run.id, max_queued=10)
+    assert (ended.status, ended.stop_reason) == ("cancelled", "cancelled")
+    assert store.runs.claim_next("me") is None
