@@ -88,9 +88,10 @@ def test_concurrent_starts_on_one_model_through_two_servers_have_one_winner(data
             outcomes = race_to_start(a.create_model(SPEC).id, (a, b))
             winners = [o for o in outcomes if not isinstance(o, GradwireError)]
             losers = [o for o in outcomes if isinstance(o, GradwireError)]
-            assert len(winners) == len(losers) == 1, outcomes
-            assert isinstance(losers[0], ModelBusyError)
-            assert winners[0].id in losers[0].message  # the error names the run that holds the model
+            seen = (outcomes, one.logs[-15:], other.logs[-15:])  # what to read if this ever fails
+            assert len(winners) == len(losers) == 1, seen
+            assert isinstance(losers[0], ModelBusyError), seen
+            assert winners[0].id in losers[0].message, seen  # the error names the run holding the model
             winners[0].cancel()
             winners[0].wait()
 
