@@ -39,7 +39,14 @@ from gradwire.v1.codec import Gradients, Prediction
 from gradwire.v1.digest import array_id, little_endian, weights_digest
 from gradwire.v1.digest import raw as raw_bytes
 
-from .errors import ClientClosedError, DeadlineExceededError, GradwireError, RunFailedError, from_rpc_error
+from .errors import (
+    ClientClosedError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    GradwireError,
+    RunFailedError,
+    from_rpc_error,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MiB = 1 << 20
@@ -537,7 +544,10 @@ class Run:
             if self.info.status != "interrupted" or resume <= 0:
                 break
             resume -= 1
-            self.resume()
+            try:
+                self.resume()
+            except FailedPreconditionError:
+                self.refresh()  # it ended meanwhile (cancelled, or resumed and done): watch its end
         if self.info.status == "failed":
             raise RunFailedError(self.info)
         return history.close(self.info, self.transfer_seconds)

@@ -18,7 +18,7 @@ from gradwire.client import Client, GradwireError, ModelBusyError
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
-SETTINGS = {"checkpoint_interval": 0.05, "lease_seconds": 1.0, "heartbeat_seconds": 0.25, "poll_seconds": 0.1}
+SETTINGS = {"checkpoint_interval": 0.05, "lease_seconds": 2.0, "heartbeat_seconds": 0.25, "poll_seconds": 0.1}
 SPEC: dict[str, Any] = {
     "input_dim": 3,
     "layers": [
