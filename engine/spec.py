@@ -25,7 +25,7 @@ True
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -101,6 +101,27 @@ class NetworkSpec:
             raise InvalidArgument("dtype", f"unknown value {self.dtype!r}", DTYPES)
         _check_int(self.seed, "seed", minimum=0)
         object.__setattr__(self, "output_dim", width)
+
+    @property
+    def layer_count(self) -> int:
+        """Every layer, those inside residual blocks included (a block counts as one more)."""
+        return sum(1 for _ in _walk(self.layers, self.input_dim))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The width every layer outputs, in order, inner layers of blocks included."""
+        return tuple(out for _, _, out in _walk(self.layers, self.input_dim))
+
+    @property
+    def max_width(self) -> int:
+        """The widest array any layer takes or gives, per row (the input included)."""
+        return max(self.input_dim, *self.widths)
+
+    @property
+    def parameter_count(self) -> int:
+        """Trainable values: dense weights and biases, batch-norm scales and shifts."""
+        walk = _walk(self.layers, self.input_dim)
+        return sum(_PARAMETERS[type(layer)](layer, width) for layer, width, _ in walk)
 
     @property
     def output_activation(self) -> str:
@@ -209,6 +230,25 @@ def _check_layers(layers: Sequence[LayerSpec], path: str, width: int, inside_blo
         is_output = not inside_block and i == len(layers) - 1
         width = check(layer, here, width, is_output)
     return width
+
+
+def _walk(layers: Sequence[LayerSpec], width: int) -> Iterator[tuple[LayerSpec, int, int]]:
+    """Every layer, depth first, as ``(layer, width in, width out)``; a residual block comes
+    before its inner layers."""
+    for layer in layers:
+        out = layer.units if isinstance(layer, Dense) else width
+        yield layer, width, out
+        if isinstance(layer, Residual):
+            yield from _walk(layer.layers, width)
+        width = out
+
+
+_PARAMETERS: dict[type, Callable[[Any, int], int]] = {
+    Dense: lambda layer, width: (width + 1) * layer.units,
+    BatchNorm: lambda layer, width: 2 * width,
+    Residual: lambda layer, width: 0,
+}
+"""Trainable values of one layer, by its kind, given the width it takes."""
 
 
 # ----------------------------------------------------------------------------- JSON

@@ -25,6 +25,9 @@ class Limits:
     max_gradcheck_rows: int = 256
     max_dataset_mb: int = 4096
     max_inline_mb: int = 64
+    max_request_mb: int = 1024
+    """The most memory one request may need (Predict, GetGradients, a run's training), as
+    estimated from the model and the rows before the work starts."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Settings:
     train_workers: int = 2
     max_queued_runs: int = 64
     max_message_mb: int = 512
-    model_cache_size: int = 32
+    model_cache_mb: int = 256
     checkpoint_interval: float = 5.0
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
@@ -78,7 +81,7 @@ class Settings:
             "max_streams",
             "train_workers",
             "max_message_mb",
-            "model_cache_size",
+            "model_cache_mb",
             "checkpoint_interval",
             "lease_seconds",
             "heartbeat_seconds",

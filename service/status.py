@@ -36,6 +36,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    MemoryError: grpc.StatusCode.RESOURCE_EXHAUSTED,  # past the estimate: the server is short, not broken
 }
 
 RUN_FAILURES: dict[str, grpc.StatusCode] = {

@@ -12,25 +12,22 @@ every call, so a model trained through another process is served at its new vers
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from gradwire.engine import InvalidArgument, Network, NetworkSpec, check_gradients
 from gradwire.engine.data import as_targets
-from gradwire.engine.spec import Residual
 from gradwire.storage import ModelRecord, RequestReused, RunRecord, Store
 from gradwire.v1.digest import weights_digest
 
+from .cache import NetworkCache
 from .datasets import Datasets, check_request_id
 from .errors import CannotAnswer, LimitExceeded
 from .executor import Executor, Supervisor, ThreadExecutor, owner_id
 from .paging import paged
 from .runs import Runs
-from .settings import Settings
+from .settings import MiB, Settings
 from .signals import Changes
 
 log = logging.getLogger(__name__)
@@ -75,10 +72,6 @@ def _labels(spec: NetworkSpec, outputs: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _count_layers(layers: Any) -> int:
-    return sum(1 + (_count_layers(layer.layers) if isinstance(layer, Residual) else 0) for layer in layers)
-
-
 class Gradwire:
     """The application: every RPC's behaviour, callable without a server."""
 
@@ -86,8 +79,7 @@ class Gradwire:
         self.store, self.settings, self.limits = store, settings, settings.limits
         self.owner = owner_id()
         self.changes = Changes()
-        self._lock = threading.Lock()
-        self._networks: OrderedDict[tuple[str, int], tuple[NetworkSpec, Network]] = OrderedDict()
+        self._networks = NetworkCache(settings.model_cache_mb * MiB)
         self.executor = executor or ThreadExecutor(store, settings, self.changes, on_done=self._job_done)
         self.supervisor = Supervisor(store, self.executor, settings, self.owner)
         self.datasets = Datasets(store, settings.limits)
@@ -135,9 +127,7 @@ class Gradwire:
 
     def delete_model(self, model_id: str) -> None:
         self.store.models.delete(model_id)
-        with self._lock:
-            for key in [k for k in self._networks if k[0] == model_id]:
-                del self._networks[key]
+        self._networks.forget(model_id)
 
     def history(self, model_id: str) -> list[RunRecord]:
         return self.store.runs.history(model_id)
@@ -202,11 +192,9 @@ class Gradwire:
         if version < 0:
             raise InvalidArgument("version", "must be ≥ 0 (0: the current version)")
         wanted = version or self.store.models.current_version(model_id)
-        with self._lock:
-            cached = self._networks.get((model_id, wanted))
-            if cached is not None:
-                self._networks.move_to_end((model_id, wanted))
-                return wanted, *cached
+        cached = self._networks.get((model_id, wanted))
+        if cached is not None:
+            return wanted, *cached
         model = self.store.models.get(model_id)
         _, arrays = self.store.models.load_weights(model_id, wanted)
         try:
@@ -214,45 +202,23 @@ class Gradwire:
             network = Network.from_state(spec, arrays)
         except InvalidArgument as exc:
             raise CannotAnswer(f"model {model_id} version {wanted} cannot be loaded: {exc}") from exc
-        with self._lock:
-            self._networks[(model_id, wanted)] = (spec, network)
-            while len(self._networks) > self.settings.model_cache_size:
-                self._networks.popitem(last=False)
+        self._networks.put((model_id, wanted), spec, network)
         return wanted, spec, network
 
     # ------------------------------------------------------------------ checks
 
     def _check_architecture(self, spec: NetworkSpec) -> None:
         limits = self.limits
-        if _count_layers(spec.layers) > limits.max_layers:
-            raise LimitExceeded("spec.layers", f"at most {limits.max_layers} layers")
-        widths = [spec.input_dim, *(getattr(layer, "units", 0) for layer in spec.layers)]
-        if max(widths) > limits.max_units:
+        if spec.layer_count > limits.max_layers:
+            raise LimitExceeded("spec.layers", f"at most {limits.max_layers} layers, inner ones included")
+        if spec.max_width > limits.max_units:
             raise LimitExceeded("spec.layers", f"at most {limits.max_units} units (or inputs) per layer")
-        params = _parameter_count(spec)
-        if params > limits.max_parameters:
-            raise LimitExceeded("spec", f"{params} parameters, the limit is {limits.max_parameters}")
+        if spec.parameter_count > limits.max_parameters:
+            raise LimitExceeded(
+                "spec", f"{spec.parameter_count} parameters, the limit is {limits.max_parameters}"
+            )
 
     @staticmethod
     def _check_width(X: np.ndarray, width: int, field: str) -> None:
         if X.shape[1] != width:
             raise InvalidArgument(f"{field}.shape", f"has {X.shape[1]} columns, the model takes {width}")
-
-
-def _parameter_count(spec: NetworkSpec) -> int:
-    """Weights, biases and batch-norm scales and shifts, counted from the spec alone."""
-
-    def walk(layers: Any, width: int) -> tuple[int, int]:
-        count = 0
-        for layer in layers:
-            if isinstance(layer, Residual):
-                inner, _ = walk(layer.layers, width)
-                count += inner
-            elif hasattr(layer, "units"):
-                count += width * layer.units + layer.units
-                width = layer.units
-            else:
-                count += 2 * width
-        return count, width
-
-    return walk(spec.layers, spec.input_dim)[0]
