@@ -49,6 +49,7 @@ from gradwire.engine import history_table
 from gradwire.storage import RUN_STATUSES, SchemaOutOfDate, Unavailable, make_engine, upgrade
 
 from .datasets import DATASET_DTYPES
+from .errors import StartupError
 from .server import JsonFormatter, create_server, return_freed_memory, stop_server
 from .settings import PARSERS, Limits, Settings
 
@@ -122,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return_freed_memory()
     try:
         server, port, app = create_server(settings)
-    except (SchemaOutOfDate, Unavailable) as exc:
+    except (SchemaOutOfDate, Unavailable, StartupError) as exc:
         print(f"gradwire: {exc}", file=sys.stderr)
         return EXIT_USAGE
     host = settings.address.rsplit(":", 1)[0]

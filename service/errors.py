@@ -37,3 +37,7 @@ class RunFailed(ServiceError):
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
         super().__init__(message)
+
+
+class StartupError(ServiceError):
+    """The server cannot start; the message says why in one line (``gradwire serve`` prints it)."""

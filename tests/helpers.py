@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -68,22 +69,35 @@ class ServerProcess:
 
     ``settings`` become ``GRADWIRE_<NAME>`` environment variables. Its JSON log lines are read
     as they come, so a test can wait for one (:meth:`wait_for_log`) instead of sleeping.
+    ``address_space`` caps the process's virtual memory (``RLIMIT_AS``, bytes), so that a test
+    of memory limits cannot take the machine down.
     """
 
-    def __init__(self, database_url: str, **settings: object) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        address: str = "127.0.0.1:0",
+        address_space: int | None = None,
+        **settings: object,
+    ) -> None:
         env = {**os.environ, **{f"GRADWIRE_{k.upper()}": str(v) for k, v in settings.items()}}
         argv = [
             GRADWIRE,
             "serve",
             "--address",
-            "127.0.0.1:0",
+            address,
             "--database-url",
             database_url,
             "--log-format",
             "json",
         ]
+
+        def limit() -> None:
+            if address_space is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit
         )
         self.logs: list[dict[str, Any]] = []
         self._logged = threading.Condition()
