@@ -7,41 +7,65 @@ options can be stored as JSON and replayed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
-from .errors import InvalidArgument, require
+from .errors import InvalidArgument, Problems, cut, excerpt, require
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine", "plateau")
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(value: float, name: str) -> None:
-    ok = isinstance(value, int | float) and math.isfinite(value) and value > 0
-    require(ok, name, f"must be a finite number > 0, got {value!r}")
+    require(_number(value) and value > 0, name, f"must be a finite number > 0, got {excerpt(value)}")
 
 
 def _non_negative(value: float, name: str) -> None:
-    ok = isinstance(value, int | float) and math.isfinite(value) and value >= 0
-    require(ok, name, f"must be a finite number ≥ 0, got {value!r}")
+    require(_number(value) and value >= 0, name, f"must be a finite number ≥ 0, got {excerpt(value)}")
 
 
 def _fraction(value: float, name: str, upper_inclusive: bool = False) -> None:
-    ok = (
-        isinstance(value, int | float) and value >= 0.0 and (value <= 1.0 if upper_inclusive else value < 1.0)
-    )
-    require(ok, name, f"must lie in [0, 1{']' if upper_inclusive else ')'}, got {value!r}")
+    ok = _number(value) and value >= 0.0 and (value <= 1.0 if upper_inclusive else value < 1.0)
+    require(ok, name, f"must lie in [0, 1{']' if upper_inclusive else ')'}, got {excerpt(value)}")
+
+
+def _open_fraction(value: float, name: str, upper_inclusive: bool) -> None:
+    ok = _number(value) and value > 0.0 and (value <= 1.0 if upper_inclusive else value < 1.0)
+    require(ok, name, f"must lie in (0, 1{']' if upper_inclusive else ')'}, got {excerpt(value)}")
 
 
 def _count(value: int, name: str, minimum: int = 1) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    require(ok, name, f"must be an integer ≥ {minimum}, got {value!r}")
+    require(ok, name, f"must be an integer ≥ {minimum}, got {excerpt(value)}")
+
+
+def _flag(value: bool, name: str) -> None:
+    require(isinstance(value, bool), name, "must be true or false")
 
 
 def _one_of(value: str, name: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise InvalidArgument(name, f"unknown value {value!r}", allowed)
+        raise InvalidArgument(name, f"unknown value {excerpt(value)}", allowed)
+
+
+Rule = tuple[str, Callable[[Any, str], None]]
+"""A field's name and its check, called with the field's value and its name in errors."""
+
+
+def _check_all(config: object, prefix: str, rules: tuple[Rule, ...]) -> None:
+    """Run every rule, then report every problem at once; unset optional fields (None) pass."""
+    problems = Problems()
+    for name, check in rules:
+        value = getattr(config, name)
+        if value is not None:
+            with problems.check():
+                check(value, f"{prefix}{name}")
+    problems.raise_any()
 
 
 class _DictMixin:
@@ -55,13 +79,18 @@ class _DictMixin:
         prefix = f"{path}." if path else ""
         require(isinstance(data, Mapping), path or "config", "must be an object")
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        problems = Problems()
         kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in known:
-                raise InvalidArgument(f"{prefix}{key}", "unknown field", sorted(known))
-            nested = NESTED.get((cls.__name__, key))
-            kwargs[key] = nested.from_dict(value, f"{prefix}{key}") if nested else value
-        return cls(**kwargs)
+        for key, value in data.items():  # a key that fails is left out, so the rest is still checked
+            with problems.check():
+                if key not in known:
+                    raise InvalidArgument(f"{prefix}{cut(str(key))}", "unknown field", sorted(known))
+                nested = NESTED.get((cls.__name__, key))
+                kwargs[key] = nested.from_dict(value, f"{prefix}{key}") if nested else value
+        with problems.check():
+            made = cls(**kwargs)
+        problems.raise_any()
+        return made
 
 
 @dataclass(frozen=True)
@@ -83,14 +112,7 @@ class OptimizerConfig(_DictMixin):
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        _one_of(self.name, "optimizer.name", OPTIMIZER_NAMES)
-        _positive(self.learning_rate, "optimizer.learning_rate")
-        _fraction(self.momentum, "optimizer.momentum")
-        _fraction(self.beta1, "optimizer.beta1")
-        _fraction(self.beta2, "optimizer.beta2")
-        _positive(self.epsilon, "optimizer.epsilon")
-        _fraction(self.rho, "optimizer.rho")
-        _non_negative(self.weight_decay, "optimizer.weight_decay")
+        _check_all(self, "optimizer.", OPTIMIZER_RULES)
 
 
 @dataclass(frozen=True)
@@ -107,16 +129,7 @@ class ScheduleConfig(_DictMixin):
     threshold: float = 1e-4
 
     def __post_init__(self) -> None:
-        _one_of(self.name, "schedule.name", SCHEDULE_NAMES)
-        _count(self.step_size, "schedule.step_size")
-        ok = isinstance(self.gamma, int | float) and 0.0 < self.gamma <= 1.0
-        require(ok, "schedule.gamma", f"must lie in (0, 1], got {self.gamma!r}")
-        _count(self.t_max, "schedule.t_max")
-        _non_negative(self.min_lr, "schedule.min_lr")
-        ok = isinstance(self.factor, int | float) and 0.0 < self.factor < 1.0
-        require(ok, "schedule.factor", f"must lie in (0, 1), got {self.factor!r}")
-        _count(self.patience, "schedule.patience", minimum=0)
-        _non_negative(self.threshold, "schedule.threshold")
+        _check_all(self, "schedule.", SCHEDULE_RULES)
 
 
 @dataclass(frozen=True)
@@ -147,23 +160,45 @@ class TrainConfig(_DictMixin):
     restore_best: bool = True
 
     def __post_init__(self) -> None:
-        _count(self.epochs, "epochs", minimum=0)
-        _count(self.batch_size, "batch_size")
-        require(isinstance(self.shuffle, bool), "shuffle", "must be true or false")
-        _count(self.seed, "seed", minimum=0)
-        require(isinstance(self.optimizer, OptimizerConfig), "optimizer", "must be an OptimizerConfig")
-        require(isinstance(self.schedule, ScheduleConfig), "schedule", "must be a ScheduleConfig")
-        if self.clip_norm is not None:
-            _positive(self.clip_norm, "clip_norm")
-        if self.loss_threshold is not None:
-            _non_negative(self.loss_threshold, "loss_threshold")
-        _fraction(self.validation_fraction, "validation_fraction")
-        require(isinstance(self.stratify, bool), "stratify", "must be true or false")
-        if self.patience is not None:
-            _count(self.patience, "patience")
-        _non_negative(self.min_delta, "min_delta")
-        require(isinstance(self.restore_best, bool), "restore_best", "must be true or false")
+        _check_all(self, "", TRAIN_RULES)
 
+
+OPTIMIZER_RULES: tuple[Rule, ...] = (
+    ("name", lambda v, n: _one_of(v, n, OPTIMIZER_NAMES)),
+    ("learning_rate", _positive),
+    ("momentum", _fraction),
+    ("beta1", _fraction),
+    ("beta2", _fraction),
+    ("epsilon", _positive),
+    ("rho", _fraction),
+    ("weight_decay", _non_negative),
+)
+SCHEDULE_RULES: tuple[Rule, ...] = (
+    ("name", lambda v, n: _one_of(v, n, SCHEDULE_NAMES)),
+    ("step_size", _count),
+    ("gamma", lambda v, n: _open_fraction(v, n, upper_inclusive=True)),
+    ("t_max", _count),
+    ("min_lr", _non_negative),
+    ("factor", lambda v, n: _open_fraction(v, n, upper_inclusive=False)),
+    ("patience", lambda v, n: _count(v, n, minimum=0)),
+    ("threshold", _non_negative),
+)
+TRAIN_RULES: tuple[Rule, ...] = (
+    ("epochs", lambda v, n: _count(v, n, minimum=0)),
+    ("batch_size", _count),
+    ("shuffle", _flag),
+    ("seed", lambda v, n: _count(v, n, minimum=0)),
+    ("optimizer", lambda v, n: require(isinstance(v, OptimizerConfig), n, "must be an OptimizerConfig")),
+    ("schedule", lambda v, n: require(isinstance(v, ScheduleConfig), n, "must be a ScheduleConfig")),
+    ("clip_norm", _positive),
+    ("loss_threshold", _non_negative),
+    ("validation_fraction", _fraction),
+    ("stratify", _flag),
+    ("patience", _count),
+    ("min_delta", _non_negative),
+    ("restore_best", _flag),
+)
+"""Each configuration's checks, field by field; unset optional fields are not checked."""
 
 NESTED: dict[tuple[str, str], type[_DictMixin]] = {
     ("TrainConfig", "optimizer"): OptimizerConfig,

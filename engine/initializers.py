@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, excerpt
 
 Initializer = Callable[[np.random.Generator, int, int], np.ndarray]
 
@@ -46,9 +46,9 @@ REFUSED = {"zeros": "all-zero weights never break the symmetry between units"}
 def check_initializer(name: str, field: str) -> None:
     """Raise :class:`InvalidArgument` unless ``name`` is a known initialiser."""
     if name in REFUSED:
-        raise InvalidArgument(field, f"{name!r} is refused: {REFUSED[name]}", sorted(INITIALIZERS))
+        raise InvalidArgument(field, f"{excerpt(name)} is refused: {REFUSED[name]}", sorted(INITIALIZERS))
     if name not in INITIALIZERS:
-        raise InvalidArgument(field, f"unknown value {name!r}", sorted(INITIALIZERS))
+        raise InvalidArgument(field, f"unknown value {excerpt(name)}", sorted(INITIALIZERS))
 
 
 def initial_weights(

@@ -25,14 +25,15 @@ True
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
-from .errors import InvalidArgument, lookup, require
+from .errors import InvalidArgument, Problems, cut, excerpt, lookup, require
 from .initializers import check_initializer
-from .losses import check_pair
+from .losses import check_pair, get_loss
 
 DTYPES = ("float32", "float64")
 
@@ -86,21 +87,33 @@ class NetworkSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
-        _check_int(self.input_dim, "input_dim", minimum=1)
-        require(bool(self.layers), "layers", "a network needs at least one layer")
-        width = _check_layers(self.layers, "layers", self.input_dim)
-        last = self.layers[-1]
-        require(
-            isinstance(last, Dense),
-            f"layers[{len(self.layers) - 1}]",
-            "the last layer must be dense",
-        )
-        assert isinstance(last, Dense)
-        check_pair(last.activation, self.loss, "loss")
-        if self.dtype not in DTYPES:
-            raise InvalidArgument("dtype", f"unknown value {self.dtype!r}", DTYPES)
-        _check_int(self.seed, "seed", minimum=0)
+        problems = Problems()
+        with problems.check():
+            _check_int(self.input_dim, "input_dim", minimum=1)
+        with problems.check():
+            require(bool(self.layers), "layers", "a network needs at least one layer")
+        width = _check_layers(self.layers, "layers", self.input_dim, problems)
+        with problems.check():
+            self._check_output(problems)
+        with problems.check():
+            if self.dtype not in DTYPES:
+                raise InvalidArgument("dtype", f"unknown value {excerpt(self.dtype)}", DTYPES)
+        with problems.check():
+            _check_int(self.seed, "seed", minimum=0)
+        problems.raise_any()
         object.__setattr__(self, "output_dim", width)
+
+    def _check_output(self, problems: Problems) -> None:
+        """The last layer is dense and its activation suits the loss (once both are known good)."""
+        if not self.layers:
+            return
+        last = self.layers[-1]
+        require(isinstance(last, Dense), f"layers[{len(self.layers) - 1}]", "the last layer must be dense")
+        assert isinstance(last, Dense)
+        if last.activation in ACTIVATIONS:
+            check_pair(last.activation, self.loss, "loss")
+        else:
+            get_loss(self.loss, "loss")  # the activation's own problem is reported already
 
     @property
     def layer_count(self) -> int:
@@ -143,17 +156,18 @@ class NetworkSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
-        _check_keys(
-            data,
-            "",
-            {"input_dim", "layers", "loss", "dtype", "seed"},
-            {"input_dim", "layers", "loss"},
-        )
-        layers = data["layers"]
-        require(isinstance(layers, list), "layers", "must be a list of layer objects")
+        problems = Problems()
+        with problems.check():
+            _check_keys(
+                data, "", {"input_dim", "layers", "loss", "dtype", "seed"}, {"input_dim", "layers", "loss"}
+            )
+        layers: tuple[LayerSpec, ...] = ()
+        with problems.check():
+            layers = _layers_from_list(data.get("layers"), "layers")
+        problems.raise_any()  # the structure first: the values are checked once it is whole
         return cls(
             input_dim=data["input_dim"],
-            layers=tuple(_layer_from_dict(item, f"layers[{i}]") for i, item in enumerate(layers)),
+            layers=layers,
             loss=data["loss"],
             dtype=data.get("dtype", "float64"),
             seed=data.get("seed", 0),
@@ -174,61 +188,86 @@ class NetworkSpec:
 
 def _check_int(value: object, name: str, minimum: int) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    require(ok, name, f"must be an integer ≥ {minimum}, got {value!r}")
+    require(ok, name, f"must be an integer ≥ {minimum}, got {excerpt(value)}")
 
 
 def _check_activation(name: str, path: str, allowed: tuple[str, ...]) -> None:
     if name not in allowed:
         known = "unknown value" if name not in ACTIVATIONS else "not allowed here"
-        raise InvalidArgument(f"{path}.activation", f"{known} {name!r}", allowed)
+        raise InvalidArgument(f"{path}.activation", f"{known} {excerpt(name)}", allowed)
 
 
-def _check_dense(layer: Dense, path: str, width: int, is_output: bool) -> int:
-    _check_int(layer.units, f"{path}.units", minimum=1)
-    allowed = tuple(ACTIVATIONS) if is_output else HIDDEN_ACTIVATIONS
-    _check_activation(layer.activation, path, allowed)
-    check_initializer(layer.init, f"{path}.init")
-    return layer.units
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_batchnorm(layer: BatchNorm, path: str, width: int, is_output: bool) -> int:
-    _check_activation(layer.activation, path, HIDDEN_ACTIVATIONS)
-    ok = isinstance(layer.momentum, int | float) and 0.0 <= layer.momentum < 1.0
-    require(ok, f"{path}.momentum", f"must be in [0, 1), got {layer.momentum!r}")
-    ok = isinstance(layer.epsilon, int | float) and layer.epsilon > 0.0
-    require(ok, f"{path}.epsilon", f"must be > 0, got {layer.epsilon!r}")
+def _check_dense(
+    layer: Dense, path: str, width: int | None, is_output: bool, problems: Problems
+) -> int | None:
+    with problems.check():
+        _check_int(layer.units, f"{path}.units", minimum=1)
+    with problems.check():
+        _check_activation(layer.activation, path, tuple(ACTIVATIONS) if is_output else HIDDEN_ACTIVATIONS)
+    with problems.check():
+        check_initializer(layer.init, f"{path}.init")
+    return layer.units if isinstance(layer.units, int) and layer.units >= 1 else None
+
+
+def _check_batchnorm(
+    layer: BatchNorm, path: str, width: int | None, is_output: bool, problems: Problems
+) -> int | None:
+    with problems.check():
+        _check_activation(layer.activation, path, HIDDEN_ACTIVATIONS)
+    with problems.check():
+        ok = _is_number(layer.momentum) and 0.0 <= layer.momentum < 1.0
+        require(ok, f"{path}.momentum", f"must be in [0, 1), got {excerpt(layer.momentum)}")
+    with problems.check():
+        ok = _is_number(layer.epsilon) and layer.epsilon > 0.0
+        require(ok, f"{path}.epsilon", f"must be a finite number > 0, got {excerpt(layer.epsilon)}")
     return width
 
 
-def _check_residual(layer: Residual, path: str, width: int, is_output: bool) -> int:
+def _check_residual(
+    layer: Residual, path: str, width: int | None, is_output: bool, problems: Problems
+) -> int | None:
     object.__setattr__(layer, "layers", tuple(layer.layers))
-    _check_activation(layer.activation, path, HIDDEN_ACTIVATIONS)
-    require(bool(layer.layers), f"{path}.layers", "a residual block needs at least one layer")
-    out = _check_layers(layer.layers, f"{path}.layers", width, inside_block=True)
-    require(
-        out == width,
-        f"{path}.layers",
-        f"a skip connection adds its input to its output: width {width} in, {out} out",
-    )
+    with problems.check():
+        _check_activation(layer.activation, path, HIDDEN_ACTIVATIONS)
+    with problems.check():
+        require(bool(layer.layers), f"{path}.layers", "a residual block needs at least one layer")
+    out = _check_layers(layer.layers, f"{path}.layers", width, problems, inside_block=True)
+    with problems.check():
+        if layer.layers and None not in (width, out):
+            require(
+                out == width,
+                f"{path}.layers",
+                f"a skip connection adds its input to its output: width {width} in, {out} out",
+            )
     return width
 
 
-_CHECKS: dict[type, Callable[[Any, str, int, bool], int]] = {
+_CHECKS: dict[type, Callable[[Any, str, int | None, bool, Problems], int | None]] = {
     Dense: _check_dense,
     BatchNorm: _check_batchnorm,
     Residual: _check_residual,
 }
 
 
-def _check_layers(layers: Sequence[LayerSpec], path: str, width: int, inside_block: bool = False) -> int:
-    """Validate ``layers`` fed ``width`` features; return the width they output."""
+def _check_layers(
+    layers: Sequence[LayerSpec], path: str, width: int | None, problems: Problems, inside_block: bool = False
+) -> int | None:
+    """Validate ``layers`` fed ``width`` features, recording every problem; return the width they
+    output (None once a width is unknown, so that no follow-on problem is made up)."""
     for i, layer in enumerate(layers):
         here = f"{path}[{i}]"
         check = _CHECKS.get(type(layer))
         if check is None:
-            raise InvalidArgument(here, f"not a layer spec: {layer!r}", sorted(LAYER_KINDS))
+            with problems.check():
+                raise InvalidArgument(here, f"not a layer spec: {excerpt(layer)}", sorted(LAYER_KINDS))
+            width = None
+            continue
         is_output = not inside_block and i == len(layers) - 1
-        width = check(layer, here, width, is_output)
+        width = check(layer, here, width, is_output, problems)
     return width
 
 
@@ -263,15 +302,30 @@ def _layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
 
 
 def _check_keys(data: object, path: str, known: set[str], required: set[str]) -> None:
-    where = path or "spec"
-    require(isinstance(data, Mapping), where, "must be an object")
+    """Every unknown and every missing key of ``data`` at once."""
+    require(isinstance(data, Mapping), path or "spec", "must be an object")
     assert isinstance(data, Mapping)
     prefix = f"{path}." if path else ""
-    for key in data:
-        if key not in known:
-            raise InvalidArgument(f"{prefix}{key}", "unknown field", sorted(known))
-    for key in sorted(required - set(data)):
-        raise InvalidArgument(f"{prefix}{key}", "is required")
+    problems = [
+        InvalidArgument(f"{prefix}{cut(str(key))}", "unknown field", sorted(known))
+        for key in data
+        if key not in known
+    ]
+    problems += [InvalidArgument(f"{prefix}{key}", "is required") for key in sorted(required - set(data))]
+    if problems:
+        raise InvalidArgument.every(problems)
+
+
+def _layers_from_list(items: object, path: str) -> tuple[LayerSpec, ...]:
+    """The layers of a list, every layer's problems reported together."""
+    require(isinstance(items, list), path, "must be a list of layer objects")
+    assert isinstance(items, list)
+    problems, layers = Problems(), []
+    for i, item in enumerate(items):
+        with problems.check():
+            layers.append(_layer_from_dict(item, f"{path}[{i}]"))
+    problems.raise_any()
+    return tuple(layers)
 
 
 def _layer_from_dict(data: Mapping[str, Any], path: str) -> LayerSpec:
@@ -282,8 +336,5 @@ def _layer_from_dict(data: Mapping[str, Any], path: str) -> LayerSpec:
     _check_keys(data, path, names | {"kind"}, required)
     kwargs = {k: v for k, v in data.items() if k != "kind"}
     if cls is Residual:
-        items = kwargs.get("layers")
-        if not isinstance(items, list):
-            raise InvalidArgument(f"{path}.layers", "must be a list of layer objects")
-        kwargs["layers"] = tuple(_layer_from_dict(x, f"{path}.layers[{i}]") for i, x in enumerate(items))
+        kwargs["layers"] = _layers_from_list(kwargs.get("layers"), f"{path}.layers")
     return cls(**kwargs)

@@ -6,16 +6,18 @@ Errors name the request field: ``inputs.data``, ``spec.layers[1].units``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gradwire.engine import InvalidArgument, NetworkSpec, TrainConfig
 from gradwire.engine.data import check_finite
+from gradwire.engine.errors import Problems
 from gradwire.storage import DatasetRecord, EpochEntry, ModelRecord, RunRecord
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
@@ -32,9 +34,43 @@ EXPORT_PIECE = 1 << 20
 """Bytes of array data per ExportModel message."""
 
 
+M = TypeVar("M", bound=Message)
+
+
+def decode(cls: type[M], data: bytes) -> M:
+    """A request message from its bytes, decoded here rather than by grpc so that bytes that are
+    not such a message (bad UTF-8, nesting past protobuf's recursion limit, garbage) are the
+    caller's INVALID_ARGUMENT, not grpc's INTERNAL. A field this server does not know, or a NUL
+    character in a string, is refused too: each would be silently dropped or break a database."""
+    try:
+        message = cls.FromString(data)
+    except DecodeError as exc:
+        raise InvalidArgument("", f"not a valid {cls.DESCRIPTOR.full_name} message: {exc}") from None
+    problems = list(_strange_fields(message, ""))
+    if problems:
+        raise InvalidArgument.every(problems)
+    return message
+
+
+def _strange_fields(message: Message, path: str) -> Iterator[InvalidArgument]:
+    """Unknown fields and strings holding NUL, anywhere in ``message``, by field path."""
+    for number in sorted({f.field_number for f in UnknownFieldSet(message)}):
+        yield InvalidArgument(
+            path or "request", f"has field number {number}, which this server does not know"
+        )
+    for field, value in message.ListFields():
+        here = f"{path}.{field.name}" if path else field.name
+        items = value if field.is_repeated else (value,)
+        if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for i, item in enumerate(items):
+                yield from _strange_fields(item, f"{here}[{i}]" if field.is_repeated else here)
+        elif field.type == field.TYPE_STRING and any("\x00" in item for item in items):
+            yield InvalidArgument(here, "must not contain NUL characters")
+
+
 def prefixed(exc: InvalidArgument, prefix: str) -> InvalidArgument:
-    """The same error with its field under ``prefix`` (``units`` → ``spec.layers[0].units``)."""
-    return InvalidArgument(f"{prefix}.{exc.field}" if prefix else exc.field, exc.message, exc.allowed)
+    """The same error with its fields under ``prefix`` (``units`` → ``spec.layers[0].units``)."""
+    return exc.under(prefix)
 
 
 def tensor_from_proto(tensor: pb.Tensor, field: str) -> np.ndarray:
@@ -153,22 +189,45 @@ def dataset_to_proto(dataset: DatasetRecord) -> pb.Dataset:
 DATA_FIELDS = ("inputs", "targets", "validation_inputs", "validation_targets")
 
 
+PAIRS = (("inputs", "targets"), ("validation_inputs", "validation_targets"))
+"""Data that only means something together: one without the other is refused, not ignored."""
+
+
 def sources_from_proto(request: pb.StartRunRequest) -> dict[str, DataSource]:
     """The request's data by role: a dataset id, or a checked inline array."""
-    out: dict[str, DataSource] = {}
-    for role in DATA_FIELDS:
-        source = getattr(request, role)
-        kind = source.WhichOneof("source")
-        if kind == "dataset_id":
-            out[role] = source.dataset_id
-        elif kind == "tensor":
-            out[role] = tensor_from_proto(source.tensor, f"{role}.tensor")
-    return out
+    return _sources(request, _source)
 
 
 def train_sources(request: pb.TrainRequest) -> dict[str, DataSource]:
     """A Train request's inline tensors by role."""
-    return {role: array for role in DATA_FIELDS if (array := optional_tensor(request, role)) is not None}
+    return _sources(request, lambda message, role: optional_tensor(message, role))
+
+
+def _source(request: pb.StartRunRequest, role: str) -> DataSource | None:
+    source = getattr(request, role)
+    kind = source.WhichOneof("source")
+    if kind == "dataset_id":
+        return str(source.dataset_id)
+    if kind == "tensor":
+        return tensor_from_proto(source.tensor, f"{role}.tensor")
+    return None
+
+
+def _sources(request: Any, read: Callable[[Any, str], DataSource | None]) -> dict[str, DataSource]:
+    """Every role's data, every role's problems reported together, pairs checked whole."""
+    problems, out = Problems(), {}
+    for role in DATA_FIELDS:
+        with problems.check():
+            if (source := read(request, role)) is not None:
+                out[role] = source
+    for first, second in PAIRS:
+        with problems.check():
+            given = [role for role in (first, second) if request.HasField(role)]
+            if len(given) == 1:
+                missing = second if given == [first] else first
+                raise InvalidArgument(missing, f"is required with {given[0]}")
+    problems.raise_any()
+    return out
 
 
 def epochs_planned(run: RunRecord) -> int:

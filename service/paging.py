@@ -15,6 +15,8 @@ T = TypeVar("T")
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+MAX_KEY = 64
+"""The longest id a page token may carry (ids are far shorter)."""
 
 
 def paged(
@@ -44,6 +46,8 @@ def next_token(items: Sequence[Any], limit: int) -> str:
 def _decode(token: str) -> tuple[datetime, str]:
     try:
         created, key = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), str(key)
+        if not isinstance(key, str) or len(key) > MAX_KEY or "\x00" in key:
+            raise ValueError("not an id")
+        return datetime.fromisoformat(created), key
     except (ValueError, TypeError, binascii.Error):
         raise InvalidArgument("page_token", "not a token this service gave out") from None

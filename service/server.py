@@ -21,9 +21,8 @@ from grpc_reflection.v1alpha import reflection
 
 from gradwire.storage import Store, open_store
 from gradwire.v1 import gradwire_pb2 as pb
-from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 
-from .servicer import TrainerServicer
+from .servicer import TrainerServicer, add_to_server
 from .settings import Settings
 from .usecases import Gradwire
 
@@ -143,7 +142,7 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
         interceptors=[LoggingInterceptor()],
         options=options,
     )
-    pb_grpc.add_TrainerServicer_to_server(TrainerServicer(app), server)
+    add_to_server(TrainerServicer(app), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message_factory import GetMessageClass
 from grpc_status import rpc_status
 
 from gradwire.engine import NetworkSpec
@@ -54,13 +55,34 @@ def abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
     raise AssertionError("grpc's abort returned")  # it raises; this keeps the NoReturn honest
 
 
+SERVICE = pb.DESCRIPTOR.services_by_name["Trainer"]
+
+HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+"""grpc's handler factory by (client streams, server streams)."""
+
+
+def _decoder(name: str) -> Callable[[Any], Any]:
+    """What turns the raw request of method ``name`` into messages: one, or an iterator of them."""
+    method = SERVICE.methods_by_name[name]
+    cls = GetMessageClass(method.input_type)
+    if method.client_streaming:
+        return lambda chunks: (convert.decode(cls, chunk) for chunk in chunks)
+    return lambda data: convert.decode(cls, data)
+
+
 def handled(method: F) -> F:
-    """Map a unary (or client-streaming) method's exceptions to statuses."""
+    """Decode a unary (or client-streaming) method's request and map its exceptions to statuses."""
+    decode = _decoder(method.__name__)
 
     @functools.wraps(method)
     def wrapper(self: TrainerServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return method(self, decode(request), context)
         except Exception as exc:
             abort(context, exc)
 
@@ -68,16 +90,33 @@ def handled(method: F) -> F:
 
 
 def handled_stream(method: F) -> F:
-    """Map a streaming method's exceptions, raised before or between messages, to statuses."""
+    """Decode a streaming method's request and map its exceptions, raised before or between
+    messages, to statuses."""
+    decode = _decoder(method.__name__)
 
     @functools.wraps(method)
     def wrapper(self: TrainerServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from method(self, request, context)
+            yield from method(self, decode(request), context)
         except Exception as exc:
             abort(context, exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def add_to_server(servicer: TrainerServicer, server: grpc.Server) -> None:
+    """Serve every method of the Trainer service, taking requests as raw bytes (each handler
+    decodes its own, see :func:`.convert.decode`) and packing responses as usual."""
+    handlers = {
+        method.name: HANDLER_KINDS[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=None,
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+        for method in SERVICE.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
 def idle_bounded(messages: Iterator[Any], context: grpc.ServicerContext, seconds: float) -> Iterator[Any]:

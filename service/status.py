@@ -61,13 +61,31 @@ def status_of(exc: Exception) -> grpc.StatusCode | None:
     return None
 
 
+MAX_MESSAGE = 1000
+"""Characters of a status message at most: status and details travel in metadata, which is bounded."""
+
+
+def field_violations(exc: Exception) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """Every field ``exc`` names, each with its own description (without the field's name)."""
+    if isinstance(exc, InvalidArgument):
+        pairs = [(v.field, v.description) for v in exc.violations]
+    else:
+        pairs = [(getattr(exc, "field", ""), str(exc))]
+    return [
+        error_details_pb2.BadRequest.FieldViolation(field=field, description=_cut(description))
+        for field, description in pairs
+        if field
+    ]
+
+
 def rich_status(code: grpc.StatusCode, exc: Exception) -> status_pb2.Status:
-    """A ``google.rpc.Status`` for ``exc``, with a BadRequest field violation when it names a field."""
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
-    field = getattr(exc, "field", "")
-    if code == grpc.StatusCode.INVALID_ARGUMENT and field:
-        detail = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=str(exc))]
-        )
-        status.details.add().Pack(detail)
+    """A ``google.rpc.Status`` for ``exc``, with a BadRequest naming every field it is about."""
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=_cut(str(exc)))
+    violations = field_violations(exc)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and violations:
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=violations[:100]))
     return status
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"

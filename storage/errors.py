@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+QUOTED = 40
+"""Characters of a caller's key quoted in an error message at most."""
+
 
 class StorageError(Exception):
     """Base class of the storage errors."""
@@ -12,7 +15,10 @@ class NotFound(StorageError):
 
     def __init__(self, what: str, key: object, field: str) -> None:
         self.what, self.key, self.field = what, key, field
-        super().__init__(f"{what} {key!r} not found")
+        quoted = repr(key)
+        if len(quoted) > QUOTED:  # the caller's id is echoed, never all of it
+            quoted = f"{quoted[: QUOTED - 5]}…({len(quoted)} chars)"
+        super().__init__(f"{what} {quoted} not found")
 
 
 class SchemaOutOfDate(StorageError):

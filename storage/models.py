@@ -162,9 +162,14 @@ class ModelStore:
             return row.version, blobs.read_arrays(s, row.blob_id, row.checksum)
 
 
+MAX_VERSION = (1 << 31) - 1
+"""Versions are 32-bit integers in the database; a larger number names no version (and must not
+reach a query, where PostgreSQL would refuse it as out of range)."""
+
+
 def _version_row(s: Session, model_id: str, version: int | None) -> WeightVersionRow:
     wanted = model_row(s, model_id).current_version if version is None else version
-    row = s.get(WeightVersionRow, (model_id, wanted))
+    row = s.get(WeightVersionRow, (model_id, wanted)) if 0 < wanted <= MAX_VERSION else None
     if row is None:
         raise NotFound("version", wanted, "version")
     return row

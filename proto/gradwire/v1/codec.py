@@ -61,21 +61,45 @@ def array_to_tensor(array: np.ndarray, into: pb.Tensor | None = None) -> pb.Tens
     return tensor
 
 
+MAX_DIMENSION = (1 << 31) - 1
+"""The largest size of one dimension a tensor may declare (each dimension is an int64 on the wire)."""
+
+
+def dtype_name(dtype: int) -> str:
+    """The DType enum's name for ``dtype``, or its number for a value outside the enum."""
+    return pb.DType.Name(dtype) if dtype in pb.DType.values() else f"DType {dtype}"
+
+
 def tensor_to_array(tensor: pb.Tensor, allowed: Iterable[int] = DTYPES) -> np.ndarray:
     """A read-only array over the tensor's bytes (no copy), after checking dtype and size."""
-    if tensor.dtype not in set(allowed):
-        names = [pb.DType.Name(d) for d in allowed]
-        raise TensorError("dtype", f"must be one of {', '.join(names)}, got {pb.DType.Name(tensor.dtype)}")
+    allowed = tuple(allowed)
+    if tensor.dtype not in allowed:
+        names = ", ".join(dtype_name(d) for d in allowed)
+        raise TensorError("dtype", f"must be one of {names}, got {dtype_name(tensor.dtype)}")
     shape = tuple(tensor.shape)
-    if any(n < 0 for n in shape):
-        raise TensorError("shape", f"has a negative size: {list(shape)}")
+    if any(not 0 <= n <= MAX_DIMENSION for n in shape):
+        raise TensorError("shape", f"every size must lie in [0, {MAX_DIMENSION}], got {shape_excerpt(shape)}")
     dtype = DTYPES[tensor.dtype]
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise TensorError(
-            "data", f"has {len(tensor.data)} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
+            "data",
+            f"has {len(tensor.data)} bytes; shape {shape_excerpt(shape)} of {dtype.name} needs {expected}",
         )
-    return np.frombuffer(tensor.data, dtype).reshape(shape)
+    try:
+        return np.frombuffer(tensor.data, dtype).reshape(shape)
+    except ValueError as exc:  # an empty array whose other sizes multiply past what NumPy indexes
+        raise TensorError("shape", f"{shape_excerpt(shape)} cannot be an array: {exc}") from None
+
+
+def shape_excerpt(shape: tuple[int, ...], limit: int = 8) -> str:
+    """A shape as a list, its first ``limit`` sizes at most (a caller may send thousands)."""
+    head = ", ".join(str(n) for n in shape[:limit])
+    return (
+        f"[{head}{', ...' if len(shape) > limit else ''}] ({len(shape)} dimensions)"
+        if len(shape) > limit
+        else f"[{head}]"
+    )
 
 
 # ------------------------------------------------------------------------------------ specs
@@ -120,31 +144,52 @@ def layer_to_dict(layer: pb.Layer) -> dict[str, Any]:
 
 
 def layer_from_dict(data: Mapping[str, Any]) -> pb.Layer:
-    kind = data["kind"]
+    """A layer message from its dict form; ValueError for what it cannot carry (unknown kinds,
+    unknown keys, values of the wrong type)."""
+    kind = data.get("kind")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"layer kind: unknown value {kind!r:.40} (allowed: {', '.join(LAYER_TYPES)})")
     fields: dict[str, Any] = {k: v for k, v in data.items() if k not in ("kind", "layers")}
     if kind == "residual":
-        fields["layers"] = [layer_from_dict(inner) for inner in data["layers"]]
-    layer: dict[str, Any] = {kind: LAYER_TYPES[kind](**fields)}
-    return pb.Layer(**layer)
+        fields["layers"] = [layer_from_dict(inner) for inner in data.get("layers", [])]
+    try:
+        body = LAYER_TYPES[kind](**fields)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{kind} layer: {exc}") from None
+    return pb.Layer(**{kind: body})
+
+
+SPEC_KEYS = ("input_dim", "layers", "loss", "dtype", "seed")
+SPEC_DTYPE_NAMES = {pb.DTYPE_UNSPECIFIED: "float64"} | {v: k for k, v in SPEC_DTYPES.items()}
+"""A spec's dtype by its wire value; unset means float64. Any other value keeps a name the
+engine's validation refuses (``int64``, ``DType 77``) instead of silently becoming float64."""
 
 
 def spec_to_dict(spec: pb.ModelSpec) -> dict[str, Any]:
-    dtypes = {v: k for k, v in SPEC_DTYPES.items()}
+    dtype = SPEC_DTYPE_NAMES.get(spec.dtype) or dtype_name(spec.dtype).lower()
     return {
         "input_dim": spec.input_dim,
         "layers": [layer_to_dict(layer) for layer in spec.layers],
         "loss": spec.loss,
-        "dtype": dtypes.get(spec.dtype, "float64"),
+        "dtype": dtype,
         "seed": spec.seed,
     }
 
 
 def spec_from_dict(spec: Mapping[str, Any]) -> pb.ModelSpec:
+    """A spec message from its dict form; a key or a dtype it cannot carry raises ValueError
+    rather than vanish on the way (a typo must not silently build another model)."""
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"spec: unknown keys {unknown} (known: {', '.join(SPEC_KEYS)})")
+    dtype = spec.get("dtype", "float64")
+    if dtype not in SPEC_DTYPES:
+        raise ValueError(f"spec.dtype: unknown value {dtype!r:.40} (allowed: {', '.join(SPEC_DTYPES)})")
     return pb.ModelSpec(
         input_dim=spec["input_dim"],
         layers=[layer_from_dict(layer) for layer in spec["layers"]],
         loss=spec["loss"],
-        dtype=SPEC_DTYPES.get(spec.get("dtype", "float64"), pb.DTYPE_UNSPECIFIED),
+        dtype=SPEC_DTYPES[dtype],
         seed=spec.get("seed", 0),
     )
 
