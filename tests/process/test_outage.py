@@ -176,3 +176,36 @@ def test_an_outage_at_the_end_ends_every_stream_and_sigterm_still_stops_the_serv
     finally:
         if server.process.poll() is None:
             server.kill()
+
+
+def test_calls_during_an_outage_are_unavailable_and_work_again_after_it(outage: Outage) -> None:
+    """Every kind of call while PostgreSQL refuses connections ends UNAVAILABLE (what the SDK
+    retries), never INTERNAL; once it is back, the same server answers them without a restart."""
+    server = ServerProcess(outage.url, poll_seconds=0.1, db_retry_seconds=1.0)
+    try:
+        with Client(server.address) as client:
+            model = client.create_model(SPEC)
+            inputs = codec.array_to_tensor(X[:4])
+            calls = {
+                "GetModel": lambda: client.stub.GetModel(pb.GetModelRequest(model_id=model.id), timeout=30),
+                "ListModels": lambda: client.stub.ListModels(pb.ListModelsRequest(), timeout=30),
+                "Predict": lambda: client.stub.Predict(
+                    pb.PredictRequest(model_id=model.id, inputs=inputs), timeout=30
+                ),
+                "CreateModel": lambda: client.stub.CreateModel(
+                    pb.CreateModelRequest(spec=codec.spec_from_dict(SPEC)), timeout=30
+                ),
+                "ListRuns": lambda: client.stub.ListRuns(pb.ListRunsRequest(), timeout=30),
+            }
+            outage.refuse()
+            for name, call in calls.items():
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (name, info.value.details())
+            outage.restore()
+            for call in calls.values():
+                call()  # no error: the pool reconnects by itself
+        assert server.terminate(timeout=60) == 0
+    finally:
+        if server.process.poll() is None:
+            server.kill()
