@@ -21,7 +21,7 @@ def test_a_network_counts_the_bytes_of_its_parameters() -> None:
 
 def test_the_least_recently_used_leave_once_the_bytes_are_spent() -> None:
     small, large = network(10), network(1000)
-    cache = NetworkCache(capacity=network_bytes(large[1]) + 2 * network_bytes(small[1]))
+    cache = NetworkCache(capacity=network_bytes(large[1]) + 2 * network_bytes(small[1]) - 1)
     cache.put(("a", 1), *small)
     cache.put(("b", 1), *small)
     assert cache.get(("a", 1)) is not None  # a is now the most recently used
