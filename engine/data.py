@@ -7,6 +7,8 @@ few rows at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from .errors import InvalidArgument, require
@@ -68,6 +70,21 @@ def class_labels(Y: Array) -> Array:
     if Y.shape[1] == 1:
         return (Y[:, 0] > 0.5).astype(np.int64)
     return np.asarray(Y.argmax(axis=1))
+
+
+def batch_bounds(n: int, batch_size: int, min_rows: int = 1) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each minibatch of ``n`` rows taken ``batch_size`` at a time.
+
+    A last batch of fewer than ``min_rows`` rows joins the one before it, which then has more
+    than ``batch_size``: with batch norm (``min_rows = 2``) 33 rows in batches of 32 train as one
+    batch of 33, never as 32 and a row that is its own mean. Every other split is the plain one.
+    Assumes ``batch_size ≥ min_rows``.
+    """
+    count = -(-n // batch_size)
+    if count > 1 and n - (count - 1) * batch_size < min_rows:
+        count -= 1
+    for i in range(count):
+        yield i * batch_size, n if i == count - 1 else (i + 1) * batch_size
 
 
 def holdout_split(

@@ -41,6 +41,9 @@ class Layer(ABC):
 
     param_attrs: tuple[str, ...] = ()
 
+    min_training_rows = 1
+    """The fewest rows a training-mode batch may have for the layer's gradient to mean anything."""
+
     def parameter_slots(self, prefix: str) -> list[tuple[str, Layer, str]]:
         """``(name, owner, attribute)`` of every trainable array, in the order of ``out``."""
         return [(f"{prefix}{attr}", self, attr) for attr in self.param_attrs]
@@ -84,6 +87,21 @@ class DenseLayer(Layer):
         return delta @ self.W.T if need_input_grad else None
 
 
+class LogitDenseLayer(DenseLayer):
+    """An output layer that also keeps its pre-activation ``z`` (the logits): its cache is
+    ``(x, a, z)``, from which a cross-entropy is exact at any logit gap.
+
+    The activation may overwrite its input, so it gets a copy: ``(n, k)`` values, against the
+    ``n·fan_in·k`` multiply-adds of ``x W``.
+    """
+
+    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+        z = x @ self.W
+        z += self.b
+        a = self.activation.forward(z.copy())
+        return a, (x, a, z)
+
+
 class BatchNormLayer(Layer):
     """``a = g(γ x̂ + β)`` with ``x̂ = (x − μ)/√(σ² + ε)`` (Ioffe & Szegedy 2015).
 
@@ -93,6 +111,7 @@ class BatchNormLayer(Layer):
     """
 
     param_attrs = ("gamma", "beta")
+    min_training_rows = 2  # one row is its own mean: x̂ = 0 and a variance of 0
 
     def __init__(
         self,
@@ -152,6 +171,7 @@ class ResidualLayer(Layer):
 
     def __init__(self, layers: list[Layer], activation: Activation) -> None:
         self.layers, self.activation = layers, activation
+        self.min_training_rows = max(layer.min_training_rows for layer in layers)
         counts = [len(layer.parameter_slots("")) for layer in layers]
         self._out_slices = [slice(sum(counts[:i]), sum(counts[: i + 1])) for i in range(len(layers))]
 

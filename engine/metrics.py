@@ -48,26 +48,37 @@ class R2:
     """Coefficient of determination over all outputs together: 1 − Σ SS_res / Σ SS_tot.
 
     With one output this is the usual R²; with several it weights each output by its variance
-    (scikit-learn's ``variance_weighted``), which needs only scalar sums per minibatch.
+    (scikit-learn's ``variance_weighted``), which needs only a few sums per minibatch.
+
+    SS_tot is not ``Σy² − (Σy)²/n``: that cancels to nothing when the targets sit far from zero
+    against their spread (around 1e8 with a spread of 1, every digit). The sums are of the targets
+    less a shift ``K``, the first minibatch's mean target, so ``SS_tot = Σc² − (Σc)²/n`` with
+    ``c = y − K`` only loses a factor ``1 + (ȳ − K)²/var(y)`` of rounding, about one.
     """
 
     def __init__(self) -> None:
         self.n = 0
         self.ss_res = 0.0
-        self.sum_y2 = 0.0
-        self.sum_y: Array | float = 0.0
+        self.shift: Array | None = None  # K, per output
+        self.sum_c2 = 0.0
+        self.sum_c: Array | float = 0.0  # per output
 
     def update(self, a: Array, y: Array) -> None:
+        if not len(y):
+            return
         d = y - a
         self.n += len(y)
         self.ss_res += float(np.vdot(d, d))
-        self.sum_y2 += float(np.vdot(y, y))
-        self.sum_y = self.sum_y + np.add.reduce(y, axis=0, dtype=np.float64)
+        if self.shift is None:
+            self.shift = y.mean(axis=0, dtype=np.float64)
+        c = y - self.shift
+        self.sum_c2 += float(np.vdot(c, c))
+        self.sum_c = self.sum_c + np.add.reduce(c, axis=0)
 
     def value(self) -> float:
         if self.n < 2:
             return float("nan")
-        ss_tot = self.sum_y2 - float(np.vdot(self.sum_y, self.sum_y)) / self.n
+        ss_tot = self.sum_c2 - float(np.vdot(self.sum_c, self.sum_c)) / self.n
         return 1.0 - self.ss_res / ss_tot if ss_tot > 0 else 0.0
 
 

@@ -9,6 +9,9 @@ Backpropagation (Russell & Norvig 18.7) is two readable steps, vectorised over t
 
 :meth:`Network.loss_and_gradients` does both without changing the network; training applies the
 state update of batch norm separately (:meth:`Network.commit`).
+
+Cross-entropy losses are reported from the output layer's logits (:meth:`Network.loss_value`),
+not from its clipped probabilities, so a confidently wrong output reports its true loss.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from .activations import get_activation
 from .data import as_features, as_targets
 from .errors import InvalidArgument
 from .initializers import initial_weights
-from .layers import BatchNormLayer, Cache, DenseLayer, Layer, ResidualLayer
-from .losses import FUSED_DELTAS, get_loss
+from .layers import BatchNormLayer, Cache, DenseLayer, Layer, LogitDenseLayer, ResidualLayer
+from .losses import FUSED_DELTAS, LOGIT_LOSSES, get_loss
 from .metrics import METRICS
 from .spec import BatchNorm, Dense, LayerSpec, NetworkSpec, Residual
 
@@ -95,13 +98,21 @@ class Network:
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
         self.loss = get_loss(spec.loss)
-        self.fused_delta = FUSED_DELTAS.get((spec.output_activation, spec.loss))
+        pair = (spec.output_activation, spec.loss)
+        self.fused_delta = FUSED_DELTAS.get(pair)
+        self.logit_loss = LOGIT_LOSSES.get(pair)
         rng = np.random.default_rng(spec.seed)
         self.layers: list[Layer] = []
         width = spec.input_dim
         for layer_spec in spec.layers:
             layer, width = _build(layer_spec, width, rng, self.dtype)
             self.layers.append(layer)
+        last = self.layers[-1]
+        assert isinstance(last, DenseLayer)
+        if self.logit_loss is not None:
+            self.layers[-1] = LogitDenseLayer(last.W, last.b, last.activation)
+        # the fewest rows a training-mode batch may have: 2 with batch norm anywhere, else 1
+        self.min_training_rows = max(layer.min_training_rows for layer in self.layers)
         self.flat, self.param_names, self.params = _pack_parameters(self.layers, self.dtype)
         self._param_counts = [len(layer.parameter_slots("")) for layer in self.layers]
         self.layer_segments = _layer_segments(self.param_names, self.params)
@@ -148,6 +159,13 @@ class Network:
             start += count
         return shares
 
+    def loss_value(self, a: Array, caches: list[Cache], Y: Array) -> float:
+        """The mean loss of a forward pass that gave outputs ``a``; for a cross-entropy, from the
+        logits the output layer kept (exact where ``a`` has rounded to 0 or 1)."""
+        if self.logit_loss is not None:
+            return self.logit_loss(caches[-1][2], Y)
+        return self.loss.value(a, Y)
+
     def commit(self, caches: list[Cache]) -> None:
         """Apply the state updates of a training-mode forward pass (batch-norm averages)."""
         if self._buffers:
@@ -165,18 +183,28 @@ class Network:
             out[start : start + batch_size] = self.forward(chunk)[0]
         return out
 
-    def loss_and_gradients(self, X: Array, Y: Array, training: bool = True) -> tuple[float, dict[str, Array]]:
+    def loss_and_gradients(
+        self, X: Array, Y: Array, training: bool = True, *, field: str = "X"
+    ) -> tuple[float, dict[str, Array]]:
         """The mean loss on ``(X, Y)`` and the gradient of every parameter; changes nothing.
 
         ``training`` selects batch norm's batch statistics (the loss training minimises) or its
-        running averages.
+        running averages. Batch statistics of one row are degenerate (``x̂ = 0``, so the gradient
+        ignores the input), hence fewer than :attr:`min_training_rows` rows raise
+        :class:`InvalidArgument` on ``field`` (the caller's name for ``X``).
         """
-        X = as_features(X, self.spec.input_dim).astype(self.dtype, copy=False)
+        X = as_features(X, self.spec.input_dim, field).astype(self.dtype, copy=False)
         Y = as_targets(Y, len(X), self.spec.output_dim).astype(self.dtype, copy=False)
+        if training and 0 < len(X) < self.min_training_rows:
+            raise InvalidArgument(
+                field,
+                f"batch normalisation in training mode needs at least {self.min_training_rows} rows, "
+                f"got {len(X)} (inference mode takes any number)",
+            )
         a, caches = self.forward(X, training)
         grads = self.unflatten(np.empty_like(self.flat))
         self.backward(caches, a, Y, grads)
-        return self.loss.value(a, Y), dict(zip(self.param_names, grads, strict=True))
+        return self.loss_value(a, caches, Y), dict(zip(self.param_names, grads, strict=True))
 
     def evaluate(
         self, X: Array, Y: Array, rows: Array | None = None, batch_size: int = PREDICT_CHUNK
@@ -192,8 +220,8 @@ class Network:
             take = slice(start, start + batch_size) if rows is None else rows[start : start + batch_size]
             x = X[take].astype(self.dtype, copy=False)
             y = Y[take].astype(self.dtype, copy=False)
-            a = self.forward(x)[0]
-            total += self.loss.value(a, y) * len(x)
+            a, caches = self.forward(x)
+            total += self.loss_value(a, caches, y) * len(x)
             metric.update(a, y)
         return total / max(n, 1), metric.value()
 

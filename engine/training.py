@@ -8,6 +8,10 @@ leaves the best weights in the network.
 Per minibatch: forward in training mode, loss, backward, batch-norm averages, gradient norms
 (per layer and global), clipping, optimiser step, ``w ← w − u``. Per epoch: validation, history
 record, schedule, best-so-far, stopping rules, callback.
+
+A network with batch norm never trains on a one-row batch (its own mean: ``x̂ = 0``, and a variance
+of 0 pulled into the running average): a one-row remainder joins the epoch's previous batch
+(:func:`~.data.batch_bounds`), and a single training row or ``batch_size = 1`` is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .data import as_features, as_targets, class_labels, holdout_split
-from .errors import InvalidArgument
+from .data import as_features, as_targets, batch_bounds, class_labels, holdout_split
+from .errors import InvalidArgument, require
 from .metrics import METRICS
 from .network import Network
 from .optimizers import OptimizerState, make_optimizer
@@ -166,6 +170,7 @@ class Trainer:
         if len(X) == 0:
             raise InvalidArgument("X", "has no rows")
         train_rows, validation = self._split(X, Y, validation_data)
+        self._check_batch_rows(len(X) if train_rows is None else len(train_rows))
         start, started = self.epoch, time.perf_counter()
         budget = self.config.epochs if epochs is None else epochs
         reason = "max_epochs"
@@ -203,6 +208,14 @@ class Trainer:
         train, val = holdout_split(len(X), self.config.validation_fraction, rng, strata)
         return train, (X, Y, val)
 
+    def _check_batch_rows(self, train_rows: int) -> None:
+        """Refuse what would force a batch smaller than the network's ``min_training_rows`` (2 with
+        batch norm, else 1, which every call meets)."""
+        need = self.network.min_training_rows
+        why = "a network with batch normalisation needs"
+        require(self.config.batch_size >= need, "batch_size", f"{why} batches of {need} rows or more")
+        require(train_rows >= need, "X", f"{why} {need} training rows or more, not {train_rows}")
+
     def _run_epoch(
         self, X: Array, Y: Array, rows: Array | None, should_stop: Callable[[], bool] | None
     ) -> _EpochStats | str:
@@ -214,14 +227,10 @@ class Trainer:
         )
         lr = self.schedule.rate(self.epoch)
         stats = _EpochStats(len(self.layer_paths), net.loss.metric, lr)
-        for begin in range(0, n, cfg.batch_size):
+        for begin, end in batch_bounds(n, cfg.batch_size, net.min_training_rows):
             if should_stop is not None and should_stop():
                 return "stop_requested"
-            batch = (
-                slice(begin, begin + cfg.batch_size)
-                if order is None
-                else order[begin : begin + cfg.batch_size]
-            )
+            batch = slice(begin, end) if order is None else order[begin:end]
             xb = X[batch].astype(net.dtype, copy=False)
             yb = Y[batch].astype(net.dtype, copy=False)
             if not self._step(xb, yb, lr, stats):
@@ -236,7 +245,7 @@ class Trainer:
         """One minibatch update; ``False`` if the loss or a gradient was not finite."""
         net, g = self.network, self.grad_flat
         a, caches = net.forward(xb, training=True)
-        loss = net.loss.value(a, yb)
+        loss = net.loss_value(a, caches, yb)
         if not math.isfinite(loss):
             return False
         net.backward(caches, a, yb, self.grad_views)
