@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -45,6 +45,7 @@ from .errors import (
     FailedPreconditionError,
     GradwireError,
     RunFailedError,
+    UnavailableError,
     from_rpc_error,
 )
 
@@ -645,7 +646,9 @@ class Model:
 
         Takes :meth:`start_run`'s arguments. A callback returning ``True`` cancels the run (the
         server commits the best weights so far). If this call is interrupted (an exception, Ctrl-C,
-        ``timeout``), the run is cancelled too.
+        ``timeout``), the run is cancelled too. The history is the run's own ending, as watching
+        it delivered it: a server that stops once the run ended cannot take it away, and
+        :attr:`info` then takes the run's version without asking the server.
         """
         run = self.start_run(x, y, **arguments)
         try:
@@ -653,8 +656,20 @@ class Model:
         except BaseException:
             _cancel_quietly(run)
             raise
-        self.refresh()
+        self._ended(run.info)
         return history
+
+    def _ended(self, run: RunInfo) -> ModelInfo:
+        """Bring :attr:`info` up to date after a run of this model ended: asked of the server, or,
+        where it cannot answer (it stopped just after the run ended), from the run itself (its
+        version; times as last seen)."""
+        try:
+            return self.refresh()
+        except UnavailableError:
+            self.info = replace(
+                self.info, version=run.version or self.info.version, training=False, active_run_id=""
+            )
+            return self.info
 
     def predict_full(self, x: Any, version: int = 0) -> Prediction:
         request = pb.PredictRequest(model_id=self.id, version=version)

@@ -1,8 +1,13 @@
 """Building, starting and stopping the gRPC server.
 
 ``create_server(settings)`` returns a started server, the port it got (bind ``:0`` in tests) and
-the application behind it. Health checking (``grpc.health.v1``) and server reflection are
-registered beside the gradwire service. Every RPC is logged once, as one structured line.
+the application behind it. Health checking (``grpc.health.v1``, honest about the database and
+about stopping: see :mod:`.health`) and server reflection are registered beside the gradwire
+service. Every RPC is logged once, as one structured line.
+
+The port is never shared: gRPC turns ``SO_REUSEPORT`` on by default, which lets a second server
+started on the same address take half the new connections unnoticed; here it is refused with
+:class:`.errors.StartupError`, naming the address.
 """
 
 from __future__ import annotations
@@ -11,17 +16,20 @@ import ctypes
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradwire.storage import Store, open_store
 from gradwire.v1 import gradwire_pb2 as pb
 
+from .errors import StartupError
+from .health import DatabaseHealth, HealthServicer
 from .servicer import TrainerServicer, add_to_server
 from .settings import Settings
 from .usecases import Gradwire
@@ -29,6 +37,10 @@ from .usecases import Gradwire
 log = logging.getLogger("gradwire.rpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Trainer"].full_name
+HEALTH_SERVICES = ("", SERVICE_NAME)
+"""The names health reports for: the whole server, and the gradwire service."""
+_HEALTH: weakref.WeakKeyDictionary[grpc.Server, DatabaseHealth] = weakref.WeakKeyDictionary()
+"""Each started server's health, for :func:`stop_server` to turn NOT_SERVING first."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -129,12 +141,15 @@ def return_freed_memory() -> bool:
 
 
 def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.Server, int, Gradwire]:
-    """A started server on ``settings.address``: ``(server, port, app)``; the app claims runs."""
+    """A started server on ``settings.address``: ``(server, port, app)``; the app claims runs.
+    Raises :class:`StartupError` if it cannot listen there."""
+    opened = store is None
     store = store or open_store(settings.database_url)
     app = Gradwire(store, settings)
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # an address in use is refused, never shared (module docstring)
     ]
     threads = settings.rpc_workers + settings.max_streams  # streams are capped; unary calls keep theirs
     server = grpc.server(
@@ -143,21 +158,43 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
         options=options,
     )
     add_to_server(TrainerServicer(app), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.address)
+    try:
+        port = _listen(server, settings.address)
+    except StartupError:
+        if opened:
+            store.close()
+        raise
+    watch = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)
+    watch.start()
+    _HEALTH[server] = watch
     server.start()
     app.start()
     return server, port, app
 
 
+def _listen(server: grpc.Server, address: str) -> int:
+    """The port ``server`` listens on at ``address``. gRPC says it cannot by raising RuntimeError
+    (older versions returned 0), and writes why to stderr only."""
+    try:
+        port = int(server.add_insecure_port(address))
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise StartupError(f"cannot listen on {address}: the address is in use (or not available)")
+    return port
+
+
 def stop_server(server: grpc.Server, app: Gradwire, grace: float = 5.0) -> None:
-    """Stop accepting calls (streams end), ask the runs executing here to stop at their next epoch
+    """Say NOT_SERVING (health watchers and load balancers hear it before anything else changes),
+    stop accepting calls (streams end), ask the runs executing here to stop at their next epoch
     end and keep their checkpoints (they become interrupted, to continue elsewhere or after a
     restart), wait up to ``grace`` seconds, then close."""
+    watch = _HEALTH.pop(server, None)
+    if watch is not None:
+        watch.stop()
     app.runs.close()  # watches end at once (UNAVAILABLE: watch again elsewhere or later)
     done = server.stop(grace)
     app.close(grace)

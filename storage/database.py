@@ -29,7 +29,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import ClauseElement, Connection, DateTime, Engine, create_engine, event, exc, inspect
+from sqlalchemy import ClauseElement, Connection, DateTime, Engine, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,6 +52,8 @@ POSTGRES_CONNECT = {
 }
 """libpq parameters: every wait on the database has a bound."""
 WRITE_OPTION = "gradwire_write"
+PING = text("SELECT 1")
+"""The cheapest question a database answers: is it there."""
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
 """UTC now with microsecond digits, in the text form SQLAlchemy stores SQLite datetimes in."""
 
@@ -153,6 +155,12 @@ class Database:
         except (dbapi.OperationalError, dbapi.InterfaceError) as error:
             raise Unavailable(f"the database is unavailable: {error}") from error
         return None if row is None else row[0]
+
+    def ping(self) -> None:
+        """Raises :class:`Unavailable` unless the database answers :data:`PING` now; waits no
+        longer than a connection's bounds (:data:`POSTGRES_CONNECT`). On SQLite, a file in this
+        process, it fails only if a connection to the file cannot be opened."""
+        self.scalar(PING)
 
     @contextmanager
     def write(self) -> Iterator[Session]:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,12 +122,20 @@ class ServerProcess:
 
     def wait_for_log(self, message: str, timeout: float = 60.0) -> dict[str, Any]:
         """The first log entry whose message is ``message``, waiting for it if need be."""
+        return self.wait_for_entry(lambda entry: entry.get("message") == message, timeout, repr(message))
+
+    def wait_for_entry(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = 60.0, what: str = "such log entry"
+    ) -> dict[str, Any]:
+        """The first log entry that ``match`` accepts, waiting for it if need be."""
 
         def found() -> dict[str, Any] | None:
-            return next((e for e in self.logs if e.get("message") == message), None)
+            return next((e for e in self.logs if match(e)), None)
 
         with self._logged:
-            assert self._logged.wait_for(found, timeout), f"no log {message!r} within {timeout} s"
+            assert self._logged.wait_for(found, timeout), (
+                f"no {what} within {timeout} s; last: {self.logs[-5:]}"
+            )
             return found() or {}
 
     def kill(self) -> None:
