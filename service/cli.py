@@ -21,10 +21,17 @@ DATA is ``--data data.npz`` (arrays ``x`` and ``y``), or the inputs and the targ
 ``--clip-norm``, ``--seed``, ``--options JSON``).
 
 Client commands reach the server at ``--server`` (or ``GRADWIRE_SERVER``, default
-127.0.0.1:50051). Data files are ``.npz`` (read without pickles; a 1-D array is a column) or
-``.csv`` (numbers, comma-separated, one row per line). Exit codes: 0 done, 1 refused by the
-server (the error and the fields it names go to stderr), 2 usage; ``runs watch`` exits 0 when
-the run completed or was cancelled, 1 when it failed, 3 when it was interrupted (resume it).
+127.0.0.1:50051). Data files are ``.csv`` (numbers, comma-separated, one row per line; a first
+row that is not numbers is a header, and is skipped), ``.npy`` or ``.npz`` (both read without
+pickles; from an ``.npz``, ``--inputs`` reads array ``x`` and ``--targets`` array ``y``, or the
+only array of a file that holds one). A 1-D array is a column.
+
+Every failure is one line on stderr, never a traceback. Exit codes: 0 done; 1 failed (refused by
+the server, with the fields it names; a file unreadable or unwritable; the server or the
+database unreachable); 2 usage (flags, ``--options``, settings or the database URL wrong, or a
+database schema to upgrade); ``runs watch`` exits 0 when the run completed or was cancelled, 1
+when it failed, 3 when it was interrupted (resume it). Ctrl-C exits 130; a reader of stdout that
+went away (``| head``) ends the command quietly with 141, as SIGPIPE ends other tools.
 """
 
 from __future__ import annotations
@@ -36,60 +43,194 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
+import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
-from gradwire.client import Client, DatasetInfo, GradwireError, History, ModelInfo, RunInfo, print_progress
+from gradwire.client import (
+    Client,
+    DatasetInfo,
+    GradwireError,
+    History,
+    ModelInfo,
+    RunInfo,
+    UnavailableError,
+    print_progress,
+)
 from gradwire.engine import history_table
 from gradwire.storage import RUN_STATUSES, SchemaOutOfDate, Unavailable, make_engine, upgrade
+from gradwire.v1 import codec
+from gradwire.v1 import gradwire_pb2 as pb
 
 from .datasets import DATASET_DTYPES
 from .errors import StartupError
 from .server import JsonFormatter, create_server, return_freed_memory, stop_server
-from .settings import PARSERS, Limits, Settings
+from .settings import PARSERS, Limits, SettingError, Settings, variable
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
+EXIT_CTRL_C = 128 + signal.SIGINT
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 WATCH_EXIT = {"completed": 0, "cancelled": 0, "failed": 1, "interrupted": EXIT_INTERRUPTED}
 """``runs watch``'s exit code by how the run ended."""
 OPTION_FLAGS = ("seed", "patience", "loss_threshold", "clip_norm")
+"""Training flags that go to TrainOptions only when given (the server's defaults otherwise)."""
 SETTINGS_NOT_FLAGS = ("address", "database_url", "data_dir", "limits")
 """Settings given their own flags above (with help of their own), or not a value."""
-"""Training flags that go to TrainOptions only when given (the server's defaults otherwise)."""
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+REACH_SECONDS = 5.0
+"""How long a command that got UNAVAILABLE waits for a health check, to tell a server that cannot
+be reached from one that answered UNAVAILABLE itself."""
 
 ClientCommand = Callable[[argparse.Namespace, Client], int]
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # argparse names it no better
+Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"  # argparse names it no better
+
+
+class CommandError(SystemExit):
+    """How a command fails: :func:`main` prints the message as one line on stderr, and the process
+    exits with ``status``. A SystemExit, so that a function called without ``main`` stops alike."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = status
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _reason(exc: BaseException) -> str:
+    """Why ``exc`` happened, in one line: an OSError's words without its number and path, a
+    database error's driver message, a missing key named as missing."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, KeyError):
+        return f"missing {exc}"
+    return _one_line(str(getattr(exc, "orig", None) or exc))
 
 
 # ------------------------------------------------------------------------------------ files
 
+DATA_FILES = ".csv (a first row that is not numbers is a header, skipped), .npy or .npz"
+ROLE_ARRAYS = {"inputs": "x", "targets": "y"}
+"""The ``.npz`` array each role reads (the names ``--data`` uses)."""
+NUMBER_KINDS = "fiub"
+READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+"""What reading a data file raises when it is missing, unreadable, or not what its name says."""
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, RecursionError)
+"""What building a message from JSON of the wrong shape raises (a key missing, a list for an
+object, a name misspelt, a string for a number)."""
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
-def load_array(path: str, key: str = "x") -> np.ndarray:
-    """A 2-D array from ``.npz`` (array ``key``; a 1-D one becomes a column) or ``.csv``."""
+
+def load_array(path: str, key: str = "x", *, sole: bool = False) -> np.ndarray:
+    """A 2-D array of numbers from ``.npz`` (its array ``key``; with ``sole``, also the one array
+    of a file that holds one, whatever its name), ``.npy``, or CSV (any other name); a 1-D
+    array becomes a column. A file that cannot give one stops the command, naming the file."""
     try:
-        array = _load_npz(path, key) if path.endswith(".npz") else np.loadtxt(path, delimiter=",", ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"gradwire: cannot read {path}: {exc}") from None
+        array = _load_npz(path, key, sole) if path.endswith(".npz") else _load_single(path)
+    except READ_ERRORS as exc:
+        raise CommandError(f"cannot read {path}: {_reason(exc)}") from None
+    if array.dtype.kind not in NUMBER_KINDS or array.ndim not in (1, 2) or array.size == 0:
+        raise CommandError(
+            f"{path} holds {array.dtype} {array.shape}: expected numbers in rows and columns (a 1-D "
+            "array is a column), at least one"
+        )
     return array.reshape(-1, 1) if array.ndim == 1 else array
 
 
-def _load_npz(path: str, key: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        if key not in data.files:
-            raise SystemExit(f"{path} has no array {key!r} (it has {', '.join(data.files)})")
-        return np.asarray(data[key])
+def _load_npz(path: str, key: str, sole: bool) -> np.ndarray:
+    with open(path, "rb") as file:
+        if not zipfile.is_zipfile(file):
+            raise ValueError("not an .npz archive (np.savez writes one)")
+        file.seek(0)
+        with np.load(file, allow_pickle=False) as data:
+            name = data.files[0] if sole and len(data.files) == 1 else key
+            if name not in data.files:
+                arrays = ", ".join(data.files) or "none"
+                raise CommandError(f"{path} has no array {key!r} (it has {arrays})")
+            return np.asarray(data[name])
+
+
+def _load_single(path: str) -> np.ndarray:
+    """A ``.npy`` file (without pickles), else CSV."""
+    if path.endswith(".npy"):
+        with open(path, "rb") as file:
+            return np.lib.format.read_array(file, allow_pickle=False)
+    return _load_csv(path)
+
+
+def _load_csv(path: str) -> np.ndarray:
+    """Numbers, comma-separated, one row per line; a first row that is not numbers is a header."""
+    with open(path, encoding="utf-8-sig") as file:
+        header = not _numbers(file.readline())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "input contained no data": load_array says so
+        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=int(header), encoding="utf-8-sig")
+
+
+def _numbers(line: str) -> bool:
+    try:
+        [float(value) for value in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+@contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """A file written in the block; one that cannot be stops the command, naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {_reason(exc)}") from None
 
 
 def save_array(path: str, array: np.ndarray) -> None:
-    if path.endswith(".npz"):
-        np.savez(path, outputs=array)
-    else:
-        np.savetxt(path, array, delimiter=",", fmt="%.8g")
+    with _writing(path):
+        if path.endswith(".npz"):
+            np.savez(path, outputs=array)
+        else:
+            np.savetxt(path, array, delimiter=",", fmt="%.8g")
+
+
+def json_object(text: str, where: str, status: int) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, else the command stops naming ``where`` it came from."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CommandError(f"{where} is not JSON: {_reason(exc)}", status) from None
+    if not isinstance(value, dict):
+        kind = JSON_KINDS.get(type(value), "null")
+        raise CommandError(f"{where} must be a JSON object, not {kind}", status)
+    return value
+
+
+def read_spec(path: str) -> dict[str, Any]:
+    """The model spec in the JSON file ``path``, tried in the form the SDK sends it, so that a
+    spec of the wrong shape is named here (the server judges its values)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read {path}: {_reason(exc)}") from None
+    spec = json_object(text, path, EXIT_FAILED)
+    try:
+        codec.spec_from_dict(spec)
+    except MALFORMED as exc:
+        raise CommandError(f"{path} is not a model spec: {_reason(exc)}") from None
+    return spec
 
 
 def _json(value: Any) -> str:
@@ -105,13 +246,76 @@ def _json(value: Any) -> str:
 
 # ------------------------------------------------------------------------------------ server
 
+START_FAILURES: dict[type[BaseException], tuple[int, str]] = {
+    StartupError: (EXIT_USAGE, "{reason}"),  # its message says why (e.g. the address is taken)
+    SchemaOutOfDate: (EXIT_USAGE, "database {database}: {reason}"),  # it names `gradwire db upgrade`
+    sa_exc.ArgumentError: (EXIT_USAGE, "database {database}: {reason}"),  # an unknown dialect
+    ImportError: (EXIT_USAGE, "database {database}: the URL's driver is not installed: {reason}"),
+    Unavailable: (EXIT_FAILED, "database {database}: {reason}"),
+    sa_exc.SQLAlchemyError: (EXIT_FAILED, "database {database}: {reason}"),  # e.g. not a database file
+    OSError: (EXIT_FAILED, "database {database}: {reason}"),  # e.g. its folder cannot be made
+}
+"""How each failure to open the database or start the server ends the command: exit code, line.
+The most specific class of an exception decides."""
+
+
+def shown_url(url: str) -> str | None:
+    """A database URL as it may be printed or logged: its password hidden; None if it does not
+    parse (then nothing of it is shown: it may be all password)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError):
+        return None
+
+
+@contextmanager
+def _database(url: str) -> Iterator[str]:
+    """Yields ``url`` as it may be shown; a failure to open it (or to start on it) in the block
+    stops the command in one line naming it, the reason stripped of the password."""
+    database = shown_url(url)
+    if database is None:
+        raise CommandError(
+            "the database URL (--database-url, GRADWIRE_DATABASE_URL) does not parse: "
+            "expected dialect://user:password@host:port/database",
+            EXIT_USAGE,
+        )
+    password = make_url(url).password
+    try:
+        yield database
+    except tuple(START_FAILURES) as exc:
+        status, line = next(START_FAILURES[c] for c in type(exc).__mro__ if c in START_FAILURES)
+        reason = _reason(exc)
+        if password:  # drivers do not repeat it, as a rule; this line never shows it, by rule
+            reason = reason.replace(password, "***")
+        raise CommandError(line.format(database=database, reason=reason), status) from None
+
+
+def _flag(name: str) -> str:
+    """The ``gradwire serve`` flag of a setting (``train_workers``: ``--train-workers``)."""
+    return f"--{name.replace('_', '-')}"
+
+
+def _given_as(name: str, args: argparse.Namespace) -> str:
+    """Where a setting's value came from, written as it was given: flag, variable, or default."""
+    if getattr(args, name, None) is not None:
+        return f"{_flag(name)} {getattr(args, name)}"
+    if variable(name) in os.environ:
+        return f"{variable(name)}={os.environ[variable(name)]!r:.60}"
+    return f"{name} (the default; set {_flag(name)} or {variable(name)})"
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     names = [f.name for f in (*fields(Settings), *fields(Limits)) if f.name != "limits"]
-    return Settings.from_env(**{name: getattr(args, name, None) for name in names})
+    try:
+        return Settings.from_env(**{name: getattr(args, name, None) for name in names})
+    except SettingError as exc:
+        raise CommandError(f"{_given_as(exc.name, args)}: {exc}", EXIT_USAGE) from None
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _log_to_stderr(args: argparse.Namespace) -> None:
+    if args.log_level.lower() not in LOG_LEVELS:  # the flag has choices; this is the variable's value
+        level = f"GRADWIRE_LOG_LEVEL={args.log_level!r:.40}"
+        raise CommandError(f"{level}: must be one of {', '.join(LOG_LEVELS)}", EXIT_USAGE)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter()
@@ -119,18 +323,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _log_to_stderr(args)
     return_freed_memory()
-    try:
+    with _database(settings.database_url) as database:
         server, port, app = create_server(settings)
-    except (SchemaOutOfDate, Unavailable, StartupError) as exc:
-        print(f"gradwire: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    host = settings.address.rsplit(":", 1)[0]
-    print(f"gradwire listening on {host}:{port} (database {settings.database_url})", flush=True)
     stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the line: who reads it may signal at once
         signal.signal(sig, lambda *_: stopping.set())
+    host = settings.address.rsplit(":", 1)[0]
+    print(f"gradwire listening on {host}:{port} (database {database})", flush=True)
     stopping.wait()
     print("gradwire stopping: runs stop at the end of their epoch and keep their checkpoints", flush=True)
     stop_server(server, app)
@@ -139,8 +344,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    upgrade(make_engine(settings.database_url))
-    print(f"database {settings.database_url} is at the current schema")
+    with _database(settings.database_url) as database:
+        upgrade(make_engine(settings.database_url))
+    print(f"database {database} is at the current schema")
     return 0
 
 
@@ -183,13 +389,13 @@ def cmd_models(args: argparse.Namespace, client: Client) -> int:
         client.delete_model(args.model_id)
         print(f"deleted {args.model_id}")
     else:
-        spec = json.loads(Path(args.spec).read_text())
-        print(client.create_model(spec, name=args.name).id)
+        print(client.create_model(read_spec(args.spec), name=args.name).id)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace, client: Client) -> int:
-    prediction = client.model(args.model_id).predict_full(load_array(args.inputs), args.version)
+    inputs = load_array(args.inputs, ROLE_ARRAYS["inputs"], sole=True)  # before any call: fail fast
+    prediction = client.model(args.model_id).predict_full(inputs, args.version)
     save_array(args.output, prediction.outputs)
     print(f"{len(prediction.outputs)} rows written to {args.output} by version {prediction.version}")
     return 0
@@ -214,7 +420,8 @@ def cmd_export(args: argparse.Namespace, client: Client) -> int:
     exported = client.model(args.model_id).exported(args.version)
     path = args.output if args.output.endswith(".npz") else f"{args.output}.npz"  # as np.savez names it
     named: dict[str, Any] = dict(exported.arrays)  # names such as "0.W": never savez's own allow_pickle
-    np.savez(path, **named)
+    with _writing(path):
+        np.savez(path, **named)
     print(
         f"version {exported.version}: {len(named)} arrays written to {path} "
         f"(weights_sha256 {exported.sha256})"
@@ -229,21 +436,22 @@ def _source(args: argparse.Namespace, role: str) -> np.ndarray | str | None:
     """One role's data: an array read from ``--ROLE``, or the id given as ``--ROLE-dataset``."""
     path, dataset_id = getattr(args, role), getattr(args, f"{role}_dataset")
     if path and dataset_id:
-        raise SystemExit(f"give --{role} or --{role}-dataset, not both")
-    return load_array(path) if path else (dataset_id or None)
+        raise CommandError(f"give --{role} or --{role}-dataset, not both", EXIT_USAGE)
+    return load_array(path, ROLE_ARRAYS[role], sole=True) if path else (dataset_id or None)
 
 
 def training_data(args: argparse.Namespace) -> tuple[np.ndarray | str, np.ndarray | str]:
     """``(x, y)`` from the data flags: arrays from files, or dataset ids (``start_run`` takes both)."""
     if args.data:
         if any(getattr(args, name) for name in ("inputs", "targets", "inputs_dataset", "targets_dataset")):
-            raise SystemExit("give --data, or the inputs and targets, not both")
-        return load_array(args.data, "x"), load_array(args.data, "y")
+            raise CommandError("give --data, or the inputs and targets, not both", EXIT_USAGE)
+        return load_array(args.data, ROLE_ARRAYS["inputs"]), load_array(args.data, ROLE_ARRAYS["targets"])
     x, y = _source(args, "inputs"), _source(args, "targets")
     if x is None or y is None:
-        raise SystemExit(
+        raise CommandError(
             "training needs --data FILE.npz, or --inputs (or --inputs-dataset) "
-            "and --targets (or --targets-dataset)"
+            "and --targets (or --targets-dataset)",
+            EXIT_USAGE,
         )
     return x, y
 
@@ -260,23 +468,44 @@ def training_arguments(args: argparse.Namespace) -> dict[str, Any]:
     arguments |= {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
     extra = _options(args.options)
     if repeated := sorted(extra.keys() & arguments.keys()):
-        raise SystemExit(f"--options repeats {', '.join(repeated)}: give each once, as a flag")
+        hint = REPEATED_HINTS.get(repeated[0], "give each once, as a flag")
+        raise CommandError(f"--options repeats {', '.join(repeated)}: {hint}", EXIT_USAGE)
     return arguments | extra
 
 
+OPTION_MESSAGES = (pb.TrainOptions, pb.OptimizerOptions)
+"""Where the names in ``--options`` belong: TrainOptions, or the optimiser's constants (the SDK
+moves those into its OptimizerOptions)."""
+OPTIONS_EXAMPLE = '{"schedule": {"name": "cosine"}, "momentum": 0.9}'
+REPEATED_HINTS = {
+    "optimizer": f"the optimiser is --optimizer and --learning-rate, its constants go in --options "
+    f"by name, e.g. {OPTIONS_EXAMPLE}",
+}
+
+
 def _options(text: str | None) -> dict[str, Any]:
-    try:
-        options = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"--options is not JSON: {exc}") from None
-    if not isinstance(options, dict):
-        raise SystemExit('--options must be a JSON object, e.g. {"schedule": {"name": "cosine"}}')
+    """The ``--options`` object, each name and value tried in the message it goes to."""
+    options = json_object(text, "--options", EXIT_USAGE) if text else {}
+    for name, value in options.items():
+        _check_option(name, value)
     return options
+
+
+def _check_option(name: str, value: Any) -> None:
+    message = next((m for m in OPTION_MESSAGES if name in m.DESCRIPTOR.fields_by_name), None)
+    if message is None:
+        known = sorted(field for m in OPTION_MESSAGES for field in m.DESCRIPTOR.fields_by_name)
+        raise CommandError(f"--options: no option {name!r:.40} (known: {', '.join(known)})", EXIT_USAGE)
+    try:
+        message(**{name: value})
+    except MALFORMED as exc:
+        raise CommandError(f"--options: {name}: {_reason(exc)}", EXIT_USAGE) from None
 
 
 def cmd_train(args: argparse.Namespace, client: Client) -> int:
     x, y = training_data(args)
-    history = client.model(args.model_id).fit(x, y, progress=not args.quiet, **training_arguments(args))
+    arguments = training_arguments(args)
+    history = client.model(args.model_id).fit(x, y, progress=not args.quiet, **arguments)
     print(
         f"stopped: {history.stop_reason}; best epoch {history.best_epoch} "
         f"(loss {history.best_loss:.6g}); model now at version {history.version}"
@@ -288,9 +517,8 @@ def cmd_train(args: argparse.Namespace, client: Client) -> int:
 
 
 def _as_dataset(array: np.ndarray, dtype: str | None) -> np.ndarray:
-    """``array`` as the float dtype asked for, else its own float dtype, else float64."""
-    if array.ndim != 2 or array.dtype.kind not in "fiub":
-        raise SystemExit(f"a dataset is a 2-D array of numbers, not {array.dtype} {array.shape}")
+    """``array`` (numbers in rows and columns: see load_array) as the float dtype asked for,
+    else its own float dtype, else float64."""
     own = array.dtype.name if array.dtype.name in DATASET_DTYPES else "float64"
     return array.astype(dtype or own, copy=False)
 
@@ -304,7 +532,7 @@ def _dataset_line(info: DatasetInfo) -> str:
 
 
 def cmd_datasets_upload(args: argparse.Namespace, client: Client) -> int:
-    array = _as_dataset(load_array(args.file, args.key), args.dtype)
+    array = _as_dataset(load_array(args.file, args.key or "x", sole=args.key is None), args.dtype)
     print(client.upload_dataset(array, name=args.name).id)
     return 0
 
@@ -348,8 +576,9 @@ def _run_summary(info: RunInfo) -> str:
 
 def cmd_runs_start(args: argparse.Namespace, client: Client) -> int:
     x, y = training_data(args)
+    arguments = training_arguments(args)
     model = client.model(args.model_id)
-    print(model.start_run(x, y, request_id=args.request_id, **training_arguments(args)).id)
+    print(model.start_run(x, y, request_id=args.request_id, **arguments).id)
     return 0
 
 
@@ -400,8 +629,8 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     """Where ``train`` and ``runs start`` take their data from."""
     data = parser.add_argument_group("data: --data, or inputs and targets each as a file or a dataset")
     data.add_argument("--data", help=".npz with arrays x and y")
-    for role in ("inputs", "targets"):
-        data.add_argument(f"--{role}", help=".csv or .npz (array x)")
+    for role, key in ROLE_ARRAYS.items():
+        data.add_argument(f"--{role}", help=f"{DATA_FILES} (array {key}, or its only array)")
         data.add_argument(f"--{role}-dataset", metavar="ID", help="an uploaded dataset (datasets upload)")
 
 
@@ -417,9 +646,7 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--loss-threshold", type=float)
     training.add_argument("--clip-norm", type=float)
     training.add_argument("--seed", type=int)
-    training.add_argument(
-        "--options", help='more TrainOptions as JSON, e.g. {"schedule": {"name": "cosine"}}'
-    )
+    training.add_argument("--options", help=f"more TrainOptions as a JSON object, e.g. {OPTIONS_EXAMPLE}")
 
 
 def _client_command(sub: Subparsers, path: str, help_text: str) -> argparse.ArgumentParser:
@@ -441,9 +668,14 @@ def _server_parsers(sub: Subparsers) -> None:
     _database_flags(serve)
     for setting in (*fields(Settings), *fields(Limits)):  # every setting, each its flag (see docs/service.md)
         if setting.name not in SETTINGS_NOT_FLAGS:
-            flag = f"--{setting.name.replace('_', '-')}"
-            serve.add_argument(flag, type=PARSERS[str(setting.type)], help=f"default {setting.default}")
-    serve.add_argument("--log-level", default=os.environ.get("GRADWIRE_LOG_LEVEL", "info"))
+            parse = PARSERS[str(setting.type)]
+            serve.add_argument(_flag(setting.name), type=parse, help=f"default {setting.default}")
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=os.environ.get("GRADWIRE_LOG_LEVEL", "info"),
+    )
     serve.add_argument("--log-format", choices=("json", "text"), default="json")
 
     db = sub.add_parser("db", help="database schema")
@@ -455,7 +687,7 @@ def _model_parsers(sub: Subparsers) -> None:
     models = _client_command(sub, "models", "list, show, create or delete models")
     models.add_argument("action", choices=("list", "show", "delete", "create"))
     models.add_argument("model_id", nargs="?")
-    models.add_argument("--spec", help="create: a JSON file with the spec")
+    models.add_argument("--spec", help="create: a JSON file with the spec (required)")
     models.add_argument("--name", default="")
 
     train = _client_command(sub, "train", "train a model on a data file, with a progress line per epoch")
@@ -466,7 +698,7 @@ def _model_parsers(sub: Subparsers) -> None:
 
     predict = _client_command(sub, "predict", "predict a file of inputs into a file of outputs")
     predict.add_argument("model_id")
-    predict.add_argument("--inputs", required=True)
+    predict.add_argument("--inputs", required=True, help=f"{DATA_FILES} (array x, or its only array)")
     predict.add_argument("--output", required=True)
     predict.add_argument("--version", type=int, default=0)
 
@@ -481,8 +713,8 @@ def _model_parsers(sub: Subparsers) -> None:
 def _dataset_parsers(sub: Subparsers) -> None:
     datasets = _group(sub, "datasets", "upload, list, show or delete stored training data")
     upload = _client_command(datasets, "datasets upload", "store a 2-D array once; prints its id")
-    upload.add_argument("file", help=".npz or .csv")
-    upload.add_argument("--key", default="x", help="the .npz array to upload (default x)")
+    upload.add_argument("file", help=DATA_FILES)
+    upload.add_argument("--key", help="the .npz array to upload (default x, or the file's only array)")
     upload.add_argument("--name", default="")
     upload.add_argument("--dtype", choices=DATASET_DTYPES, help="default: the file's, else float64")
     _client_command(datasets, "datasets list", "every dataset, oldest first")
@@ -513,8 +745,16 @@ def _run_parsers(sub: Subparsers) -> None:
     watch.add_argument("--after-epoch", type=int, default=0, metavar="N", help="only the epochs after N")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line that points at ``--help`` (the full usage of
+    ``serve`` alone is thirty lines, and would bury the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(f"{message} (see {self.prog} --help)", EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradwire", description="Backpropagation as a training service.")
+    parser = Parser(prog="gradwire", description="Backpropagation as a training service.")
     sub = parser.add_subparsers(dest="command", required=True)
     _server_parsers(sub)
     _model_parsers(sub)
@@ -543,24 +783,77 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
 """Every client command by its words on the command line (each parser sets its own key)."""
 
 
+SERVER_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": cmd_serve, "db": cmd_db_upgrade}
+MODEL_ACTION_NEEDS = {
+    "show": ("model_id", "a model id"),
+    "delete": ("model_id", "a model id"),
+    "create": ("spec", "--spec FILE"),
+}
+"""What each ``models`` action needs that argparse cannot require of one action only."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return cmd_serve(args)
-    if args.command == "db":
-        return cmd_db_upgrade(args)
-    if args.command == "models" and args.action in ("show", "delete") and not args.model_id:
-        raise SystemExit(f"models {args.action} needs a model id")
+    """The ``gradwire`` command; a failure is one line on stderr and an exit code (see above)."""
     try:
-        with Client(args.server) as client:
+        status = _run(build_parser().parse_args(argv))
+        sys.stdout.flush()  # here, where a reader that went away is seen, not at exit
+    except CommandError as exc:
+        print(f"gradwire: {_one_line(str(exc))}", file=sys.stderr)
+        raise
+    except BrokenPipeError:
+        return _stdout_gone()
+    except KeyboardInterrupt:
+        return EXIT_CTRL_C
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command in SERVER_COMMANDS:
+        return SERVER_COMMANDS[args.command](args)
+    if args.command == "models" and args.action in MODEL_ACTION_NEEDS:
+        name, needed = MODEL_ACTION_NEEDS[args.action]
+        if not getattr(args, name):
+            raise CommandError(f"models {args.action} needs {needed}", EXIT_USAGE)
+    with Client(args.server) as client:
+        try:
             return CLIENT_COMMANDS[args.client_command](args, client)
-    except GradwireError as exc:
-        detail = "".join(f"\n  {field}: {description}" for field, description in exc.field_violations)
-        print(f"gradwire: {exc}{detail}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # the SDK's own checks of arrays, before anything is sent
-        print(f"gradwire: {exc}", file=sys.stderr)
-        return 1
+        except UnavailableError as exc:
+            if not _answers(client):
+                raise CommandError(f"cannot reach the server at {client.address}: {exc.message}") from None
+            return _refused(exc)
+        except GradwireError as exc:
+            return _refused(exc)
+        except ValueError as exc:  # the SDK's own checks of arrays, before anything is sent
+            print(f"gradwire: {_one_line(str(exc))}", file=sys.stderr)
+            return EXIT_FAILED
+
+
+def _answers(client: Client) -> bool:
+    """Whether a server answers at the client's address at all: a health check, whatever it says
+    (a server whose database is down answers NOT_SERVING, and its UNAVAILABLE is its own)."""
+    request = health_pb2.HealthCheckRequest()
+    try:
+        health_pb2_grpc.HealthStub(client.channel).Check(request, timeout=REACH_SECONDS)
+    except grpc.RpcError as error:
+        return error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return True
+
+
+def _refused(exc: GradwireError) -> int:
+    """The server's refusal: its status and message, then each field it names (if not named there)."""
+    message = _one_line(str(exc))
+    details = [f"  {field}: {text}" for field, text in exc.field_violations if text not in message]
+    print("\n".join([f"gradwire: {message}", *details]), file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away (``| head``): stdout becomes /dev/null, so that the flush at
+    exit cannot fail again, and the command ends quietly, as SIGPIPE ends other tools."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

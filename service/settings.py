@@ -12,6 +12,14 @@ DEFAULT_DATA_DIR = "data"
 MiB = 1 << 20
 
 
+class SettingError(ValueError):
+    """A setting's value is refused: ``name`` is its field; the message says what it accepts."""
+
+    def __init__(self, name: str, accepts: str) -> None:
+        self.name = name
+        super().__init__(f"{name} {accepts}")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Past these a request gets RESOURCE_EXHAUSTED, naming the field and the limit."""
@@ -92,12 +100,12 @@ class Settings:
         )
         for name in positive:
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be greater than 0")
+                raise SettingError(name, "must be greater than 0")
         for name in ("max_queued_runs", "auto_resume"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be at least 0")
+                raise SettingError(name, "must be at least 0")
         if self.heartbeat_seconds * 2 > self.lease_seconds:
-            raise ValueError("heartbeat_seconds must be at most half of lease_seconds")
+            raise SettingError("heartbeat_seconds", "must be at most half of lease_seconds")
 
     @property
     def max_message_bytes(self) -> int:
@@ -114,13 +122,27 @@ class Settings:
 
 
 PARSERS = {"int": int, "float": float, "str": str}
+ACCEPTS = {"int": "a whole number", "float": "a number", "str": "text"}
+"""What each parser takes, in words, for the message that refuses a value."""
+
+
+def variable(name: str) -> str:
+    """The environment variable a setting reads (``train_workers``: ``GRADWIRE_TRAIN_WORKERS``)."""
+    return f"GRADWIRE_{name.upper()}"
 
 
 def _read(cls: type, env: dict[str, str], given: dict[str, Any]) -> dict[str, Any]:
     """Values of ``cls``'s fields from ``given``, else from ``GRADWIRE_<FIELD>``, parsed by type."""
     values: dict[str, Any] = {}
     for f in fields(cls):
-        raw = given.get(f.name, env.get(f"GRADWIRE_{f.name.upper()}"))
+        raw = given.get(f.name, env.get(variable(f.name)))
         if raw is not None and f.name != "limits":
-            values[f.name] = PARSERS[str(f.type)](raw)
+            values[f.name] = _parse(f.name, str(f.type), raw)
     return values
+
+
+def _parse(name: str, kind: str, raw: Any) -> Any:
+    try:
+        return PARSERS[kind](raw)
+    except (TypeError, ValueError):
+        raise SettingError(name, f"must be {ACCEPTS[kind]}") from None

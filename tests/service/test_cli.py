@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from sqlalchemy import text
 
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
-from gradwire.service.cli import build_parser, main, training_arguments, training_data
+from gradwire.service.cli import build_parser, load_array, main, training_arguments, training_data
 from gradwire.storage import make_engine, open_store
 from gradwire.storage.database import current_revision, head_revision
 from gradwire.v1.digest import array_id
@@ -408,3 +410,181 @@ def test_an_interrupted_run_watches_to_exit_3_and_resumes(
     capsys.readouterr()
     assert main(["runs", "watch", run_id, *at]) == 0
     assert f"run {run_id} cancelled (cancelled)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ failing, Unix-like
+
+
+def _closed_address() -> str:
+    """host:port where nothing listens: a port bound, read and closed again."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working folder: files a user may hand the command by mistake, and data.npz to train on."""
+    typo = {**SPEC, "layers": [{"kind": "dense", "unitz": 3, "activation": "identity"}]}
+    texts = {
+        "header.csv": "a,b\n1,2\n3,4\n",
+        "bad.json": '{"input_dim": 2,',
+        "list.json": json.dumps([SPEC]),
+        "typo.json": json.dumps(typo),
+        "corrupt.npz": "not a zip archive",
+    }
+    for name, content in texts.items():
+        (tmp_path / name).write_text(content)
+    np.save(tmp_path / "cube.npy", np.ones((2, 2, 2)))
+    np.savez(tmp_path / "ab.npz", a=np.ones((2, 1)), b=np.ones((2, 1)))
+    _data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+PREDICT = ["predict", "m", "--output", "out.csv", "--inputs"]
+TRAIN = ["train", "m", "--data", "data.npz", "--options"]
+LOCAL_FAILURES = [
+    ([*PREDICT, "missing.csv"], 1, "cannot read missing.csv: No such file or directory"),
+    ([*PREDICT, "corrupt.npz"], 1, "cannot read corrupt.npz: not an .npz archive"),
+    ([*PREDICT, "cube.npy"], 1, "cube.npy holds float64 (2, 2, 2): expected numbers in rows and columns"),
+    (["models", "create", "--spec", "bad.json"], 1, "bad.json is not JSON: "),
+    (["models", "create", "--spec", "list.json"], 1, "list.json must be a JSON object, not an array"),
+    (["models", "create", "--spec", "typo.json"], 1, 'typo.json is not a model spec: '),
+    (["models", "create"], 2, "models create needs --spec FILE"),
+    ([*TRAIN, '{"optimizer": {"name": "adam"}}'], 2, "--options repeats optimizer: the optimiser is "),
+    ([*TRAIN, "nope"], 2, "--options is not JSON: "),
+    ([*TRAIN, '{"schedule": 3}'], 2, "--options: schedule: "),
+    ([*TRAIN, '{"shedule": {}}'], 2, "--options: no option 'shedule' (known: batch_size, "),
+    (["train", "m", "--inputs", "header.csv", "--targets", "ab.npz"], 1, "ab.npz has no array 'y' (it has"),
+    (["runs", "start", "m", "--data", "ab.npz"], 1, "ab.npz has no array 'x' (it has a, b)"),
+]  # fmt: skip
+"""(arguments, exit code, words of the line): problems found before the server is called."""
+
+
+@pytest.mark.parametrize(("arguments", "code", "words"), LOCAL_FAILURES)
+def test_a_local_problem_is_one_line_and_an_exit_code(
+    arguments: list[str], code: int, words: str, hostile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([*arguments, "--server", _closed_address()])  # never called: the problem is found first
+    assert stopped.value.code == code
+    err = capsys.readouterr().err
+    assert err.startswith(f"gradwire: {words}")
+    assert err.count("\n") == 1, err
+
+
+def test_the_console_script_fails_in_one_line_with_its_exit_code(hostile: Path) -> None:
+    cases = [([*PREDICT, "missing.csv"], 1), (["models", "create"], 2), (["models", "list"], 1)]
+    env = {**os.environ, "GRADWIRE_SERVER": _closed_address()}
+    started = [  # at once: each takes seconds to import
+        subprocess.Popen([GRADWIRE, *arguments], stderr=subprocess.PIPE, text=True, env=env)
+        for arguments, _ in cases
+    ]
+    for process, (arguments, code) in zip(started, cases, strict=True):
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == code, (arguments, err)
+        assert err.startswith("gradwire: ")
+        assert err.count("\n") == 1, (arguments, err)
+
+
+def test_a_server_that_is_not_listening_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    address = _closed_address()
+    with pytest.raises(SystemExit) as stopped:
+        main(["models", "list", "--server", address])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"gradwire: cannot reach the server at {address}: ")
+    assert err.count("\n") == 1, err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(server: Running) -> None:
+    with Client(server.address) as client:
+        model_id = client.create_model(SPEC).id
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes a byte: its first write fails
+    try:
+        done = subprocess.run(
+            [GRADWIRE, "models", "show", model_id, "--server", server.address],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")  # as SIGPIPE ends other tools: no traceback
+
+
+def test_a_csv_header_row_is_skipped_and_the_help_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {
+        "plain.csv": "1,2\n3,4\n",
+        "header.csv": "a,b\n1,2\n3,4\n",
+        "quoted.csv": '"a", "b"\n1,2\n3,4\n',
+        "bom.csv": "\ufeff1,2\n3,4\n",  # a byte-order mark, as spreadsheets write it: not a header
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        np.testing.assert_array_equal(load_array(str(tmp_path / name)), [[1.0, 2.0], [3.0, 4.0]])
+    (tmp_path / "only-header.csv").write_text("a,b\n")
+    with pytest.raises(SystemExit, match=r"only-header.csv holds float64 \(0, 1\)"):
+        load_array(str(tmp_path / "only-header.csv"))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "a first row that is not numbers is a header, skipped" in " ".join(capsys.readouterr().out.split())
+
+
+def test_targets_read_array_y_or_the_only_array_of_a_file(tmp_path: Path) -> None:
+    x, y = np.arange(6.0).reshape(3, 2), np.arange(3.0).reshape(3, 1)
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    np.savez(tmp_path / "labels.npz", labels=y[:, 0])
+    for targets in ("xy.npz", "labels.npz"):
+        flags = ["--inputs", str(tmp_path / "xy.npz"), "--targets", str(tmp_path / targets)]
+        inputs, outputs = training_data(build_parser().parse_args(["train", "m", *flags]))
+        np.testing.assert_array_equal(inputs, x)
+        np.testing.assert_array_equal(outputs, y)
+
+
+SETTING_REFUSALS = [
+    ({"GRADWIRE_LEASE_SECONDS": "abc"}, [], "GRADWIRE_LEASE_SECONDS='abc': lease_seconds must be a number"),
+    ({"GRADWIRE_LEASE_SECONDS": "0"}, [], "GRADWIRE_LEASE_SECONDS='0': lease_seconds must be greater than 0"),
+    ({"GRADWIRE_MAX_LAYERS": "1.5"}, [], "GRADWIRE_MAX_LAYERS='1.5': max_layers must be a whole number"),
+    (
+        {"GRADWIRE_TRAIN_WORKERS": "2"},
+        ["--train-workers", "0"],
+        "--train-workers 0: train_workers must be greater than 0",  # the flag wins, and is named
+    ),
+    ({}, ["--max-layers", "x"], "argument --max-layers: invalid int value: 'x' (see gradwire serve --help)"),
+    (
+        {"GRADWIRE_LOG_LEVEL": "loud"},
+        [],
+        "GRADWIRE_LOG_LEVEL='loud': must be one of debug, info, warning, error, critical",
+    ),
+    (
+        {"GRADWIRE_LEASE_SECONDS": "3"},
+        [],
+        "heartbeat_seconds (the default; set --heartbeat-seconds or GRADWIRE_HEARTBEAT_SECONDS): "
+        "heartbeat_seconds must be at most half of lease_seconds",
+    ),
+]  # fmt: skip
+"""(environment, flags, the line): each refused before anything starts, naming where it came from."""
+
+
+@pytest.mark.parametrize(("env", "flags", "line"), SETTING_REFUSALS)
+def test_a_refused_setting_names_its_variable_or_flag(
+    env: dict[str, str],
+    flags: list[str],
+    line: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path), *flags])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"gradwire: {line}\n"
+    assert not list(tmp_path.iterdir())  # nothing made, nothing started
