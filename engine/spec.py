@@ -262,8 +262,9 @@ def _check_layers(
         here = f"{path}[{i}]"
         check = _CHECKS.get(type(layer))
         if check is None:
-            with problems.check():
-                raise InvalidArgument(here, f"not a layer spec: {excerpt(layer)}", sorted(LAYER_KINDS))
+            problems.found.append(
+                InvalidArgument(here, f"not a layer spec: {excerpt(layer)}", sorted(LAYER_KINDS))
+            )
             width = None
             continue
         is_output = not inside_block and i == len(layers) - 1

@@ -54,7 +54,8 @@ def decode(cls: type[M], data: bytes) -> M:
 
 def _strange_fields(message: Message, path: str) -> Iterator[InvalidArgument]:
     """Unknown fields and strings holding NUL, anywhere in ``message``, by field path."""
-    for number in sorted({f.field_number for f in UnknownFieldSet(message)}):
+    unknown = UnknownFieldSet(message)
+    for number in sorted({unknown[i].field_number for i in range(len(unknown))}):
         yield InvalidArgument(
             path or "request", f"has field number {number}, which this server does not know"
         )

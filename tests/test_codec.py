@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,3 +110,19 @@ def test_epoch_records_round_trip() -> None:
     for key, value in record.items():
         assert back[key] == (pytest.approx(value) if isinstance(value, float) else value), key
     assert back["eta"] == pytest.approx(record["elapsed"] / 2 * 2)
+
+
+@pytest.mark.parametrize(
+    ("convert", "value", "complaint"),
+    [
+        (codec.spec_from_dict, {"input_dim": 3}, "missing keys"),
+        (codec.spec_from_dict, {"input_dim": 3, "layers": 3, "loss": "squared_error"}, "spec.layers"),
+        (codec.spec_from_dict, {"input_dim": "3", "layers": [], "loss": "squared_error"}, "spec"),
+        (codec.spec_from_dict, {"input_dim": 3, "layers": [{"kind": "conv"}], "loss": "x"}, "layer kind"),
+        (codec.options_from_dict, {"seed": "abc"}, "options"),
+        (codec.options_from_dict, {"schedule": 3}, "options"),
+    ],
+)
+def test_values_the_messages_cannot_carry_are_value_errors(convert: Any, value: Any, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        convert(value)

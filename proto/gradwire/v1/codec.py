@@ -11,7 +11,8 @@ Decoding checks structure only (sizes, dtypes); the service validates meaning wi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +157,8 @@ def layer_from_dict(data: Mapping[str, Any]) -> pb.Layer:
         body = LAYER_TYPES[kind](**fields)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{kind} layer: {exc}") from None
-    return pb.Layer(**{kind: body})
+    layer: dict[str, Any] = {kind: body}
+    return pb.Layer(**layer)
 
 
 SPEC_KEYS = ("input_dim", "layers", "loss", "dtype", "seed")
@@ -182,16 +184,33 @@ def spec_from_dict(spec: Mapping[str, Any]) -> pb.ModelSpec:
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"spec: unknown keys {unknown} (known: {', '.join(SPEC_KEYS)})")
+    missing = [key for key in ("input_dim", "layers", "loss") if key not in spec]
+    if missing:
+        raise ValueError(f"spec: missing keys {missing}")
     dtype = spec.get("dtype", "float64")
     if dtype not in SPEC_DTYPES:
         raise ValueError(f"spec.dtype: unknown value {dtype!r:.40} (allowed: {', '.join(SPEC_DTYPES)})")
-    return pb.ModelSpec(
-        input_dim=spec["input_dim"],
-        layers=[layer_from_dict(layer) for layer in spec["layers"]],
-        loss=spec["loss"],
-        dtype=SPEC_DTYPES[dtype],
-        seed=spec.get("seed", 0),
-    )
+    layers = spec["layers"]
+    if not isinstance(layers, list | tuple):
+        raise ValueError("spec.layers: must be a list of layers")
+    with _as_value_error("spec"):
+        return pb.ModelSpec(
+            input_dim=spec["input_dim"],
+            layers=[layer_from_dict(layer) for layer in layers],
+            loss=spec["loss"],
+            dtype=SPEC_DTYPES[dtype],
+            seed=spec.get("seed", 0),
+        )
+
+
+@contextmanager
+def _as_value_error(what: str) -> Iterator[None]:
+    """protobuf's complaints about a value of the wrong type (TypeError, AttributeError) as the
+    ValueError every conversion from plain values raises, naming what was being converted."""
+    try:
+        yield
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------ options
@@ -207,13 +226,15 @@ def options_to_dict(options: pb.TrainOptions) -> dict[str, Any]:
 
 
 def options_from_dict(options: Mapping[str, Any]) -> pb.TrainOptions:
-    plain = {k: v for k, v in options.items() if k not in ("optimizer", "schedule") and v is not None}
-    nested: dict[str, Any] = {
-        part: message(**{k: v for k, v in options[part].items() if v is not None})
-        for part, message in (("optimizer", pb.OptimizerOptions), ("schedule", pb.ScheduleOptions))
-        if options.get(part) is not None
-    }
-    return pb.TrainOptions(**plain, **nested)
+    """Training options from their dict form; ValueError for what the message cannot carry."""
+    with _as_value_error("options"):
+        plain = {k: v for k, v in options.items() if k not in ("optimizer", "schedule") and v is not None}
+        nested: dict[str, Any] = {
+            part: message(**{k: v for k, v in options[part].items() if v is not None})
+            for part, message in (("optimizer", pb.OptimizerOptions), ("schedule", pb.ScheduleOptions))
+            if options.get(part) is not None
+        }
+        return pb.TrainOptions(**plain, **nested)
 
 
 # ------------------------------------------------------------------------------------ history
