@@ -144,7 +144,7 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     """A started server on ``settings.address``: ``(server, port, app)``; the app claims runs.
     Raises :class:`StartupError` if it cannot listen there."""
     opened = store is None
-    store = store or open_store(settings.database_url)
+    store = store or open_store(settings.database_url, settings.db_statement_seconds)
     app = Gradwire(store, settings)
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),

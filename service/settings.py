@@ -56,7 +56,8 @@ class Settings:
     interrupted by any process, and queued again up to ``auto_resume`` times in all (a graceful
     stop does not count: a run interrupted by SIGTERM is always queued again). Other
     processes' changes are seen within ``poll_seconds``. While the database cannot be reached,
-    runs and watchers keep trying for ``db_retry_seconds`` before they give up. An upload whose
+    runs and watchers keep trying for ``db_retry_seconds`` before they give up; on PostgreSQL no
+    statement (a wait for a lock included) runs past ``db_statement_seconds``. An upload whose
     client sends nothing for ``upload_idle_seconds`` is cancelled; one left unfinished for
     ``upload_ttl_seconds`` is deleted.
     """
@@ -76,6 +77,7 @@ class Settings:
     poll_seconds: float = 0.5
     auto_resume: int = 3
     db_retry_seconds: float = 30.0
+    db_statement_seconds: float = 60.0
     upload_ttl_seconds: float = 3600.0
     upload_idle_seconds: float = 60.0
     limits: Limits = field(default_factory=Limits)
@@ -95,6 +97,7 @@ class Settings:
             "heartbeat_seconds",
             "poll_seconds",
             "db_retry_seconds",
+            "db_statement_seconds",
             "upload_ttl_seconds",
             "upload_idle_seconds",
         )

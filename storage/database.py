@@ -30,7 +30,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import ClauseElement, Connection, DateTime, Engine, create_engine, event, exc, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -86,18 +86,35 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``, with SQLite's pragmas; creates a SQLite file's folder."""
+def make_engine(url: str, statement_timeout: float | None = None) -> Engine:
+    """An engine for ``url``, with SQLite's pragmas; creates a SQLite file's folder.
+
+    ``statement_timeout`` (seconds) bounds every statement on PostgreSQL, waits for locks
+    included: past it the statement fails as :class:`Unavailable`, never waits on. A server sets
+    it; ``gradwire db upgrade``, whose migrations may rightly take long, does not."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, connect_args=POSTGRES_CONNECT)
+        return create_engine(
+            url, pool_pre_ping=True, connect_args=_postgres_connect(parsed, statement_timeout)
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False})
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _postgres_connect(url: URL, statement_timeout: float | None) -> dict[str, Any]:
+    """libpq parameters: :data:`POSTGRES_CONNECT`, and the statement timeout as a server option
+    beside any the URL gives (``?options=-csearch_path=...``), which it must not replace."""
+    if statement_timeout is None:
+        return POSTGRES_CONNECT
+    given = url.query.get("options", "")
+    mine = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+    options = " ".join(filter(None, [given if isinstance(given, str) else " ".join(given), mine]))
+    return {**POSTGRES_CONNECT, "options": options}
 
 
 @contextmanager
@@ -240,9 +257,10 @@ def check_schema(engine: Engine) -> None:
     )
 
 
-def open_database(url: str) -> Database:
-    """A :class:`Database` on ``url``, its schema checked (and created if the database is empty)."""
-    engine = make_engine(url)
+def open_database(url: str, statement_timeout: float | None = None) -> Database:
+    """A :class:`Database` on ``url``, its schema checked (and created if the database is empty);
+    on PostgreSQL no statement runs past ``statement_timeout`` seconds."""
+    engine = make_engine(url, statement_timeout)
     with unavailable_on_connection_errors():
         check_schema(engine)
     return Database(engine)

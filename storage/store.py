@@ -33,6 +33,7 @@ class Store:
         self.db.engine.dispose()
 
 
-def open_store(url: str) -> Store:
-    """A :class:`Store` on ``url``, its schema checked (and created if the database is empty)."""
-    return Store(open_database(url))
+def open_store(url: str, statement_timeout: float | None = None) -> Store:
+    """A :class:`Store` on ``url``, its schema checked (and created if the database is empty); on
+    PostgreSQL no statement runs past ``statement_timeout`` seconds (None: no bound)."""
+    return Store(open_database(url, statement_timeout))

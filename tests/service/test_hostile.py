@@ -17,6 +17,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from helpers import Running
+from sqlalchemy import create_engine, text
 
 from gradwire.client import Client
 from gradwire.v1 import codec
@@ -245,3 +246,24 @@ def test_validation_inputs_without_targets_are_refused(raw: Raw, client: Client)
     request.validation_inputs.tensor.CopyFrom(tensor)
     invalid(raw("StartRun", request), "validation_targets")
     assert client.call("ListRuns", pb.ListRunsRequest(model_id=model.id)).runs == []
+
+
+def test_a_statement_waiting_on_a_lock_ends_unavailable(start_server: Any, database_url: str) -> None:
+    """Nothing waits on the database without a bound: a call stuck behind another session's lock
+    is cancelled after ``db_statement_seconds`` and answered UNAVAILABLE (worth retrying)."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite's waits are bounded by its busy timeout, tested with the store")
+    running = start_server(db_statement_seconds=0.5)
+    with Client(running.address) as client:
+        model = client.create_model(SPEC)
+        engine = create_engine(database_url)
+        try:
+            with engine.connect() as holder, holder.begin():
+                holder.execute(text("LOCK TABLE models IN ACCESS EXCLUSIVE MODE"))
+                with pytest.raises(grpc.RpcError) as info:
+                    client.stub.GetModel(pb.GetModelRequest(model_id=model.id), timeout=30)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+                assert "statement timeout" in (info.value.details() or "")
+            assert client.stub.GetModel(pb.GetModelRequest(model_id=model.id), timeout=30).version == 1
+        finally:
+            engine.dispose()
