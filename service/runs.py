@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 
 from gradwire.engine import InvalidArgument, NetworkSpec, TrainConfig
+from gradwire.engine.memory import TrainingMemory, format_bytes, state_bytes, training_bytes
 from gradwire.storage import (
     DATASET_ROLES,
     RUN_STATUSES,
@@ -36,7 +37,7 @@ from gradwire.storage import (
 from .datasets import Datasets, check_request_id
 from .errors import LimitExceeded, RunFailed, ShuttingDown
 from .paging import paged
-from .settings import Settings
+from .settings import Limits, MiB, Settings
 from .signals import Changes
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,18 @@ WATCH_ENDS = (*TERMINAL_STATUSES, "interrupted")
 
 DataSource = str | np.ndarray
 """A dataset id, or an array sent inline."""
+
+
+def check_memory(need: int, limits: Limits, field: str, what: str) -> None:
+    """Refuse work estimated (by :mod:`gradwire.engine.memory`) to need more than the per-request
+    budget, before any of it is done: a MemoryError halfway through helps nobody."""
+    budget = limits.max_request_mb * MiB
+    if need > budget:
+        raise LimitExceeded(
+            field,
+            f"{what} needs about {format_bytes(need)}, over this server's per-request budget of "
+            f"{format_bytes(budget)} (max_request_mb)",
+        )
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,7 @@ class Runs:
             raise InvalidArgument("data", f"unknown roles {sorted(set(request.data) - set(DATASET_ROLES))}")
         found = {role: self._find(role, source) for role, source in request.data.items()}
         _check_shapes({role: _shape(source) for role, source in found.items()}, spec, request.config)
+        self._check_memory(spec, request.config, found)
         records = {role: self._store(role, source) for role, source in found.items()}  # all checked
         new = NewRun(
             request.model_id,
@@ -116,6 +130,19 @@ class Runs:
         if isinstance(found, np.ndarray):
             return self.datasets.put(found, f"inline {role}")
         return found
+
+    def _check_memory(
+        self, spec: NetworkSpec, config: TrainConfig, found: Mapping[str, DatasetRecord | np.ndarray]
+    ) -> None:
+        """The run's training, with a checkpoint in flight beside it, within the budget; when
+        refused, the field named is the batch size if one minibatch is what weighs most."""
+        estimate = _training_memory(spec, config, found)
+        field = "options.batch_size" if estimate.minibatch > estimate.data else "inputs"
+        rows = _shape(found["inputs"])[0]
+        what = f"training on {rows} rows in batches of {config.batch_size}"
+        check_memory(
+            estimate.total + state_bytes(spec, config.optimizer.name), self.settings.limits, field, what
+        )
 
     def _check_options(self, config: TrainConfig) -> None:
         limits = self.settings.limits
@@ -232,6 +259,18 @@ def _shape(found: DatasetRecord | np.ndarray) -> tuple[int, int]:
         rows, columns = found.shape
         return rows, columns
     return found.rows, found.columns
+
+
+def _training_memory(
+    spec: NetworkSpec, config: TrainConfig, found: Mapping[str, DatasetRecord | np.ndarray]
+) -> TrainingMemory:
+    """What the run's job will hold: its datasets as loaded (one copy of a dataset used in two
+    roles), and what training on them takes."""
+    stored = {source.id: source.nbytes for source in found.values() if isinstance(source, DatasetRecord)}
+    inline = [source.nbytes for source in found.values() if isinstance(source, np.ndarray)]
+    data = sum(stored.values()) + sum(inline)
+    validation = _shape(found["validation_inputs"])[0] if "validation_inputs" in found else 0
+    return training_bytes(spec, config, _shape(found["inputs"])[0], validation, data)
 
 
 def _check_shapes(shapes: Mapping[str, tuple[int, int]], spec: NetworkSpec, config: TrainConfig) -> None:

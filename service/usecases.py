@@ -18,6 +18,14 @@ import numpy as np
 
 from gradwire.engine import InvalidArgument, Network, NetworkSpec, check_gradients
 from gradwire.engine.data import as_targets
+from gradwire.engine.memory import (
+    gradient_bytes,
+    gradient_check_bytes,
+    inference_bytes,
+    network_bytes,
+    parameter_bytes,
+    state_values,
+)
 from gradwire.storage import ModelRecord, RequestReused, RunRecord, Store
 from gradwire.v1.digest import weights_digest
 
@@ -26,7 +34,7 @@ from .datasets import Datasets, check_request_id
 from .errors import CannotAnswer, LimitExceeded
 from .executor import Executor, Supervisor, ThreadExecutor, owner_id
 from .paging import paged
-from .runs import Runs
+from .runs import Runs, check_memory
 from .settings import MiB, Settings
 from .signals import Changes
 
@@ -34,6 +42,11 @@ log = logging.getLogger(__name__)
 
 CLASSIFIER_LOSSES = ("softmax_crossentropy", "binary_crossentropy")
 MAX_NAME = 200
+
+ANSWER_COPIES = 2
+"""Copies of an answer's arrays on its way out, beside the arrays: the message's bytes, and the
+serialised message. (Measured: a Predict answering 128 MiB of outputs raised the server's peak
+resident size by 384 MiB, the outputs themselves and these two copies.)"""
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,36 @@ def _labels(spec: NetworkSpec, outputs: np.ndarray) -> np.ndarray | None:
     if spec.loss == "binary_crossentropy":
         return (outputs > 0.5).astype(np.int64)
     return None
+
+
+def _label_bytes(spec: NetworkSpec, rows: int) -> int:
+    """What :func:`_labels` makes: an arg-max per row and its int64 copy, or a mask and an int64
+    per output; nothing for a regression."""
+    per_row = {"softmax_crossentropy": 16, "binary_crossentropy": 9 * spec.output_dim}
+    return rows * per_row.get(spec.loss, 0)
+
+
+def predict_bytes(spec: NetworkSpec, rows: int) -> int:
+    """Predict of ``rows`` rows at its worst: the forward passes, the labels, the answer's copies."""
+    labels = _label_bytes(spec, rows)
+    outputs = rows * spec.output_dim * np.dtype(spec.dtype).itemsize
+    return inference_bytes(spec, rows) + labels + ANSWER_COPIES * (outputs + labels)
+
+
+def as_float64(spec: NetworkSpec) -> NetworkSpec:
+    """The same architecture in float64, where the numerical gradient check runs."""
+    return NetworkSpec.from_dict({**spec.to_dict(), "dtype": "float64"})
+
+
+def gradients_bytes(spec: NetworkSpec, rows: int, numerical_check: bool) -> int:
+    """GetGradients at its worst: the passes, the answer's copies and, if asked, the numerical
+    check's float64 copy of the model (copied state, then built) and its own passes."""
+    need = gradient_bytes(spec, rows) + ANSWER_COPIES * parameter_bytes(spec)
+    if numerical_check:
+        wide = as_float64(spec)
+        copied = state_values(spec) * np.dtype(spec.dtype).itemsize
+        need += copied + network_bytes(wide) + gradient_check_bytes(wide, rows)
+    return need
 
 
 class Gradwire:
@@ -144,6 +187,7 @@ class Gradwire:
     def predict(self, model_id: str, X: np.ndarray, version: int = 0) -> Prediction:
         version, spec, network = self._network(model_id, version)
         self._check_width(X, spec.input_dim, "inputs")
+        check_memory(predict_bytes(spec, len(X)), self.limits, "inputs", f"Predict of {len(X)} rows")
         outputs = network.predict(X)
         return Prediction(outputs, _labels(spec, outputs), version)
 
@@ -159,25 +203,32 @@ class Gradwire:
         version, spec, network = self._network(model_id, version)
         self._check_width(X, spec.input_dim, "inputs")
         Y = as_targets(Y, len(X), spec.output_dim, field="targets.shape")
+        if numerical_check:
+            self._check_gradcheck_size(spec, len(X))
+        need = gradients_bytes(spec, len(X), numerical_check)
+        check_memory(need, self.limits, "inputs", f"GetGradients of {len(X)} rows")
         loss, grads = network.loss_and_gradients(X, Y, training=not inference_mode)
         errors = self._numerical_check(spec, network, X, Y, inference_mode) if numerical_check else {}
         return Gradients(loss, grads, version, errors)
+
+    def _check_gradcheck_size(self, spec: NetworkSpec, rows: int) -> None:
+        """The numerical check costs two passes per parameter: it takes small models and batches."""
+        if spec.parameter_count > self.limits.max_gradcheck_parameters:
+            raise LimitExceeded(
+                "numerical_check",
+                f"needs at most {self.limits.max_gradcheck_parameters} "
+                f"parameters, the model has {spec.parameter_count}",
+            )
+        if rows > self.limits.max_gradcheck_rows:
+            raise LimitExceeded(
+                "inputs", f"numerical_check takes at most {self.limits.max_gradcheck_rows} rows"
+            )
 
     def _numerical_check(
         self, spec: NetworkSpec, network: Network, X: np.ndarray, Y: np.ndarray, inference_mode: bool
     ) -> dict[str, float]:
         """Central differences in float64, worst relative error per layer."""
-        if network.flat.size > self.limits.max_gradcheck_parameters:
-            raise LimitExceeded(
-                "numerical_check",
-                f"needs at most {self.limits.max_gradcheck_parameters} "
-                f"parameters, the model has {network.flat.size}",
-            )
-        if len(X) > self.limits.max_gradcheck_rows:
-            raise LimitExceeded(
-                "inputs", f"numerical_check takes at most {self.limits.max_gradcheck_rows} rows"
-            )
-        wide = NetworkSpec.from_dict({**spec.to_dict(), "dtype": "float64"})
+        wide = as_float64(spec)
         report = check_gradients(
             Network.from_state(wide, network.state_arrays()), X, Y, training=not inference_mode
         )
