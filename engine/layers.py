@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .activations import Activation
+from .spec import BatchNorm
 
 Array = np.ndarray
 Cache = Any
@@ -111,7 +112,7 @@ class BatchNormLayer(Layer):
     """
 
     param_attrs = ("gamma", "beta")
-    min_training_rows = 2  # one row is its own mean: x̂ = 0 and a variance of 0
+    min_training_rows = BatchNorm.MIN_TRAINING_ROWS
 
     def __init__(
         self,

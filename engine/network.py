@@ -234,6 +234,11 @@ class Network:
         """One path per parameterised layer, in order: the parameter names less their last part."""
         return [path for path, _ in self.layer_segments]
 
+    @property
+    def nbytes(self) -> int:
+        """What the network keeps between calls: its parameters and buffers."""
+        return self.flat.nbytes + sum(array.nbytes for _, array in self._buffers)
+
     def state_arrays(self) -> dict[str, Array]:
         """Copies of every parameter and buffer, by name: what a checkpoint stores."""
         return {name: array.copy() for name, array in (*self.named_parameters(), *self._buffers)}

@@ -28,7 +28,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
 from .errors import InvalidArgument, Problems, cut, excerpt, lookup, require
@@ -50,6 +50,9 @@ class Dense:
 @dataclass(frozen=True)
 class BatchNorm:
     """Batch normalisation over the features, followed by ``activation``."""
+
+    MIN_TRAINING_ROWS: ClassVar[int] = 2
+    """One row is its own mean: x̂ = 0 and a variance of 0 (a training batch needs two)."""
 
     activation: str = "identity"
     momentum: float = 0.9
@@ -129,6 +132,12 @@ class NetworkSpec:
     def max_width(self) -> int:
         """The widest array any layer takes or gives, per row (the input included)."""
         return max(self.input_dim, *self.widths)
+
+    @property
+    def min_training_rows(self) -> int:
+        """The fewest rows a training batch may have: 2 with batch normalisation, else 1."""
+        walk = _walk(self.layers, self.input_dim)
+        return max(getattr(layer, "MIN_TRAINING_ROWS", 1) for layer, _, _ in walk)
 
     @property
     def parameter_count(self) -> int:

@@ -11,11 +11,6 @@ Key = tuple[str, int]
 """(model id, version): versions never change, so an entry is never stale."""
 
 
-def network_bytes(network: Network) -> int:
-    """What a built network keeps: its parameters and its buffers (batch-norm running averages)."""
-    return sum(array.nbytes for array in network.state_arrays().values())
-
-
 class NetworkCache:
     """At most ``capacity`` bytes of networks; the least recently used leave first. A network
     larger than the whole capacity is served but not kept."""
@@ -35,7 +30,7 @@ class NetworkCache:
             return entry[0], entry[1]
 
     def put(self, key: Key, spec: NetworkSpec, network: Network) -> None:
-        size = network_bytes(network)
+        size = network.nbytes
         if size > self.capacity:
             return
         with self._lock:

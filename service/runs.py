@@ -296,3 +296,9 @@ def _check_shapes(shapes: Mapping[str, tuple[int, int]], spec: NetworkSpec, conf
             )
         if target_rows != rows:
             raise InvalidArgument(f"{prefix}targets.shape", f"has {target_rows} rows, the inputs have {rows}")
+    need = spec.min_training_rows  # batch norm: the engine never forms a one-row training batch
+    why = "a network with batch normalisation needs"
+    if config.batch_size < need:
+        raise InvalidArgument("options.batch_size", f"{why} batches of {need} rows or more")
+    if shapes["inputs"][0] < need:
+        raise InvalidArgument("inputs", f"{why} {need} training rows or more")

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_status import rpc_status
 
@@ -76,13 +77,14 @@ def _decoder(name: str) -> Callable[[Any], Any]:
 
 
 def handled(method: F) -> F:
-    """Decode a unary (or client-streaming) method's request and map its exceptions to statuses."""
+    """Decode a unary (or client-streaming) method's request, encode its response, and map the
+    exceptions of all three to statuses."""
     decode = _decoder(method.__name__)
 
     @functools.wraps(method)
-    def wrapper(self: TrainerServicer, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: TrainerServicer, request: Any, context: grpc.ServicerContext) -> bytes:
         try:
-            return method(self, decode(request), context)
+            return self.encode(method(self, decode(request), context))
         except Exception as exc:
             abort(context, exc)
 
@@ -90,14 +92,15 @@ def handled(method: F) -> F:
 
 
 def handled_stream(method: F) -> F:
-    """Decode a streaming method's request and map its exceptions, raised before or between
-    messages, to statuses."""
+    """Decode a streaming method's request, encode its responses, and map the exceptions,
+    raised before or between messages, to statuses."""
     decode = _decoder(method.__name__)
 
     @functools.wraps(method)
-    def wrapper(self: TrainerServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def wrapper(self: TrainerServicer, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
-            yield from method(self, decode(request), context)
+            for response in method(self, decode(request), context):
+                yield self.encode(response)
         except Exception as exc:
             abort(context, exc)
 
@@ -105,13 +108,13 @@ def handled_stream(method: F) -> F:
 
 
 def add_to_server(servicer: TrainerServicer, server: grpc.Server) -> None:
-    """Serve every method of the Trainer service, taking requests as raw bytes (each handler
-    decodes its own, see :func:`.convert.decode`) and packing responses as usual."""
+    """Serve every method of the Trainer service as bytes in, bytes out: each handler decodes its
+    request (see :func:`.convert.decode`) and encodes its responses itself, so that what fails
+    on the way in or out (a request that is no message, a response past the message limit or
+    past the memory left) ends with the status the error table gives, never grpc's INTERNAL."""
     handlers = {
         method.name: HANDLER_KINDS[method.client_streaming, method.server_streaming](
-            getattr(servicer, method.name),
-            request_deserializer=None,
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            getattr(servicer, method.name), request_deserializer=None, response_serializer=None
         )
         for method in SERVICE.methods
     }
@@ -172,6 +175,17 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def __init__(self, app: Gradwire) -> None:
         self.app = app
         self.streams = Streams(app.settings.max_streams)
+
+    def encode(self, response: Message) -> bytes:
+        """A response's bytes; past the message limit, RESOURCE_EXHAUSTED naming it (grpc would
+        refuse to send it anyway, with a status that says less)."""
+        data = response.SerializeToString()
+        limit = self.app.settings.max_message_bytes
+        if len(data) > limit:
+            raise LimitExceeded(
+                "", f"the answer is {len(data)} bytes, past this server's max_message_mb ({limit >> 20} MiB)"
+            )
+        return data
 
     def _gone(self, context: grpc.ServicerContext) -> Callable[[], bool]:
         """A test that turns true once the call ends (cancel, deadline, done), waking waiters."""

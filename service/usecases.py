@@ -19,6 +19,7 @@ import numpy as np
 from gradwire.engine import InvalidArgument, Network, NetworkSpec, check_gradients
 from gradwire.engine.data import as_targets
 from gradwire.engine.memory import (
+    format_bytes,
     gradient_bytes,
     gradient_check_bytes,
     inference_bytes,
@@ -90,6 +91,21 @@ def _label_bytes(spec: NetworkSpec, rows: int) -> int:
     per output; nothing for a regression."""
     per_row = {"softmax_crossentropy": 16, "binary_crossentropy": 9 * spec.output_dim}
     return rows * per_row.get(spec.loss, 0)
+
+
+def _answer_bytes(spec: NetworkSpec, rows: int) -> int:
+    """The arrays of a Predict answer: outputs and, for classifiers, labels."""
+    return rows * spec.output_dim * np.dtype(spec.dtype).itemsize + _label_bytes(spec, rows)
+
+
+def check_in_range(array: np.ndarray, dtype: str, field: str) -> None:
+    """Values a model of ``dtype`` can hold: float64 data past float32's range (±3.4e38) would
+    become infinities inside a float32 model, so it is refused rather than answered with them."""
+    limit = np.finfo(dtype).max
+    if array.dtype.itemsize <= np.dtype(dtype).itemsize or not array.size:
+        return
+    if max(array.max(), -array.min()) > limit:
+        raise InvalidArgument(field, f"holds values beyond ±{limit:.3g}, the range of the {dtype} model")
 
 
 def predict_bytes(spec: NetworkSpec, rows: int) -> int:
@@ -186,7 +202,8 @@ class Gradwire:
 
     def predict(self, model_id: str, X: np.ndarray, version: int = 0) -> Prediction:
         version, spec, network = self._network(model_id, version)
-        self._check_width(X, spec.input_dim, "inputs")
+        self._check_inputs(X, spec, "inputs")
+        self._check_answer(_answer_bytes(spec, len(X)), f"Predict of {len(X)} rows")
         check_memory(predict_bytes(spec, len(X)), self.limits, "inputs", f"Predict of {len(X)} rows")
         outputs = network.predict(X)
         return Prediction(outputs, _labels(spec, outputs), version)
@@ -201,13 +218,14 @@ class Gradwire:
         inference_mode: bool = False,
     ) -> Gradients:
         version, spec, network = self._network(model_id, version)
-        self._check_width(X, spec.input_dim, "inputs")
+        self._check_inputs(X, spec, "inputs")
         Y = as_targets(Y, len(X), spec.output_dim, field="targets.shape")
+        check_in_range(Y, spec.dtype, "targets.data")
         if numerical_check:
             self._check_gradcheck_size(spec, len(X))
         need = gradients_bytes(spec, len(X), numerical_check)
         check_memory(need, self.limits, "inputs", f"GetGradients of {len(X)} rows")
-        loss, grads = network.loss_and_gradients(X, Y, training=not inference_mode)
+        loss, grads = network.loss_and_gradients(X, Y, training=not inference_mode, field="inputs")
         errors = self._numerical_check(spec, network, X, Y, inference_mode) if numerical_check else {}
         return Gradients(loss, grads, version, errors)
 
@@ -270,6 +288,18 @@ class Gradwire:
             )
 
     @staticmethod
-    def _check_width(X: np.ndarray, width: int, field: str) -> None:
-        if X.shape[1] != width:
-            raise InvalidArgument(f"{field}.shape", f"has {X.shape[1]} columns, the model takes {width}")
+    def _check_inputs(X: np.ndarray, spec: NetworkSpec, field: str) -> None:
+        if X.shape[1] != spec.input_dim:
+            raise InvalidArgument(
+                f"{field}.shape", f"has {X.shape[1]} columns, the model takes {spec.input_dim}"
+            )
+        check_in_range(X, spec.dtype, f"{field}.data")
+
+    def _check_answer(self, size: int, what: str) -> None:
+        """An answer grpc could not send is refused before it is computed."""
+        if size > self.settings.max_message_bytes:
+            raise LimitExceeded(
+                "inputs",
+                f"the answer to {what} would be {format_bytes(size)}, past this server's "
+                f"max_message_mb ({self.settings.max_message_mb} MiB); ask for fewer rows at a time",
+            )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gradwire.engine import Network, NetworkSpec
-from gradwire.engine.spec import Dense
-from gradwire.service.cache import NetworkCache, network_bytes
+from gradwire.engine.spec import BatchNorm, Dense
+from gradwire.service.cache import NetworkCache
 
 
 def network(units: int, dtype: str = "float64") -> tuple[NetworkSpec, Network]:
@@ -12,11 +12,17 @@ def network(units: int, dtype: str = "float64") -> tuple[NetworkSpec, Network]:
     return spec, Network(spec)
 
 
-def test_a_network_counts_the_bytes_of_its_parameters() -> None:
+def network_bytes(net: Network) -> int:
+    return net.nbytes
+
+
+def test_a_network_counts_the_bytes_of_its_parameters_and_buffers() -> None:
     spec, net = network(100)
-    assert network_bytes(net) == spec.parameter_count * 8
+    assert net.nbytes == spec.parameter_count * 8
     spec, net = network(100, "float32")
-    assert network_bytes(net) == spec.parameter_count * 4
+    assert net.nbytes == spec.parameter_count * 4
+    spec = NetworkSpec(10, (BatchNorm(), Dense(1, "identity")), loss="squared_error")
+    assert Network(spec).nbytes == sum(a.nbytes for a in Network(spec).state_arrays().values())
 
 
 def test_the_least_recently_used_leave_once_the_bytes_are_spent() -> None:

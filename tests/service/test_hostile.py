@@ -267,3 +267,53 @@ def test_a_statement_waiting_on_a_lock_ends_unavailable(start_server: Any, datab
             assert client.stub.GetModel(pb.GetModelRequest(model_id=model.id), timeout=30).version == 1
         finally:
             engine.dispose()
+
+
+BATCHNORM_SPEC: dict[str, Any] = {
+    **SPEC,
+    "layers": [{"kind": "batchnorm"}, *SPEC["layers"]],
+    "dtype": "float32",
+}
+
+
+def test_float64_values_past_a_float32_models_range_are_refused(raw: Raw, client: Client) -> None:
+    model = client.create_model(BATCHNORM_SPEC)
+    huge = X.copy()
+    huge[2, 1] = -1e300  # finite in float64, infinite once the float32 model takes it
+    request = pb.PredictRequest(model_id=model.id, inputs=codec.array_to_tensor(huge))
+    found = invalid(raw("Predict", request), "inputs.data")
+    assert "float32" in found["inputs.data"]
+    model.predict(X)  # in range: answered
+
+
+def test_an_answer_past_the_message_limit_is_refused_before_it_is_computed(start_server: Any) -> None:
+    running = start_server(max_message_mb=1)
+    wide = {**SPEC, "input_dim": 1, "layers": [{"kind": "dense", "units": 1000, "activation": "identity"}]}
+    with Client(running.address) as client:
+        model = client.create_model(wide)
+        rows = np.zeros((200, 1))  # 1.6 KB in, 1.6 MB out
+        raw = Raw(running.address)
+        try:
+            error = raw("Predict", pb.PredictRequest(model_id=model.id, inputs=codec.array_to_tensor(rows)))
+        finally:
+            raw.close()
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_message_mb" in (error.details() or "")
+        assert model.predict(rows[:100]).shape == (100, 1000)  # 0.8 MB: sent
+
+
+def test_batch_norm_never_trains_on_one_row(raw: Raw, client: Client) -> None:
+    model = client.create_model(BATCHNORM_SPEC)
+    one = X[:1].astype(np.float32)
+    request = pb.GetGradientsRequest(
+        model_id=model.id, inputs=codec.array_to_tensor(one), targets=codec.array_to_tensor(one[:, :1])
+    )
+    invalid(raw("GetGradients", request), "inputs")
+    for rows, batch_size, field in ((X, 1, "options.batch_size"), (X[:1], 8, "inputs")):
+        start = pb.StartRunRequest(
+            model_id=model.id, options=codec.options_from_dict({"batch_size": batch_size})
+        )
+        start.inputs.tensor.CopyFrom(codec.array_to_tensor(rows.astype(np.float32)))
+        start.targets.tensor.CopyFrom(codec.array_to_tensor(rows[:, :1].astype(np.float32)))
+        invalid(raw("StartRun", start), field)
+    assert client.call("ListRuns", pb.ListRunsRequest(model_id=model.id)).runs == []
