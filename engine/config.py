@@ -18,7 +18,12 @@ SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine", "plateau")
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
 
 
 def _positive(value: float, name: str) -> None:
@@ -58,12 +63,16 @@ Rule = tuple[str, Callable[[Any, str], None]]
 
 
 def _check_all(config: object, prefix: str, rules: tuple[Rule, ...]) -> None:
-    """Run every rule, then report every problem at once; unset optional fields (None) pass."""
+    """Run every rule, then report every problem at once. None passes only where it is the
+    field's default (an optional setting left unset)."""
+    defaults = {f.name: f.default for f in fields(config)}  # type: ignore[arg-type]
     problems = Problems()
     for name, check in rules:
         value = getattr(config, name)
-        if value is not None:
-            with problems.check():
+        with problems.check():
+            if value is None:
+                require(defaults[name] is None, f"{prefix}{name}", "must be set")
+            else:
                 check(value, f"{prefix}{name}")
     problems.raise_any()
 

@@ -99,7 +99,10 @@ EXCERPT = 40
 
 def excerpt(value: object, limit: int = EXCERPT) -> str:
     """``repr(value)``, cut to ``limit`` characters: errors quote what the caller sent, never all of it."""
-    return cut(repr(value), limit)
+    try:
+        return cut(repr(value), limit)
+    except ValueError:  # an int of more digits than Python converts to text
+        return f"<{type(value).__name__} too long to show>"
 
 
 def cut(text: str, limit: int = EXCERPT) -> str:

@@ -45,6 +45,8 @@ REFUSED = {"zeros": "all-zero weights never break the symmetry between units"}
 
 def check_initializer(name: str, field: str) -> None:
     """Raise :class:`InvalidArgument` unless ``name`` is a known initialiser."""
+    if not isinstance(name, str):
+        raise InvalidArgument(field, f"must be a name, got {excerpt(name)}", sorted(INITIALIZERS))
     if name in REFUSED:
         raise InvalidArgument(field, f"{excerpt(name)} is refused: {REFUSED[name]}", sorted(INITIALIZERS))
     if name not in INITIALIZERS:

@@ -113,7 +113,7 @@ class NetworkSpec:
         last = self.layers[-1]
         require(isinstance(last, Dense), f"layers[{len(self.layers) - 1}]", "the last layer must be dense")
         assert isinstance(last, Dense)
-        if last.activation in ACTIVATIONS:
+        if isinstance(last.activation, str) and last.activation in ACTIVATIONS:
             check_pair(last.activation, self.loss, "loss")
         else:
             get_loss(self.loss, "loss")  # the activation's own problem is reported already
@@ -186,8 +186,8 @@ class NetworkSpec:
     def from_json(cls, text: str) -> NetworkSpec:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument("spec", f"not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InvalidArgument("spec", f"not valid JSON: {cut(str(exc) or 'nested too deeply')}") from None
         require(isinstance(data, dict), "spec", "must be a JSON object")
         return cls.from_dict(data)
 
@@ -201,6 +201,7 @@ def _check_int(value: object, name: str, minimum: int) -> None:
 
 
 def _check_activation(name: str, path: str, allowed: tuple[str, ...]) -> None:
+    require(isinstance(name, str), f"{path}.activation", f"must be a name, got {excerpt(name)}")
     if name not in allowed:
         known = "unknown value" if name not in ACTIVATIONS else "not allowed here"
         raise InvalidArgument(f"{path}.activation", f"{known} {excerpt(name)}", allowed)

@@ -6,7 +6,7 @@ Errors name the request field: ``inputs.data``, ``spec.layers[1].units``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.digest import raw as raw_bytes
 
 from .datasets import Header
+from .errors import LimitExceeded
 from .runs import DataSource
 from .usecases import Export, Gradients, Prediction
 
@@ -53,20 +54,25 @@ def decode(cls: type[M], data: bytes) -> M:
 
 
 def _strange_fields(message: Message, path: str) -> Iterator[InvalidArgument]:
-    """Unknown fields and strings holding NUL, anywhere in ``message``, by field path."""
+    """Unknown fields and strings holding NUL, anywhere in ``message``, by field path. Only
+    message and string fields are read: reading a bytes field (a tensor's data) copies it."""
     unknown = UnknownFieldSet(message)
     for number in sorted({unknown[i].field_number for i in range(len(unknown))}):
         yield InvalidArgument(
             path or "request", f"has field number {number}, which this server does not know"
         )
-    for field, value in message.ListFields():
+    for field in message.DESCRIPTOR.fields:
         here = f"{path}.{field.name}" if path else field.name
-        items = value if field.is_repeated else (value,)
         if field.message_type is not None and not field.message_type.GetOptions().map_entry:
-            for i, item in enumerate(items):
-                yield from _strange_fields(item, f"{here}[{i}]" if field.is_repeated else here)
-        elif field.type == field.TYPE_STRING and any("\x00" in item for item in items):
-            yield InvalidArgument(here, "must not contain NUL characters")
+            if field.is_repeated:
+                for i, item in enumerate(getattr(message, field.name)):
+                    yield from _strange_fields(item, f"{here}[{i}]")
+            elif message.HasField(field.name):
+                yield from _strange_fields(getattr(message, field.name), here)
+        elif field.type == field.TYPE_STRING:
+            value = getattr(message, field.name)
+            if any("\x00" in item for item in (value if field.is_repeated else (value,))):
+                yield InvalidArgument(here, "must not contain NUL characters")
 
 
 def prefixed(exc: InvalidArgument, prefix: str) -> InvalidArgument:
@@ -90,11 +96,22 @@ def optional_tensor(message: Message, name: str) -> np.ndarray | None:
     return tensor_from_proto(getattr(message, name), name) if message.HasField(name) else None
 
 
-def spec_from_proto(spec: pb.ModelSpec) -> NetworkSpec:
+def spec_from_proto(spec: pb.ModelSpec, max_layers: int) -> NetworkSpec:
+    """The engine's spec, validated; one of more than ``max_layers`` layers (inner ones included)
+    is refused by a count first, so that its size bounds the work of checking it."""
+    count = _layer_count(spec.layers)
+    if count > max_layers:
+        raise LimitExceeded("spec.layers", f"has {count} layers, at most {max_layers} (inner ones included)")
     try:
         return NetworkSpec.from_dict(codec.spec_to_dict(spec))
     except InvalidArgument as exc:
         raise prefixed(exc, "spec") from None
+
+
+def _layer_count(layers: Iterable[pb.Layer]) -> int:
+    return sum(
+        1 + _layer_count(layer.residual.layers) if layer.HasField("residual") else 1 for layer in layers
+    )
 
 
 def options_from_proto(options: pb.TrainOptions) -> TrainConfig:

@@ -17,6 +17,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_KEY = 64
 """The longest id a page token may carry (ids are far shorter)."""
+MAX_TOKEN = 256
+"""The longest page token this service gives out is about half of it."""
 
 
 def paged(
@@ -44,10 +46,12 @@ def next_token(items: Sequence[Any], limit: int) -> str:
 
 
 def _decode(token: str) -> tuple[datetime, str]:
+    if len(token) > MAX_TOKEN:
+        raise InvalidArgument("page_token", "not a token this service gave out")
     try:
         created, key = json.loads(base64.urlsafe_b64decode(token.encode()))
         if not isinstance(key, str) or len(key) > MAX_KEY or "\x00" in key:
             raise ValueError("not an id")
         return datetime.fromisoformat(created), key
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, RecursionError, binascii.Error):
         raise InvalidArgument("page_token", "not a token this service gave out") from None

@@ -206,7 +206,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
 
     @handled
     def CreateModel(self, request: pb.CreateModelRequest, context: grpc.ServicerContext) -> pb.Model:
-        spec = convert.spec_from_proto(request.spec)
+        spec = convert.spec_from_proto(request.spec, self.app.limits.max_layers)
         return self._model(self.app.create_model(request.name, spec, request.request_id).id)
 
     @handled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = "data"
 MiB = 1 << 20
+MAX_STATEMENT_SECONDS = 2_147_483
+"""PostgreSQL's largest statement_timeout, in seconds (2³¹ − 1 ms)."""
 
 
 class SettingError(ValueError):
@@ -104,6 +107,12 @@ class Settings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SettingError(name, "must be greater than 0")
+            if getattr(self, name) == math.inf:
+                raise SettingError(name, "must be finite")
+        if self.db_statement_seconds > MAX_STATEMENT_SECONDS:
+            raise SettingError(
+                "db_statement_seconds", f"must be at most {MAX_STATEMENT_SECONDS} (PostgreSQL's bound)"
+            )
         for name in ("max_queued_runs", "auto_resume"):
             if getattr(self, name) < 0:
                 raise SettingError(name, "must be at least 0")

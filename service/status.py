@@ -63,6 +63,9 @@ def status_of(exc: Exception) -> grpc.StatusCode | None:
 
 MAX_MESSAGE = 1000
 """Characters of a status message at most: status and details travel in metadata, which is bounded."""
+MAX_STATUS_BYTES = 4096
+"""The serialized status (message and details) at most: grpc clients refuse trailing metadata
+past 8 KiB by default, and the message goes beside it again, percent-encoded (at most 3 KiB)."""
 
 
 def field_violations(exc: Exception) -> list[error_details_pb2.BadRequest.FieldViolation]:
@@ -79,12 +82,27 @@ def field_violations(exc: Exception) -> list[error_details_pb2.BadRequest.FieldV
 
 
 def rich_status(code: grpc.StatusCode, exc: Exception) -> status_pb2.Status:
-    """A ``google.rpc.Status`` for ``exc``, with a BadRequest naming every field it is about."""
+    """A ``google.rpc.Status`` for ``exc``, with a BadRequest naming every field it is about, as
+    many as fit in :data:`MAX_STATUS_BYTES` (then one more saying how many were left out)."""
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=_cut(str(exc)))
     violations = field_violations(exc)
     if code == grpc.StatusCode.INVALID_ARGUMENT and violations:
-        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=violations[:100]))
+        status.details.add().Pack(_bounded(violations, MAX_STATUS_BYTES - len(status.message.encode()) - 64))
     return status
+
+
+def _bounded(
+    violations: list[error_details_pb2.BadRequest.FieldViolation], budget: int
+) -> error_details_pb2.BadRequest:
+    """The first violations whose bytes fit ``budget``, and a last one counting the rest."""
+    kept = error_details_pb2.BadRequest()
+    for i, violation in enumerate(violations):
+        if kept.ByteSize() + violation.ByteSize() + 80 > budget:
+            left = len(violations) - i
+            kept.field_violations.add(field="request", description=f"and {left} more problems not listed")
+            break
+        kept.field_violations.append(violation)
+    return kept
 
 
 def _cut(text: str) -> str:

@@ -7,6 +7,7 @@ were seen to fail, kept as named regressions, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Iterator
 from typing import Any
@@ -317,3 +318,24 @@ def test_batch_norm_never_trains_on_one_row(raw: Raw, client: Client) -> None:
         start.targets.tensor.CopyFrom(codec.array_to_tensor(rows[:, :1].astype(np.float32)))
         invalid(raw("StartRun", start), field)
     assert client.call("ListRuns", pb.ListRunsRequest(model_id=model.id)).runs == []
+
+
+def test_a_request_with_hundreds_of_problems_gets_a_status_the_client_can_read(raw: Raw) -> None:
+    spec = codec.spec_from_dict(SPEC)
+    bad = pb.Layer(dense=pb.DenseLayer(units=4, activation="bogus" + "x" * 30, init="nope" + "y" * 30))
+    last = pb.Layer()
+    last.CopyFrom(spec.layers[-1])
+    del spec.layers[:]
+    spec.layers.extend([bad] * 60 + [last])  # within max_layers: every layer is checked
+    error = raw("CreateModel", pb.CreateModelRequest(spec=spec))
+    found = invalid(error, "spec.layers[0].activation", "spec.layers[0].init", "request")
+    assert 10 < len(found) < 600
+    assert "more problems not listed" in found["request"]
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    assert status.ByteSize() <= 4096
+
+
+def test_a_page_token_nested_past_the_recursion_limit_is_refused(raw: Raw) -> None:
+    for token in (base64.urlsafe_b64encode(b"[" * 100_000).decode(), "x" * 10_000):
+        invalid(raw("ListModels", pb.ListModelsRequest(page_token=token)), "page_token")

@@ -80,15 +80,15 @@ def tensor_to_array(tensor: pb.Tensor, allowed: Iterable[int] = DTYPES) -> np.nd
     shape = tuple(tensor.shape)
     if any(not 0 <= n <= MAX_DIMENSION for n in shape):
         raise TensorError("shape", f"every size must lie in [0, {MAX_DIMENSION}], got {shape_excerpt(shape)}")
-    dtype = DTYPES[tensor.dtype]
+    dtype, data = DTYPES[tensor.dtype], tensor.data  # read once: each read copies the bytes
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
+    if len(data) != expected:
         raise TensorError(
             "data",
-            f"has {len(tensor.data)} bytes; shape {shape_excerpt(shape)} of {dtype.name} needs {expected}",
+            f"has {len(data)} bytes; shape {shape_excerpt(shape)} of {dtype.name} needs {expected}",
         )
     try:
-        return np.frombuffer(tensor.data, dtype).reshape(shape)
+        return np.frombuffer(data, dtype).reshape(shape)
     except ValueError as exc:  # an empty array whose other sizes multiply past what NumPy indexes
         raise TensorError("shape", f"{shape_excerpt(shape)} cannot be an array: {exc}") from None
 
@@ -181,14 +181,14 @@ def spec_to_dict(spec: pb.ModelSpec) -> dict[str, Any]:
 def spec_from_dict(spec: Mapping[str, Any]) -> pb.ModelSpec:
     """A spec message from its dict form; a key or a dtype it cannot carry raises ValueError
     rather than vanish on the way (a typo must not silently build another model)."""
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    unknown = sorted(repr(key)[:40] for key in spec if key not in SPEC_KEYS)
     if unknown:
-        raise ValueError(f"spec: unknown keys {unknown} (known: {', '.join(SPEC_KEYS)})")
+        raise ValueError(f"spec: unknown keys {', '.join(unknown[:10])} (known: {', '.join(SPEC_KEYS)})")
     missing = [key for key in ("input_dim", "layers", "loss") if key not in spec]
     if missing:
         raise ValueError(f"spec: missing keys {missing}")
     dtype = spec.get("dtype", "float64")
-    if dtype not in SPEC_DTYPES:
+    if not isinstance(dtype, str) or dtype not in SPEC_DTYPES:
         raise ValueError(f"spec.dtype: unknown value {dtype!r:.40} (allowed: {', '.join(SPEC_DTYPES)})")
     layers = spec["layers"]
     if not isinstance(layers, list | tuple):
@@ -209,8 +209,8 @@ def _as_value_error(what: str) -> Iterator[None]:
     ValueError every conversion from plain values raises, naming what was being converted."""
     try:
         yield
-    except (TypeError, AttributeError) as exc:
-        raise ValueError(f"{what}: {exc}") from None
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{what}: {str(exc)[:200]}") from None
 
 
 # ------------------------------------------------------------------------------------ options
