@@ -206,7 +206,7 @@ def test_every_activation_loss_metric_and_optimizer_has_its_entry() -> None:
     assert set(OPTIMIZER_TEMPORARIES) == set(OPTIMIZERS)
 
 
-def test_the_issue_model_needs_gigabytes_for_its_gradients() -> None:
+def test_a_wide_model_needs_gigabytes_for_its_gradients() -> None:
     """One input, 16,384 relu units, one output (49,153 parameters): GetGradients of 8,192 rows
     was seen at 2.3 GB resident in float64; the estimate must say at least that."""
     spec = NetworkSpec(1, [Dense(16_384, "relu"), Dense(1, "identity")], "squared_error", "float64")

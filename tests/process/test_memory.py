@@ -7,7 +7,7 @@ against it), measured on a server started for that, plus :data:`MARGIN`. Where t
 written (2 cores) that server peaked at 408 MiB of address space with 13 threads (349 MiB
 just started), so the cap was 664 MiB.
 
-With a per-request budget above what the cap allows, the estimate lets the issue's GetGradients
+With a per-request budget above what the cap allows, the estimate lets a wide model's GetGradients
 through and NumPy's allocation fails: the client must get RESOURCE_EXHAUSTED, not INTERNAL, a
 run must fail as ``out_of_memory``, and the server must go on answering. With the budget below,
 the same request is refused by the estimate, before any allocation.
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 MiB = 1 << 20
 MARGIN = 256 * MiB
 """Room above the measured peak for the small calls the tests make; far below the 1 GiB the
-first array of the issue's request takes (8,192 rows × 16,384 units in float64)."""
+first array of that request takes (8,192 rows × 16,384 units in float64)."""
 WIDE: dict[str, Any] = {
     "input_dim": 1,
     "layers": [

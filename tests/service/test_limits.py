@@ -2,7 +2,7 @@
 StartRun and Train estimate what they will need before doing anything, and refuse past
 ``max_request_mb`` with RESOURCE_EXHAUSTED naming the field and the budget.
 
-The model is the issue's: one input, 16,384 relu units, one output (49,153 parameters, legal
+The model is a wide one: one input, 16,384 relu units, one output (49,153 parameters, legal
 under every architecture limit). Its requests are tiny on the wire (one input and one target a
 row) while its hidden layer makes every row cost 128 KiB an array in float64, 384 KiB for gradients.
 """
@@ -37,14 +37,14 @@ WIDE: dict[str, Any] = {
 }
 WIDE_SPEC = NetworkSpec.from_dict(WIDE)
 BUDGET_MB = 64
-"""Small enough that the issue's requests need many times it, large enough for their small
+"""Small enough that these requests need many times it, large enough for their small
 counterparts (16 rows of gradients take about 8 MiB)."""
 GiB = 1 << 30
 
 
 @pytest.fixture(autouse=True)
 def _refusals_stay_refusals() -> None:
-    """Were the estimates of the issue's requests ever to drop, these tests would do the work in
+    """Were the estimates of these requests ever to drop, these tests would do the work in
     this very process: stop first."""
     assert gradients_bytes(WIDE_SPEC, 8192, numerical_check=False) > 2 * GiB
     assert predict_bytes(WIDE_SPEC, 65_536) > GiB
@@ -72,8 +72,8 @@ def budgeted(start_server: Callable[..., Running]) -> Running:
     return start_server(limits=Limits(max_request_mb=BUDGET_MB))
 
 
-def test_the_default_budget_refuses_the_issue_gradients(client: Client) -> None:
-    """8,192 rows through 16,384 units need about 3 GiB in float64 (the issue saw 2.3 GB resident)."""
+def test_the_default_budget_refuses_a_wide_models_gradients(client: Client) -> None:
+    """8,192 rows through 16,384 units need about 3 GiB in float64 (2.3 GB resident, measured)."""
     model = client.create_model(WIDE)
     error = refused(lambda: model.gradients(*rows(8192)), "inputs", "1.0 GiB")
     assert "GetGradients of 8192 rows needs about 3.0 GiB" in error.message
