@@ -22,7 +22,11 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health, health_pb2
+
+from .errors import LimitExceeded
+from .servicer import Streams
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +38,38 @@ one still waiting on the database then ends by itself and changes nothing."""
 
 
 class HealthServicer(health.HealthServicer):
-    """grpc_health's servicer, whose ``Watch`` streams end at a stop once they said NOT_SERVING."""
+    """grpc_health's servicer, whose ``Watch`` streams end at a stop once they said NOT_SERVING.
 
-    def __init__(self) -> None:
+    A ``Watch`` stream holds one of the server's threads for as long as it is open, as the
+    gradwire streams do: it takes one of their ``streams`` slots, so that watchers, however
+    many, never take the threads kept for unary calls (past the cap: RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, streams: Streams) -> None:
         super().__init__()
         self._stopping = threading.Event()
+        self._streams = streams
 
     def Watch(  # noqa: N802 (the RPC's name)
         self, request: Any, context: Any, send_response_callback: Any = None
     ) -> Iterator[Any] | None:
-        responses = super().Watch(request, context, send_response_callback)
-        return None if responses is None else self._until_stop(responses)
+        if send_response_callback is not None:  # grpc's non-blocking mode holds no thread
+            return super().Watch(request, context, send_response_callback)  # type: ignore[no-any-return]
+        return self._watch_until_stop(request, context)
 
-    def _until_stop(self, responses: Iterator[Any]) -> Iterator[Any]:
-        for response in responses:
-            yield response
-            if self._stopping.is_set() and response.status == NOT_SERVING:
-                return
+    def _watch_until_stop(self, request: Any, context: Any) -> Iterator[Any]:
+        """grpc_health's blocking Watch in a stream slot (taken when the stream starts, so that a
+        stream never started holds none), ending after NOT_SERVING once the server stops."""
+        try:
+            self._streams.acquire()
+        except LimitExceeded as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            for response in super().Watch(request, context):
+                yield response
+                if self._stopping.is_set() and response.status == NOT_SERVING:
+                    return
+        finally:
+            self._streams.release()
 
     def stop(self) -> None:
         """Every service NOT_SERVING for good: each Watch stream hears it, then ends."""

@@ -30,7 +30,7 @@ from gradwire.v1 import gradwire_pb2 as pb
 
 from .errors import StartupError
 from .health import DatabaseHealth, HealthServicer
-from .servicer import TrainerServicer, add_to_server
+from .servicer import Streams, TrainerServicer, add_to_server
 from .settings import Settings
 from .usecases import Gradwire
 
@@ -157,8 +157,9 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
         interceptors=[LoggingInterceptor()],
         options=options,
     )
-    add_to_server(TrainerServicer(app), server)
-    health_servicer = HealthServicer()
+    streams = Streams(settings.max_streams)  # health watches count with the gradwire streams
+    add_to_server(TrainerServicer(app, streams), server)
+    health_servicer = HealthServicer(streams)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:

@@ -159,22 +159,29 @@ class Streams:
         self._slots = threading.BoundedSemaphore(limit)
         self.limit = limit
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
+    def acquire(self) -> None:
+        """Take a slot, or raise LimitExceeded at once; :meth:`release` gives it back."""
         if not self._slots.acquire(blocking=False):
             raise LimitExceeded(
                 "", f"this server serves at most {self.limit} streams at once; try again later"
             )
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        self.acquire()
         try:
             yield
         finally:
-            self._slots.release()
+            self.release()
 
 
 class TrainerServicer(pb_grpc.TrainerServicer):
-    def __init__(self, app: Gradwire) -> None:
+    def __init__(self, app: Gradwire, streams: Streams | None = None) -> None:
         self.app = app
-        self.streams = Streams(app.settings.max_streams)
+        self.streams = streams or Streams(app.settings.max_streams)
 
     def encode(self, response: Message) -> bytes:
         """A response's bytes; past the message limit, RESOURCE_EXHAUSTED naming it (grpc would

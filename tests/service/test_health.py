@@ -52,3 +52,22 @@ def test_an_address_in_use_is_refused_and_the_server_on_it_serves_on(database_ur
             assert reply.status == SERVING
     finally:
         stop_server(server, app)
+
+
+def test_health_watches_count_as_streams_and_never_take_the_unary_threads(
+    start_server: Any, calls_ended: Any
+) -> None:
+    running = start_server(max_streams=2)
+    with grpc.insecure_channel(running.address) as channel:
+        calls = [watch(channel, "") for _ in range(2)]
+        assert [next(call).status for call in calls] == [SERVING, SERVING]
+        with pytest.raises(grpc.RpcError) as info:
+            next(watch(channel, ""))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert check.status == SERVING  # unary calls are answered beside the full stream slots
+        calls[0].cancel()
+        with calls_ended.changed:  # the refused watch ended, then the cancelled one gave its slot back
+            watches = lambda: sum(method.endswith("/Watch") for method, _ in calls_ended.ended)  # noqa: E731
+            assert calls_ended.changed.wait_for(lambda: watches() >= 2, 30)
+        assert next(watch(channel, "")).status == SERVING
