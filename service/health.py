@@ -53,7 +53,7 @@ class HealthServicer(health.HealthServicer):
         self, request: Any, context: Any, send_response_callback: Any = None
     ) -> Iterator[Any] | None:
         if send_response_callback is not None:  # grpc's non-blocking mode holds no thread
-            return super().Watch(request, context, send_response_callback)  # type: ignore[no-any-return]
+            return super().Watch(request, context, send_response_callback)
         return self._watch_until_stop(request, context)
 
     def _watch_until_stop(self, request: Any, context: Any) -> Iterator[Any]:
