@@ -1,10 +1,14 @@
 """The gRPC servicer: unpack the request, call a use case, pack the response. Nothing else.
 
 Every method runs under :func:`handled` (or :func:`handled_stream`), the one place where
-exceptions become statuses (through :mod:`.status`); no traceback ever reaches a client.
+exceptions become statuses (through :mod:`.status`); no traceback ever reaches a client. grpc
+hands the handlers bytes and takes bytes back (:func:`add_to_server`): decoding a request and
+encoding a response happen inside, so a request that is no message, or an answer too large to
+send, has a status of the table too.
 
-Streams (WatchRun, Train, UploadDataset, ExportModel) take one of ``max_streams`` slots, and the
-server keeps that many threads for them beside the ``rpc_workers`` that answer unary calls: a
+Streams (WatchRun, Train, UploadDataset, ExportModel, and health's Watch) take one of
+``max_streams`` slots, and the server keeps that many threads for them beside the
+``rpc_workers`` that answer unary calls: a
 stream past the cap is refused with RESOURCE_EXHAUSTED instead of waiting for a thread, so
 streams never delay a GetModel. A stream whose client leaves (cancel, deadline) stops within one
 wait of its use case.
