@@ -8,6 +8,7 @@ few rows at a time.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,19 @@ def check_finite(a: Array, field: str) -> None:
     for start in range(0, len(a), CHECK_CHUNK):
         if not np.isfinite(a[start : start + CHECK_CHUNK]).all():
             raise InvalidArgument(field, "contains NaN or infinite values")
+
+
+def check_in_range(a: Array, dtype: np.dtype[Any] | str, field: str) -> None:
+    """Raise :class:`InvalidArgument` if ``a`` holds values a ``dtype`` network cannot (float64
+    data past float32's ±3.4e38 would become infinities inside it); checked in chunks."""
+    dtype = np.dtype(dtype)
+    if a.dtype.kind != "f" or a.dtype.itemsize <= dtype.itemsize or not a.size:
+        return
+    limit = np.finfo(dtype).max
+    for start in range(0, len(a), CHECK_CHUNK):
+        chunk = a[start : start + CHECK_CHUNK]
+        if max(chunk.max(), -chunk.min()) > limit:
+            raise InvalidArgument(field, f"holds values beyond ±{limit:.3g}, the range of a {dtype} network")
 
 
 def _numeric(a: object, field: str) -> Array:

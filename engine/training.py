@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .data import as_features, as_targets, batch_bounds, class_labels, holdout_split
+from .data import as_features, as_targets, batch_bounds, check_in_range, class_labels, holdout_split
 from .errors import InvalidArgument, require
 from .metrics import METRICS
 from .network import Network
@@ -169,6 +169,7 @@ class Trainer:
         Y = as_targets(Y, len(X), spec.output_dim)
         if len(X) == 0:
             raise InvalidArgument("X", "has no rows")
+        self._check_ranges(X, Y, validation_data)
         train_rows, validation = self._split(X, Y, validation_data)
         self._check_batch_rows(len(X) if train_rows is None else len(train_rows))
         start, started = self.epoch, time.perf_counter()
@@ -207,6 +208,14 @@ class Trainer:
         strata = class_labels(Y) if self.config.stratify and self.network.loss.metric != "r2" else None
         train, val = holdout_split(len(X), self.config.validation_fraction, rng, strata)
         return train, (X, Y, val)
+
+    def _check_ranges(self, X: Array, Y: Array, validation_data: tuple[Array, Array] | None) -> None:
+        """Data the network's dtype can hold (minibatches are cast to it as they are gathered)."""
+        arrays = {"X": X, "Y": Y}
+        if validation_data is not None:
+            arrays |= {"validation_data[0]": validation_data[0], "validation_data[1]": validation_data[1]}
+        for name, array in arrays.items():
+            check_in_range(np.asarray(array), self.network.dtype, name)
 
     def _check_batch_rows(self, train_rows: int) -> None:
         """Refuse what would force a batch smaller than the network's ``min_training_rows`` (2 with

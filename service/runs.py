@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 
 from gradwire.engine import InvalidArgument, NetworkSpec, TrainConfig
+from gradwire.engine.data import check_in_range
 from gradwire.engine.memory import TrainingMemory, format_bytes, state_bytes, training_bytes
 from gradwire.storage import (
     DATASET_ROLES,
@@ -103,6 +104,9 @@ class Runs:
             raise InvalidArgument("data", f"unknown roles {sorted(set(request.data) - set(DATASET_ROLES))}")
         found = {role: self._find(role, source) for role, source in request.data.items()}
         _check_shapes({role: _shape(source) for role, source in found.items()}, spec, request.config)
+        for role, source in found.items():  # stored datasets are checked when the run loads them
+            if isinstance(source, np.ndarray):
+                check_in_range(source, spec.dtype, f"{role}.data")
         self._check_memory(spec, request.config, found)
         records = {role: self._store(role, source) for role, source in found.items()}  # all checked
         new = NewRun(

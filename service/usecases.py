@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradwire.engine import InvalidArgument, Network, NetworkSpec, check_gradients
-from gradwire.engine.data import as_targets
+from gradwire.engine.data import as_targets, check_in_range
 from gradwire.engine.memory import (
     format_bytes,
     gradient_bytes,
@@ -96,16 +96,6 @@ def _label_bytes(spec: NetworkSpec, rows: int) -> int:
 def _answer_bytes(spec: NetworkSpec, rows: int) -> int:
     """The arrays of a Predict answer: outputs and, for classifiers, labels."""
     return rows * spec.output_dim * np.dtype(spec.dtype).itemsize + _label_bytes(spec, rows)
-
-
-def check_in_range(array: np.ndarray, dtype: str, field: str) -> None:
-    """Values a model of ``dtype`` can hold: float64 data past float32's range (±3.4e38) would
-    become infinities inside a float32 model, so it is refused rather than answered with them."""
-    limit = np.finfo(dtype).max
-    if array.dtype.itemsize <= np.dtype(dtype).itemsize or not array.size:
-        return
-    if max(array.max(), -array.min()) > limit:
-        raise InvalidArgument(field, f"holds values beyond ±{limit:.3g}, the range of the {dtype} model")
 
 
 def predict_bytes(spec: NetworkSpec, rows: int) -> int:

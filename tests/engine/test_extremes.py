@@ -21,6 +21,7 @@ from gradwire.engine import (
     OptimizerConfig,
     TrainConfig,
     Trainer,
+    fit,
 )
 from gradwire.engine.activations import LEAKY_SLOPE
 from gradwire.engine.data import batch_bounds
@@ -385,3 +386,27 @@ def test_batch_norm_refuses_what_would_leave_a_one_row_batch() -> None:
     plain = Network(NetworkSpec(2, (Dense(1, "identity"),), "squared_error"))
     assert Trainer(plain, TrainConfig(epochs=1)).fit(X, Y).epochs_run == 1
     assert np.isfinite(plain.loss_and_gradients(X, Y)[0])
+
+
+# ----------------------------------------------------------------------------- data past a dtype's range
+
+
+def test_data_past_a_float32_networks_range_is_refused_before_training() -> None:
+    spec = NetworkSpec(2, (Dense(1, "identity"),), loss="squared_error", dtype="float32")
+    X, Y = np.ones((6, 2)), np.ones((6, 1))
+    big = X.copy()
+    big[4, 1] = -float(np.finfo(np.float32).max) * 1.01  # finite in float64, -inf in float32
+    for kwargs, field in (
+        ({"X": big, "Y": Y}, "X"),
+        ({"X": X, "Y": big[:, 1:]}, "Y"),
+        ({"X": X, "Y": Y, "validation_data": (big, Y)}, "validation_data[0]"),
+    ):
+        network = Network(spec)
+        before = network.flat.copy()
+        with pytest.raises(InvalidArgument) as info:
+            fit(network, config=TrainConfig(epochs=1), **kwargs)
+        assert info.value.field == field
+        np.testing.assert_array_equal(network.flat, before)  # refused before any step
+    edge = X.copy()
+    edge[0, 0] = float(np.finfo(np.float32).max)  # the largest float32 itself fits
+    assert fit(Network(spec), edge, Y, TrainConfig(epochs=1)).stop_reason in ("max_epochs", "non_finite")

@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 from helpers import Running
 from sqlalchemy import create_engine, text
 
-from gradwire.client import Client
+from gradwire.client import Client, RunFailedError
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
@@ -339,3 +339,23 @@ def test_a_request_with_hundreds_of_problems_gets_a_status_the_client_can_read(r
 def test_a_page_token_nested_past_the_recursion_limit_is_refused(raw: Raw) -> None:
     for token in (base64.urlsafe_b64encode(b"[" * 100_000).decode(), "x" * 10_000):
         invalid(raw("ListModels", pb.ListModelsRequest(page_token=token)), "page_token")
+
+
+def test_training_data_past_a_float32_models_range_is_refused(raw: Raw, client: Client) -> None:
+    """Inline data is refused when the run is started; stored data, which a float64 dataset may
+    hold for any model, fails the run as ``invalid`` when it is loaded, before any epoch."""
+    model = client.create_model(BATCHNORM_SPEC)
+    huge = X.copy()
+    huge[3, 0] = 1e300
+    start = pb.StartRunRequest(model_id=model.id)
+    start.inputs.tensor.CopyFrom(codec.array_to_tensor(huge))
+    start.targets.tensor.CopyFrom(codec.array_to_tensor(X[:, :1]))
+    invalid(raw("StartRun", start), "inputs.data")
+    inputs, targets = client.upload_dataset(huge), client.upload_dataset(X[:, :1])
+    run = model.start_run(inputs, targets, epochs=2, batch_size=2)
+    with pytest.raises(RunFailedError):
+        run.wait()
+    info = run.refresh()
+    assert (info.status, info.stop_reason, info.epochs_done) == ("failed", "invalid", 0)
+    assert "beyond" in info.error
+    assert model.refresh().version == 1
