@@ -63,6 +63,10 @@ class Settings:
     statement (a wait for a lock included) runs past ``db_statement_seconds``. An upload whose
     client sends nothing for ``upload_idle_seconds`` is cancelled; one left unfinished for
     ``upload_ttl_seconds`` is deleted.
+
+    Operations: ``metrics_address`` (``host:port``) serves Prometheus metrics there; empty: off.
+    ``tls_cert_file`` and ``tls_key_file`` (PEM) make the listener TLS; ``tls_client_ca_file``
+    besides makes it mutual TLS (clients must present a certificate that CA signed).
     """
 
     address: str = DEFAULT_ADDRESS
@@ -83,6 +87,10 @@ class Settings:
     db_statement_seconds: float = 60.0
     upload_ttl_seconds: float = 3600.0
     upload_idle_seconds: float = 60.0
+    metrics_address: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
