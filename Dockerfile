@@ -1,7 +1,11 @@
-# The gradwire service. Build: docker build -t gradwire .   Run: see docker-compose.yml.
-FROM python:3.11-slim
-
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# The gradwire service. Build: docker build -t gradwire .   Run: docker compose up (see
+# docker-compose.yml and README.md, "Deployment").
+#
+# The first stage builds gradwire's wheel; the image installs it and keeps neither the sources
+# nor the build tools. EXTRAS names the optional extras installed with it: "otel" (the default)
+# adds OpenTelemetry tracing, which stays off unless the OTEL_* variables configure an
+# exporter; --build-arg EXTRAS= leaves it out.
+FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY engine engine
@@ -9,12 +13,35 @@ COPY service service
 COPY storage storage
 COPY client client
 COPY proto proto
-RUN pip install . && useradd --create-home --uid 10001 gradwire && mkdir /data && chown gradwire /data
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-USER gradwire
+FROM python:3.11-slim
+ARG EXTRAS=otel
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=wheel /wheels /wheels
+# pip compiles the installed modules here, once: the user below may not write beside them, and
+# the healthcheck starts a fresh interpreter every ten seconds.
+RUN pip install "$(echo /wheels/gradwire-*.whl)${EXTRAS:+[$EXTRAS]}" && rm -rf /wheels
+COPY docker/entrypoint.sh /usr/local/bin/gradwire-entrypoint
+RUN chmod 0755 /usr/local/bin/gradwire-entrypoint \
+    && groupadd --system --gid 10001 gradwire \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/gradwire \
+        --shell /usr/sbin/nologin gradwire \
+    && mkdir /data && chown 10001:10001 /data
+
+# A numeric user, so that a runtime can tell it is not root without reading /etc/passwd.
+USER 10001:10001
 WORKDIR /home/gradwire
-# Listen on every interface inside the container; the compose file publishes it on loopback.
-ENV GRADWIRE_ADDRESS=0.0.0.0:50051 GRADWIRE_DATA_DIR=/data
-EXPOSE 50051
-HEALTHCHECK --interval=10s --timeout=3s --retries=5 CMD python -c "from gradwire.client import Client; import sys; sys.exit(0 if Client('127.0.0.1:50051', timeout=2).healthy() else 1)"
+# The SQLite database lives in /data when no GRADWIRE_DATABASE_URL is given; the volume keeps
+# it when the container is replaced. Listen on every interface inside the container: the
+# compose file publishes the port on the host's loopback only.
+VOLUME /data
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    GRADWIRE_ADDRESS=0.0.0.0:50051 GRADWIRE_DATA_DIR=/data
+# gRPC; Prometheus metrics, where GRADWIRE_METRICS_ADDRESS serves them (compose: 0.0.0.0:9464).
+EXPOSE 50051 9464
+# One grpc.health.v1 Check against the server's own port (GRADWIRE_ADDRESS): SERVING or not.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["gradwire-probe"]
+# BLAS and OpenMP threads from the container's CPU limit, then the command as PID 1.
+ENTRYPOINT ["gradwire-entrypoint"]
 CMD ["gradwire", "serve"]
