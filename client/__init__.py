@@ -19,10 +19,11 @@ from .errors import (
     RunFailedError,
     UnavailableError,
 )
-from .sdk import Client, DatasetInfo, Exported, History, Model, ModelInfo, Run, RunInfo, print_progress
+from .sdk import TLS, Client, DatasetInfo, Exported, History, Model, ModelInfo, Run, RunInfo, print_progress
 
 __all__ = [
     "ERRORS",
+    "TLS",
     "CancelledError",
     "Client",
     "ClientClosedError",

@@ -14,11 +14,16 @@ and so are CreateModel, StartRun and UploadDataset, which carry a request id tha
 server do them once. Watching a run reconnects after a lost connection from the last epoch it
 saw, and resumes the run if the server restarted under it. The raw stub stays reachable as
 :attr:`Client.stub`.
+
+The channel is plaintext unless :class:`TLS` says otherwise (given, or from ``GRADWIRE_TLS_CA_FILE``,
+``GRADWIRE_CLIENT_CERT_FILE`` and ``GRADWIRE_CLIENT_KEY_FILE``). A ``token`` (or ``GRADWIRE_TOKEN``)
+goes with every call, streams included, as ``authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import sys
 import time
@@ -77,6 +82,15 @@ PROGRESS_WIDTH = 20
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 PROTO_DTYPES = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
 FINISHED = ("completed", "cancelled", "failed")
+TLS_VARIABLES = {
+    "ca_file": "GRADWIRE_TLS_CA_FILE",
+    "cert_file": "GRADWIRE_CLIENT_CERT_FILE",
+    "key_file": "GRADWIRE_CLIENT_KEY_FILE",
+}
+"""The environment variables a client's TLS reads, by field (the server's own certificate is
+GRADWIRE_TLS_CERT_FILE, hence other names here)."""
+TOKEN_VARIABLE = "GRADWIRE_TOKEN"
+LOCAL_SCHEMES = ("unix:", "unix-abstract:")
 
 R = TypeVar("R")
 EpochCallback = Callable[[dict[str, Any]], bool | None]
@@ -284,11 +298,133 @@ def _request_id(given: str | None) -> str:
     return given or uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class TLS:
+    """How a client's channel is secured: PEM files, read when the client is made.
+
+    ``ca_file``: the root certificates that signed the server's (empty: gRPC's own roots, for a
+    publicly signed server). ``cert_file`` and ``key_file``: the client's certificate and key,
+    for a server that asks for one (mutual TLS); both or neither.
+    """
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("TLS: give cert_file and key_file (a client certificate and its key) or neither")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TLS | None:
+        """TLS from ``GRADWIRE_TLS_CA_FILE``, ``GRADWIRE_CLIENT_CERT_FILE`` and
+        ``GRADWIRE_CLIENT_KEY_FILE``; None (plaintext) when none of them is set."""
+        env = os.environ if env is None else env
+        given = {name: env.get(variable, "") for name, variable in TLS_VARIABLES.items()}
+        return cls(**given) if any(given.values()) else None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        pem = {name: _read_pem(name, getattr(self, name)) for name in TLS_VARIABLES}
+        return grpc.ssl_channel_credentials(
+            root_certificates=pem["ca_file"], private_key=pem["key_file"], certificate_chain=pem["cert_file"]
+        )
+
+
+def _read_pem(name: str, path: str) -> bytes | None:
+    """The file's bytes (None for no file), or a ValueError naming it: a bad path is the caller's."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ValueError(f"TLS {name} {path}: cannot read it: {exc.strerror or exc}") from exc
+
+
+def _loopback(address: str) -> bool:
+    """Whether ``address`` (``host:port``, ``[::1]:port``, ``unix:path``) stays on this machine."""
+    if address.startswith(LOCAL_SCHEMES):
+        return True
+    host = address.removeprefix("ipv4:").removeprefix("ipv6:").rsplit(":", 1)[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: tuple[tuple[str, str], ...]
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _Metadata(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``metadata`` to every call, of all four kinds. It carries the token on a plaintext
+    channel, where gRPC refuses call credentials (they are meant for secure channels)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        given = tuple(details.metadata or ())
+        return continuation(
+            _CallDetails(
+                details.method,
+                details.timeout,
+                given + self.metadata,
+                details.credentials,
+                details.wait_for_ready,
+                getattr(details, "compression", None),
+            ),
+            request,
+        )
+
+    intercept_unary_stream = intercept_unary_unary
+    intercept_stream_unary = intercept_unary_unary  # the request is an iterator: passed on as it is
+    intercept_stream_stream = intercept_unary_unary
+
+
+def _channel(address: str, tls: TLS | None, token: str, options: list[tuple[str, int]]) -> grpc.Channel:
+    """A secure channel (the token as call credentials), or a plaintext one (the token, to a
+    loopback address only, added by :class:`_Metadata`: anywhere else it would travel readable)."""
+    if tls is not None:
+        credentials = tls.credentials()
+        if token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(token)
+            )
+        return grpc.secure_channel(address, credentials, options=options)
+    if token and not _loopback(address):
+        raise ValueError(
+            f"a token goes over TLS only (or in plaintext to this machine), and {address} is "
+            f"neither: give tls (or {TLS_VARIABLES['ca_file']})"
+        )
+    channel = grpc.insecure_channel(address, options=options)
+    if not token:
+        return channel
+    return grpc.intercept_channel(channel, _Metadata((("authorization", f"Bearer {token}"),)))
+
+
 class Client:
     """A connection to a gradwire server; use it as a context manager.
 
     ``address`` defaults to ``GRADWIRE_SERVER``, else 127.0.0.1:50051. ``reconnect_seconds``
     bounds how long watching a run keeps reconnecting to a server that cannot be reached.
+
+    ``tls`` secures the channel (default: :meth:`TLS.from_env`, which is None, plaintext, when no
+    ``GRADWIRE_TLS_CA_FILE``/``GRADWIRE_CLIENT_*`` variable is set). ``token`` (default
+    ``GRADWIRE_TOKEN``; empty: none) is sent with every call as ``authorization: Bearer <token>``;
+    in plaintext only to a loopback address. Both are for the channel the client makes: a
+    ``channel`` given is used as it is. A file that cannot be read raises ValueError, naming it.
     """
 
     def __init__(
@@ -301,13 +437,17 @@ class Client:
         max_message_mb: int = 512,
         reconnect_seconds: float = 60.0,
         channel: grpc.Channel | None = None,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
         options = [
             ("grpc.max_send_message_length", max_message_mb * MiB),
             ("grpc.max_receive_message_length", max_message_mb * MiB),
         ]
         self.address = address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)
-        self.channel = channel or grpc.insecure_channel(self.address, options=options)
+        self.tls = tls or TLS.from_env()
+        token = os.environ.get(TOKEN_VARIABLE, "") if token is None else token
+        self.channel = channel or _channel(self.address, self.tls, token, options)
         self.stub = pb_grpc.TrainerStub(self.channel)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.reconnect_seconds = reconnect_seconds

@@ -1,6 +1,8 @@
 """The ``gradwire`` command: run the server, upgrade its database, and use it from a shell.
 
+    gradwire --version
     gradwire serve [--address 127.0.0.1:50051] [--database-url URL] [--data-dir data]
+                   [--tls-cert-file cert.pem --tls-key-file key.pem [--tls-client-ca-file ca.pem]]
     gradwire db upgrade [--database-url URL]
     gradwire models list | show ID | delete ID | create --spec spec.json [--name NAME]
     gradwire train ID DATA [--epochs N ...]                    attached: progress, then a summary
@@ -21,7 +23,12 @@ DATA is ``--data data.npz`` (arrays ``x`` and ``y``), or the inputs and the targ
 ``--clip-norm``, ``--seed``, ``--options JSON``).
 
 Client commands reach the server at ``--server`` (or ``GRADWIRE_SERVER``, default
-127.0.0.1:50051). Data files are ``.csv`` (numbers, comma-separated, one row per line; a first
+127.0.0.1:50051), in plaintext unless ``--tls-ca FILE`` (``GRADWIRE_TLS_CA_FILE``) or a client
+certificate, ``--tls-cert FILE --tls-key FILE`` (``GRADWIRE_CLIENT_CERT_FILE``,
+``GRADWIRE_CLIENT_KEY_FILE``), is given; ``--token`` (``GRADWIRE_TOKEN``, better: it stays out of
+the process list) goes with every call as a bearer token.
+
+Data files are ``.csv`` (numbers, comma-separated, one row per line; a first
 row that is not numbers is a header, and is skipped), ``.npy`` or ``.npz`` (both read without
 pickles; from an ``.npz``, ``--inputs`` reads array ``x`` and ``--targets`` array ``y``, or the
 only array of a file that holds one). A 1-D array is a column.
@@ -47,8 +54,9 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import Field, asdict, fields
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
@@ -68,14 +76,17 @@ from gradwire.client import (
     UnavailableError,
     print_progress,
 )
+from gradwire.client.sdk import TLS, TLS_VARIABLES, TOKEN_VARIABLE
 from gradwire.engine import history_table
 from gradwire.storage import RUN_STATUSES, SchemaOutOfDate, Unavailable, make_engine, upgrade
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
+from . import tls as listener
 from .datasets import DATASET_DTYPES
 from .errors import StartupError
-from .server import JsonFormatter, create_server, return_freed_memory, stop_server
+from .logs import JsonFormatter
+from .server import create_server, return_freed_memory, stop_server
 from .settings import PARSERS, Limits, SettingError, Settings, variable
 
 EXIT_FAILED = 1
@@ -90,6 +101,18 @@ OPTION_FLAGS = ("seed", "patience", "loss_threshold", "clip_norm")
 SETTINGS_NOT_FLAGS = ("address", "database_url", "data_dir", "limits")
 """Settings given their own flags above (with help of their own), or not a value."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LISTENING = {
+    listener.PLAINTEXT: "in plaintext",
+    listener.TLS: "over TLS",
+    listener.MUTUAL_TLS: "over mutual TLS",
+}
+"""The startup line's words for what the listener speaks."""
+CLIENT_TLS_FLAGS = {
+    "ca_file": ("--tls-ca", "PEM root certificates that signed the server's; makes the channel TLS"),
+    "cert_file": ("--tls-cert", "PEM client certificate, for a server that asks for one (mutual TLS)"),
+    "key_file": ("--tls-key", "the client certificate's PEM key"),
+}
+"""The client commands' TLS flags, by the field of the SDK's TLS each fills."""
 REACH_SECONDS = 5.0
 """How long a command that got UNAVAILABLE waits for a health check, to tell a server that cannot
 be reached from one that answered UNAVAILABLE itself."""
@@ -335,7 +358,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the line: who reads it may signal at once
         signal.signal(sig, lambda *_: stopping.set())
     host = settings.address.rsplit(":", 1)[0]
-    print(f"gradwire listening on {host}:{port} (database {database})", flush=True)
+    spoken = LISTENING[listener.transport(settings)]
+    print(f"gradwire listening on {host}:{port} {spoken} (database {database})", flush=True)
     stopping.wait()
     print("gradwire stopping: runs stop at the end of their epoch and keep their checkpoints", flush=True)
     stop_server(server, app)
@@ -620,9 +644,23 @@ def cmd_runs_resume(args: argparse.Namespace, client: Client) -> int:
 # ------------------------------------------------------------------------------------ parser
 
 
+def _variable_default(setting: str | Field[Any]) -> str:
+    """A setting's variable and default, as ``serve --help`` shows them: read from the dataclass,
+    so the help cannot drift from what the server does."""
+    field = next(f for f in fields(Settings) if f.name == setting) if isinstance(setting, str) else setting
+    default = SHOWN_DEFAULTS.get(field.name, field.default)
+    return f"{variable(field.name)}, default {default if default != '' else 'none'}"
+
+
+SHOWN_DEFAULTS = {"database_url": "a SQLite file in the data dir"}
+"""Defaults the dataclass computes, in words."""
+
+
 def _database_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", help="SQLAlchemy URL (default: a SQLite file in --data-dir)")
-    parser.add_argument("--data-dir", help="folder of the default SQLite database (default: data)")
+    parser.add_argument("--database-url", help=f"SQLAlchemy URL ({_variable_default('database_url')})")
+    parser.add_argument(
+        "--data-dir", help=f"folder of the default SQLite database ({_variable_default('data_dir')})"
+    )
 
 
 def _data_flags(parser: argparse.ArgumentParser) -> None:
@@ -653,6 +691,16 @@ def _client_command(sub: Subparsers, path: str, help_text: str) -> argparse.Argu
     """The parser of a client command; ``path`` (``"runs start"``) is its key in CLIENT_COMMANDS."""
     command = sub.add_parser(path.split()[-1], help=help_text)
     command.add_argument("--server", help="host:port (default: GRADWIRE_SERVER, else 127.0.0.1:50051)")
+    for name, (flag, help_text) in CLIENT_TLS_FLAGS.items():
+        default = os.environ.get(TLS_VARIABLES[name], "")
+        command.add_argument(
+            flag, dest=name, metavar="FILE", default=default, help=f"{help_text} ({TLS_VARIABLES[name]})"
+        )
+    command.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE, ""),
+        help=f"bearer token sent with every call ({TOKEN_VARIABLE}: better, out of the process list)",
+    )
     command.set_defaults(client_command=path)
     return command
 
@@ -663,18 +711,26 @@ def _group(sub: Subparsers, name: str, help_text: str) -> Subparsers:
 
 
 def _server_parsers(sub: Subparsers) -> None:
-    serve = sub.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--address", help="host:port to listen on (default 127.0.0.1:50051; port 0: any)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Every flag but --log-format is also the environment variable named after it; a "
+        "flag given wins.",
+    )
+    serve.add_argument(
+        "--address", help=f"host:port to listen on; port 0: any ({_variable_default('address')})"
+    )
     _database_flags(serve)
     for setting in (*fields(Settings), *fields(Limits)):  # every setting, each its flag (see docs/service.md)
         if setting.name not in SETTINGS_NOT_FLAGS:
             parse = PARSERS[str(setting.type)]
-            serve.add_argument(_flag(setting.name), type=parse, help=f"default {setting.default}")
+            serve.add_argument(_flag(setting.name), type=parse, help=_variable_default(setting))
     serve.add_argument(
         "--log-level",
         type=str.lower,
         choices=LOG_LEVELS,
         default=os.environ.get("GRADWIRE_LOG_LEVEL", "info"),
+        help="GRADWIRE_LOG_LEVEL, default info",
     )
     serve.add_argument("--log-format", choices=("json", "text"), default="json")
 
@@ -753,8 +809,17 @@ class Parser(argparse.ArgumentParser):
         raise CommandError(f"{message} (see {self.prog} --help)", EXIT_USAGE)
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, the one source of it)."""
+    try:
+        return metadata.version("gradwire")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gradwire", description="Backpropagation as a training service.")
+    parser.add_argument("--version", action="version", version=f"gradwire {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _server_parsers(sub)
     _model_parsers(sub)
@@ -814,7 +879,7 @@ def _run(args: argparse.Namespace) -> int:
         name, needed = MODEL_ACTION_NEEDS[args.action]
         if not getattr(args, name):
             raise CommandError(f"models {args.action} needs {needed}", EXIT_USAGE)
-    with Client(args.server) as client:
+    with _client(args) as client:
         try:
             return CLIENT_COMMANDS[args.client_command](args, client)
         except UnavailableError as exc:
@@ -826,6 +891,16 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:  # the SDK's own checks of arrays, before anything is sent
             print(f"gradwire: {_one_line(str(exc))}", file=sys.stderr)
             return EXIT_FAILED
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """The client the flags ask for: TLS if a TLS file is given (flag or variable), else
+    plaintext. A file it cannot read, or a certificate without its key, is a usage error."""
+    files = {name: getattr(args, name) for name in CLIENT_TLS_FLAGS}  # each flag's dest is its field
+    try:
+        return Client(args.server, tls=TLS(**files) if any(files.values()) else None, token=args.token)
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
 def _answers(client: Client) -> bool:

@@ -50,6 +50,7 @@ from gradwire.storage import (
 )
 from gradwire.v1.digest import weights_digest
 
+from .metrics import TRAINED
 from .settings import Settings
 from .signals import Changes, StopFlags
 
@@ -143,6 +144,7 @@ class Committer:
 
     def epoch_ended(self, record: EpochRecord) -> bool:
         """On the training thread, after every epoch; True asks the trainer to stop here."""
+        TRAINED.add(record.samples)
         entry = asdict(record)
         entry["elapsed"] += self.offset
         self.pending.append(entry)

@@ -3,7 +3,13 @@
 ``create_server(settings)`` returns a started server, the port it got (bind ``:0`` in tests) and
 the application behind it. Health checking (``grpc.health.v1``, honest about the database and
 about stopping: see :mod:`.health`) and server reflection are registered beside the gradwire
-service. Every RPC is logged once, as one structured line.
+service.
+
+Operations: every RPC writes one access line and carries a request id (:mod:`.logs`); with a
+``metrics_address`` the server serves Prometheus metrics there (:mod:`.metrics`); when the standard
+``OTEL_*`` variables name a span exporter (or an OTLP endpoint), opentelemetry's own gRPC
+interceptor traces every RPC (:class:`Tracing`; the ``gradwire[otel]`` extra). Start, stop and
+configuration are log lines with fields of their own too.
 
 The port is never shared: gRPC turns ``SO_REUSEPORT`` on by default, which lets a second server
 started on the same address take half the new connections unnoticed; here it is refused with
@@ -13,12 +19,13 @@ started on the same address take half the new connections unnoticed; here it is 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
-import time
+import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import grpc
@@ -30,95 +37,137 @@ from gradwire.v1 import gradwire_pb2 as pb
 
 from .errors import StartupError
 from .health import DatabaseHealth, HealthServicer
+from .logs import AccessInterceptor
+from .metrics import Metrics
 from .servicer import Streams, TrainerServicer, add_to_server
 from .settings import Settings
+from .tls import server_credentials
 from .usecases import Gradwire
 
-log = logging.getLogger("gradwire.rpc")
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Trainer"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 """The names health reports for: the whole server, and the gradwire service."""
-_HEALTH: weakref.WeakKeyDictionary[grpc.Server, DatabaseHealth] = weakref.WeakKeyDictionary()
-"""Each started server's health, for :func:`stop_server` to turn NOT_SERVING first."""
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+# ------------------------------------------------------------------------------------ tracing
 
-    RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+TRACING_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+)
+"""Tracing is on when one of these is set (and not to ``none``): opentelemetry's own default
+exporter (OTLP to localhost) would otherwise trace every server that never asked for it."""
+OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+"""The exporter ``otlp`` stands for, by ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` (grpc if unset)."""
+EXPORTERS = "opentelemetry_traces_exporter"
+"""The entry points by which opentelemetry's packages name their span exporters (``console``,
+``otlp_proto_grpc``, ...): the names ``OTEL_TRACES_EXPORTER`` takes."""
+DEFAULT_SERVICE_NAME = "gradwire"
+"""The traces' ``service.name`` unless ``OTEL_SERVICE_NAME`` (or ``OTEL_RESOURCE_ATTRIBUTES``) says."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry |= {k: v for k, v in record.__dict__.items() if k not in self.RESERVED}
-        if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
-
-def _log_call(method: str, context: grpc.ServicerContext, started: float) -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return  # the peer and the code cost a little on every call: only when they are written
-    code = context.code() or (grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
-    log.info(
-        "rpc",
-        extra={
-            "method": method,
-            "code": code.name,
-            "peer": context.peer(),
-            "ms": round((time.perf_counter() - started) * 1000, 2),
-        },
+def trace_exporters(env: Mapping[str, str]) -> list[str]:
+    """The span exporters the ``OTEL_*`` variables in ``env`` ask for, by entry point name; none
+    (tracing off) unless one of :data:`TRACING_VARIABLES` is set, or if ``OTEL_SDK_DISABLED`` is
+    true or the exporter is ``none``."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    if not any(env.get(name, "").strip() for name in TRACING_VARIABLES):
+        return []
+    names = [name.strip().lower() for name in (env.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")]
+    if "none" in names:
+        return []
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     )
+    return [
+        OTLP_BY_PROTOCOL.get(protocol.strip(), name) if name == "otlp" else name for name in names if name
+    ]
 
 
-def _logged_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        started = time.perf_counter()
-        try:
-            return inner(request, context)
-        finally:
-            _log_call(method, context, started)
+@dataclass
+class Tracing:
+    """A span for every RPC, from opentelemetry's gRPC server interceptor, on a tracer provider of
+    this server's (the global one is left alone), sent to ``exporters`` once :meth:`start` ed.
+    opentelemetry is an optional extra: its objects are typed ``Any`` here."""
 
-    return call
+    exporters: dict[str, EntryPoint]
+    provider: Any
+    interceptor: grpc.ServerInterceptor
 
+    def start(self) -> None:
+        """Export from now on: a batching processor (a thread) per exporter."""
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-def _logged_stream(method: str, inner: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        started = time.perf_counter()
-        try:
-            yield from inner(request, context)
-        finally:
-            _log_call(method, context, started)
+        for exporter in self.exporters.values():
+            self.provider.add_span_processor(BatchSpanProcessor(exporter.load()()))
 
-    return call
-
-
-WRAPPERS = {
-    "unary_unary": _logged_unary,
-    "stream_unary": _logged_unary,
-    "unary_stream": _logged_stream,
-    "stream_stream": _logged_stream,
-}
-"""How to wrap each kind of handler: by whether it returns one response or yields many."""
+    def close(self) -> None:
+        """Send the spans still waiting, then stop the processors."""
+        self.provider.shutdown()
 
 
-class LoggingInterceptor(grpc.ServerInterceptor):
-    """Logs method, status code, peer and duration of every call, of every kind."""
+def tracing_from_env() -> Tracing | None:
+    """The tracing the process's ``OTEL_*`` variables ask for (see :func:`trace_exporters`; the
+    exporters and the resource read theirs themselves); None if they ask for none, or if what
+    they ask for is not installed (one warning line)."""
+    names = trace_exporters(os.environ)
+    if not names:
+        return None
+    try:
+        from opentelemetry.instrumentation.grpc import server_interceptor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError as exc:
+        log.warning(
+            "tracing is off: the OTEL_* variables ask for it, but opentelemetry is not installed "
+            "(pip install 'gradwire[otel]')",
+            extra={"missing": exc.name, "exporters": names},
+        )
+        return None
+    installed = {entry.name: entry for entry in entry_points(group=EXPORTERS)}
+    if unknown := [name for name in names if name not in installed]:
+        log.warning(
+            "tracing is off: OTEL_TRACES_EXPORTER names exporters that are not installed",
+            extra={"unknown": unknown, "installed": sorted(installed)},
+        )
+        return None
+    resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, if set
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
+    provider = TracerProvider(resource=resource)
+    exporters = {name: installed[name] for name in names}
+    return Tracing(exporters, provider, server_interceptor(tracer_provider=provider))
 
-    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        for kind, wrap in WRAPPERS.items():
-            inner = getattr(handler, kind)
-            if inner is not None:
-                return handler._replace(**{kind: wrap(details.method, inner)})
-        return handler
+
+# ------------------------------------------------------------------------------------ the server
+
+
+@dataclass
+class Operations:
+    """What runs beside a started server's RPCs, for :func:`stop_server` to stop: its health
+    watch (NOT_SERVING first), and its metrics endpoint and its tracing when they are on."""
+
+    health: DatabaseHealth
+    metrics: Metrics | None
+    tracing: Tracing | None
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tracing is not None:
+            self.tracing.close()
+
+
+_RUNNING: weakref.WeakKeyDictionary[grpc.Server, Operations] = weakref.WeakKeyDictionary()
+
+
+def operations(server: grpc.Server) -> Operations | None:
+    """What runs beside ``server`` while it is started (None before and after)."""
+    return _RUNNING.get(server)
 
 
 MALLOPT = {
@@ -142,45 +191,98 @@ def return_freed_memory() -> bool:
 
 def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.Server, int, Gradwire]:
     """A started server on ``settings.address``: ``(server, port, app)``; the app claims runs.
-    Raises :class:`StartupError` if it cannot listen there."""
+    Raises :class:`StartupError` if it cannot listen there, or serve metrics where asked."""
+    credentials = server_credentials(settings)  # bad TLS files are refused before the database is touched
     opened = store is None
     store = store or open_store(settings.database_url, settings.db_statement_seconds)
     app = Gradwire(store, settings)
-    options = [
+    metrics = Metrics(store) if settings.metrics_address else None
+    tracing = tracing_from_env()
+    threads = settings.rpc_workers + settings.max_streams  # streams are capped; unary calls keep theirs
+    server = grpc.server(
+        ThreadPoolExecutor(threads, thread_name_prefix="gradwire-rpc"),
+        interceptors=_interceptors(metrics, tracing),
+        options=_options(settings),
+    )
+    health_servicer = _add_services(server, app, settings)
+    try:
+        port = _listen(server, settings.address, credentials)
+    except StartupError:
+        if opened:
+            store.close()
+        raise
+    if metrics is not None:
+        _serve_metrics(metrics, settings.metrics_address, server, store if opened else None)
+    watch = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)
+    watch.start()
+    running = _RUNNING[server] = Operations(watch, metrics, tracing)
+    if tracing is not None:
+        tracing.start()
+    server.start()
+    app.start()
+    _log_start(settings, store, port, running)
+    return server, port, app
+
+
+def _options(settings: Settings) -> list[tuple[str, int]]:
+    return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # an address in use is refused, never shared (module docstring)
     ]
-    threads = settings.rpc_workers + settings.max_streams  # streams are capped; unary calls keep theirs
-    server = grpc.server(
-        ThreadPoolExecutor(threads, thread_name_prefix="gradwire-rpc"),
-        interceptors=[LoggingInterceptor()],
-        options=options,
-    )
+
+
+def _interceptors(metrics: Metrics | None, tracing: Tracing | None) -> list[grpc.ServerInterceptor]:
+    """Tracing outermost, so that its span holds the whole call; then the access line and metrics."""
+    access = AccessInterceptor(None if metrics is None else metrics.rpc_ended)
+    return [access] if tracing is None else [tracing.interceptor, access]
+
+
+def _add_services(server: grpc.Server, app: Gradwire, settings: Settings) -> HealthServicer:
+    """The gradwire service, health (returned: its watch sets it) and reflection."""
     streams = Streams(settings.max_streams)  # health watches count with the gradwire streams
     add_to_server(TrainerServicer(app, streams), server)
     health_servicer = HealthServicer(streams)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return health_servicer
+
+
+def _serve_metrics(metrics: Metrics, address: str, server: grpc.Server, opened: Store | None) -> None:
+    """Start the metrics endpoint; if it cannot listen, undo the server's listening (and close the
+    store it opened) before the StartupError goes on."""
     try:
-        port = _listen(server, settings.address)
+        metrics.start(address)
     except StartupError:
-        if opened:
-            store.close()
+        server.stop(None)
+        if opened is not None:
+            opened.close()
         raise
-    watch = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)
-    watch.start()
-    _HEALTH[server] = watch
-    server.start()
-    app.start()
-    return server, port, app
 
 
-def _listen(server: grpc.Server, address: str) -> int:
-    """The port ``server`` listens on at ``address``. gRPC says it cannot by raising RuntimeError
-    (older versions returned 0), and writes why to stderr only."""
+def _log_start(settings: Settings, store: Store, port: int, running: Operations) -> None:
+    """The start as two lines with fields: where it listens and what is on; then every setting
+    (the database URL without its password)."""
+    host = settings.address.rpartition(":")[0]
+    on = {
+        "address": f"{host}:{port}",
+        "metrics_address": None if running.metrics is None else running.metrics.address,
+        "tracing": None if running.tracing is None else list(running.tracing.exporters),
+    }
+    log.info("server started", extra=on)
+    shown = asdict(settings) | {"database_url": store.engine.url.render_as_string(hide_password=True)}
+    log.info("configuration", extra={"settings": shown})
+
+
+def _listen(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The port ``server`` listens on at ``address``: in plaintext, or with ``credentials`` (TLS or
+    mutual TLS, see :mod:`.tls`). gRPC says it cannot listen by raising RuntimeError (older
+    versions returned 0), and writes why to stderr only."""
     try:
-        port = int(server.add_insecure_port(address))
+        if credentials is None:
+            port = int(server.add_insecure_port(address))
+        else:
+            port = int(server.add_secure_port(address, credentials))
     except RuntimeError:
         port = 0
     if not port:
@@ -192,12 +294,17 @@ def stop_server(server: grpc.Server, app: Gradwire, grace: float = 5.0) -> None:
     """Say NOT_SERVING (health watchers and load balancers hear it before anything else changes),
     stop accepting calls (streams end), ask the runs executing here to stop at their next epoch
     end and keep their checkpoints (they become interrupted, to continue elsewhere or after a
-    restart), wait up to ``grace`` seconds, then close."""
-    watch = _HEALTH.pop(server, None)
-    if watch is not None:
-        watch.stop()
+    restart), wait up to ``grace`` seconds, then close: the metrics endpoint answers until the
+    calls are over, and the last spans are sent."""
+    log.info("server stopping", extra={"grace_seconds": grace})
+    running = _RUNNING.pop(server, None)
+    if running is not None:
+        running.health.stop()
     app.runs.close()  # watches end at once (UNAVAILABLE: watch again elsewhere or later)
     done = server.stop(grace)
     app.close(grace)
     done.wait()
+    if running is not None:
+        running.close()
     app.store.close()
+    log.info("server stopped")

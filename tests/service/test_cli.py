@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import fields
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from sqlalchemy import text
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
 from gradwire.service.cli import build_parser, load_array, main, training_arguments, training_data
+from gradwire.service.settings import Limits
 from gradwire.storage import make_engine, open_store
 from gradwire.storage.database import current_revision, head_revision
 from gradwire.v1.digest import array_id
@@ -588,3 +591,24 @@ def test_a_refused_setting_names_its_variable_or_flag(
     assert stopped.value.code == 2
     assert capsys.readouterr().err == f"gradwire: {line}\n"
     assert not list(tmp_path.iterdir())  # nothing made, nothing started
+
+
+def test_version_is_the_installed_distribution_s(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"gradwire {metadata.version('gradwire')}\n"
+
+
+def test_serve_help_lists_every_variable_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # as one line: argparse wraps to the terminal
+    assert "--lease-seconds LEASE_SECONDS GRADWIRE_LEASE_SECONDS, default 30.0" in shown
+    assert "--tls-cert-file TLS_CERT_FILE GRADWIRE_TLS_CERT_FILE, default none" in shown
+    for setting in (*fields(Settings), *fields(Limits)):
+        if setting.name not in ("limits", "database_url"):  # the URL's default is computed: in words
+            default = setting.default if setting.default != "" else "none"
+            assert f"GRADWIRE_{setting.name.upper()}, default {default}" in shown
+    assert "GRADWIRE_DATABASE_URL, default a SQLite file in the data dir" in shown

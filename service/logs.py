@@ -1,0 +1,155 @@
+"""Log lines as JSON objects, and the one access line every RPC writes.
+
+:class:`JsonFormatter` writes each record as one line: ``time`` (ISO 8601, UTC, milliseconds:
+``2026-11-28T21:49:49.123Z``), ``level``, ``logger``, ``message``, and the record's ``extra``
+fields as fields of their own, so that a log pipeline filters on ``run`` or ``code`` instead of
+parsing text.
+
+:class:`AccessInterceptor` wraps every handler, of every kind, and writes one line as each call
+ends (logger ``gradwire.rpc``, message ``rpc``): ``method``, ``code``, ``duration_ms``, ``peer``
+and ``request_id``. The request id is the caller's ``x-request-id`` metadata when it is one a
+log can carry (at most :data:`MAX_REQUEST_ID` printable ASCII characters, no spaces), else a
+new one; either way it goes back to the caller in the **trailing** metadata, beside the status.
+Trailing, not initial: Train sends initial metadata of its own (``gradwire-run-id``), which can
+be sent once only, and a call that fails has its trailing metadata replaced by its rich status;
+the id is added to whatever the handler left there, as the call ends, so every call of every
+kind, failed ones included, carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("gradwire.rpc")
+
+REQUEST_ID = "x-request-id"
+MAX_REQUEST_ID = 128
+VALID_REQUEST_ID = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID}}}")
+"""Printable ASCII without spaces: what a log line and a metadata value carry unchanged."""
+
+RpcEnded = Callable[[str, str, float], None]
+"""Told of every call as it ends: method, status code name, seconds (the metrics count them)."""
+
+
+def utc_time(record: logging.LogRecord) -> str:
+    """When ``record`` was made, in ISO 8601, UTC, to the millisecond."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+
+    RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": utc_time(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry |= {k: v for k, v in record.__dict__.items() if k not in self.RESERVED}
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def request_id(metadata: Any) -> str:
+    """The caller's ``x-request-id`` if a log can carry it as it is, else a new one (32 hex digits)."""
+    given = next((value for key, value in metadata or () if key == REQUEST_ID), "")
+    if isinstance(given, str) and VALID_REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class Call:
+    """One call under way: what its access line and its metrics need when it ends."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext, ended: RpcEnded | None) -> None:
+        self.method, self.context, self.ended = method, context, ended
+        self.request_id = request_id(context.invocation_metadata())
+        self.raised = False
+        self.started = time.perf_counter()
+
+    def code(self) -> grpc.StatusCode:
+        """The status the call ends with: the one set (abort sets it); else CANCELLED if the client
+        left, UNKNOWN if the handler raised (grpc says so), OK."""
+        if (code := self.context.code()) is not None:
+            return code
+        if not self.context.is_active():
+            return grpc.StatusCode.CANCELLED
+        return grpc.StatusCode.UNKNOWN if self.raised else grpc.StatusCode.OK
+
+    def end(self) -> None:
+        seconds = time.perf_counter() - self.started
+        kept = [(k, v) for k, v in self.context.trailing_metadata() or () if k != REQUEST_ID]
+        self.context.set_trailing_metadata((*kept, (REQUEST_ID, self.request_id)))
+        code = self.code().name
+        if self.ended is not None:
+            self.ended(self.method, code, seconds)
+        if log.isEnabledFor(logging.INFO):  # the peer costs a little on every call: only when written
+            extra = {"method": self.method, "code": code, "duration_ms": round(seconds * 1000, 2)}
+            log.info("rpc", extra=extra | {"peer": self.context.peer(), "request_id": self.request_id})
+
+
+def _unary(method: str, inner: Callable[..., Any], ended: RpcEnded | None) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        call = Call(method, context, ended)
+        try:
+            return inner(request, context)
+        except Exception:
+            call.raised = True
+            raise
+        finally:
+            call.end()
+
+    return handle
+
+
+def _stream(method: str, inner: Callable[..., Iterator[Any]], ended: RpcEnded | None) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        call = Call(method, context, ended)
+        try:
+            yield from inner(request, context)
+        except Exception:
+            call.raised = True
+            raise
+        finally:
+            call.end()
+
+    return handle
+
+
+WRAPPERS = {
+    "unary_unary": _unary,
+    "stream_unary": _unary,
+    "unary_stream": _stream,
+    "stream_stream": _stream,
+}
+"""How to wrap each kind of handler: by whether it returns one response or yields many."""
+
+
+class AccessInterceptor(grpc.ServerInterceptor):
+    """The access line, the request id and ``ended`` (the metrics) for every call, of every kind."""
+
+    def __init__(self, ended: RpcEnded | None = None) -> None:
+        self.ended = ended
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        for kind, wrap in WRAPPERS.items():
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return handler._replace(**{kind: wrap(details.method, inner, self.ended)})
+        return handler
