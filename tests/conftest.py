@@ -47,3 +47,52 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+class Outage:
+    """A database of the test's own on the test PostgreSQL server, that it can take away by
+    PostgreSQL's own means (no new connections, the open ones ended) and give back."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        from gradwire.storage.database import normalise_url
+
+        self.name = f"gradwire_outage_{uuid.uuid4().hex[:12]}"
+        self.admin = create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+        self._run(f"CREATE DATABASE {self.name}")
+        self.url = make_url(normalise_url(admin_url)).set(database=self.name).render_as_string(False)
+
+    def _run(self, *statements: str) -> None:
+        from sqlalchemy import text
+
+        with self.admin.connect() as connection:
+            for statement in statements:
+                connection.execute(text(statement), {"name": self.name})
+
+    def refuse(self) -> None:
+        self._run(
+            f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS false",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name",
+        )
+
+    def restore(self) -> None:
+        self._run(f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS true")
+
+    def drop(self) -> None:
+        self.restore()
+        self._run(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        self.admin.dispose()
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    """A PostgreSQL database that the test can take away and give back (skipped without one)."""
+    if not POSTGRES_URL:
+        pytest.skip(POSTGRES_SKIP)
+    made = Outage(POSTGRES_URL)
+    try:
+        yield made
+    finally:
+        made.drop()

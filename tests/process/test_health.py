@@ -12,22 +12,17 @@ from __future__ import annotations
 import queue
 import subprocess
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from conftest import POSTGRES_SKIP, POSTGRES_URL
+from conftest import Outage
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import GRADWIRE, ServerProcess
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 
 from gradwire.client import Client
-from gradwire.storage.database import normalise_url
 
 SERVICES = ("", "gradwire.v1.Trainer")
 """The whole server, and the gradwire service."""
@@ -81,47 +76,6 @@ def next_of_each(watches: list[HealthWatch]) -> list[str]:
 def watch_ended_ok(entry: dict[str, Any]) -> bool:
     """A WatchRun call logged as ended OK: its last message, the run's ending, was sent."""
     return str(entry.get("method", "")).endswith("/WatchRun") and entry.get("code") == "OK"
-
-
-class Outage:
-    """A database of the test's own on the test PostgreSQL server, that it can take away by
-    PostgreSQL's own means (no new connections, the open ones ended) and give back."""
-
-    def __init__(self) -> None:
-        self.name = f"gradwire_health_{uuid.uuid4().hex[:12]}"
-        self.admin: Engine = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-        self._run(f"CREATE DATABASE {self.name}")
-        self.url = make_url(normalise_url(POSTGRES_URL)).set(database=self.name).render_as_string(False)
-
-    def _run(self, *statements: str) -> None:
-        with self.admin.connect() as connection:
-            for statement in statements:
-                connection.execute(text(statement), {"name": self.name})
-
-    def refuse(self) -> None:
-        self._run(
-            f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS false",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name",
-        )
-
-    def restore(self) -> None:
-        self._run(f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS true")
-
-    def drop(self) -> None:
-        self.restore()
-        self._run(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        self.admin.dispose()
-
-
-@pytest.fixture
-def outage() -> Iterator[Outage]:
-    if not POSTGRES_URL:
-        pytest.skip(POSTGRES_SKIP)
-    made = Outage()
-    try:
-        yield made
-    finally:
-        made.drop()
 
 
 @pytest.fixture

@@ -9,20 +9,15 @@ stops the server, during the outage too.
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from conftest import POSTGRES_SKIP, POSTGRES_URL
+from conftest import Outage
 from helpers import ServerProcess
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 
 from gradwire.client import Client
-from gradwire.storage.database import normalise_url
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
@@ -39,46 +34,6 @@ SPEC: dict[str, Any] = {
 RNG = np.random.default_rng(8)
 X = RNG.normal(size=(2000, 8))
 Y = X[:, :1] * X[:, 1:2]
-
-
-class Outage:
-    """A database of the test's own on the test PostgreSQL server, that it can take away."""
-
-    def __init__(self) -> None:
-        self.name = f"gradwire_outage_{uuid.uuid4().hex[:12]}"
-        self.admin: Engine = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-        with self.admin.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {self.name}"))
-        self.url = make_url(normalise_url(POSTGRES_URL)).set(database=self.name).render_as_string(False)
-
-    def refuse(self) -> None:
-        with self.admin.connect() as connection:
-            connection.execute(text(f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS false"))
-            connection.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
-                {"name": self.name},
-            )
-
-    def restore(self) -> None:
-        with self.admin.connect() as connection:
-            connection.execute(text(f"ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS true"))
-
-    def drop(self) -> None:
-        self.restore()
-        with self.admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)"))
-        self.admin.dispose()
-
-
-@pytest.fixture
-def outage() -> Iterator[Outage]:
-    if not POSTGRES_URL:
-        pytest.skip(POSTGRES_SKIP)
-    made = Outage()
-    try:
-        yield made
-    finally:
-        made.drop()
 
 
 class TrainCall:
