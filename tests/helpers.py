@@ -62,6 +62,20 @@ def two_spirals(n_per_class: int, noise: float, rng: np.random.Generator) -> tup
     return X, labels
 
 
+WIDE: dict[str, Any] = {
+    "input_dim": 1,
+    "layers": [
+        {"kind": "dense", "units": 16_384, "activation": "relu"},
+        {"kind": "dense", "units": 1, "activation": "identity"},
+    ],
+    "loss": "squared_error",
+    "dtype": "float64",
+    "seed": 0,
+}
+"""A legal model whose width makes memory the limit: 49,153 parameters, 16,384 values a row in
+its hidden layer (the memory-budget tests, in-process and under an address-space limit)."""
+
+
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
 
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from helpers import ServerProcess
+from helpers import WIDE, ServerProcess
 
 from gradwire.client import Client, ResourceExhaustedError
 from gradwire.v1 import codec
@@ -35,16 +34,6 @@ MiB = 1 << 20
 MARGIN = 256 * MiB
 """Room above the measured peak for the small calls the tests make; far below the 1 GiB the
 first array of that request takes (8,192 rows × 16,384 units in float64)."""
-WIDE: dict[str, Any] = {
-    "input_dim": 1,
-    "layers": [
-        {"kind": "dense", "units": 16_384, "activation": "relu"},
-        {"kind": "dense", "units": 1, "activation": "identity"},
-    ],
-    "loss": "squared_error",
-    "dtype": "float64",
-    "seed": 0,
-}
 X = np.linspace(-1.0, 1.0, 8192).reshape(-1, 1)
 Y = np.abs(X)
 

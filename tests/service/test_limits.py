@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from helpers import Running
+from helpers import WIDE, Running
 
 from gradwire.client import Client, GradwireError, ResourceExhaustedError
 from gradwire.engine import NetworkSpec
@@ -25,16 +25,6 @@ from gradwire.service.usecases import gradients_bytes, predict_bytes
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
-WIDE: dict[str, Any] = {
-    "input_dim": 1,
-    "layers": [
-        {"kind": "dense", "units": 16_384, "activation": "relu"},
-        {"kind": "dense", "units": 1, "activation": "identity"},
-    ],
-    "loss": "squared_error",
-    "dtype": "float64",
-    "seed": 0,
-}
 WIDE_SPEC = NetworkSpec.from_dict(WIDE)
 BUDGET_MB = 64
 """Small enough that these requests need many times it, large enough for their small
