@@ -75,11 +75,6 @@ def _strange_fields(message: Message, path: str) -> Iterator[InvalidArgument]:
                 yield InvalidArgument(here, "must not contain NUL characters")
 
 
-def prefixed(exc: InvalidArgument, prefix: str) -> InvalidArgument:
-    """The same error with its fields under ``prefix`` (``units`` → ``spec.layers[0].units``)."""
-    return exc.under(prefix)
-
-
 def tensor_from_proto(tensor: pb.Tensor, field: str) -> np.ndarray:
     """A finite ``[rows, columns]`` float array over the tensor's bytes (read-only, no copy)."""
     try:
@@ -105,7 +100,7 @@ def spec_from_proto(spec: pb.ModelSpec, max_layers: int) -> NetworkSpec:
     try:
         return NetworkSpec.from_dict(codec.spec_to_dict(spec))
     except InvalidArgument as exc:
-        raise prefixed(exc, "spec") from None
+        raise exc.under("spec") from None
 
 
 def _layer_count(layers: Iterable[pb.Layer]) -> int:
@@ -118,7 +113,7 @@ def options_from_proto(options: pb.TrainOptions) -> TrainConfig:
     try:
         return TrainConfig.from_dict(codec.options_to_dict(options))
     except InvalidArgument as exc:
-        raise prefixed(exc, "options") from None
+        raise exc.under("options") from None
 
 
 def timestamp(moment: datetime | None) -> Timestamp | None:
@@ -207,10 +202,6 @@ def dataset_to_proto(dataset: DatasetRecord) -> pb.Dataset:
 DATA_FIELDS = ("inputs", "targets", "validation_inputs", "validation_targets")
 
 
-PAIRS = (("inputs", "targets"), ("validation_inputs", "validation_targets"))
-"""Data that only means something together: one without the other is refused, not ignored."""
-
-
 def sources_from_proto(request: pb.StartRunRequest) -> dict[str, DataSource]:
     """The request's data by role: a dataset id, or a checked inline array."""
     return _sources(request, _source)
@@ -232,18 +223,13 @@ def _source(request: pb.StartRunRequest, role: str) -> DataSource | None:
 
 
 def _sources(request: Any, read: Callable[[Any, str], DataSource | None]) -> dict[str, DataSource]:
-    """Every role's data, every role's problems reported together, pairs checked whole."""
+    """Every role's data, every role's problems reported together (which roles must come
+    together is the use case's to check, for every caller: :func:`.runs._check_shapes`)."""
     problems, out = Problems(), {}
     for role in DATA_FIELDS:
         with problems.check():
             if (source := read(request, role)) is not None:
                 out[role] = source
-    for first, second in PAIRS:
-        with problems.check():
-            given = [role for role in (first, second) if request.HasField(role)]
-            if len(given) == 1:
-                missing = second if given == [first] else first
-                raise InvalidArgument(missing, f"is required with {given[0]}")
     problems.raise_any()
     return out
 
