@@ -259,17 +259,8 @@ def parameter_bytes(spec: NetworkSpec) -> int:
 
 def state_values(spec: NetworkSpec) -> int:
     """Parameters and buffers (batch norm's running mean and variance): what a snapshot copies."""
-    return spec.parameter_count + 2 * sum(_batchnorm_widths(spec.layers, spec.input_dim))
-
-
-def _batchnorm_widths(layers: Sequence[LayerSpec], width: int) -> list[int]:
-    found = []
-    for layer, fan_in in zip(layers, _input_widths(layers, width), strict=True):
-        if isinstance(layer, BatchNorm):
-            found.append(fan_in)
-        elif isinstance(layer, Residual):
-            found.extend(_batchnorm_widths(layer.layers, fan_in))
-    return found
+    batchnorm = sum(width for layer, width, _ in spec.walk() if isinstance(layer, BatchNorm))
+    return spec.parameter_count + 2 * batchnorm
 
 
 def inference_bytes(spec: NetworkSpec, rows: int) -> int:

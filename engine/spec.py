@@ -118,15 +118,20 @@ class NetworkSpec:
         else:
             get_loss(self.loss, "loss")  # the activation's own problem is reported already
 
+    def walk(self) -> Iterator[tuple[LayerSpec, int, int]]:
+        """Every layer, depth first, as ``(layer, width in, width out)``; a residual block comes
+        before its inner layers."""
+        return _walk(self.layers, self.input_dim)
+
     @property
     def layer_count(self) -> int:
         """Every layer, those inside residual blocks included (a block counts as one more)."""
-        return sum(1 for _ in _walk(self.layers, self.input_dim))
+        return sum(1 for _ in self.walk())
 
     @property
     def widths(self) -> tuple[int, ...]:
         """The width every layer outputs, in order, inner layers of blocks included."""
-        return tuple(out for _, _, out in _walk(self.layers, self.input_dim))
+        return tuple(out for _, _, out in self.walk())
 
     @property
     def max_width(self) -> int:
@@ -136,14 +141,12 @@ class NetworkSpec:
     @property
     def min_training_rows(self) -> int:
         """The fewest rows a training batch may have: 2 with batch normalisation, else 1."""
-        walk = _walk(self.layers, self.input_dim)
-        return max(getattr(layer, "MIN_TRAINING_ROWS", 1) for layer, _, _ in walk)
+        return max(getattr(layer, "MIN_TRAINING_ROWS", 1) for layer, _, _ in self.walk())
 
     @property
     def parameter_count(self) -> int:
         """Trainable values: dense weights and biases, batch-norm scales and shifts."""
-        walk = _walk(self.layers, self.input_dim)
-        return sum(_PARAMETERS[type(layer)](layer, width) for layer, width, _ in walk)
+        return sum(_PARAMETERS[type(layer)](layer, width) for layer, width, _ in self.walk())
 
     @property
     def output_activation(self) -> str:
