@@ -169,7 +169,7 @@ def child(argv: list[str]) -> Iterator[Child]:
 
 def gradwire_server(stack: ExitStack, database_url: str) -> Child:
     gradwire = str(Path(sys.executable).with_name("gradwire"))
-    argv = [gradwire, "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
+    argv = [gradwire, "serve", "--address", "127.0.0.1:0", "--database-url", database_url, "--auth", "off"]
     return stack.enter_context(child([*argv, "--log-level", "warning"]))
 
 

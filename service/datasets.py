@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -49,11 +50,13 @@ class Datasets:
     def __init__(self, store: Store, limits: Limits) -> None:
         self.store, self.limits = store, limits
 
-    def upload(self, header: Header, chunks: Iterable[bytes]) -> DatasetRecord:
-        """Store the bytes ``chunks`` yields as the array ``header`` describes."""
+    def upload(self, tenant: str, header: Header, chunks: Iterable[bytes]) -> DatasetRecord:
+        """Store the bytes ``chunks`` yields as the tenant's array ``header`` describes (refused
+        before any byte is received if they would not fit the tenant's dataset quota)."""
         rows, columns = self._check_header(header)
         dtype = np.dtype(header.dtype)
         expected = rows * columns * dtype.itemsize
+        self.store.datasets.check_room(tenant, expected)
         blob_id = self.store.datasets.begin_upload()
         try:
             checksum = self._receive(blob_id, chunks, dtype, expected)
@@ -66,7 +69,7 @@ class Datasets:
                 columns,
                 expected,
             )
-            record = self.store.datasets.finish_upload(blob_id, meta, header.request_id)
+            record = self.store.datasets.finish_upload(tenant, blob_id, meta, header.request_id)
             if record.id != meta.id:
                 raise RequestReused(f"request_id {header.request_id!r} was first used to upload other data")
             return record
@@ -82,7 +85,7 @@ class Datasets:
                 f"inline tensors take at most {self.limits.max_inline_mb} MiB; upload it with UploadDataset",
             )
 
-    def put(self, array: np.ndarray, name: str) -> DatasetRecord:
+    def put(self, tenant: str, array: np.ndarray, name: str) -> DatasetRecord:
         """Store a small array sent inline (checked by :meth:`check_inline`, and finite), or find it
         stored."""
         data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
@@ -97,16 +100,16 @@ class Datasets:
             columns,
             data.nbytes,
         )
-        return self.store.datasets.put(meta, raw(data))
+        return self.store.datasets.put(tenant, meta, raw(data))
 
-    def get(self, dataset_id: str) -> DatasetRecord:
-        return self.store.datasets.get(dataset_id)
+    def get(self, tenant: str, dataset_id: str) -> DatasetRecord:
+        return self.store.datasets.get(tenant, dataset_id)
 
-    def page(self, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
-        return paged(self.store.datasets.page, page_size, page_token)
+    def page(self, tenant: str, page_size: int, page_token: str) -> tuple[list[DatasetRecord], str]:
+        return paged(partial(self.store.datasets.page, tenant), page_size, page_token)
 
-    def delete(self, dataset_id: str) -> None:
-        self.store.datasets.delete(dataset_id)
+    def delete(self, tenant: str, dataset_id: str) -> None:
+        self.store.datasets.delete(tenant, dataset_id)
 
     # ------------------------------------------------------------------ helpers
 

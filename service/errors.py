@@ -18,6 +18,10 @@ class LimitExceeded(ServiceError):
         super().__init__(f"{field}: {message}" if field else message)
 
 
+class Unauthenticated(ServiceError):
+    """The call has no API key, or one that is malformed, unknown or revoked."""
+
+
 class CannotAnswer(ServiceError):
     """The model exists but cannot compute an answer (e.g. its stored weights are unreadable)."""
 

@@ -244,8 +244,8 @@ class RunJob:
 
     def _load(self) -> Loaded:
         started = time.perf_counter()
-        run = self.store.runs.get(self.run_id)
-        model = self.store.models.get(run.model_id)
+        run = self.store.runs.read(self.run_id)
+        model = self.store.models.get(run.tenant, run.model_id)
         config = TrainConfig.from_dict(run.options)
         checkpoint = self.store.runs.load_checkpoint(run.id)
         last_loss = None
@@ -258,7 +258,7 @@ class RunJob:
         arrays: dict[str, np.ndarray] = {}  # by dataset id: one copy of data used in two roles
         for dataset_id in run.datasets.values():
             if dataset_id not in arrays:
-                arrays[dataset_id] = self.store.datasets.load(dataset_id)
+                arrays[dataset_id] = self.store.datasets.load(run.tenant, dataset_id)
         data = {role: arrays[dataset_id] for role, dataset_id in run.datasets.items()}
         return Loaded(run, trainer, data, time.perf_counter() - started, last_loss)
 

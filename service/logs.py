@@ -28,6 +28,8 @@ from typing import Any
 
 import grpc
 
+from .interceptors import rewrap
+
 log = logging.getLogger("gradwire.rpc")
 
 REQUEST_ID = "x-request-id"
@@ -129,15 +131,6 @@ def _stream(method: str, inner: Callable[..., Iterator[Any]], ended: RpcEnded | 
     return handle
 
 
-WRAPPERS = {
-    "unary_unary": _unary,
-    "stream_unary": _unary,
-    "unary_stream": _stream,
-    "stream_stream": _stream,
-}
-"""How to wrap each kind of handler: by whether it returns one response or yields many."""
-
-
 class AccessInterceptor(grpc.ServerInterceptor):
     """The access line, the request id and ``ended`` (the metrics) for every call, of every kind."""
 
@@ -145,11 +138,9 @@ class AccessInterceptor(grpc.ServerInterceptor):
         self.ended = ended
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        for kind, wrap in WRAPPERS.items():
-            inner = getattr(handler, kind)
-            if inner is not None:
-                return handler._replace(**{kind: wrap(details.method, inner, self.ended)})
-        return handler
+        method, ended = details.method, self.ended
+        return rewrap(
+            continuation(details),
+            lambda inner: _unary(method, inner, ended),
+            lambda inner: _stream(method, inner, ended),
+        )

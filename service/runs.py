@@ -68,6 +68,7 @@ def check_memory(need: int, limits: Limits, field: str, what: str) -> None:
 
 @dataclass(frozen=True)
 class StartRequest:
+    tenant: str  # whose run: the model and the datasets must be the tenant's
     model_id: str
     config: TrainConfig
     data: Mapping[str, DataSource]  # by role: inputs, targets, validation_inputs, validation_targets
@@ -99,23 +100,23 @@ class Runs:
         """Check everything, store inline data as datasets, and queue the run."""
         check_request_id(request.request_id)
         self._check_options(request.config)
-        spec = NetworkSpec.from_dict(self.store.models.get(request.model_id).spec)
+        spec = NetworkSpec.from_dict(self.store.models.get(request.tenant, request.model_id).spec)
         if set(request.data) - set(DATASET_ROLES):
             raise InvalidArgument("data", f"unknown roles {sorted(set(request.data) - set(DATASET_ROLES))}")
-        found = {role: self._find(role, source) for role, source in request.data.items()}
+        found = {role: self._find(request.tenant, role, source) for role, source in request.data.items()}
         _check_shapes({role: _shape(source) for role, source in found.items()}, spec, request.config)
         for role, source in found.items():  # stored datasets are checked when the run loads them
             if isinstance(source, np.ndarray):
                 check_in_range(source, spec.dtype, f"{role}.data")
         self._check_memory(spec, request.config, found)
-        records = {role: self._store(role, source) for role, source in found.items()}  # all checked
+        records = {role: self._store(request.tenant, role, source) for role, source in found.items()}
         new = NewRun(
             request.model_id,
             request.config.to_dict(),
             {role: record.id for role, record in records.items()},
             records["inputs"].rows,
         )
-        run = self.store.runs.create(new, self.settings.max_queued_runs, request.request_id)
+        run = self.store.runs.create(request.tenant, new, self.settings.max_queued_runs, request.request_id)
         if (run.model_id, run.datasets) != (new.model_id, dict(new.datasets)):
             raise RequestReused(
                 f"request_id {request.request_id!r} was first used to start another run ({run.id})"
@@ -123,16 +124,16 @@ class Runs:
         self.nudge()
         return run
 
-    def _find(self, role: str, source: DataSource) -> DatasetRecord | np.ndarray:
-        """The stored dataset a request names, or its inline array once checked for size."""
+    def _find(self, tenant: str, role: str, source: DataSource) -> DatasetRecord | np.ndarray:
+        """The tenant's stored dataset a request names, or its inline array once checked for size."""
         if isinstance(source, str):
-            return self.store.datasets.get(source, f"{role}.dataset_id")
+            return self.store.datasets.get(tenant, source, f"{role}.dataset_id")
         self.datasets.check_inline(source, f"{role}.tensor")
         return source
 
-    def _store(self, role: str, found: DatasetRecord | np.ndarray) -> DatasetRecord:
+    def _store(self, tenant: str, role: str, found: DatasetRecord | np.ndarray) -> DatasetRecord:
         if isinstance(found, np.ndarray):
-            return self.datasets.put(found, f"inline {role}")
+            return self.datasets.put(tenant, found, f"inline {role}")
         return found
 
     def _check_memory(
@@ -157,21 +158,21 @@ class Runs:
 
     # ------------------------------------------------------------------ reading
 
-    def get(self, run_id: str) -> RunRecord:
-        return self.store.runs.get(run_id)
+    def get(self, tenant: str, run_id: str) -> RunRecord:
+        return self.store.runs.get(tenant, run_id)
 
     def page(
-        self, model_id: str, statuses: list[str], page_size: int, page_token: str
+        self, tenant: str, model_id: str, statuses: list[str], page_size: int, page_token: str
     ) -> tuple[list[RunRecord], str]:
         unknown = sorted(set(statuses) - set(RUN_STATUSES))
         if unknown:
             raise InvalidArgument("statuses", f"unknown statuses {unknown}", RUN_STATUSES)
         return paged(
-            partial(self.store.runs.page, model_id=model_id, statuses=statuses), page_size, page_token
+            partial(self.store.runs.page, tenant, model_id=model_id, statuses=statuses), page_size, page_token
         )
 
     def watch(
-        self, run_id: str, after_epoch: int, gone: Callable[[], bool]
+        self, tenant: str, run_id: str, after_epoch: int, gone: Callable[[], bool]
     ) -> Iterator[EpochEntry | RunRecord]:
         """The committed epochs above ``after_epoch``, then new ones as they commit, then the run
         as it ends. Returns early, without the run, once ``gone()`` holds (the caller left)."""
@@ -186,7 +187,9 @@ class Runs:
             if self.closing.is_set():
                 raise ShuttingDown(f"this server is stopping; watch run {run_id} again after epoch {cursor}")
             seen = self.changes.seen()
-            run = self._retrying(partial(self.store.runs.get, run_id), gone)  # status first: see below
+            run = self._retrying(
+                partial(self.store.runs.get, tenant, run_id), gone
+            )  # status first: see below
             epochs = self._retrying(partial(self.store.runs.epochs_after, run_id, cursor, WATCH_PAGE), gone)
             for entry in epochs:
                 yield entry
@@ -211,8 +214,8 @@ class Runs:
 
     # ------------------------------------------------------------------ changing
 
-    def cancel(self, run_id: str) -> RunRecord:
-        run = self.store.runs.cancel(run_id)
+    def cancel(self, tenant: str, run_id: str) -> RunRecord:
+        run = self.store.runs.cancel(tenant, run_id)
         if run.status == "running":
             self.cancel_here(run_id)  # at once if it executes in this process; else at its next heartbeat
             self.changes.bump(run_id)
@@ -220,19 +223,19 @@ class Runs:
             self.changes.finished(run_id)  # it ended (now or before): its watchers here wake
         return run
 
-    def resume(self, run_id: str) -> RunRecord:
-        run = self.store.runs.resume(run_id, self.settings.max_queued_runs)
+    def resume(self, tenant: str, run_id: str) -> RunRecord:
+        run = self.store.runs.resume(tenant, run_id, self.settings.max_queued_runs)
         self.nudge()
         return run
 
     # ------------------------------------------------------------------ Train: start + watch
 
-    def follow(self, run_id: str, gone: Callable[[], bool]) -> Iterator[EpochEntry | RunRecord]:
+    def follow(self, tenant: str, run_id: str, gone: Callable[[], bool]) -> Iterator[EpochEntry | RunRecord]:
         """Watch a run to its end on behalf of a caller who owns it (Train): if the caller leaves
         first, the run is cancelled; a run that ends failed or interrupted raises :class:`RunFailed`."""
         ended = False
         try:
-            for event in self.watch(run_id, 0, gone):  # ShuttingDown leaves the run be: it resumes
+            for event in self.watch(tenant, run_id, 0, gone):  # ShuttingDown leaves the run be: it resumes
                 if isinstance(event, RunRecord):
                     ended = True
                     if event.status == "failed":
@@ -246,11 +249,11 @@ class Runs:
             raise
         finally:
             if not ended:
-                self._cancel_quietly(run_id)
+                self._cancel_quietly(tenant, run_id)
 
-    def _cancel_quietly(self, run_id: str) -> None:
+    def _cancel_quietly(self, tenant: str, run_id: str) -> None:
         try:
-            self.cancel(run_id)
+            self.cancel(tenant, run_id)
         except StorageError:
             log.warning(
                 "could not cancel the run of a Train call that ended", extra={"run": run_id}, exc_info=True

@@ -5,6 +5,10 @@ the application behind it. Health checking (``grpc.health.v1``, honest about the
 about stopping: see :mod:`.health`) and server reflection are registered beside the gradwire
 service.
 
+Access: every call but health checking needs an API key, checked by :class:`.auth.AuthInterceptor`
+(unless authentication is off, explicitly); a server that would listen beyond this machine
+without authentication and TLS refuses to start unless told ``insecure``.
+
 Operations: every RPC writes one access line and carries a request id (:mod:`.logs`); with a
 ``metrics_address`` the server serves Prometheus metrics there (:mod:`.metrics`); when the standard
 ``OTEL_*`` variables name a span exporter (or an OTLP endpoint), opentelemetry's own gRPC
@@ -19,6 +23,7 @@ started on the same address take half the new connections unnoticed; here it is 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import os
 import weakref
@@ -32,9 +37,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradwire.storage import Store, open_store
+from gradwire.storage import DEFAULT_TENANT, Store, open_store
 from gradwire.v1 import gradwire_pb2 as pb
 
+from .auth import AuthInterceptor, Keys, anonymous
 from .errors import StartupError
 from .health import DatabaseHealth, HealthServicer
 from .logs import AccessInterceptor
@@ -191,17 +197,22 @@ def return_freed_memory() -> bool:
 
 def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.Server, int, Gradwire]:
     """A started server on ``settings.address``: ``(server, port, app)``; the app claims runs.
-    Raises :class:`StartupError` if it cannot listen there, or serve metrics where asked."""
+    Raises :class:`StartupError` if it cannot listen there, or serve metrics where asked, or
+    would listen beyond this machine without authentication and TLS (unless ``insecure``)."""
+    check_exposure(settings)
     credentials = server_credentials(settings)  # bad TLS files are refused before the database is touched
     opened = store is None
     store = store or open_store(settings.database_url, settings.db_statement_seconds)
+    if not settings.auth:  # the first line a server without authentication writes says so
+        log.warning(AUTH_OFF, extra={"tenant": DEFAULT_TENANT})
     app = Gradwire(store, settings)
     metrics = Metrics(store) if settings.metrics_address else None
     tracing = tracing_from_env()
+    identify = Keys(store, settings.auth_cache_seconds).identify if settings.auth else anonymous
     threads = settings.rpc_workers + settings.max_streams  # streams are capped; unary calls keep theirs
     server = grpc.server(
         ThreadPoolExecutor(threads, thread_name_prefix="gradwire-rpc"),
-        interceptors=_interceptors(metrics, tracing),
+        interceptors=[*_interceptors(metrics, tracing), AuthInterceptor(identify)],
         options=_options(settings),
     )
     health_servicer = _add_services(server, app, settings)
@@ -224,6 +235,37 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     return server, port, app
 
 
+AUTH_OFF = "authentication is off: every caller acts as the tenant 'default' (--auth off)"
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (of a ``host:port``) reaches this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every interface)
+
+
+def check_exposure(settings: Settings) -> None:
+    """StartupError if the server would listen beyond this machine without authentication or
+    without TLS, unless ``insecure`` says that is meant."""
+    host = settings.address.rpartition(":")[0]
+    if settings.insecure or loopback(host):
+        return
+    missing = [
+        what for what, on in (("authentication", settings.auth), ("TLS", settings.tls_cert_file)) if not on
+    ]
+    if missing:
+        raise StartupError(
+            f"refusing to listen on {settings.address} without {' and '.join(missing)}: anyone who "
+            "reaches it could read and change every model. Listen on 127.0.0.1, configure them, or "
+            "pass --insecure (GRADWIRE_INSECURE=true) if the network itself is trusted"
+        )
+
+
 def _options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -233,7 +275,8 @@ def _options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def _interceptors(metrics: Metrics | None, tracing: Tracing | None) -> list[grpc.ServerInterceptor]:
-    """Tracing outermost, so that its span holds the whole call; then the access line and metrics."""
+    """Tracing outermost, so that its span holds the whole call; then the access line and metrics
+    (a call refused for its key is logged and counted too; the key check is added after these)."""
     access = AccessInterceptor(None if metrics is None else metrics.rpc_ended)
     return [access] if tracing is None else [tracing.interceptor, access]
 
@@ -266,6 +309,7 @@ def _log_start(settings: Settings, store: Store, port: int, running: Operations)
     host = settings.address.rpartition(":")[0]
     on = {
         "address": f"{host}:{port}",
+        "auth": settings.auth,
         "metrics_address": None if running.metrics is None else running.metrics.address,
         "tracing": None if running.tracing is None else list(running.tracing.exporters),
     }

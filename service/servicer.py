@@ -22,21 +22,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from grpc_status import rpc_status
 
 from gradwire.engine import NetworkSpec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 
 from . import convert
+from .auth import caller_of
 from .errors import LimitExceeded
 from .runs import StartRequest
-from .status import rich_status, status_of
+from .status import abort
 from .usecases import Gradwire, is_classifier
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 RUN_ID_METADATA = "gradwire-run-id"
 """The initial metadata by which Train names its run, as soon as the run exists."""
-
-
-def abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
-    """End the call with the status the error table gives ``exc`` (INTERNAL, no detail, if none).
-    A call its client already left (cancel, deadline) just ends: nobody hears a status."""
-    if not context.is_active():
-        raise exc  # grpc knows the call is over (it raised this very error into the request stream)
-    code = status_of(exc)
-    if code is None or code == grpc.StatusCode.INTERNAL:
-        log.error("unexpected error", exc_info=exc)
-        context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
-    context.abort_with_status(rpc_status.to_status(rich_status(code, exc)))
-    raise AssertionError("grpc's abort returned")  # it raises; this keeps the NoReturn honest
 
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Trainer"]
@@ -209,8 +196,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         context.add_callback(end)
         return ended.is_set
 
-    def _model(self, model_id: str) -> pb.Model:
-        model = self.app.get_model(model_id)
+    def _model(self, tenant: str, model_id: str) -> pb.Model:
+        model = self.app.get_model(tenant, model_id)
         return convert.model_to_proto(model, is_classifier(NetworkSpec.from_dict(model.spec)))
 
     # ------------------------------------------------------------------ models
@@ -218,17 +205,18 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @handled
     def CreateModel(self, request: pb.CreateModelRequest, context: grpc.ServicerContext) -> pb.Model:
         spec = convert.spec_from_proto(request.spec, self.app.limits.max_layers)
-        return self._model(self.app.create_model(request.name, spec, request.request_id).id)
+        tenant = caller_of(context).tenant
+        return self._model(tenant, self.app.create_model(tenant, request.name, spec, request.request_id).id)
 
     @handled
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
-        return self._model(request.model_id)
+        return self._model(caller_of(context).tenant, request.model_id)
 
     @handled
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        models, token = self.app.list_models(request.page_size, request.page_token)
+        models, token = self.app.list_models(caller_of(context).tenant, request.page_size, request.page_token)
         packed = [convert.model_to_proto(m, is_classifier(NetworkSpec.from_dict(m.spec))) for m in models]
         return pb.ListModelsResponse(models=packed, next_page_token=token)
 
@@ -236,7 +224,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def DeleteModel(
         self, request: pb.DeleteModelRequest, context: grpc.ServicerContext
     ) -> pb.DeleteModelResponse:
-        self.app.delete_model(request.model_id)
+        self.app.delete_model(caller_of(context).tenant, request.model_id)
         return pb.DeleteModelResponse()
 
     @handled_stream
@@ -244,7 +232,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         self, request: pb.ExportModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportModelResponse]:
         with self.streams.slot():
-            yield from convert.export_to_proto(self.app.export(request.model_id, request.version))
+            export = self.app.export(caller_of(context).tenant, request.model_id, request.version)
+            yield from convert.export_to_proto(export)
 
     # ------------------------------------------------------------------ datasets
 
@@ -255,17 +244,21 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         with self.streams.slot():
             messages = idle_bounded(request_iterator, context, self.app.settings.upload_idle_seconds)
             header, chunks = convert.upload_chunks(messages)
-            return convert.dataset_to_proto(self.app.datasets.upload(header, chunks))
+            return convert.dataset_to_proto(
+                self.app.datasets.upload(caller_of(context).tenant, header, chunks)
+            )
 
     @handled
     def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
-        return convert.dataset_to_proto(self.app.datasets.get(request.dataset_id))
+        return convert.dataset_to_proto(self.app.datasets.get(caller_of(context).tenant, request.dataset_id))
 
     @handled
     def ListDatasets(
         self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> pb.ListDatasetsResponse:
-        datasets, token = self.app.datasets.page(request.page_size, request.page_token)
+        datasets, token = self.app.datasets.page(
+            caller_of(context).tenant, request.page_size, request.page_token
+        )
         return pb.ListDatasetsResponse(
             datasets=[convert.dataset_to_proto(d) for d in datasets], next_page_token=token
         )
@@ -274,7 +267,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def DeleteDataset(
         self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> pb.DeleteDatasetResponse:
-        self.app.datasets.delete(request.dataset_id)
+        self.app.datasets.delete(caller_of(context).tenant, request.dataset_id)
         return pb.DeleteDatasetResponse()
 
     # ------------------------------------------------------------------ runs
@@ -283,46 +276,59 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.Run:
         config = convert.options_from_proto(request.options)
         start = StartRequest(
-            request.model_id, config, convert.sources_from_proto(request), request.request_id
+            caller_of(context).tenant,
+            request.model_id,
+            config,
+            convert.sources_from_proto(request),
+            request.request_id,
         )
         return convert.run_to_proto(self.app.runs.start(start))
 
     @handled_stream
     def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunEvent]:
         with self.streams.slot():
-            run = self.app.runs.get(request.run_id)
+            tenant = caller_of(context).tenant
+            run = self.app.runs.get(tenant, request.run_id)
             planned = convert.epochs_planned(run)
-            for event in self.app.runs.watch(request.run_id, request.after_epoch, self._gone(context)):
+            for event in self.app.runs.watch(
+                tenant, request.run_id, request.after_epoch, self._gone(context)
+            ):
                 yield convert.run_event(event, planned)
 
     @handled
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return convert.run_to_proto(self.app.runs.get(request.run_id))
+        return convert.run_to_proto(self.app.runs.get(caller_of(context).tenant, request.run_id))
 
     @handled
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
         runs, token = self.app.runs.page(
-            request.model_id, list(request.statuses), request.page_size, request.page_token
+            caller_of(context).tenant,
+            request.model_id,
+            list(request.statuses),
+            request.page_size,
+            request.page_token,
         )
         return pb.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
 
     @handled
     def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return convert.run_to_proto(self.app.runs.cancel(request.run_id))
+        return convert.run_to_proto(self.app.runs.cancel(caller_of(context).tenant, request.run_id))
 
     @handled
     def ResumeRun(self, request: pb.ResumeRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return convert.run_to_proto(self.app.runs.resume(request.run_id))
+        return convert.run_to_proto(self.app.runs.resume(caller_of(context).tenant, request.run_id))
 
     @handled_stream
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainEvent]:
         with self.streams.slot():
             started = time.perf_counter()
             config = convert.options_from_proto(request.options)
-            run = self.app.runs.start(StartRequest(request.model_id, config, convert.train_sources(request)))
+            tenant = caller_of(context).tenant
+            sources = convert.train_sources(request)
+            run = self.app.runs.start(StartRequest(tenant, request.model_id, config, sources))
             transfer = time.perf_counter() - started  # decoding, checking and storing the tensors
             context.send_initial_metadata(((RUN_ID_METADATA, run.id),))
-            for event in self.app.runs.follow(run.id, self._gone(context)):
+            for event in self.app.runs.follow(tenant, run.id, self._gone(context)):
                 yield convert.train_event(event, config.epochs, transfer)
 
     # ------------------------------------------------------------------ inference and history
@@ -330,7 +336,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @handled
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         X = convert.tensor_from_proto(request.inputs, "inputs")
-        return convert.prediction_to_proto(self.app.predict(request.model_id, X, request.version))
+        prediction = self.app.predict(caller_of(context).tenant, request.model_id, X, request.version)
+        return convert.prediction_to_proto(prediction)
 
     @handled
     def GetGradients(
@@ -339,7 +346,13 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         X = convert.tensor_from_proto(request.inputs, "inputs")
         Y = convert.tensor_from_proto(request.targets, "targets")
         result = self.app.gradients(
-            request.model_id, X, Y, request.version, request.numerical_check, request.inference_mode
+            caller_of(context).tenant,
+            request.model_id,
+            X,
+            Y,
+            request.version,
+            request.numerical_check,
+            request.inference_mode,
         )
         return convert.gradients_to_proto(result)
 
@@ -348,5 +361,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         self, request: pb.GetTrainingHistoryRequest, context: grpc.ServicerContext
     ) -> pb.GetTrainingHistoryResponse:
         return pb.GetTrainingHistoryResponse(
-            runs=[convert.training_run_to_proto(r) for r in self.app.history(request.model_id)]
+            runs=[
+                convert.training_run_to_proto(r)
+                for r in self.app.history(caller_of(context).tenant, request.model_id)
+            ]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,12 @@ class Settings:
     client sends nothing for ``upload_idle_seconds`` is cancelled; one left unfinished for
     ``upload_ttl_seconds`` is deleted.
 
+    Access: with ``auth`` (the default) every call but health checking needs an API key
+    (``gradwire keys create``); a key found is trusted for ``auth_cache_seconds``, so a revoked
+    one stops working on every process within that bound. ``auth`` off makes every caller the
+    tenant ``default``. A server refuses to listen on an address other than loopback without
+    auth and TLS both, unless ``insecure`` says to anyway.
+
     Operations: ``metrics_address`` (``host:port``) serves Prometheus metrics there; empty: off.
     ``tls_cert_file`` and ``tls_key_file`` (PEM) make the listener TLS; ``tls_client_ca_file``
     besides makes it mutual TLS (clients must present a certificate that CA signed).
@@ -87,6 +94,9 @@ class Settings:
     db_statement_seconds: float = 60.0
     upload_ttl_seconds: float = 3600.0
     upload_idle_seconds: float = 60.0
+    auth: bool = True
+    auth_cache_seconds: float = 5.0
+    insecure: bool = False
     metrics_address: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -111,6 +121,7 @@ class Settings:
             "db_statement_seconds",
             "upload_ttl_seconds",
             "upload_idle_seconds",
+            "auth_cache_seconds",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -141,8 +152,30 @@ class Settings:
         return cls(**values, limits=Limits(**limits))
 
 
-PARSERS = {"int": int, "float": float, "str": str}
-ACCEPTS = {"int": "a whole number", "float": "a number", "str": "text"}
+BOOLEANS = {
+    "true": True,
+    "on": True,
+    "yes": True,
+    "1": True,
+    "false": False,
+    "off": False,
+    "no": False,
+    "0": False,
+}
+"""The words a yes/no setting takes, either case."""
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    try:
+        return BOOLEANS[str(raw).strip().lower()]
+    except KeyError:
+        raise ValueError(raw) from None
+
+
+PARSERS: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "str": str, "bool": parse_bool}
+ACCEPTS = {"int": "a whole number", "float": "a number", "str": "text", "bool": "on or off (true/false)"}
 """What each parser takes, in words, for the message that refuses a value."""
 
 

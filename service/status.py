@@ -8,8 +8,12 @@ detail.
 
 from __future__ import annotations
 
+import logging
+from typing import NoReturn
+
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from gradwire.engine import InvalidArgument
 from gradwire.storage import (
@@ -17,12 +21,15 @@ from gradwire.storage import (
     CorruptBlob,
     NotFound,
     QueueFull,
+    QuotaExceeded,
     RequestReused,
     Unavailable,
     WrongState,
 )
 
-from .errors import CannotAnswer, LimitExceeded, RunFailed, ShuttingDown
+from .errors import CannotAnswer, LimitExceeded, RunFailed, ShuttingDown, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 STATUS: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -33,6 +40,8 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     Conflict: grpc.StatusCode.ABORTED,  # ModelBusy, VersionConflict, LeaseLost
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
@@ -83,8 +92,13 @@ def field_violations(exc: Exception) -> list[error_details_pb2.BadRequest.FieldV
 
 def rich_status(code: grpc.StatusCode, exc: Exception) -> status_pb2.Status:
     """A ``google.rpc.Status`` for ``exc``, with a BadRequest naming every field it is about, as
-    many as fit in :data:`MAX_STATUS_BYTES` (then one more saying how many were left out)."""
+    many as fit in :data:`MAX_STATUS_BYTES` (then one more saying how many were left out), or a
+    QuotaFailure naming the tenant's quota it would exceed."""
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=_cut(str(exc)))
+    if isinstance(exc, QuotaExceeded):
+        failure = error_details_pb2.QuotaFailure()
+        failure.violations.add(subject=f"tenant:{exc.tenant}", description=f"{exc.quota} is {exc.limit}")
+        status.details.add().Pack(failure)
     violations = field_violations(exc)
     if code == grpc.StatusCode.INVALID_ARGUMENT and violations:
         status.details.add().Pack(_bounded(violations, MAX_STATUS_BYTES - len(status.message.encode()) - 64))
@@ -107,3 +121,16 @@ def _bounded(
 
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    """End the call with the status the error table gives ``exc`` (INTERNAL, no detail, if none).
+    A call its client already left (cancel, deadline) just ends: nobody hears a status."""
+    if not context.is_active():
+        raise exc  # grpc knows the call is over (it raised this very error into the request stream)
+    code = status_of(exc)
+    if code is None or code == grpc.StatusCode.INTERNAL:
+        log.error("unexpected error", exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+    context.abort_with_status(rpc_status.to_status(rich_status(code, exc)))
+    raise AssertionError("grpc's abort returned")  # it raises; this keeps the NoReturn honest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -152,14 +153,14 @@ class Gradwire:
 
     # ------------------------------------------------------------------ models
 
-    def create_model(self, name: str, spec: NetworkSpec, request_id: str = "") -> ModelRecord:
+    def create_model(self, tenant: str, name: str, spec: NetworkSpec, request_id: str = "") -> ModelRecord:
         if len(name) > MAX_NAME:
             raise InvalidArgument("name", f"must be at most {MAX_NAME} characters")
         check_request_id(request_id)
         self._check_architecture(spec)
         network = Network(spec)
         model = self.store.models.create(
-            name, spec.to_dict(), network.state_arrays(), network.flat.size, request_id
+            tenant, name, spec.to_dict(), network.state_arrays(), network.flat.size, request_id
         )
         if (model.name, model.spec) != (name, spec.to_dict()):
             raise RequestReused(
@@ -168,30 +169,30 @@ class Gradwire:
         log.info("model created", extra={"model": model.id, "params": model.parameter_count})
         return model
 
-    def get_model(self, model_id: str) -> ModelRecord:
-        return self.store.models.get(model_id)
+    def get_model(self, tenant: str, model_id: str) -> ModelRecord:
+        return self.store.models.get(tenant, model_id)
 
-    def list_models(self, page_size: int, page_token: str) -> tuple[list[ModelRecord], str]:
-        return paged(self.store.models.page, page_size, page_token)
+    def list_models(self, tenant: str, page_size: int, page_token: str) -> tuple[list[ModelRecord], str]:
+        return paged(partial(self.store.models.page, tenant), page_size, page_token)
 
-    def delete_model(self, model_id: str) -> None:
-        self.store.models.delete(model_id)
+    def delete_model(self, tenant: str, model_id: str) -> None:
+        self.store.models.delete(tenant, model_id)
         self._networks.forget(model_id)
 
-    def history(self, model_id: str) -> list[RunRecord]:
-        return self.store.runs.history(model_id)
+    def history(self, tenant: str, model_id: str) -> list[RunRecord]:
+        return self.store.runs.history(tenant, model_id)
 
-    def export(self, model_id: str, version: int = 0) -> Export:
+    def export(self, tenant: str, model_id: str, version: int = 0) -> Export:
         """A version's weights and buffers (0: the current version)."""
         if version < 0:
             raise InvalidArgument("version", "must be ≥ 0 (0: the current version)")
-        number, arrays = self.store.models.load_weights(model_id, version or None)
+        number, arrays = self.store.models.load_weights(tenant, model_id, version or None)
         return Export(number, arrays, weights_digest(arrays))
 
     # ------------------------------------------------------------------ inference
 
-    def predict(self, model_id: str, X: np.ndarray, version: int = 0) -> Prediction:
-        version, spec, network = self._network(model_id, version)
+    def predict(self, tenant: str, model_id: str, X: np.ndarray, version: int = 0) -> Prediction:
+        version, spec, network = self._network(tenant, model_id, version)
         self._check_inputs(X, spec, "inputs")
         self._check_answer(_answer_bytes(spec, len(X)), f"Predict of {len(X)} rows")
         check_memory(predict_bytes(spec, len(X)), self.limits, "inputs", f"Predict of {len(X)} rows")
@@ -200,6 +201,7 @@ class Gradwire:
 
     def gradients(
         self,
+        tenant: str,
         model_id: str,
         X: np.ndarray,
         Y: np.ndarray,
@@ -207,7 +209,7 @@ class Gradwire:
         numerical_check: bool = False,
         inference_mode: bool = False,
     ) -> Gradients:
-        version, spec, network = self._network(model_id, version)
+        version, spec, network = self._network(tenant, model_id, version)
         self._check_inputs(X, spec, "inputs")
         Y = as_targets(Y, len(X), spec.output_dim, field="targets.shape")
         check_in_range(Y, spec.dtype, "targets.data")
@@ -246,16 +248,20 @@ class Gradwire:
             worst[layer] = max(worst.get(layer, 0.0), error)
         return worst
 
-    def _network(self, model_id: str, version: int) -> tuple[int, NetworkSpec, Network]:
-        """The built network of a version (0: the current one, as the database says now)."""
+    def _network(self, tenant: str, model_id: str, version: int) -> tuple[int, NetworkSpec, Network]:
+        """The built network of a version (0: the current one, as the database says now). The
+        database is asked on every call, cached or not: it says whether the model (still) exists
+        and is the tenant's; versions never change, so a cached one is the version itself."""
         if version < 0:
             raise InvalidArgument("version", "must be ≥ 0 (0: the current version)")
-        wanted = version or self.store.models.current_version(model_id)
+        wanted = version or self.store.models.current_version(tenant, model_id)
+        if version:  # one read either way
+            self.store.models.current_version(tenant, model_id)
         cached = self._networks.get((model_id, wanted))
         if cached is not None:
             return wanted, *cached
-        model = self.store.models.get(model_id)
-        _, arrays = self.store.models.load_weights(model_id, wanted)
+        model = self.store.models.get(tenant, model_id)
+        _, arrays = self.store.models.load_weights(tenant, model_id, wanted)
         try:
             spec = NetworkSpec.from_dict(model.spec)
             network = Network.from_state(spec, arrays)

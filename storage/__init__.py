@@ -14,6 +14,7 @@ from .errors import (
     ModelBusy,
     NotFound,
     QueueFull,
+    QuotaExceeded,
     RequestReused,
     SchemaOutOfDate,
     StorageError,
@@ -23,22 +24,29 @@ from .errors import (
 )
 from .records import (
     DATASET_ROLES,
+    QUOTA_WORDS,
     RUN_STATUSES,
     TERMINAL_STATUSES,
     Checkpoint,
     DatasetRecord,
     EpochEntry,
+    KeyRecord,
     ModelRecord,
     Outcome,
+    Quotas,
     RunRecord,
+    TenantRecord,
     VersionState,
 )
 from .runs import NewRun
+from .schema import DEFAULT_TENANT
 from .store import Store, open_store
 
 __all__ = [
     "CHUNK_BYTES",
     "DATASET_ROLES",
+    "DEFAULT_TENANT",
+    "QUOTA_WORDS",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "Checkpoint",
@@ -48,6 +56,7 @@ __all__ = [
     "DatasetMeta",
     "DatasetRecord",
     "EpochEntry",
+    "KeyRecord",
     "LeaseLost",
     "ModelBusy",
     "ModelRecord",
@@ -55,11 +64,14 @@ __all__ = [
     "NotFound",
     "Outcome",
     "QueueFull",
+    "QuotaExceeded",
+    "Quotas",
     "RequestReused",
     "RunRecord",
     "SchemaOutOfDate",
     "StorageError",
     "Store",
+    "TenantRecord",
     "Unavailable",
     "VersionConflict",
     "VersionState",

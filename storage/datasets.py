@@ -25,6 +25,7 @@ from .lookup import one
 from .records import DatasetRecord
 from .requests import once
 from .schema import ChunkRow, DatasetRow, RunDatasetRow, RunRow, UploadRow
+from .tenants import charge
 
 HOLDING_STATUSES = ("queued", "running", "interrupted")
 """A run in one of these may still read its datasets (an interrupted one when resumed)."""
@@ -48,10 +49,10 @@ def _record(row: DatasetRow) -> DatasetRecord:
 
 
 def dataset_row(
-    s: Session, dataset_id: str, field: str = "dataset_id", *, shared: bool = False
+    s: Session, tenant: str, dataset_id: str, field: str = "dataset_id", *, shared: bool = False
 ) -> DatasetRow:
-    """The row, locked against a concurrent delete with ``shared``."""
-    return one(s, DatasetRow, dataset_id, "dataset", field, "share" if shared else "")
+    """The tenant's dataset, locked against a concurrent delete with ``shared``."""
+    return one(s, DatasetRow, dataset_id, "dataset", field, "share" if shared else "", tenant)
 
 
 class DatasetStore:
@@ -81,17 +82,20 @@ class DatasetStore:
             blobs.drop(s, [blob_id])
             s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
 
-    def finish_upload(self, blob_id: str, meta: DatasetMeta, request_id: str = "") -> DatasetRecord:
-        """Make the uploaded blob the dataset ``meta`` describes, after checking every byte of it
-        is stored; if that content is stored already, the existing dataset is returned and the blob
-        deleted."""
+    def finish_upload(
+        self, tenant: str, blob_id: str, meta: DatasetMeta, request_id: str = ""
+    ) -> DatasetRecord:
+        """Make the uploaded blob the tenant's dataset ``meta`` describes, after checking every
+        byte of it is stored, within the tenant's dataset quota; if the tenant has that content
+        stored already, the existing dataset is returned and the blob deleted."""
 
         def create(s: Session) -> str:
             _touch(s, blob_id)
             s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
-            if s.get(DatasetRow, meta.id) is not None:
+            if s.get(DatasetRow, (tenant, meta.id)) is not None:
                 blobs.drop(s, [blob_id])
                 return meta.id
+            charge(s, tenant, {"max_dataset_bytes": meta.nbytes})
             stored = s.execute(
                 select(func.count(), func.coalesce(func.sum(func.length(ChunkRow.data)), 0)).where(
                     ChunkRow.blob_id == blob_id
@@ -101,34 +105,49 @@ class DatasetStore:
                 raise CorruptBlob(
                     f"the upload stored {stored[1]} bytes in {stored[0]} chunks, not {meta.nbytes}"
                 )
-            s.add(_row(meta, blob_id))
+            s.add(_row(tenant, meta, blob_id))
             return meta.id
 
-        record = self._once(meta, request_id, create)
+        record = self._once(tenant, meta, request_id, create)
         with self.db.read() as s:
             adopted = s.scalar(select(DatasetRow.id).where(DatasetRow.blob_id == blob_id)) is not None
         if not adopted:
             self.abort_upload(blob_id)  # another upload of the same content, or of the same request
         return record
 
-    def put(self, meta: DatasetMeta, data: bytes | memoryview, request_id: str = "") -> DatasetRecord:
-        """Store a small dataset in one transaction (or find it stored already)."""
+    def put(
+        self, tenant: str, meta: DatasetMeta, data: bytes | memoryview, request_id: str = ""
+    ) -> DatasetRecord:
+        """Store a small dataset of the tenant's in one transaction (or find it stored already)."""
 
         def create(s: Session) -> str:
-            if s.get(DatasetRow, meta.id) is None:
+            if s.get(DatasetRow, (tenant, meta.id)) is None:
+                charge(s, tenant, {"max_dataset_bytes": meta.nbytes})
                 blob_id, _ = blobs.write(s, data)
-                s.add(_row(meta, blob_id))
+                s.add(_row(tenant, meta, blob_id))
             return meta.id
 
-        return self._once(meta, request_id, create)
+        return self._once(tenant, meta, request_id, create)
 
-    def _once(self, meta: DatasetMeta, request_id: str, create: Callable[[Session], str]) -> DatasetRecord:
+    def check_room(self, tenant: str, nbytes: int) -> None:
+        """QuotaExceeded now if ``nbytes`` more would not fit the tenant's dataset quota: an upload
+        asks before it receives its bytes (and is charged when it finishes)."""
+        with self.db.read() as s:
+            charge(s, tenant, {"max_dataset_bytes": nbytes}, lock=False)
+
+    def _once(
+        self, tenant: str, meta: DatasetMeta, request_id: str, create: Callable[[Session], str]
+    ) -> DatasetRecord:
         """``create`` once per request id; two stores of the same content racing both get the one
         that committed first."""
+
+        def fetch(s: Session, key: str) -> DatasetRecord:
+            return _record(dataset_row(s, tenant, key))
+
         try:
-            return once(self.db, request_id, "dataset", create, lambda s, key: _record(dataset_row(s, key)))
+            return once(self.db, tenant, request_id, "dataset", create, fetch)
         except exc.IntegrityError:
-            return self.get(meta.id)
+            return self.get(tenant, meta.id)
 
     def reap_uploads(self, older_than_seconds: float) -> int:
         """Delete uploads left untouched for longer than this (their process died or gave up)."""
@@ -144,13 +163,19 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ reading
 
-    def get(self, dataset_id: str, field: str = "dataset_id") -> DatasetRecord:
+    def get(self, tenant: str, dataset_id: str, field: str = "dataset_id") -> DatasetRecord:
         with self.db.read() as s:
-            return _record(dataset_row(s, dataset_id, field))
+            return _record(dataset_row(s, tenant, dataset_id, field))
 
-    def page(self, limit: int, after: tuple[datetime, str] | None = None) -> list[DatasetRecord]:
-        """Up to ``limit`` datasets in creation order, after the ``(created_at, id)`` given."""
-        query = select(DatasetRow).order_by(DatasetRow.created_at, DatasetRow.id).limit(limit)
+    def page(self, tenant: str, limit: int, after: tuple[datetime, str] | None = None) -> list[DatasetRecord]:
+        """Up to ``limit`` of the tenant's datasets in creation order, after the given
+        ``(created_at, id)``."""
+        query = (
+            select(DatasetRow)
+            .where(DatasetRow.tenant_id == tenant)
+            .order_by(DatasetRow.created_at, DatasetRow.id)
+            .limit(limit)
+        )
         if after is not None:
             created, key = after
             query = query.where(
@@ -160,11 +185,11 @@ class DatasetStore:
         with self.db.read() as s:
             return [_record(row) for row in s.scalars(query)]
 
-    def load(self, dataset_id: str, field: str = "dataset_id") -> np.ndarray:
-        """The dataset as a ``(rows, columns)`` array: one allocation, filled a chunk at a time and
-        checked against its checksum."""
+    def load(self, tenant: str, dataset_id: str, field: str = "dataset_id") -> np.ndarray:
+        """The tenant's dataset as a ``(rows, columns)`` array: one allocation, filled a chunk at a
+        time and checked against its checksum."""
         with self.db.read() as s:
-            row = dataset_row(s, dataset_id, field)
+            row = dataset_row(s, tenant, dataset_id, field)
             out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
             target = out.reshape(-1).view(np.uint8).data
             digest, filled = hashlib.sha256(), 0
@@ -180,15 +205,20 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ deleting
 
-    def delete(self, dataset_id: str) -> None:
-        """Delete a dataset; refused while a queued, running or interrupted run needs it."""
+    def delete(self, tenant: str, dataset_id: str) -> None:
+        """Delete a dataset of the tenant's; refused while a queued, running or interrupted run
+        (of the tenant's: no other reads it) needs it."""
         with self.db.write() as s:
-            row = one(s, DatasetRow, dataset_id, "dataset", "dataset_id", "update")
+            row = one(s, DatasetRow, dataset_id, "dataset", "dataset_id", "update", tenant)
             users = list(
                 s.scalars(
                     select(RunRow.id)
                     .join(RunDatasetRow, RunDatasetRow.run_id == RunRow.id)
-                    .where(RunDatasetRow.dataset_id == dataset_id, RunRow.status.in_(HOLDING_STATUSES))
+                    .where(
+                        RunDatasetRow.dataset_id == dataset_id,
+                        RunRow.tenant_id == tenant,
+                        RunRow.status.in_(HOLDING_STATUSES),
+                    )
                 )
             )
             if users:
@@ -207,8 +237,9 @@ def _touch(s: Session, blob_id: str) -> None:
         raise WrongState("the upload was idle too long and was discarded; upload the data again", "chunk")
 
 
-def _row(meta: DatasetMeta, blob_id: str) -> DatasetRow:
+def _row(tenant: str, meta: DatasetMeta, blob_id: str) -> DatasetRow:
     return DatasetRow(
+        tenant_id=tenant,
         id=meta.id,
         name=meta.name,
         dtype=meta.dtype,

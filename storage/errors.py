@@ -74,6 +74,18 @@ class QueueFull(StorageError):
     field = "model_id"
 
 
+class QuotaExceeded(StorageError):
+    """The request would take its tenant past one of its quotas (``quota``, a column of
+    :class:`gradwire.storage.records.Quotas`); nothing was written."""
+
+    def __init__(self, tenant: str, quota: str, limit: int, used: int, adds: int, words: str) -> None:
+        self.tenant, self.quota, self.limit, self.used = tenant, quota, limit, used
+        super().__init__(
+            f"quota {quota} exceeded: tenant {tenant!r} may hold {limit} {words}, holds {used}, "
+            f"and this request adds {adds}; free some, or ask the operator to raise the quota"
+        )
+
+
 class RequestReused(StorageError):
     """A client request id came back with a different request than the one it first named."""
 

@@ -17,9 +17,14 @@ Lock = Literal["", "update", "share"]
 commit). PostgreSQL takes them; SQLite serialises writers anyway."""
 
 
-def one(s: Session, table: type[T], key: str, what: str, field: str, lock: Lock = "") -> T:
-    """The ``table`` row whose ``id`` is ``key``."""
+def one(
+    s: Session, table: type[T], key: str, what: str, field: str, lock: Lock = "", tenant: str | None = None
+) -> T:
+    """The ``table`` row whose ``id`` is ``key`` (and, with ``tenant``, whose ``tenant_id`` is that:
+    another tenant's row is not found, exactly as a row that does not exist)."""
     query = select(table).where(table.id == key)  # type: ignore[attr-defined]
+    if tenant is not None:
+        query = query.where(table.tenant_id == tenant)  # type: ignore[attr-defined]
     if lock:
         query = query.with_for_update(read=lock == "share")
     row = s.scalar(query)

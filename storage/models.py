@@ -26,15 +26,20 @@ from .schema import (
     RunRow,
     WeightVersionRow,
 )
+from .tenants import charge
 
 Arrays = Mapping[str, np.ndarray]
 
-CURRENT_VERSION = select(ModelRow.current_version).where(ModelRow.id == bindparam("model_id"))
+CURRENT_VERSION = select(ModelRow.current_version).where(
+    ModelRow.id == bindparam("model_id"), ModelRow.tenant_id == bindparam("tenant")
+)
 """Built once: Predict asks it on every call."""
 
 
-def model_row(s: Session, model_id: str, *, for_update: bool = False) -> ModelRow:
-    return one(s, ModelRow, model_id, "model", "model_id", "update" if for_update else "")
+def model_row(s: Session, model_id: str, tenant: str | None, *, for_update: bool = False) -> ModelRow:
+    """The model; with ``tenant``, only if it is that tenant's (None: the service's own reads,
+    for a run it already holds)."""
+    return one(s, ModelRow, model_id, "model", "model_id", "update" if for_update else "", tenant)
 
 
 def active_run_id(s: Session, model_id: str) -> str | None:
@@ -79,37 +84,59 @@ class ModelStore:
         self.db = db
 
     def create(
-        self, name: str, spec: dict[str, Any], weights: Arrays, parameter_count: int, request_id: str = ""
+        self,
+        tenant: str,
+        name: str,
+        spec: dict[str, Any],
+        weights: Arrays,
+        parameter_count: int,
+        request_id: str = "",
     ) -> ModelRecord:
-        """A new model at version 1 holding ``weights`` (``parameter_count`` of them trainable)."""
+        """A new model of ``tenant``'s at version 1 holding ``weights`` (``parameter_count`` of them
+        trainable), within the tenant's model and parameter quotas."""
 
         def create(s: Session) -> str:
+            charge(s, tenant, {"max_models": 1, "max_parameters": parameter_count})
             row = ModelRow(
-                id=blobs.new_id(), name=name, spec=spec, parameter_count=parameter_count, current_version=1
+                id=blobs.new_id(),
+                tenant_id=tenant,
+                name=name,
+                spec=spec,
+                parameter_count=parameter_count,
+                current_version=1,
             )
             s.add(row)
             s.flush()
             add_version(s, row.id, 1, weights)
             return row.id
 
-        return once(self.db, request_id, "model", create, lambda s, key: _record(model_row(s, key), None))
+        return once(
+            self.db,
+            tenant,
+            request_id,
+            "model",
+            create,
+            lambda s, key: _record(model_row(s, key, tenant), None),
+        )
 
-    def get(self, model_id: str) -> ModelRecord:
+    def get(self, tenant: str, model_id: str) -> ModelRecord:
         with self.db.read() as s:
-            return _record(model_row(s, model_id), active_run_id(s, model_id))
+            return _record(model_row(s, model_id, tenant), active_run_id(s, model_id))
 
-    def current_version(self, model_id: str) -> int:
-        """The version that answers now: one indexed read, so that no process serves a stale one."""
-        version = self.db.scalar(CURRENT_VERSION, model_id=model_id)
+    def current_version(self, tenant: str, model_id: str) -> int:
+        """The version that answers now: one indexed read, so that no process serves a stale one
+        (nor one of a model deleted meanwhile, nor another tenant's)."""
+        version = self.db.scalar(CURRENT_VERSION, model_id=model_id, tenant=tenant)
         if version is None:
             raise NotFound("model", model_id, "model_id")
         return version
 
-    def page(self, limit: int, after: tuple[datetime, str] | None = None) -> list[ModelRecord]:
-        """Up to ``limit`` models in creation order, after the ``(created_at, id)`` given."""
+    def page(self, tenant: str, limit: int, after: tuple[datetime, str] | None = None) -> list[ModelRecord]:
+        """Up to ``limit`` of the tenant's models in creation order, after the ``(created_at, id)`` given."""
         query = (
             select(ModelRow, RunRow.id)
             .outerjoin(RunRow, (RunRow.model_id == ModelRow.id) & RunRow.status.in_(ACTIVE_STATUSES))
+            .where(ModelRow.tenant_id == tenant)
             .order_by(ModelRow.created_at, ModelRow.id)
             .limit(limit)
         )
@@ -121,10 +148,10 @@ class ModelStore:
         with self.db.read() as s:
             return [_record(row, active) for row, active in s.execute(query)]
 
-    def delete(self, model_id: str) -> None:
+    def delete(self, tenant: str, model_id: str) -> None:
         """Delete a model with its versions, runs and history; refused while a run is queued or running."""
         with self.db.write() as s:
-            model_row(s, model_id, for_update=True)
+            model_row(s, model_id, tenant, for_update=True)
             active = active_run_id(s, model_id)
             if active is not None:
                 raise ModelBusy(f"model {model_id} has run {active} queued or running; cancel it first")
@@ -146,19 +173,22 @@ class ModelStore:
             s.execute(delete(ModelRow).where(ModelRow.id == model_id))
 
     def load_version(self, model_id: str, version: int | None = None) -> VersionState:
-        """A version of the model (the current one by default) with its optimiser state."""
+        """A version of the model (the current one by default) with its optimiser state: for a
+        run the service executes, whoever's it is."""
         with self.db.read() as s:
-            row = _version_row(s, model_id, version)
+            row = _version_row(s, model_id, None, version)
             optimizer = None
             if row.optimizer_blob_id and row.optimizer_checksum:
                 optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
             weights = blobs.read_arrays(s, row.blob_id, row.checksum)
             return VersionState(row.version, weights, optimizer, row.optimizer_meta)
 
-    def load_weights(self, model_id: str, version: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
-        """``(version, arrays)`` of a version of the model, the current one by default."""
+    def load_weights(
+        self, tenant: str, model_id: str, version: int | None = None
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """``(version, arrays)`` of a version of the tenant's model, the current one by default."""
         with self.db.read() as s:
-            row = _version_row(s, model_id, version)
+            row = _version_row(s, model_id, tenant, version)
             return row.version, blobs.read_arrays(s, row.blob_id, row.checksum)
 
 
@@ -167,8 +197,9 @@ MAX_VERSION = (1 << 31) - 1
 reach a query, where PostgreSQL would refuse it as out of range)."""
 
 
-def _version_row(s: Session, model_id: str, version: int | None) -> WeightVersionRow:
-    wanted = model_row(s, model_id).current_version if version is None else version
+def _version_row(s: Session, model_id: str, tenant: str | None, version: int | None) -> WeightVersionRow:
+    current = model_row(s, model_id, tenant).current_version
+    wanted = current if version is None else version
     row = s.get(WeightVersionRow, (model_id, wanted)) if 0 < wanted <= MAX_VERSION else None
     if row is None:
         raise NotFound("version", wanted, "version")

@@ -16,6 +16,51 @@ DATASET_ROLES = ("inputs", "targets", "validation_inputs", "validation_targets")
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """What one tenant may hold at once; past one, the request that would go over is refused
+    (:class:`gradwire.storage.QuotaExceeded`). New tenants get these defaults."""
+
+    max_models: int = 1000
+    max_parameters: int = 1_000_000_000
+    """Trainable parameters of all its models together."""
+    max_dataset_bytes: int = 100 << 30
+    """Bytes of all its stored datasets together (inline training data is stored as datasets)."""
+    max_active_runs: int = 32
+    """Runs queued or running at once."""
+
+
+QUOTA_WORDS = {
+    "max_models": "models",
+    "max_parameters": "trainable parameters",
+    "max_dataset_bytes": "bytes of datasets",
+    "max_active_runs": "runs queued or running",
+}
+"""Each quota, as what it counts."""
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    id: str
+    quotas: Quotas
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as it may be shown: never its secret (nobody has it but its holder)."""
+
+    id: str
+    tenant: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     id: str
     name: str
@@ -57,6 +102,7 @@ class EpochEntry:
 @dataclass(frozen=True)
 class RunRecord:
     id: str
+    tenant: str
     model_id: str
     status: str
     stop_reason: str

@@ -20,9 +20,10 @@ from .schema import RequestRow
 R = TypeVar("R")
 
 
-def recall(s: Session, request_id: str, kind: str) -> str | None:
-    """The resource a request id made, or None; refuses an id first used for another kind."""
-    row = s.get(RequestRow, request_id)
+def recall(s: Session, tenant: str, request_id: str, kind: str) -> str | None:
+    """The resource a request id of ``tenant``'s made, or None; refuses an id first used for
+    another kind."""
+    row = s.get(RequestRow, (tenant, request_id))
     if row is None:
         return None
     if row.kind != kind:
@@ -32,29 +33,30 @@ def recall(s: Session, request_id: str, kind: str) -> str | None:
 
 def once(
     db: Database,
+    tenant: str,
     request_id: str,
     kind: str,
     create: Callable[[Session], str],
     fetch: Callable[[Session, str], R],
 ) -> R:
-    """``fetch`` what ``create`` makes (in one write transaction), or what an earlier call with
-    ``request_id`` made. Without a request id, always creates. An integrity error that is not a
-    race on the request id propagates."""
+    """``fetch`` what ``create`` makes (in one write transaction), or what an earlier call of
+    ``tenant``'s with ``request_id`` made. Without a request id, always creates. An integrity
+    error that is not a race on the request id propagates."""
     try:
         with db.write() as s:
-            known = recall(s, request_id, kind) if request_id else None
+            known = recall(s, tenant, request_id, kind) if request_id else None
             if known is not None:
                 return fetch(s, known)
             resource_id = create(s)
             if request_id:
-                s.add(RequestRow(request_id=request_id, kind=kind, resource_id=resource_id))
+                s.add(RequestRow(tenant_id=tenant, request_id=request_id, kind=kind, resource_id=resource_id))
                 s.flush()
             return fetch(s, resource_id)
     except exc.IntegrityError:
         if not request_id:
             raise
         with db.read() as s:
-            known = recall(s, request_id, kind)
+            known = recall(s, tenant, request_id, kind)
             if known is None:
                 raise
             return fetch(s, known)

@@ -31,12 +31,13 @@ from sqlalchemy.orm import Session
 from . import blobs
 from .database import Database, seconds_ago, utcnow
 from .datasets import dataset_row
-from .errors import LeaseLost, ModelBusy, QueueFull, VersionConflict, WrongState
+from .errors import LeaseLost, ModelBusy, QueueFull, QuotaExceeded, VersionConflict, WrongState
 from .lookup import one
 from .models import active_run_id, add_version, model_row
 from .records import Checkpoint, EpochEntry, Outcome, RunRecord, json_safe
 from .requests import once
 from .schema import CheckpointRow, EpochRow, ModelRow, RunDatasetRow, RunRow, now
+from .tenants import charge
 
 QUEUE_LOCK = 0x67726477  # "grdw": serialises the queue-length check across PostgreSQL sessions
 
@@ -57,17 +58,20 @@ class RunStore:
 
     # ------------------------------------------------------------------ creating and moving
 
-    def create(self, new: NewRun, max_queued: int, request_id: str = "") -> RunRecord:
-        """A queued run of ``new.model_id``; ModelBusy if the model has one queued or running,
-        QueueFull if ``max_queued`` runs wait already."""
+    def create(self, tenant: str, new: NewRun, max_queued: int, request_id: str = "") -> RunRecord:
+        """A queued run of the tenant's model ``new.model_id`` on the tenant's datasets; ModelBusy
+        if the model has one queued or running, QueueFull if ``max_queued`` runs wait already,
+        QuotaExceeded if the tenant has as many runs queued or running as it may."""
 
         def create(s: Session) -> str:
-            model = model_row(s, new.model_id, for_update=True)
+            model = model_row(s, new.model_id, tenant, for_update=True)
             for role, dataset_id in new.datasets.items():
-                dataset_row(s, dataset_id, role, shared=True)
+                dataset_row(s, tenant, dataset_id, role, shared=True)
             self._check_queue(s, max_queued)
+            charge(s, tenant, {"max_active_runs": 1})
             row = RunRow(
                 id=blobs.new_id(),
+                tenant_id=tenant,
                 model_id=new.model_id,
                 status="queued",
                 options=json_safe(new.options),
@@ -81,7 +85,7 @@ class RunStore:
             return row.id
 
         try:
-            return once(self.db, request_id, "run", create, lambda s, key: _record(_row(s, key), s))
+            return once(self.db, tenant, request_id, "run", create, lambda s, key: _record(_row(s, key), s))
         except exc.IntegrityError:
             raise self._busy(new.model_id) from None
 
@@ -214,12 +218,12 @@ class RunStore:
         queued = []
         for run_id in candidates:
             try:
-                self.resume(run_id, max_queued)
+                self._resume(None, run_id, max_queued)
                 queued.append(run_id)
             except VersionConflict as exc:
                 self._fail_interrupted(run_id, "version_conflict", str(exc))
-            except (ModelBusy, QueueFull, WrongState):
-                continue  # another run holds the model, the queue is full, or it moved on: later
+            except (ModelBusy, QueueFull, QuotaExceeded, WrongState):
+                continue  # the model, the queue or the tenant's quota is busy, or it moved on: later
         return queued
 
     def _fail_interrupted(self, run_id: str, reason: str, error: str) -> None:
@@ -229,12 +233,16 @@ class RunStore:
                 _drop_checkpoint(s, run_id)
                 row.status, row.stop_reason, row.error, row.finished_at = "failed", reason, error, now()
 
-    def resume(self, run_id: str, max_queued: int) -> RunRecord:
-        """Queue an interrupted run again, to continue from its checkpoint. A run queued or
-        running already is returned as it is; a finished one cannot resume."""
+    def resume(self, tenant: str, run_id: str, max_queued: int) -> RunRecord:
+        """Queue an interrupted run of the tenant's again, to continue from its checkpoint. A run
+        queued or running already is returned as it is; a finished one cannot resume."""
+        return self._resume(tenant, run_id, max_queued)
+
+    def _resume(self, tenant: str | None, run_id: str, max_queued: int) -> RunRecord:
+        """:meth:`resume`, for the tenant (None: the service's own requeue, whoever's run it is)."""
         try:
             with self.db.write() as s:
-                row = _row(s, run_id, for_update=True)
+                row = _row(s, run_id, tenant, for_update=True)
                 if row.status in ("queued", "running"):
                     return _record(row, s)
                 if row.status != "interrupted":
@@ -250,24 +258,27 @@ class RunStore:
                     raise WrongState(
                         f"run {run_id} was made before runs kept their data; start a new run", "run_id"
                     )
-                current = model_row(s, row.model_id, for_update=True).current_version
+                current = model_row(s, row.model_id, None, for_update=True).current_version
                 if current != row.base_version:
                     raise VersionConflict(
                         f"run {run_id} started from version {row.base_version} of model {row.model_id}, "
                         f"which is now at version {current}; start a new run instead"
                     )
                 self._check_queue(s, max_queued)
+                charge(s, row.tenant_id, {"max_active_runs": 1})
                 row.status, row.stop_reason, row.cancel_requested = "queued", "", False
                 s.flush()
                 return _record(row, s)
         except exc.IntegrityError:
-            raise self._busy(self.get(run_id).model_id) from None
+            with self.db.read() as s:
+                model_id = _row(s, run_id, tenant).model_id
+            raise self._busy(model_id) from None
 
-    def cancel(self, run_id: str) -> RunRecord:
+    def cancel(self, tenant: str, run_id: str) -> RunRecord:
         """Queued or interrupted: cancelled now. Running: asked to stop (its executor sees the
         flag at its next heartbeat or commit). Finished: unchanged."""
         with self.db.write() as s:
-            row = _row(s, run_id, for_update=True)
+            row = _row(s, run_id, tenant, for_update=True)
             if row.status in ("queued", "interrupted"):
                 _drop_checkpoint(s, run_id)
                 row.status, row.stop_reason, row.finished_at = "cancelled", "cancelled", now()
@@ -278,7 +289,13 @@ class RunStore:
 
     # ------------------------------------------------------------------ reading
 
-    def get(self, run_id: str) -> RunRecord:
+    def get(self, tenant: str, run_id: str) -> RunRecord:
+        with self.db.read() as s:
+            return _record(_row(s, run_id, tenant), s)
+
+    def read(self, run_id: str) -> RunRecord:
+        """The run, whoever's it is: for the service's own work on it (executing it), never for
+        an id a caller sent (:meth:`get` takes the caller's tenant)."""
         with self.db.read() as s:
             return _record(_row(s, run_id), s)
 
@@ -291,13 +308,19 @@ class RunStore:
 
     def page(
         self,
+        tenant: str,
         limit: int,
         after: tuple[datetime, str] | None = None,
         model_id: str = "",
         statuses: Iterable[str] = (),
     ) -> list[RunRecord]:
-        """Up to ``limit`` runs, oldest first, of one model and some statuses if given."""
-        query = select(RunRow).order_by(RunRow.created_at, RunRow.id).limit(limit)
+        """Up to ``limit`` of the tenant's runs, oldest first, of one model and some statuses if given."""
+        query = (
+            select(RunRow)
+            .where(RunRow.tenant_id == tenant)
+            .order_by(RunRow.created_at, RunRow.id)
+            .limit(limit)
+        )
         if model_id:
             query = query.where(RunRow.model_id == model_id)
         if statuses := list(statuses):
@@ -321,10 +344,10 @@ class RunStore:
         with self.db.read() as s:
             return [EpochEntry(epoch, record) for epoch, record in s.execute(query)]
 
-    def history(self, model_id: str) -> list[RunRecord]:
-        """The model's runs, oldest first, each with its epochs."""
+    def history(self, tenant: str, model_id: str) -> list[RunRecord]:
+        """The tenant's model's runs, oldest first, each with its epochs."""
         with self.db.read() as s:
-            model_row(s, model_id)
+            model_row(s, model_id, tenant)
             runs = list(
                 s.scalars(select(RunRow).where(RunRow.model_id == model_id).order_by(RunRow.created_at))
             )
@@ -383,7 +406,7 @@ class RunStore:
             .values(current_version=version, updated_at=now())
         )
         if _count(moved) != 1:
-            current = model_row(s, run.model_id).current_version
+            current = model_row(s, run.model_id, None).current_version
             raise VersionConflict(
                 f"run {run.id} started from version {run.base_version} of model {run.model_id}, "
                 f"which another run moved to version {current}; this run's weights were not published"
@@ -399,8 +422,9 @@ def _count(result: Any) -> int:
     return int(result.rowcount or 0)
 
 
-def _row(s: Session, run_id: str, *, for_update: bool = False) -> RunRow:
-    return one(s, RunRow, run_id, "run", "run_id", "update" if for_update else "")
+def _row(s: Session, run_id: str, tenant: str | None = None, *, for_update: bool = False) -> RunRow:
+    """The run; with ``tenant``, only if it is that tenant's."""
+    return one(s, RunRow, run_id, "run", "run_id", "update" if for_update else "", tenant)
 
 
 def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> RunRecord:
@@ -408,6 +432,7 @@ def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> Run
     datasets = {role: dataset_id for role, dataset_id in s.execute(roles)}  # noqa: C416 (a Result has keys())
     return RunRecord(
         id=row.id,
+        tenant=row.tenant_id,
         model_id=row.model_id,
         status=row.status,
         stop_reason=row.stop_reason,

@@ -43,6 +43,10 @@ ACTIVE_STATUSES = ("queued", "running")
 """A run in one of these holds its model: at most one such run per model (a partial unique index)."""
 ACTIVE = "status IN ('queued', 'running')"
 
+DEFAULT_TENANT = "default"
+"""The tenant of every call while authentication is off, and of everything stored before there
+were tenants (revision 0003 gave it all)."""
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -52,12 +56,42 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+class TenantRow(Base):
+    """Whose models, datasets and runs: every API key belongs to one. Its quotas bound what it
+    may hold at once (see :class:`gradwire.storage.records.Quotas`)."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_models: Mapped[int] = mapped_column(Integer)
+    max_parameters: Mapped[int] = mapped_column(BigInteger)
+    max_dataset_bytes: Mapped[int] = mapped_column(BigInteger)
+    max_active_runs: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ApiKeyRow(Base):
+    """An API key: only the SHA-256 of the secret is kept; ``id`` is the key's public part (it
+    names the key in lists and revocations). A revoked key keeps its row, with ``revoked_at``."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class ModelRow(Base):
     """A model: its spec and which weight version answers now."""
 
     __tablename__ = "models"
+    __table_args__ = (Index("ix_models_tenant_id_created_at", "tenant_id", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     parameter_count: Mapped[int] = mapped_column(Integer)
@@ -98,7 +132,9 @@ class DatasetRow(Base):
     bytes, hashed together; the service defines it); ``checksum`` is the SHA-256 of the bytes."""
 
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_tenant_id_created_at", "tenant_id", "created_at"),)
 
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     dtype: Mapped[str] = mapped_column(String(16))
@@ -140,9 +176,11 @@ class RunRow(Base):
             postgresql_where=text(ACTIVE),
         ),
         Index("ix_training_runs_status_created_at", "status", "created_at"),
+        Index("ix_training_runs_tenant_id_status", "tenant_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16))
     stop_reason: Mapped[str] = mapped_column(String(32), default="")
@@ -168,7 +206,8 @@ class RunRow(Base):
 
 class RunDatasetRow(Base):
     """Which dataset a run reads in which role (``inputs``, ``targets``, ``validation_inputs``,
-    ``validation_targets``); indexed by dataset, so a delete can ask who still needs it."""
+    ``validation_targets``): the run's tenant's dataset of that id. Indexed by dataset, so a
+    delete can ask who still needs it."""
 
     __tablename__ = "run_datasets"
 
@@ -205,10 +244,12 @@ class EpochRow(Base):
 
 
 class RequestRow(Base):
-    """A client request id and what its first call made: a retry with the same id gets that back."""
+    """A client request id and what its first call made: a retry with the same id gets that back.
+    Ids are the tenant's own: another tenant's use of the same id is another request."""
 
     __tablename__ = "request_ids"
 
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     resource_id: Mapped[str] = mapped_column(String(64))

@@ -13,16 +13,19 @@ from .database import Database, open_database
 from .datasets import DatasetStore
 from .models import ModelStore
 from .runs import RunStore
+from .tenants import TenantStore
 
 
 class Store:
-    """Everything gradwire keeps, in one SQL database: ``models``, ``datasets``, ``runs``."""
+    """Everything gradwire keeps, in one SQL database: ``models``, ``datasets``, ``runs``, and
+    ``tenants`` (with their quotas and API keys)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.models = ModelStore(db)
         self.datasets = DatasetStore(db)
         self.runs = RunStore(db)
+        self.tenants = TenantStore(db)
 
     @property
     def engine(self) -> Engine:

@@ -82,7 +82,8 @@ GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
 class ServerProcess:
     """``gradwire serve`` as a real child process on a free port, over ``database_url``.
 
-    ``settings`` become ``GRADWIRE_<NAME>`` environment variables. Its JSON log lines are read
+    ``settings`` become ``GRADWIRE_<NAME>`` environment variables; authentication is off unless
+    ``auth`` says otherwise (the tests of keys turn it on). Its JSON log lines are read
     as they come, so a test can wait for one (:meth:`wait_for_log`) instead of sleeping.
     ``address_space`` caps the process's virtual memory (``RLIMIT_AS``, bytes), so that a test
     of memory limits cannot take the machine down.
@@ -95,6 +96,7 @@ class ServerProcess:
         address_space: int | None = None,
         **settings: object,
     ) -> None:
+        settings = {"auth": "off", **settings}
         env = {**os.environ, **{f"GRADWIRE_{k.upper()}": str(v) for k, v in settings.items()}}
         argv = [
             GRADWIRE,

@@ -21,7 +21,18 @@ GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
 def served(tmp_path: Path) -> Iterator[str]:
     """``gradwire serve`` as a child process on a free port; yields its address."""
     process = subprocess.Popen(
-        [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path), "--log-format", "text"],
+        [
+            GRADWIRE,
+            "serve",
+            "--address",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path),
+            "--log-format",
+            "text",
+            "--auth",
+            "off",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -153,7 +153,7 @@ def test_sigterm_keeps_the_epoch_it_stops_at_and_a_restarted_server_resumes_by_i
             follow_to(run, EPOCHS // 3)
         assert server.terminate() == 0
         stopped = open_store(database_url)
-        kept = stopped.runs.get(run.id)
+        kept = stopped.runs.read(run.id)
         assert (kept.status, kept.stop_reason, kept.owner) == ("interrupted", "shutdown", None)
         checkpoint = stopped.runs.load_checkpoint(run.id)
         assert checkpoint is not None

@@ -123,7 +123,7 @@ def test_a_second_server_on_an_address_in_use_refuses_to_start_and_the_first_ser
     sqlite_url: str,
 ) -> None:
     with ServerProcess(sqlite_url, **SETTINGS) as first:
-        argv = [GRADWIRE, "serve", "--address", first.address, "--database-url", sqlite_url]
+        argv = [GRADWIRE, "serve", "--address", first.address, "--database-url", sqlite_url, "--auth", "off"]
         second = subprocess.run(argv, capture_output=True, text=True, timeout=FOREVER)
         assert second.returncode != 0
         assert "listening" not in second.stdout

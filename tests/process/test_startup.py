@@ -49,7 +49,7 @@ def start_failures(port: int, data_dir: Path) -> list[tuple[list[str], dict[str,
     """(arguments, environment, exit code, the words of the one line) of starts that must fail."""
     down = f"postgresql://gradwire:{PASSWORD}@127.0.0.1:{port}/gradwire"  # nothing listens there
     shown = f"database postgresql://gradwire:***@127.0.0.1:{port}/gradwire: "
-    serve = ["serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    serve = ["serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir), "--auth", "off"]
     unparsable = down.replace(str(port), "not-a-port")
     return [
         ([*serve, "--database-url", down], {}, 1, (shown, "Connection refused")),
@@ -83,7 +83,7 @@ def test_the_startup_line_and_db_upgrade_show_the_url_without_its_password(datab
     assert upgraded.returncode == 0, upgraded.stderr
     assert upgraded.stdout == f"database {shown} is at the current schema\n"
 
-    server = start("serve", "--address", "127.0.0.1:0", "--database-url", given)
+    server = start("serve", "--address", "127.0.0.1:0", "--database-url", given, "--auth", "off")
     try:
         assert server.stdout is not None
         line = server.stdout.readline()  # blocks until the server has bound its port

@@ -46,7 +46,7 @@ def test_serve_refuses_an_out_of_date_database_naming_the_upgrade(tmp_path: Path
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '0000'"))
     done = subprocess.run(
-        [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", url],
+        [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", url, "--auth", "off"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -382,7 +382,11 @@ def test_an_interrupted_run_watches_to_exit_3_and_resumes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = Settings(
-        address="127.0.0.1:0", database_url=database_url, checkpoint_interval=0.05, poll_seconds=0.1
+        address="127.0.0.1:0",
+        database_url=database_url,
+        checkpoint_interval=0.05,
+        poll_seconds=0.1,
+        auth=False,
     )
     server, port, app = create_server(settings)
     at = ["--server", f"127.0.0.1:{port}"]

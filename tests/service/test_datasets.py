@@ -20,6 +20,7 @@ from gradwire.client import (
     ResourceExhaustedError,
 )
 from gradwire.service import Limits
+from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.storage.schema import ChunkRow, UploadRow
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.digest import array_id
@@ -68,7 +69,7 @@ def test_an_upload_is_stored_once_under_its_content_address(server: Running, cli
     raw = data.tobytes()
     again = upload(client, header, [raw[i : i + 777] for i in range(0, len(raw), 777)])  # odd chunk sizes
     assert (again.dataset_id, again.name) == (first.id, "first")
-    np.testing.assert_array_equal(server.app.store.datasets.load(first.id), data)
+    np.testing.assert_array_equal(server.app.store.datasets.load(T, first.id), data)
     assert [d.id for d in client.list_datasets()] == [first.id]
     assert client.dataset(first.id) == first
 
@@ -81,7 +82,7 @@ def test_a_dataset_larger_than_the_message_limit_uploads_in_chunks(
     with Client(running.address, max_message_mb=1) as client:
         dataset = client.upload_dataset(data)
         assert dataset.nbytes == data.nbytes
-    np.testing.assert_array_equal(running.app.store.datasets.load(dataset.id), data)
+    np.testing.assert_array_equal(running.app.store.datasets.load(T, dataset.id), data)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +140,7 @@ def test_a_client_that_leaves_mid_upload_leaves_nothing(
     with pytest.raises(grpc.RpcError):
         client.stub.UploadDataset(messages(), timeout=30)
     assert calls_ended.wait_for("UploadDataset") == "CANCELLED"
-    assert server.app.store.datasets.page(10) == []
+    assert server.app.store.datasets.page(T, 10) == []
     assert stored_pieces(server) == (0, 0)
 
 

@@ -27,7 +27,7 @@ from gradwire.client import Client, InvalidArgumentError
 from gradwire.service import Settings, create_server, stop_server
 from gradwire.service.errors import StartupError
 from gradwire.service.logs import REQUEST_ID, JsonFormatter
-from gradwire.service.server import Operations, operations, trace_exporters
+from gradwire.service.server import AUTH_OFF, Operations, operations, trace_exporters
 from gradwire.storage import RUN_STATUSES
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
@@ -71,7 +71,8 @@ def serve(database_url: str) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
     def start(**overrides: Any) -> Served:
-        settings = Settings(address="127.0.0.1:0", database_url=database_url, poll_seconds=0.1, **overrides)
+        values = {"poll_seconds": 0.1, "auth": False, **overrides}
+        settings = Settings(address="127.0.0.1:0", database_url=database_url, **values)
         server, port, app = create_server(settings)
         started.append(Served(server, f"127.0.0.1:{port}", app))
         return started[-1]
@@ -377,7 +378,9 @@ def test_tracing_asked_for_but_not_installed_is_one_warning(
     with caplog.at_level(logging.WARNING, logger="gradwire.service.server"):
         served = serve()
     warnings = [
-        r for r in caplog.records if r.name == "gradwire.service.server" and r.levelno >= logging.WARNING
+        r
+        for r in caplog.records
+        if r.name == "gradwire.service.server" and r.levelno >= logging.WARNING and r.msg != AUTH_OFF
     ]
     assert [r.getMessage().split(":")[0] for r in warnings] == ["tracing is off"]
     assert "gradwire[otel]" in warnings[0].getMessage()

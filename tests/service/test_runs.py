@@ -25,6 +25,7 @@ from gradwire.client import (
 )
 from gradwire.engine import Network, NetworkSpec, TrainConfig, Trainer
 from gradwire.service.jobs import checkpoint_of
+from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.digest import weights_digest
@@ -400,7 +401,8 @@ def test_a_run_resumed_from_the_checkpoint_of_its_stopping_epoch_stops_there(
     # What the dead server had committed: every epoch up to the stopping one, with the checkpoint
     # taken in that epoch's callback (the same training, in this process, gives the same state).
     trainer = Trainer(
-        Network(NetworkSpec.from_dict(SPEC)), TrainConfig.from_dict(first.app.store.runs.get(crashed).options)
+        Network(NetworkSpec.from_dict(SPEC)),
+        TrainConfig.from_dict(first.app.store.runs.get(T, crashed).options),
     )
     saved: list[Any] = []
     trainer.fit(X, Y, callback=lambda r: saved.append((asdict(r), checkpoint_of(trainer))))

@@ -301,7 +301,7 @@ def test_serve_says_mutual_tls_and_serves_it_or_refuses_unusable_files_in_one_li
     database_url: str, pki: Pki, tmp_path: Path
 ) -> None:
     tls = ["--tls-cert-file", pki.server_cert, "--tls-key-file", pki.server_key]
-    serve = [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
+    serve = [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", database_url, "--auth", "off"]
     server = subprocess.Popen(
         [*serve, *tls, "--tls-client-ca-file", pki.ca],
         stdout=subprocess.PIPE,
@@ -334,7 +334,7 @@ def test_serve_says_mutual_tls_and_serves_it_or_refuses_unusable_files_in_one_li
 
 
 def test_a_plaintext_server_says_so(database_url: str) -> None:
-    serve = [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
+    serve = [GRADWIRE, "serve", "--address", "127.0.0.1:0", "--database-url", database_url, "--auth", "off"]
     server = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None

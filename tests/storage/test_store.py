@@ -31,6 +31,7 @@ from gradwire.storage import (
     blobs,
     open_store,
 )
+from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.storage.database import _config, head_revision, make_engine
 from gradwire.storage.schema import Base, ChunkRow
 
@@ -52,13 +53,13 @@ def put_dataset(store: Store, data: bytes = b"\x00" * 16, rows: int = 2, name: s
     meta = DatasetMeta(
         f"ds-{checksum[:20]}-{rows}", checksum, name, "float32", rows, len(data) // 4 // rows, len(data)
     )
-    return store.datasets.put(meta, data).id
+    return store.datasets.put(T, meta, data).id
 
 
 def queued_run(store: Store, model_id: str, max_queued: int = 10, request_id: str = "") -> Any:
     data = put_dataset(store)
     new = NewRun(model_id, {"epochs": 2}, {"inputs": data, "targets": data}, rows=2)
-    return store.runs.create(new, max_queued, request_id)
+    return store.runs.create(T, new, max_queued, request_id)
 
 
 # ------------------------------------------------------------------------------------ schema
@@ -75,7 +76,7 @@ def test_an_empty_database_is_upgraded_and_matches_the_models(database_url: str)
 
 def test_an_out_of_date_schema_is_refused_untouched(database_url: str) -> None:
     store = open_store(database_url)
-    store.models.create("kept", SPEC, weights(), 3)
+    store.models.create(T, "kept", SPEC, weights(), 3)
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '0000'"))
     with pytest.raises(SchemaOutOfDate, match="gradwire db upgrade"):
@@ -117,12 +118,12 @@ def test_upgrading_from_the_first_schema_keeps_weights_and_history(database_url:
         open_store(database_url)
     command.upgrade(_config(engine), "head")
     store = open_store(database_url)
-    np.testing.assert_array_equal(store.models.load_weights("m1")[1]["0.W"], weights(7)["0.W"])
-    (run,) = store.runs.history("m1")
+    np.testing.assert_array_equal(store.models.load_weights(T, "m1")[1]["0.W"], weights(7)["0.W"])
+    (run,) = store.runs.history(T, "m1")
     assert (run.status, run.epochs_done, [e.epoch for e in run.epochs]) == ("interrupted", 2, [1, 2])
     assert store.runs.requeue_interrupted(max_attempts=9, max_queued=10) == []  # it kept no data
     with pytest.raises(WrongState, match="before runs kept their data"):
-        store.runs.resume("r1", max_queued=10)
+        store.runs.resume(T, "r1", max_queued=10)
     command.downgrade(_config(engine), "0001")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT weights FROM weight_versions")).scalar() == blob
@@ -134,9 +135,9 @@ def test_upgrading_from_the_first_schema_keeps_weights_and_history(database_url:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_weights_round_trip_exactly(store: Store, dtype: str) -> None:
-    model = store.models.create("m", SPEC, weights(1, dtype), 3)
+    model = store.models.create(T, "m", SPEC, weights(1, dtype), 3)
     assert (model.version, model.parameter_count, model.spec) == (1, 3, SPEC)
-    version, arrays = store.models.load_weights(model.id)
+    version, arrays = store.models.load_weights(T, model.id)
     assert version == 1
     for name, array in weights(1, dtype).items():
         assert arrays[name].dtype == np.dtype(dtype)
@@ -145,37 +146,37 @@ def test_weights_round_trip_exactly(store: Store, dtype: str) -> None:
 
 def test_a_large_value_is_stored_in_chunks_no_larger_than_the_limit(store: Store) -> None:
     big = {"0.W": np.arange(3 * CHUNK_BYTES // 8 + 5, dtype=np.float64)}  # three chunks and a bit
-    model = store.models.create("big", SPEC, big, big["0.W"].size)
+    model = store.models.create(T, "big", SPEC, big, big["0.W"].size)
     with store.db.read() as s:
         sizes = s.execute(select(func.length(ChunkRow.data))).scalars().all()
     assert len(sizes) == 4
     assert max(sizes) <= CHUNK_BYTES
-    np.testing.assert_array_equal(store.models.load_weights(model.id)[1]["0.W"], big["0.W"])
+    np.testing.assert_array_equal(store.models.load_weights(T, model.id)[1]["0.W"], big["0.W"])
 
 
 def test_unknown_models_and_versions_are_not_found(store: Store) -> None:
     with pytest.raises(NotFound) as info:
-        store.models.get("nope")
+        store.models.get(T, "nope")
     assert info.value.field == "model_id"
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     with pytest.raises(NotFound) as info:
-        store.models.load_weights(model.id, 7)
+        store.models.load_weights(T, model.id, 7)
     assert info.value.field == "version"
 
 
 def test_a_corrupted_blob_is_detected(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE weight_versions SET checksum = :c"), {"c": "0" * 64})
     with pytest.raises(CorruptBlob):
-        store.models.load_weights(model.id)
+        store.models.load_weights(T, model.id)
 
 
 def test_listing_pages_through_every_model_once(store: Store) -> None:
-    ids = [store.models.create(f"m{i}", SPEC, weights(i), 3).id for i in range(7)]
+    ids = [store.models.create(T, f"m{i}", SPEC, weights(i), 3).id for i in range(7)]
     seen, after = [], None
     while True:
-        page = store.models.page(3, after)
+        page = store.models.page(T, 3, after)
         seen += [m.id for m in page]
         if len(page) < 3:
             break
@@ -188,7 +189,7 @@ def test_a_request_id_makes_a_creation_happen_once_even_when_calls_race(store: S
     made: list[str] = []
 
     def create() -> None:
-        made.append(store.models.create("m", SPEC, weights(), 3, request_id="req-1").id)
+        made.append(store.models.create(T, "m", SPEC, weights(), 3, request_id="req-1").id)
 
     threads = [threading.Thread(target=create) for _ in range(4)]
     for thread in threads:
@@ -197,20 +198,20 @@ def test_a_request_id_makes_a_creation_happen_once_even_when_calls_race(store: S
         thread.join()
     assert len(made) == 4
     assert len(set(made)) == 1
-    assert len(store.models.page(10)) == 1
+    assert len(store.models.page(T, 10)) == 1
 
 
 def test_concurrent_writers_all_land(store: Store) -> None:
     def create(worker: int) -> None:
         for i in range(8):
-            store.models.create(f"w{worker}-{i}", SPEC, weights(i), 3)
+            store.models.create(T, f"w{worker}-{i}", SPEC, weights(i), 3)
 
     threads = [threading.Thread(target=create, args=(w,)) for w in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(store.models.page(100)) == 32
+    assert len(store.models.page(T, 100)) == 32
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -222,15 +223,17 @@ def test_a_staged_upload_is_nothing_until_finished_and_the_same_content_is_one_d
     meta = DatasetMeta("ds-1", checksum, "first", "float32", 2, 4, len(data))
     blob = store.datasets.begin_upload()
     store.datasets.write_chunks(blob, 0, [data])
-    assert store.datasets.page(10) == []
-    first = store.datasets.finish_upload(blob, meta)
+    assert store.datasets.page(T, 10) == []
+    first = store.datasets.finish_upload(T, blob, meta)
     again = store.datasets.begin_upload()
     store.datasets.write_chunks(again, 0, [data])
     second = store.datasets.finish_upload(
-        again, DatasetMeta("ds-1", checksum, "second", "float32", 2, 4, len(data))
+        T, again, DatasetMeta("ds-1", checksum, "second", "float32", 2, 4, len(data))
     )
     assert first == second  # the first upload's dataset, name included
-    np.testing.assert_array_equal(store.datasets.load("ds-1"), np.arange(8, dtype=np.float32).reshape(2, 4))
+    np.testing.assert_array_equal(
+        store.datasets.load(T, "ds-1"), np.arange(8, dtype=np.float32).reshape(2, 4)
+    )
     with store.db.read() as s:
         assert s.scalar(select(func.count()).select_from(ChunkRow)) == 1  # the duplicate's chunks are gone
 
@@ -246,13 +249,13 @@ def test_an_upload_the_janitor_swept_cannot_become_a_dataset(store: Store) -> No
     with pytest.raises(WrongState, match="idle too long"):
         store.datasets.write_chunks(blob, 1, [data[8:]])
     with pytest.raises(WrongState):
-        store.datasets.finish_upload(blob, meta)
-    assert store.datasets.page(10) == []
+        store.datasets.finish_upload(T, blob, meta)
+    assert store.datasets.page(T, 10) == []
     short = store.datasets.begin_upload()
     store.datasets.write_chunks(short, 0, [data[:8]])
     with pytest.raises(CorruptBlob, match="8 bytes"):  # fewer bytes than the dataset has
-        store.datasets.finish_upload(short, meta)
-    assert store.datasets.page(10) == []
+        store.datasets.finish_upload(T, short, meta)
+    assert store.datasets.page(T, 10) == []
 
 
 def test_abandoned_uploads_are_swept(store: Store) -> None:
@@ -265,15 +268,15 @@ def test_abandoned_uploads_are_swept(store: Store) -> None:
 
 
 def test_a_dataset_in_use_cannot_be_deleted_until_its_runs_end(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     dataset = run.datasets["inputs"]
     with pytest.raises(WrongState, match=run.id):
-        store.datasets.delete(dataset)
-    store.runs.cancel(run.id)
-    store.datasets.delete(dataset)
+        store.datasets.delete(T, dataset)
+    store.runs.cancel(T, run.id)
+    store.datasets.delete(T, dataset)
     with pytest.raises(NotFound):
-        store.datasets.get(dataset)
+        store.datasets.get(T, dataset)
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -295,11 +298,11 @@ def claim(store: Store, owner: str = "me") -> str:
 
 
 def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     assert (run.status, run.base_version, run.owner) == ("queued", 1, None)
     lease = claim(store)
-    claimed = store.runs.get(run.id)
+    claimed = store.runs.get(T, run.id)
     assert (claimed.status, claimed.owner, claimed.attempts) == ("running", lease, 1)
     assert store.runs.claim_next("other") is None  # nothing else queued
     with pytest.raises(LeaseLost):
@@ -312,9 +315,9 @@ def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None
     done = store.runs.finish(run.id, lease, finished(weights_=weights(5)))
     assert (done.status, done.version, done.epochs_done, done.owner) == ("completed", 2, 2, None)
     assert store.runs.load_checkpoint(run.id) is None  # finished runs keep no checkpoint
-    assert store.models.get(model.id).version == 2
-    np.testing.assert_array_equal(store.models.load_weights(model.id)[1]["0.W"], weights(5)["0.W"])
-    (history,) = store.runs.history(model.id)
+    assert store.models.get(T, model.id).version == 2
+    np.testing.assert_array_equal(store.models.load_weights(T, model.id)[1]["0.W"], weights(5)["0.W"])
+    (history,) = store.runs.history(T, model.id)
     assert [e.epoch for e in history.epochs] == [1, 2]
     assert history.epochs[0].record["train_metric"] is None  # NaN is stored as null
     with pytest.raises(LeaseLost):
@@ -322,7 +325,7 @@ def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None
 
 
 def test_a_commit_whose_answer_was_lost_can_be_sent_again(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
     epochs = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2)]
@@ -330,22 +333,22 @@ def test_a_commit_whose_answer_was_lost_can_be_sent_again(store: Store) -> None:
     store.runs.commit(run.id, lease, [*epochs, {"epoch": 3, "train_loss": 0.3}], None)  # 1, 2 again
     done = store.runs.finish(run.id, lease, Outcome("completed", "max_epochs", epochs=tuple(epochs)))
     assert done.epochs_done == 3
-    assert [e.epoch for e in store.runs.history(model.id)[0].epochs] == [1, 2, 3]
+    assert [e.epoch for e in store.runs.history(T, model.id)[0].epochs] == [1, 2, 3]
 
 
 def test_one_queued_or_running_run_per_model_is_a_database_constraint(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     first = queued_run(store, model.id)
     with pytest.raises(ModelBusy, match=first.id):
         queued_run(store, model.id)
     with pytest.raises(ModelBusy):
-        store.models.delete(model.id)
-    store.runs.cancel(first.id)
+        store.models.delete(T, model.id)
+    store.runs.cancel(T, first.id)
     queued_run(store, model.id)  # the model is free again
 
 
 def test_the_queue_is_bounded(store: Store) -> None:
-    models = [store.models.create(f"m{i}", SPEC, weights(), 3) for i in range(3)]
+    models = [store.models.create(T, f"m{i}", SPEC, weights(), 3) for i in range(3)]
     queued_run(store, models[0].id, max_queued=2)
     queued_run(store, models[1].id, max_queued=2)
     with pytest.raises(QueueFull):
@@ -353,18 +356,18 @@ def test_the_queue_is_bounded(store: Store) -> None:
 
 
 def test_a_cancelled_queued_run_is_never_claimed(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
-    assert store.runs.cancel(run.id).status == "cancelled"
+    assert store.runs.cancel(T, run.id).status == "cancelled"
     assert store.runs.claim_next("me") is None
-    assert store.runs.cancel(run.id).status == "cancelled"  # cancelling again changes nothing
+    assert store.runs.cancel(T, run.id).status == "cancelled"  # cancelling again changes nothing
 
 
 def test_cancelling_a_running_run_asks_its_owner_to_stop(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
-    assert store.runs.cancel(run.id).status == "running"
+    assert store.runs.cancel(T, run.id).status == "running"
     assert store.runs.heartbeat(run.id, lease) is True
 
 
@@ -373,30 +376,30 @@ def test_a_cancel_asked_of_a_run_whose_server_went_away_is_not_lost(store: Store
     """Its server died before seeing the flag (the reaper ends it), or stopped gracefully at an
     epoch's end (its own finish says interrupted): either way the run ends cancelled, never
     queued again."""
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
     store.runs.commit(run.id, lease, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {}))
-    store.runs.cancel(run.id)
+    store.runs.cancel(T, run.id)
     if end == "reaped":
         assert store.runs.reap(lease_seconds=0) == [run.id]
     else:
         stop = Outcome("interrupted", "shutdown", checkpoint=Checkpoint(1, weights(), {}))
         store.runs.finish(run.id, lease, stop)
-    ended = store.runs.get(run.id)
+    ended = store.runs.get(T, run.id)
     assert (ended.status, ended.stop_reason) == ("cancelled", "cancelled")
     assert store.runs.load_checkpoint(run.id) is None
     assert store.runs.requeue_interrupted(max_attempts=3, max_queued=10) == []
 
 
 def test_only_expired_leases_are_reaped_and_never_those_executing_here(store: Store) -> None:
-    models = [store.models.create(f"m{i}", SPEC, weights(), 3) for i in range(2)]
+    models = [store.models.create(T, f"m{i}", SPEC, weights(), 3) for i in range(2)]
     runs = [queued_run(store, m.id) for m in models]
     leases = [claim(store, "peer") for _ in runs]
     assert store.runs.reap(lease_seconds=3600) == []  # live leases
     assert store.runs.reap(lease_seconds=0, executing={runs[1].id}) == [runs[0].id]
-    assert store.runs.get(runs[0].id).status == "interrupted"
-    assert store.runs.get(runs[0].id).stop_reason == "lease_expired"
+    assert store.runs.get(T, runs[0].id).status == "interrupted"
+    assert store.runs.get(T, runs[0].id).stop_reason == "lease_expired"
     with pytest.raises(LeaseLost):  # the old owner's next write finds it is not theirs any more
         store.runs.commit(runs[0].id, leases[0], [], None)
 
@@ -404,11 +407,11 @@ def test_only_expired_leases_are_reaped_and_never_those_executing_here(store: St
 def test_a_job_of_an_earlier_claim_cannot_pass_for_the_current_one(store: Store) -> None:
     """The same process claims a run again after a peer reaped it: the two claims' leases differ,
     so the stale job's writes fail, even from the same process."""
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     stale = claim(store, "proc-a")
     store.runs.reap(lease_seconds=0)
-    store.runs.resume(run.id, max_queued=10)
+    store.runs.resume(T, run.id, max_queued=10)
     current = claim(store, "proc-a")
     assert current != stale
     with pytest.raises(LeaseLost):
@@ -419,28 +422,28 @@ def test_a_job_of_an_earlier_claim_cannot_pass_for_the_current_one(store: Store)
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_once(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     dead = claim(store, "dead")
     store.runs.commit(
         run.id, dead, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {"epoch": 1})
     )
     store.runs.reap(lease_seconds=0)
-    resumed = store.runs.resume(run.id, max_queued=10)
+    resumed = store.runs.resume(T, run.id, max_queued=10)
     assert (resumed.status, resumed.epochs_done, resumed.stop_reason) == ("queued", 1, "")
-    assert store.runs.resume(run.id, max_queued=10).status == "queued"  # again: unchanged
+    assert store.runs.resume(T, run.id, max_queued=10).status == "queued"  # again: unchanged
     alive = claim(store, "alive")
-    assert store.runs.get(run.id).attempts == 2
+    assert store.runs.get(T, run.id).attempts == 2
     checkpoint = store.runs.load_checkpoint(run.id)
     assert checkpoint is not None
     assert checkpoint.epoch == 1
     store.runs.finish(run.id, alive, finished())
     with pytest.raises(WrongState):
-        store.runs.resume(run.id, max_queued=10)
+        store.runs.resume(T, run.id, max_queued=10)
 
 
 def test_graceful_stops_do_not_use_up_the_automatic_resumes(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     for _ in range(3):  # three rolling restarts
         lease = claim(store)
@@ -450,24 +453,24 @@ def test_graceful_stops_do_not_use_up_the_automatic_resumes(store: Store) -> Non
     claim(store)
     store.runs.reap(lease_seconds=0)  # a crash: this one counts
     assert store.runs.requeue_interrupted(max_attempts=1, max_queued=10) == []
-    assert store.runs.get(run.id).status == "interrupted"
+    assert store.runs.get(T, run.id).status == "interrupted"
 
 
 def test_publishing_is_compare_and_set_on_the_base_version(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
     with store.engine.begin() as connection:  # another writer moved the model on meanwhile
         connection.execute(text("UPDATE models SET current_version = 2"))
     with pytest.raises(VersionConflict, match="version 2"):
         store.runs.finish(run.id, lease, finished(weights_=weights(9)))
-    assert store.runs.get(run.id).status == "running"  # nothing was written
+    assert store.runs.get(T, run.id).status == "running"  # nothing was written
     with pytest.raises(NotFound):
-        store.models.load_weights(model.id, 2)
+        store.models.load_weights(T, model.id, 2)
 
 
 def test_an_interrupted_run_whose_model_moved_on_cannot_resume(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     stale = queued_run(store, model.id)
     claim(store, "dead")
     store.runs.reap(lease_seconds=0)
@@ -475,14 +478,14 @@ def test_an_interrupted_run_whose_model_moved_on_cannot_resume(store: Store) -> 
     lease = claim(store)
     store.runs.finish(fresh.id, lease, finished(weights_=weights(2)))
     with pytest.raises(VersionConflict, match="start a new run"):
-        store.runs.resume(stale.id, max_queued=10)
+        store.runs.resume(T, stale.id, max_queued=10)
     assert store.runs.requeue_interrupted(max_attempts=3, max_queued=10) == []
-    failed = store.runs.get(stale.id)
+    failed = store.runs.get(T, stale.id)
     assert (failed.status, failed.stop_reason) == ("failed", "version_conflict")
 
 
 def test_two_claimers_never_take_the_same_run(store: Store) -> None:
-    models = [store.models.create(f"m{i}", SPEC, weights(), 3) for i in range(6)]
+    models = [store.models.create(T, f"m{i}", SPEC, weights(), 3) for i in range(6)]
     for model in models:
         queued_run(store, model.id)
     claims: list[str] = []
@@ -500,24 +503,24 @@ def test_two_claimers_never_take_the_same_run(store: Store) -> None:
 
 
 def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
-    other = store.models.create("other", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    other = store.models.create(T, "other", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
     store.runs.commit(run.id, lease, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(), {}))
     store.runs.finish(
         run.id, lease, finished(weights_=weights(3), optimizer=weights(4), optimizer_meta={"t": 1})
     )
-    store.models.delete(model.id)
+    store.models.delete(T, model.id)
     with pytest.raises(NotFound):
-        store.models.get(model.id)
+        store.models.get(T, model.id)
     with store.engine.connect() as connection:
         for table in ("weight_versions", "run_checkpoints", "training_runs", "epochs", "run_datasets"):
             remaining = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()
             assert remaining == (1 if table == "weight_versions" else 0), table
         # what is left: the other model's weights and the dataset
         assert connection.execute(text("SELECT count(*) FROM blob_chunks")).scalar() == 2
-    assert store.models.get(other.id).name == "other"
+    assert store.models.get(T, other.id).name == "other"
 
 
 def test_a_database_failure_in_the_middle_of_a_blob_is_reported_as_itself_and_stores_nothing(
@@ -537,21 +540,21 @@ def test_a_database_failure_in_the_middle_of_a_blob_is_reported_as_itself_and_st
     event.listen(store.engine, "before_cursor_execute", fail_second_chunk)
     try:
         with pytest.raises(Unavailable, match="connection lost"):
-            store.models.create("big", SPEC, big, big["0.W"].size)
+            store.models.create(T, "big", SPEC, big, big["0.W"].size)
     finally:
         event.remove(store.engine, "before_cursor_execute", fail_second_chunk)
-    assert store.models.page(10) == []
+    assert store.models.page(T, 10) == []
     with store.db.read() as s:
         assert s.scalar(select(func.count()).select_from(ChunkRow)) == 0
 
 
 def test_an_interrupted_run_that_was_asked_to_cancel_ends_instead_of_resuming(store: Store) -> None:
-    model = store.models.create("m", SPEC, weights(), 3)
+    model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     claim(store)
     store.runs.reap(lease_seconds=0)
     with store.engine.begin() as connection:  # a cancel that landed just as it was interrupted
         connection.execute(text("UPDATE training_runs SET cancel_requested = :yes"), {"yes": True})
-    ended = store.runs.resume(run.id, max_queued=10)
+    ended = store.runs.resume(T, run.id, max_queued=10)
     assert (ended.status, ended.stop_reason) == ("cancelled", "cancelled")
     assert store.runs.claim_next("me") is None

@@ -1,0 +1,147 @@
+"""Tenants, their quotas and their API keys.
+
+A tenant owns models, datasets and runs; every lookup by id the service makes names the caller's
+tenant, so another tenant's ids are not found. Quotas are checked by :func:`charge` inside the
+transaction that adds what they count, with the tenant's row locked (``FOR UPDATE`` on
+PostgreSQL; SQLite serialises writers), so two requests racing cannot both take the last unit.
+
+Keys are stored as the SHA-256 of their secret; making and checking secrets is the service's
+business (:mod:`gradwire.service.auth`), the store only keeps and finds hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, fields
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from .database import Database
+from .errors import NotFound, QuotaExceeded
+from .lookup import one
+from .records import QUOTA_WORDS, KeyRecord, Quotas, TenantRecord
+from .schema import ACTIVE_STATUSES, ApiKeyRow, DatasetRow, ModelRow, RunRow, TenantRow, now
+
+USAGE: dict[str, Callable[[str], Select[Any]]] = {
+    "max_models": lambda tenant: select(func.count()).where(ModelRow.tenant_id == tenant),
+    "max_parameters": lambda tenant: select(func.coalesce(func.sum(ModelRow.parameter_count), 0)).where(
+        ModelRow.tenant_id == tenant
+    ),
+    "max_dataset_bytes": lambda tenant: select(func.coalesce(func.sum(DatasetRow.nbytes), 0)).where(
+        DatasetRow.tenant_id == tenant
+    ),
+    "max_active_runs": lambda tenant: select(func.count()).where(
+        RunRow.tenant_id == tenant, RunRow.status.in_(ACTIVE_STATUSES)
+    ),
+}
+"""What each quota counts, for one tenant: one aggregate over that tenant's rows."""
+
+
+def tenant_row(s: Session, tenant: str, *, for_update: bool = False) -> TenantRow:
+    return one(s, TenantRow, tenant, "tenant", "tenant", "update" if for_update else "")
+
+
+def charge(s: Session, tenant: str, adds: Mapping[str, int], *, lock: bool = True) -> None:
+    """Raise QuotaExceeded if adding ``adds`` (by quota) would take ``tenant`` past a quota. With
+    ``lock`` (in a write transaction that then adds them) the tenant's row stays locked until
+    the transaction ends, so the count cannot change under it."""
+    quotas = _quotas(tenant_row(s, tenant, for_update=lock))
+    for quota, amount in adds.items():
+        limit = getattr(quotas, quota)
+        used = int(s.scalar(USAGE[quota](tenant)) or 0)
+        if used + amount > limit:
+            raise QuotaExceeded(tenant, quota, limit, used, amount, QUOTA_WORDS[quota])
+
+
+def _quotas(row: TenantRow) -> Quotas:
+    return Quotas(**{f.name: getattr(row, f.name) for f in fields(Quotas)})
+
+
+def _tenant(row: TenantRow) -> TenantRecord:
+    return TenantRecord(row.id, _quotas(row), row.created_at)
+
+
+def _key(row: ApiKeyRow) -> KeyRecord:
+    return KeyRecord(row.id, row.tenant_id, row.name, row.created_at, row.revoked_at)
+
+
+class TenantStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ tenants
+
+    def ensure(self, tenant: str, quotas: Quotas | None = None) -> TenantRecord:
+        """The tenant, created (with ``quotas``, else the defaults) if it does not exist."""
+        with self.db.write() as s:
+            row = s.get(TenantRow, tenant)
+            if row is None:
+                row = TenantRow(id=tenant, **asdict(quotas or Quotas()))
+                s.add(row)
+                s.flush()
+            return _tenant(row)
+
+    def get(self, tenant: str) -> TenantRecord:
+        with self.db.read() as s:
+            return _tenant(tenant_row(s, tenant))
+
+    def all(self) -> list[TenantRecord]:
+        with self.db.read() as s:
+            return [_tenant(row) for row in s.scalars(select(TenantRow).order_by(TenantRow.id))]
+
+    def usage(self, tenant: str) -> dict[str, int]:
+        """What the tenant holds now, by quota."""
+        with self.db.read() as s:
+            tenant_row(s, tenant)
+            return {quota: int(s.scalar(count(tenant)) or 0) for quota, count in USAGE.items()}
+
+    def set_quotas(self, tenant: str, changes: Mapping[str, int]) -> TenantRecord:
+        """Change some of the tenant's quotas (by name). What it holds already stays: a lowered
+        quota refuses only what would add more."""
+        unknown = set(changes) - {f.name for f in fields(Quotas)}
+        if unknown:
+            raise ValueError(f"no such quotas: {sorted(unknown)}")
+        with self.db.write() as s:
+            row = tenant_row(s, tenant, for_update=True)
+            for quota, value in changes.items():
+                setattr(row, quota, value)
+            s.flush()
+            return _tenant(row)
+
+    # ------------------------------------------------------------------ keys
+
+    def add_key(self, tenant: str, key_id: str, secret_hash: str, name: str = "") -> KeyRecord:
+        """Keep a new key of ``tenant`` (created with the default quotas if it is new)."""
+        self.ensure(tenant)
+        with self.db.write() as s:
+            row = ApiKeyRow(id=key_id, tenant_id=tenant, name=name, secret_hash=secret_hash)
+            s.add(row)
+            s.flush()
+            return _key(row)
+
+    def keys(self, tenant: str | None = None) -> list[KeyRecord]:
+        """Every key (of one tenant, if given), revoked ones included, oldest first."""
+        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+        if tenant is not None:
+            query = query.where(ApiKeyRow.tenant_id == tenant)
+        with self.db.read() as s:
+            return [_key(row) for row in s.scalars(query)]
+
+    def find_key(self, secret_hash: str) -> KeyRecord | None:
+        """The key whose secret hashes to ``secret_hash`` (revoked or not), or None."""
+        with self.db.read() as s:
+            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.secret_hash == secret_hash))
+            return None if row is None else _key(row)
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke a key (revoking it again changes nothing)."""
+        with self.db.write() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound("key", key_id, "key_id")
+            if row.revoked_at is None:
+                row.revoked_at = now()
+            s.flush()
+            return _key(row)
