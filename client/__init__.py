@@ -17,6 +17,7 @@ from .errors import (
     NotFoundError,
     ResourceExhaustedError,
     RunFailedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .sdk import TLS, Client, DatasetInfo, Exported, History, Model, ModelInfo, Run, RunInfo, print_progress
@@ -43,6 +44,7 @@ __all__ = [
     "ResourceExhaustedError",
     "Run",
     "RunFailedError",
+    "UnauthenticatedError",
     "RunInfo",
     "UnavailableError",
     "print_progress",

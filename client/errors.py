@@ -45,6 +45,10 @@ class ModelBusyError(GradwireError):
     longer the model's current one."""
 
 
+class UnauthenticatedError(GradwireError, PermissionError):
+    """No API key was sent, or the server does not know it (unknown or revoked)."""
+
+
 class ResourceExhaustedError(GradwireError):
     """Past a server limit (size of the model, batch, epochs, payload, queued trainings)."""
 
@@ -80,6 +84,7 @@ ERRORS: dict[grpc.StatusCode, type[GradwireError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.ABORTED: ModelBusyError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,

@@ -90,6 +90,8 @@ TLS_VARIABLES = {
 """The environment variables a client's TLS reads, by field (the server's own certificate is
 GRADWIRE_TLS_CERT_FILE, hence other names here)."""
 TOKEN_VARIABLE = "GRADWIRE_TOKEN"
+INSECURE_VARIABLE = "GRADWIRE_INSECURE"
+"""True (1, yes, on): a token may go in plaintext beyond this machine (a network you trust)."""
 LOCAL_SCHEMES = ("unix:", "unix-abstract:")
 
 R = TypeVar("R")
@@ -393,9 +395,12 @@ class _Metadata(
     intercept_stream_stream = intercept_unary_unary
 
 
-def _channel(address: str, tls: TLS | None, token: str, options: list[tuple[str, int]]) -> grpc.Channel:
+def _channel(
+    address: str, tls: TLS | None, token: str, options: list[tuple[str, int]], insecure: bool = False
+) -> grpc.Channel:
     """A secure channel (the token as call credentials), or a plaintext one (the token, to a
-    loopback address only, added by :class:`_Metadata`: anywhere else it would travel readable)."""
+    loopback address only unless ``insecure``, added by :class:`_Metadata`: anywhere else it
+    would travel readable)."""
     if tls is not None:
         credentials = tls.credentials()
         if token:
@@ -403,10 +408,11 @@ def _channel(address: str, tls: TLS | None, token: str, options: list[tuple[str,
                 credentials, grpc.access_token_call_credentials(token)
             )
         return grpc.secure_channel(address, credentials, options=options)
-    if token and not _loopback(address):
+    if token and not insecure and not _loopback(address):
         raise ValueError(
             f"a token goes over TLS only (or in plaintext to this machine), and {address} is "
-            f"neither: give tls (or {TLS_VARIABLES['ca_file']})"
+            f"neither: give tls (or {TLS_VARIABLES['ca_file']}), or insecure=True "
+            f"({INSECURE_VARIABLE}=true) on a network you trust"
         )
     channel = grpc.insecure_channel(address, options=options)
     if not token:
@@ -423,7 +429,8 @@ class Client:
     ``tls`` secures the channel (default: :meth:`TLS.from_env`, which is None, plaintext, when no
     ``GRADWIRE_TLS_CA_FILE``/``GRADWIRE_CLIENT_*`` variable is set). ``token`` (default
     ``GRADWIRE_TOKEN``; empty: none) is sent with every call as ``authorization: Bearer <token>``;
-    in plaintext only to a loopback address. Both are for the channel the client makes: a
+    in plaintext only to a loopback address, unless ``insecure`` (default ``GRADWIRE_INSECURE``)
+    says the network is trusted. All three are for the channel the client makes: a
     ``channel`` given is used as it is. A file that cannot be read raises ValueError, naming it.
     """
 
@@ -439,6 +446,7 @@ class Client:
         channel: grpc.Channel | None = None,
         tls: TLS | None = None,
         token: str | None = None,
+        insecure: bool | None = None,
     ) -> None:
         options = [
             ("grpc.max_send_message_length", max_message_mb * MiB),
@@ -447,7 +455,9 @@ class Client:
         self.address = address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)
         self.tls = tls or TLS.from_env()
         token = os.environ.get(TOKEN_VARIABLE, "") if token is None else token
-        self.channel = channel or _channel(self.address, self.tls, token, options)
+        if insecure is None:
+            insecure = os.environ.get(INSECURE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+        self.channel = channel or _channel(self.address, self.tls, token, options, insecure)
         self.stub = pb_grpc.TrainerStub(self.channel)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.reconnect_seconds = reconnect_seconds

@@ -4,6 +4,8 @@
     gradwire serve [--address 127.0.0.1:50051] [--database-url URL] [--data-dir data]
                    [--tls-cert-file cert.pem --tls-key-file key.pem [--tls-client-ca-file ca.pem]]
     gradwire db upgrade [--database-url URL]
+    gradwire keys create --tenant NAME | list | revoke KEY_ID   (see .admin: keys and tenants)
+    gradwire tenants list | show NAME | quota NAME [--max-models N ...]
     gradwire models list | show ID | delete ID | create --spec spec.json [--name NAME]
     gradwire train ID DATA [--epochs N ...]                    attached: progress, then a summary
     gradwire predict ID --inputs x.csv --output out.csv [--version V]
@@ -78,11 +80,20 @@ from gradwire.client import (
 )
 from gradwire.client.sdk import TLS, TLS_VARIABLES, TOKEN_VARIABLE
 from gradwire.engine import history_table
-from gradwire.storage import RUN_STATUSES, SchemaOutOfDate, Unavailable, make_engine, upgrade
+from gradwire.storage import (
+    RUN_STATUSES,
+    NotFound,
+    SchemaOutOfDate,
+    Unavailable,
+    make_engine,
+    open_store,
+    upgrade,
+)
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
 from . import tls as listener
+from .admin import ADMIN_COMMANDS, add_parsers
 from .datasets import DATASET_DTYPES
 from .errors import StartupError
 from .logs import JsonFormatter
@@ -346,6 +357,8 @@ def _log_to_stderr(args: argparse.Namespace) -> None:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    if args.log_level.lower() != "debug":  # its "Context impl SQLiteImpl." at every start says nothing
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -372,6 +385,21 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         upgrade(make_engine(settings.database_url))
     print(f"database {database} is at the current schema")
     return 0
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    """A ``keys`` or ``tenants`` command, on the database the settings name."""
+    settings = _settings(args)
+    with _database(settings.database_url):
+        store = open_store(settings.database_url)
+    try:
+        return ADMIN_COMMANDS[args.admin_command](args, store)
+    except NotFound as exc:
+        raise CommandError(str(exc)) from None
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    finally:
+        store.close()
 
 
 # ------------------------------------------------------------------------------------ models
@@ -825,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_parsers(sub)
     _dataset_parsers(sub)
     _run_parsers(sub)
+    add_parsers(sub, _database_flags)
     return parser
 
 
@@ -873,6 +902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "admin_command", None):
+        return run_admin(args)
     if args.command in SERVER_COMMANDS:
         return SERVER_COMMANDS[args.command](args)
     if args.command == "models" and args.action in MODEL_ACTION_NEEDS:
