@@ -8,8 +8,14 @@ stopping), no answer within the deadline, or any other error.
 
 The address is the argument, else ``GRADWIRE_PROBE_ADDRESS``, else loopback at the port of
 ``GRADWIRE_ADDRESS`` (the address the server in the same container listens on), else
-127.0.0.1:50051. The check is plaintext: a server with a TLS listener needs a probe that
-trusts its certificate, which this one does not yet do.
+127.0.0.1:50051.
+
+The probe speaks as the server in its container listens: in plaintext, or over TLS when
+``GRADWIRE_TLS_CERT_FILE`` is set there. It then trusts ``GRADWIRE_TLS_CA_FILE`` if set, else the
+server's certificate file itself (a self-signed certificate, or one whose file holds its chain up
+to the root); it shows ``GRADWIRE_CLIENT_CERT_FILE`` and ``GRADWIRE_CLIENT_KEY_FILE`` to a
+mutual-TLS server; and since it dials loopback, ``GRADWIRE_PROBE_TLS_NAME`` names the host the
+certificate was issued for when that is not the address dialled. Health needs no API key.
 """
 
 from __future__ import annotations
@@ -39,11 +45,44 @@ def probe_address(environ: Mapping[str, str]) -> str:
     return f"{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{port}"
 
 
-def check(address: str, service: str = "", timeout: float = 2.0) -> tuple[bool, str]:
+TLS_FILES = {
+    "root_certificates": ("GRADWIRE_TLS_CA_FILE", "GRADWIRE_TLS_CERT_FILE"),
+    "certificate_chain": ("GRADWIRE_CLIENT_CERT_FILE",),
+    "private_key": ("GRADWIRE_CLIENT_KEY_FILE",),
+}
+"""Each argument of grpc.ssl_channel_credentials, from the first of these variables that is set."""
+
+
+def _read(environ: Mapping[str, str], names: Sequence[str]) -> bytes | None:
+    path = next((environ[name] for name in names if environ.get(name)), None)
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def open_channel(address: str, environ: Mapping[str, str]) -> grpc.Channel:
+    """A channel to ``address``: TLS when the server's environment has a certificate (see the
+    module's docstring), else plaintext. OSError if a file named cannot be read."""
+    if not environ.get("GRADWIRE_TLS_CERT_FILE"):
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(**{k: _read(environ, v) for k, v in TLS_FILES.items()})
+    name = environ.get("GRADWIRE_PROBE_TLS_NAME")
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def check(
+    address: str, service: str = "", timeout: float = 2.0, environ: Mapping[str, str] | None = None
+) -> tuple[bool, str]:
     """Whether the server at ``address`` says SERVING for ``service`` ("": the whole server),
     and what it said (a status name, or the error's code and details) in a few words."""
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        opened = open_channel(address, os.environ if environ is None else environ)
+    except OSError as exc:
+        return False, f"cannot read {exc.filename}: {exc.strerror}"
+    with opened:
+        stub = health_pb2_grpc.HealthStub(opened)
         try:
             answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as error:

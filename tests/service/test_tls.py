@@ -22,7 +22,7 @@ from helpers import Running
 
 from gradwire.client import TLS, Client, UnavailableError
 from gradwire.client.sdk import TLS_VARIABLES, TOKEN_VARIABLE
-from gradwire.service import Settings, create_server
+from gradwire.service import Settings, create_server, probe
 from gradwire.service.cli import main
 from gradwire.service.errors import StartupError
 from gradwire.v1 import gradwire_pb2 as pb
@@ -368,3 +368,30 @@ def test_client_commands_take_the_tls_flags(
         main(["models", "list", *at, "--tls-cert", pki.client_cert])
     assert usage.value.code == 2
     assert capsys.readouterr().err.startswith("gradwire: TLS: give cert_file and key_file")
+
+
+# ------------------------------------------------------------------------------------ the probe
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual tls"])
+def test_the_probe_checks_a_tls_server_as_its_container_configures_it(
+    start_server: Callable[..., Running], pki: Pki, mutual: bool
+) -> None:
+    server = tls_server(start_server, pki, mutual=mutual)
+    container = {"GRADWIRE_TLS_CERT_FILE": pki.server_cert, "GRADWIRE_TLS_CA_FILE": pki.ca}
+    if mutual:
+        container |= {
+            "GRADWIRE_CLIENT_CERT_FILE": pki.client_cert,
+            "GRADWIRE_CLIENT_KEY_FILE": pki.client_key,
+        }
+    assert probe.check(server.address, environ=container) == (True, "SERVING")
+    assert probe.check(server.address, environ={})[0] is False  # plaintext to a TLS listener
+    untrusting = container | {"GRADWIRE_TLS_CA_FILE": pki.other_ca}
+    assert probe.check(server.address, environ=untrusting)[0] is False
+    named = container | {"GRADWIRE_PROBE_TLS_NAME": "localhost"}  # the name in the certificate
+    assert probe.check(server.address, environ=named) == (True, "SERVING")
+    unreadable = container | {"GRADWIRE_TLS_CA_FILE": pki.ca + ".missing"}
+    serving, said = probe.check(server.address, environ=unreadable)
+    assert not serving
+    assert said.startswith("cannot read ")
+    assert said.endswith(".missing: No such file or directory")
