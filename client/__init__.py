@@ -44,8 +44,8 @@ __all__ = [
     "ResourceExhaustedError",
     "Run",
     "RunFailedError",
-    "UnauthenticatedError",
     "RunInfo",
+    "UnauthenticatedError",
     "UnavailableError",
     "print_progress",
 ]

@@ -249,20 +249,27 @@ def loopback(host: str) -> bool:
         return False  # a name, or "" (every interface)
 
 
+EXPOSED = {
+    "authentication": "anyone who reaches it could read and change every model",
+    "TLS": "keys and data would cross the network readable",
+}
+"""What listening beyond this machine without each protection would mean."""
+
+
 def check_exposure(settings: Settings) -> None:
     """StartupError if the server would listen beyond this machine without authentication or
     without TLS, unless ``insecure`` says that is meant."""
     host = settings.address.rpartition(":")[0]
     if settings.insecure or loopback(host):
         return
-    missing = [
-        what for what, on in (("authentication", settings.auth), ("TLS", settings.tls_cert_file)) if not on
-    ]
+    on = {"authentication": settings.auth, "TLS": bool(settings.tls_cert_file)}
+    missing = [what for what in EXPOSED if not on[what]]
     if missing:
         raise StartupError(
-            f"refusing to listen on {settings.address} without {' and '.join(missing)}: anyone who "
-            "reaches it could read and change every model. Listen on 127.0.0.1, configure them, or "
-            "pass --insecure (GRADWIRE_INSECURE=true) if the network itself is trusted"
+            f"refusing to listen on {settings.address} without {' and '.join(missing)}: "
+            f"{'; '.join(EXPOSED[what] for what in missing)}. Listen on 127.0.0.1, configure "
+            f"{'them' if len(missing) > 1 else 'it'}, or pass --insecure (GRADWIRE_INSECURE=true) "
+            "if the network itself is trusted"
         )
 
 

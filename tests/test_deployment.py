@@ -9,12 +9,16 @@
   and then the ``gradwire`` service's command, each through the image's entrypoint with the
   image's environment and the service's own, against a fresh database on the test PostgreSQL
   server. Only what names the containers' network is replaced: the database's host, port, user
-  and name, and the listening addresses (loopback, free ports). The healthcheck command then
-  says SERVING, the metrics port answers, and a client creates, trains and predicts through it.
-
-Authentication (API keys) is not part of gradwire yet. When it comes, the topology test creates
-the first key with the CLI, as the README's deployment section will say, where its comment marks
-the place, and proves a client without a key is refused.
+  and name, and the listening addresses (loopback, free ports). The first API key is made as
+  README.md's Deployment section tells the operator (``docker compose run --rm -T migrate
+  gradwire keys create ...``: that command's gradwire part, through the entrypoint, in the
+  ``migrate`` service's environment). The healthcheck command then says SERVING without a key,
+  the metrics port answers, a client with the key creates, trains and predicts through it, one
+  without a key (or with a wrong one) is refused UNAUTHENTICATED, and once the README's revoke
+  command has run, the key is refused within ``GRADWIRE_AUTH_CACHE_SECONDS``.
+- The ``gradwire`` service listens on every interface in plaintext: authentication stays on,
+  and the server starts there only because the compose file says ``GRADWIRE_INSECURE``, the one
+  thing it would otherwise refuse for (TLS missing, not authentication).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,10 +53,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from gradwire.client import Client
+from gradwire.client.errors import UnauthenticatedError
+from gradwire.service.settings import Settings
 from gradwire.storage.database import normalise_url
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 """Where pip put ``gradwire`` and ``gradwire-probe``: the image's /usr/local/bin."""
 SPEC: dict[str, Any] = {
@@ -71,6 +79,21 @@ Y = np.array([[0], [1], [1], [0]], dtype=np.float32)
 def load_compose() -> dict[str, Any]:
     """The compose file as data, its YAML merge keys (``<<: *gradwire``) applied."""
     return YAML(typ="safe").load(COMPOSE.read_text())
+
+
+IN_A_SERVICE = re.compile(r"docker compose run --rm -T (?P<service>[\w-]+) (?P<command>gradwire [^)\n#]*)")
+
+
+def operator_commands() -> dict[str, tuple[str, list[str]]]:
+    """The gradwire commands README.md's Deployment section runs in a compose service
+    (``docker compose run --rm -T SERVICE gradwire ...``), the first of each kind, by their two
+    words after ``gradwire`` (``"keys create"``): the service, and the command's words."""
+    section = README.read_text().partition("\n## Deployment\n")[2].partition("\n## ")[0]
+    found: dict[str, tuple[str, list[str]]] = {}
+    for match in IN_A_SERVICE.finditer(section):
+        words = shlex.split(match["command"])
+        found.setdefault(" ".join(words[1:3]), (match["service"], words))
+    return found
 
 
 VARIABLE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<name>\w+)(?:(?P<op>:?[?-])(?P<arg>[^}]*))?\})")
@@ -196,6 +219,39 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
         interpolate(load_compose(), {})
     with pytest.raises(KeyError, match="set POSTGRES_PASSWORD"):
         interpolate(load_compose(), {"POSTGRES_PASSWORD": ""})
+
+
+def test_the_readme_manages_keys_and_tenants_in_the_migrate_service() -> None:
+    """``docker compose run --rm -T migrate gradwire ...``: that service has the database's URL
+    and password and needs no server running; ``-T`` (no terminal) keeps stdout the key's alone."""
+    commands = operator_commands()
+    assert set(commands) >= {"keys create", "keys list", "keys revoke", "tenants show", "tenants quota"}
+    assert {service for service, _ in commands.values()} == {"migrate"}
+    assert "GRADWIRE_DATABASE_URL" in load_compose()["services"]["migrate"]["environment"]
+
+
+def test_the_server_keeps_authentication_on_and_is_insecure_only_for_plaintext(tmp_path: Path) -> None:
+    """No service turns authentication off; the server, on every interface without TLS, says
+    ``GRADWIRE_INSECURE``, and without that line refuses to start, for TLS alone."""
+    services = interpolate(load_compose(), {"POSTGRES_PASSWORD": "unused"})["services"]
+    for service in services.values():
+        assert service.get("environment", {}).get("GRADWIRE_AUTH", "true") == "true"
+    app = services["gradwire"]["environment"]
+    assert app["GRADWIRE_ADDRESS"].startswith("0.0.0.0:")
+    assert app.get("GRADWIRE_INSECURE") == ("true" if not app.get("GRADWIRE_TLS_CERT_FILE") else None)
+    assert "GRADWIRE_INSECURE" not in services["migrate"]["environment"]
+
+    # Nothing listens at this database: a server that did not refuse would stop there.
+    topology = Topology(make_url("postgresql://gradwire@127.0.0.1:1/gradwire"), tmp_path)
+    env = topology.service_env("gradwire")
+    del env["GRADWIRE_INSECURE"]
+    env["GRADWIRE_ADDRESS"] = address = f"0.0.0.0:{topology.grpc_port}"
+    done = subprocess.run(
+        topology.command("gradwire"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"gradwire: refusing to listen on {address} without TLS: ")
+    assert done.stderr.count("\n") == 1
 
 
 # ------------------------------------------------------------------ the Dockerfile, the context
@@ -445,6 +501,13 @@ class Topology:
     def command(self, name: str) -> list[str]:
         return [*self.entrypoint, *self.compose["services"][name]["command"]]
 
+    def run(self, name: str, command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``docker compose run --rm -T NAME [COMMAND]``: the service's command, or ``command``,
+        through the entrypoint in the service's environment, to its end."""
+        argv = [*self.entrypoint, *command] if command else self.command(name)
+        env = self.service_env(name)
+        return subprocess.run(argv, env=env, cwd=self.home, capture_output=True, text=True, timeout=120)
+
 
 class Started:
     """A service's command as a child process; its stderr (JSON log lines) read as it comes."""
@@ -454,7 +517,8 @@ class Started:
             argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.log: list[str] = []
-        threading.Thread(target=self._read_log, daemon=True).start()
+        self.reader = threading.Thread(target=self._read_log, daemon=True)
+        self.reader.start()
 
     def _read_log(self) -> None:
         assert self.process.stderr is not None
@@ -465,38 +529,56 @@ class Started:
         return self.process.stdout.readline()  # blocks until the server has bound its port
 
 
+def refused_within(seconds: float, call: Callable[[], object]) -> float:
+    """How long ``call`` went on working before it raised UnauthenticatedError; AssertionError if
+    it still worked when sent ``seconds`` after this began."""
+    began = time.monotonic()
+    while True:
+        sent = time.monotonic() - began
+        try:
+            call()
+        except UnauthenticatedError:
+            return sent
+        assert sent <= seconds, f"still let in {sent:.1f} s after its key was revoked"
+        time.sleep(0.1)
+
+
 def test_the_compose_topology_serves_a_client_on_postgresql(database: URL, tmp_path: Path) -> None:
     topology = Topology(database, tmp_path)
 
-    migrate = subprocess.run(
-        topology.command("migrate"),
-        env=topology.service_env("migrate"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    migrate = topology.run("migrate")
     assert migrate.returncode == 0, migrate.stderr
     assert "at the current schema" in migrate.stdout
+
+    # The first key, as README.md's Deployment section makes it: KEY=$(docker compose run ...).
+    operator = operator_commands()
+    service, create = operator["keys create"]
+    made = topology.run(service, create)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.removesuffix("\n")
+    shape = re.fullmatch(r"gw_([0-9a-f]{12})_[\w-]{43}", key)
+    assert shape, f"stdout is not one key alone: {made.stdout!r}"
+    key_id, tenant = shape.group(1), create[create.index("--tenant") + 1]
+    assert key_id in made.stderr
+    assert key not in made.stderr
 
     env = topology.service_env("gradwire")
     health = topology.compose["services"]["gradwire"]["healthcheck"]["test"]
     assert health[0] == "CMD"
     server = Started(topology.command("gradwire"), env, tmp_path)
+    address = f"127.0.0.1:{topology.grpc_port}"
     try:
         line = server.first_line()
-        assert f"listening on 127.0.0.1:{topology.grpc_port}" in line, (line, server.log[-5:])
+        assert f"listening on {address}" in line, (line, server.log[-5:])
         started = Path(f"/proc/{server.process.pid}/environ")
         if started.exists():  # the entrypoint exec'd the server, with the BLAS threads set
             environ = dict(item.split("=", 1) for item in started.read_text().split("\0") if "=" in item)
             assert 1 <= int(environ["OPENBLAS_NUM_THREADS"]) <= len(os.sched_getaffinity(0))
             assert "serve" in Path(f"/proc/{server.process.pid}/cmdline").read_text().split("\0")
 
+        assert "GRADWIRE_TOKEN" not in env  # the healthcheck sends no key, and needs none
         probe = subprocess.run(health[1:], env=env, capture_output=True, text=True, timeout=60)
-        assert (probe.returncode, probe.stdout) == (
-            0,
-            f"gradwire-probe: 127.0.0.1:{topology.grpc_port} SERVING\n",
-        )
+        assert (probe.returncode, probe.stdout) == (0, f"gradwire-probe: {address} SERVING\n")
 
         with urllib.request.urlopen(
             f"http://127.0.0.1:{topology.metrics_port}/metrics", timeout=30
@@ -504,9 +586,11 @@ def test_the_compose_topology_serves_a_client_on_postgresql(database: URL, tmp_p
             assert answer.status == 200
             assert "# TYPE" in answer.read().decode()
 
-        # Authentication: the first key is created here with the CLI (`gradwire keys create`, in
-        # the service's environment), the client below sends it, and one without it is refused.
-        with Client(f"127.0.0.1:{topology.grpc_port}") as client:
+        for token in ("", f"gw_{key_id}_{'A' * 43}"):  # no key; a key's id with a wrong secret
+            with Client(address, token=token) as stranger, pytest.raises(UnauthenticatedError):
+                stranger.create_model(SPEC, name="stranger")
+
+        with Client(address, token=key) as client:
             model = client.create_model(SPEC, name="deployed")
             history = model.fit(X, Y, epochs=5, batch_size=4, optimizer="adam", learning_rate=0.05)
             assert len(history.history["loss"]) == 5
@@ -515,6 +599,38 @@ def test_the_compose_topology_serves_a_client_on_postgresql(database: URL, tmp_p
             assert predictions.shape == (4, 1)
             assert np.all((predictions > 0) & (predictions < 1))
 
+            # The client commands take the key from GRADWIRE_TOKEN; the model is the tenant's.
+            listed = subprocess.run(
+                [str(BIN / "gradwire"), "models", "list"],
+                env={
+                    "PATH": env["PATH"],
+                    "HOME": str(tmp_path),
+                    "GRADWIRE_SERVER": address,
+                    "GRADWIRE_TOKEN": key,
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert listed.returncode == 0, listed.stderr
+            assert model.id in listed.stdout
+            service, show = operator["tenants show"]
+            shown = topology.run(service, show)
+            assert shown.returncode == 0, shown.stderr
+            assert json.loads(shown.stdout)["usage"]["max_models"] == 1
+
+            service, revoke = operator["keys revoke"]
+            revoked = topology.run(service, [key_id if word == "KEY_ID" else word for word in revoke])
+            assert revoked.returncode == 0, revoked.stderr
+            bound = float(env.get("GRADWIRE_AUTH_CACHE_SECONDS", Settings.auth_cache_seconds))
+            refused_within(bound + 1.0, lambda: client.model(model.id))
+        with Client(address, token=key) as again, pytest.raises(UnauthenticatedError):
+            again.model(model.id)
+        service, listing = operator["keys list"]
+        keys = topology.run(service, listing)
+        assert keys.returncode == 0, keys.stderr
+        assert re.search(rf"^{key_id}\s+{tenant}\s+revoked", keys.stdout, re.M), keys.stdout
+
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0, server.log[-5:]
     finally:
@@ -522,6 +638,11 @@ def test_the_compose_topology_serves_a_client_on_postgresql(database: URL, tmp_p
             server.process.kill()
             server.process.wait(timeout=30)
 
+    server.reader.join(timeout=30)
+    records = [json.loads(line) for line in server.log if line.startswith("{")]  # gRPC's own lines aside
+    (began,) = (record for record in records if record["message"] == "server started")
+    assert began["auth"] is True
+
     gone = subprocess.run(health[1:], env=env, capture_output=True, text=True, timeout=60)
     assert gone.returncode == 1
-    assert gone.stdout.startswith(f"gradwire-probe: 127.0.0.1:{topology.grpc_port} UNAVAILABLE")
+    assert gone.stdout.startswith(f"gradwire-probe: {address} UNAVAILABLE")

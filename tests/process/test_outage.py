@@ -39,8 +39,9 @@ Y = X[:, :1] * X[:, 1:2]
 class TrainCall:
     """A Train call consumed on a thread: its events, and how it ended."""
 
-    def __init__(self, client: Client, model_id: str, epochs: int) -> None:
-        request = pb.TrainRequest(model_id=model_id, options=codec.options_from_dict({"epochs": epochs}))
+    def __init__(self, client: Client, model_id: str, epochs: int, batch_size: int = 32) -> None:
+        options = codec.options_from_dict({"epochs": epochs, "batch_size": batch_size})
+        request = pb.TrainRequest(model_id=model_id, options=options)
         codec.array_to_tensor(X, into=request.inputs)
         codec.array_to_tensor(Y, into=request.targets)
         self.call = client.stub.Train(request, timeout=300)
@@ -79,7 +80,9 @@ def test_a_short_outage_during_a_run_is_ridden_out(outage: Outage) -> None:
     try:
         with Client(server.address) as client:
             model = client.create_model(SPEC)
-            train = TrainCall(client, model.id, epochs=60)
+            # Batches of one: 120,000 steps, seconds of work, so the outage begins well before
+            # the end on a fast machine too (with batches of 32 it could finish first).
+            train = TrainCall(client, model.id, epochs=60, batch_size=1)
             assert train.first_epoch.wait(60)
             outage.refuse()
             server.wait_for_log("run commit failed; will retry")  # the job met the outage
