@@ -35,7 +35,7 @@ from grpc_health.v1 import health
 from gradwire.storage import DEFAULT_TENANT, Store
 
 from .errors import Unauthenticated
-from .interceptors import rewrap
+from .interceptors import note, rewrap
 from .status import abort
 
 AUTHORIZATION = "authorization"
@@ -161,9 +161,11 @@ Identify = Callable[[Any], Caller]
 
 def _checked(context: grpc.ServicerContext, identify: Identify) -> Authenticated:
     try:
-        return Authenticated(context, identify(context.invocation_metadata()))
+        caller = identify(context.invocation_metadata())
     except Exception as exc:
         abort(context, exc)
+    note(context, tenant=caller.tenant, key=caller.key_id or None)
+    return Authenticated(context, caller)
 
 
 def _unary(inner: Callable[..., Any], identify: Identify) -> Callable[..., Any]:

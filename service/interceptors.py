@@ -1,4 +1,5 @@
-"""Wrapping a grpc handler of any kind: the one table of which kinds answer with a stream."""
+"""Wrapping a grpc handler of any kind (the one table of which kinds answer with a stream), and
+the notes an outer layer keeps of a call for inner layers to fill in."""
 
 from __future__ import annotations
 
@@ -29,3 +30,21 @@ def rewrap(
         if inner is not None:
             return handler._replace(**{kind: (many if streams else one)(inner)})
     return handler
+
+
+class Noted:
+    """A call's context, with ``notes``: fields an inner layer learns of the call (who made it)
+    for the outer one that writes its access line. Everything else is the context's own."""
+
+    def __init__(self, context: Any, notes: dict[str, Any]) -> None:
+        self._context = context
+        self.notes = notes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def note(context: Any, **fields: Any) -> None:
+    """Add ``fields`` to the call's notes, if an outer layer keeps them."""
+    if isinstance(context, Noted):
+        context.notes.update(fields)

@@ -6,14 +6,15 @@ fields as fields of their own, so that a log pipeline filters on ``run`` or ``co
 parsing text.
 
 :class:`AccessInterceptor` wraps every handler, of every kind, and writes one line as each call
-ends (logger ``gradwire.rpc``, message ``rpc``): ``method``, ``code``, ``duration_ms``, ``peer``
-and ``request_id``. The request id is the caller's ``x-request-id`` metadata when it is one a
-log can carry (at most :data:`MAX_REQUEST_ID` printable ASCII characters, no spaces), else a
-new one; either way it goes back to the caller in the **trailing** metadata, beside the status.
-Trailing, not initial: Train sends initial metadata of its own (``gradwire-run-id``), which can
-be sent once only, and a call that fails has its trailing metadata replaced by its rich status;
-the id is added to whatever the handler left there, as the call ends, so every call of every
-kind, failed ones included, carries it.
+ends (logger ``gradwire.rpc``, message ``rpc``): ``method``, ``code``, ``duration_ms``, ``peer``,
+``request_id``, and the ``tenant`` and ``key`` (its id) of a call the key check let through.
+The request id is the caller's ``x-request-id`` metadata when it is one a log can carry (at
+most :data:`MAX_REQUEST_ID` printable ASCII characters, no spaces), else a new one; either way
+it goes back to the caller in the **trailing** metadata, beside the status. Trailing, not
+initial: Train sends initial metadata of its own (``gradwire-run-id``), which can be sent once
+only, and a call that fails has its trailing metadata replaced by its rich status; the id is
+added to whatever the handler left there, as the call ends, so every call of every kind, failed
+ones included, carries it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from .interceptors import rewrap
+from .interceptors import Noted, rewrap
 
 log = logging.getLogger("gradwire.rpc")
 
@@ -80,6 +81,7 @@ class Call:
         self.method, self.context, self.ended = method, context, ended
         self.request_id = request_id(context.invocation_metadata())
         self.raised = False
+        self.notes: dict[str, Any] = {}  # filled by inner layers: the caller's tenant and key
         self.started = time.perf_counter()
 
     def code(self) -> grpc.StatusCode:
@@ -100,14 +102,15 @@ class Call:
             self.ended(self.method, code, seconds)
         if log.isEnabledFor(logging.INFO):  # the peer costs a little on every call: only when written
             extra = {"method": self.method, "code": code, "duration_ms": round(seconds * 1000, 2)}
-            log.info("rpc", extra=extra | {"peer": self.context.peer(), "request_id": self.request_id})
+            extra |= {"peer": self.context.peer(), "request_id": self.request_id, **self.notes}
+            log.info("rpc", extra=extra)
 
 
 def _unary(method: str, inner: Callable[..., Any], ended: RpcEnded | None) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         call = Call(method, context, ended)
         try:
-            return inner(request, context)
+            return inner(request, Noted(context, call.notes))
         except Exception:
             call.raised = True
             raise
@@ -121,7 +124,7 @@ def _stream(method: str, inner: Callable[..., Iterator[Any]], ended: RpcEnded | 
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         call = Call(method, context, ended)
         try:
-            yield from inner(request, context)
+            yield from inner(request, Noted(context, call.notes))
         except Exception:
             call.raised = True
             raise

@@ -240,12 +240,14 @@ def test_the_request_id_comes_back_and_is_in_the_access_line(
         _, call = client.stub.ListModels.with_call(pb.ListModelsRequest(), metadata=((REQUEST_ID, "req-42"),))
     assert dict(call.trailing_metadata())[REQUEST_ID] == "req-42"
     line = next(record for record in access_lines if getattr(record, "request_id", "") == "req-42")
-    fields = {name: getattr(line, name) for name in ("method", "code", "peer", "request_id")}
+    fields = {name: getattr(line, name) for name in ("method", "code", "peer", "request_id", "tenant", "key")}
     assert fields == {
         "method": f"{TRAINER}/ListModels",
         "code": "OK",
         "peer": fields["peer"],
         "request_id": "req-42",
+        "tenant": "default",  # authentication is off here: no key
+        "key": None,
     }
     assert fields["peer"].startswith("ipv4:127.0.0.1:")
     assert 0 <= line.__dict__["duration_ms"] < 60_000
