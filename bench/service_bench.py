@@ -1,6 +1,7 @@
 """``make bench`` (service part): gradwire over gRPC against its references, in one run.
 
-Child processes serve on free loopback ports: ``gradwire serve`` on SQLite (a scratch folder),
+Child processes serve on free loopback ports, as deployed (authentication on: the client sends
+an API key made with ``gradwire keys create``): ``gradwire serve`` on SQLite (a scratch folder),
 ``gradwire serve`` on a scratch PostgreSQL database (when a server answers at
 ``GRADWIRE_BENCH_POSTGRES_URL``, default postgresql://postgres@127.0.0.1:5432/postgres; the
 database is created for the run and dropped after it; elsewhere those figures are skipped, saying
@@ -145,6 +146,7 @@ def echo_server() -> None:
 class Child:
     address: str
     pid: int
+    token: str = ""  # a gradwire server's API key
 
 
 @contextmanager
@@ -168,9 +170,17 @@ def child(argv: list[str]) -> Iterator[Child]:
 
 
 def gradwire_server(stack: ExitStack, database_url: str) -> Child:
+    """``gradwire serve`` as deployed, authentication on, with an API key made for the client."""
     gradwire = str(Path(sys.executable).with_name("gradwire"))
-    argv = [gradwire, "serve", "--address", "127.0.0.1:0", "--database-url", database_url, "--auth", "off"]
-    return stack.enter_context(child([*argv, "--log-level", "warning"]))
+    at = ["--database-url", database_url]
+    made = subprocess.run(
+        [gradwire, "keys", "create", "--tenant", "bench", *at], capture_output=True, text=True
+    )
+    if made.returncode:
+        raise RuntimeError(f"gradwire keys create failed: {made.stderr}")
+    argv = [gradwire, "serve", "--address", "127.0.0.1:0", *at, "--log-level", "warning"]
+    server = stack.enter_context(child(argv))
+    return Child(server.address, server.pid, made.stdout.strip())
 
 
 def postgres_server(stack: ExitStack) -> tuple[Child | None, dict[str, Any]]:
@@ -550,9 +560,10 @@ def main() -> None:
         sqlite = gradwire_server(stack, f"sqlite:///{data_dir / 'gradwire.db'}")
         echo = stack.enter_context(child([sys.executable, "-m", "bench.service_bench", "--echo-server"]))
         postgres, postgres_info = postgres_server(stack)
-        clients = {"sqlite": stack.enter_context(Client(sqlite.address, timeout=600))}
+        clients = {"sqlite": stack.enter_context(Client(sqlite.address, timeout=600, token=sqlite.token))}
         if postgres is not None:
-            clients["postgresql"] = stack.enter_context(Client(postgres.address, timeout=600))
+            client = Client(postgres.address, timeout=600, token=postgres.token)
+            clients["postgresql"] = stack.enter_context(client)
         channel = stack.enter_context(grpc.insecure_channel(echo.address, options=MESSAGE_OPTIONS))
         results = measure(clients, channel, sqlite.pid, QUICK if args.quick else FULL)
         results["postgresql"] = postgres_info

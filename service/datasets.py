@@ -41,6 +41,22 @@ class Header:
     request_id: str = ""
 
 
+@dataclass(frozen=True)
+class Inline:
+    """An array sent inline, as it would be stored: little-endian, C order, and what it is."""
+
+    data: np.ndarray
+    meta: DatasetMeta
+
+    @classmethod
+    def of(cls, array: np.ndarray, name: str) -> Inline:
+        data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+        checksum = hashlib.sha256(raw(data)).hexdigest()
+        rows, columns = data.shape
+        key = dataset_id(data.dtype.name, rows, columns, checksum)
+        return cls(data, DatasetMeta(key, checksum, name, data.dtype.name, rows, columns, data.nbytes))
+
+
 def check_request_id(request_id: str, field: str = "request_id") -> None:
     if len(request_id) > MAX_REQUEST_ID:
         raise InvalidArgument(field, f"must be at most {MAX_REQUEST_ID} characters")
@@ -56,7 +72,7 @@ class Datasets:
         rows, columns = self._check_header(header)
         dtype = np.dtype(header.dtype)
         expected = rows * columns * dtype.itemsize
-        self.store.datasets.check_room(tenant, expected)
+        self.store.tenants.check(tenant, {"max_dataset_bytes": expected})
         blob_id = self.store.datasets.begin_upload()
         try:
             checksum = self._receive(blob_id, chunks, dtype, expected)
@@ -85,22 +101,15 @@ class Datasets:
                 f"inline tensors take at most {self.limits.max_inline_mb} MiB; upload it with UploadDataset",
             )
 
-    def put(self, tenant: str, array: np.ndarray, name: str) -> DatasetRecord:
+    def put(self, tenant: str, inline: Inline) -> DatasetRecord:
         """Store a small array sent inline (checked by :meth:`check_inline`, and finite), or find it
         stored."""
-        data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
-        checksum = hashlib.sha256(raw(data)).hexdigest()
-        rows, columns = data.shape
-        meta = DatasetMeta(
-            dataset_id(data.dtype.name, rows, columns, checksum),
-            checksum,
-            name,
-            data.dtype.name,
-            rows,
-            columns,
-            data.nbytes,
-        )
-        return self.store.datasets.put(tenant, meta, raw(data))
+        return self.store.datasets.put(tenant, inline.meta, raw(inline.data))
+
+    def new_bytes(self, tenant: str, inline: Iterable[Inline]) -> int:
+        """The bytes :meth:`put` would add to the tenant's datasets: those it has not stored yet."""
+        unseen = {item.meta.id: item.meta.nbytes for item in inline}
+        return sum(n for key, n in unseen.items() if not self.store.datasets.has(tenant, key))
 
     def get(self, tenant: str, dataset_id: str) -> DatasetRecord:
         return self.store.datasets.get(tenant, dataset_id)

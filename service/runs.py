@@ -35,7 +35,7 @@ from gradwire.storage import (
     Unavailable,
 )
 
-from .datasets import Datasets, check_request_id
+from .datasets import Datasets, Inline, check_request_id
 from .errors import LimitExceeded, RunFailed, ShuttingDown
 from .paging import paged
 from .settings import Limits, MiB, Settings
@@ -109,7 +109,13 @@ class Runs:
             if isinstance(source, np.ndarray):
                 check_in_range(source, spec.dtype, f"{role}.data")
         self._check_memory(spec, request.config, found)
-        records = {role: self._store(request.tenant, role, source) for role, source in found.items()}
+        inline = {
+            role: Inline.of(source, f"inline {role}")
+            for role, source in found.items()
+            if isinstance(source, np.ndarray)
+        }
+        self._check_quotas(request.tenant, list(inline.values()))  # before anything is stored
+        records = self._store(request.tenant, found, inline)
         new = NewRun(
             request.model_id,
             request.config.to_dict(),
@@ -131,10 +137,20 @@ class Runs:
         self.datasets.check_inline(source, f"{role}.tensor")
         return source
 
-    def _store(self, tenant: str, role: str, found: DatasetRecord | np.ndarray) -> DatasetRecord:
-        if isinstance(found, np.ndarray):
-            return self.datasets.put(tenant, found, f"inline {role}")
-        return found
+    def _store(
+        self, tenant: str, found: Mapping[str, DatasetRecord | np.ndarray], inline: Mapping[str, Inline]
+    ) -> dict[str, DatasetRecord]:
+        """Every role's dataset: the stored ones found, the inline ones stored now."""
+        kept = {role: source for role, source in found.items() if isinstance(source, DatasetRecord)}
+        return kept | {role: self.datasets.put(tenant, item) for role, item in inline.items()}
+
+    def _check_quotas(self, tenant: str, inline: list[Inline]) -> None:
+        """The run and its new inline data within the tenant's quotas, asked before anything is
+        stored, so that a refused start leaves nothing behind. (The same quotas are charged,
+        guarded, where the data and the run are written: a start racing this one for the last
+        room can still store its data and then be refused the run.)"""
+        adds = {"max_active_runs": 1, "max_dataset_bytes": self.datasets.new_bytes(tenant, inline)}
+        self.store.tenants.check(tenant, adds)
 
     def _check_memory(
         self, spec: NetworkSpec, config: TrainConfig, found: Mapping[str, DatasetRecord | np.ndarray]

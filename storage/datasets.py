@@ -129,12 +129,6 @@ class DatasetStore:
 
         return self._once(tenant, meta, request_id, create)
 
-    def check_room(self, tenant: str, nbytes: int) -> None:
-        """QuotaExceeded now if ``nbytes`` more would not fit the tenant's dataset quota: an upload
-        asks before it receives its bytes (and is charged when it finishes)."""
-        with self.db.read() as s:
-            charge(s, tenant, {"max_dataset_bytes": nbytes}, lock=False)
-
     def _once(
         self, tenant: str, meta: DatasetMeta, request_id: str, create: Callable[[Session], str]
     ) -> DatasetRecord:
@@ -162,6 +156,10 @@ class DatasetStore:
             return len(stale)
 
     # ------------------------------------------------------------------ reading
+
+    def has(self, tenant: str, dataset_id: str) -> bool:
+        with self.db.read() as s:
+            return s.get(DatasetRow, (tenant, dataset_id)) is not None
 
     def get(self, tenant: str, dataset_id: str, field: str = "dataset_id") -> DatasetRecord:
         with self.db.read() as s:

@@ -91,6 +91,12 @@ class TenantStore:
         with self.db.read() as s:
             return [_tenant(row) for row in s.scalars(select(TenantRow).order_by(TenantRow.id))]
 
+    def check(self, tenant: str, adds: Mapping[str, int]) -> None:
+        """QuotaExceeded now if ``adds`` would not fit the tenant's quotas: asked before work that
+        is charged later, in the transaction that writes it (an upload's bytes, a run's data)."""
+        with self.db.read() as s:
+            charge(s, tenant, adds, lock=False)
+
     def usage(self, tenant: str) -> dict[str, int]:
         """What the tenant holds now, by quota."""
         with self.db.read() as s:
