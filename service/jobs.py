@@ -65,6 +65,15 @@ FAILURE_KINDS: dict[type[BaseException], str] = {
 }
 """A failed run's stop reason, by the class of what failed it; anything else is ``error``."""
 
+YIELD_SECONDS = 0.0005
+"""How often, at most, a training thread gives the GIL away (between minibatches). Small
+networks train in NumPy calls too short to release the GIL, so a run holds it almost always; a
+thread waiting for it got it only when the interpreter forced a switch, and gave it up again at
+each database call. A run's commit, made of dozens of such calls, then held SQLite's write lock
+for seconds, and other writers timed out. ``time.sleep(0)`` between minibatches hands the GIL to
+whoever waits. Measured beside a batch-size-1 run: a StartRun took 7.5 s and 12.1 s without it,
+24 ms and 35 ms with it."""
+
 FINISHED = {
     "max_epochs": "completed",
     "loss_threshold": "completed",
@@ -126,6 +135,7 @@ class Committer:
         self.failure: Exception | None = None
         self.wake = threading.Condition()
         self.closing = False
+        self.next_yield = 0.0
         self.thread = threading.Thread(target=self._loop, name=f"gradwire-commit-{run_id[:8]}", daemon=True)
 
     def __enter__(self) -> Committer:
@@ -139,7 +149,11 @@ class Committer:
         self.thread.join()
 
     def should_stop(self) -> bool:
-        """Asked before every minibatch."""
+        """Asked before every minibatch; gives the GIL away at most every :data:`YIELD_SECONDS`."""
+        now = time.perf_counter()
+        if now >= self.next_yield:
+            time.sleep(0)
+            self.next_yield = now + YIELD_SECONDS
         return self.flags.now() or self.failure is not None
 
     def epoch_ended(self, record: EpochRecord) -> bool:
