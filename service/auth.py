@@ -35,7 +35,7 @@ from grpc_health.v1 import health
 from gradwire.storage import DEFAULT_TENANT, Store
 
 from .errors import Unauthenticated
-from .interceptors import note, rewrap
+from .interceptors import Wrapped, note, rewrap
 from .status import abort
 
 AUTHORIZATION = "authorization"
@@ -138,15 +138,12 @@ def anonymous(metadata: Any) -> Caller:
     return ANONYMOUS
 
 
-class Authenticated:
-    """A call's context, and who is calling; everything but :attr:`caller` is the context's own."""
+class Authenticated(Wrapped):
+    """A call's context, and who is calling (:attr:`caller`)."""
 
     def __init__(self, context: grpc.ServicerContext, caller: Caller) -> None:
-        self._context = context
+        super().__init__(context)
         self.caller = caller
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
 
 
 def caller_of(context: grpc.ServicerContext) -> Caller:

@@ -32,16 +32,24 @@ def rewrap(
     return handler
 
 
-class Noted:
-    """A call's context, with ``notes``: fields an inner layer learns of the call (who made it)
-    for the outer one that writes its access line. Everything else is the context's own."""
+class Wrapped:
+    """A call's context with something added by a layer around the handler; everything else
+    (abort, metadata, peer, ...) is the context's own."""
 
-    def __init__(self, context: Any, notes: dict[str, Any]) -> None:
+    def __init__(self, context: Any) -> None:
         self._context = context
-        self.notes = notes
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+class Noted(Wrapped):
+    """A call's context with ``notes``: fields an inner layer learns of the call (who made it)
+    for the outer one that writes its access line."""
+
+    def __init__(self, context: Any, notes: dict[str, Any]) -> None:
+        super().__init__(context)
+        self.notes = notes
 
 
 def note(context: Any, **fields: Any) -> None:
