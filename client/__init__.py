@@ -5,6 +5,7 @@ Depends on the generated contract only (import-linter holds it to that).
 
 from gradwire.v1.codec import Gradients, Prediction
 
+from .aio import AsyncClient
 from .errors import (
     ERRORS,
     CancelledError,
@@ -25,6 +26,7 @@ from .sdk import TLS, Client, DatasetInfo, Exported, History, Model, ModelInfo, 
 __all__ = [
     "ERRORS",
     "TLS",
+    "AsyncClient",
     "CancelledError",
     "Client",
     "ClientClosedError",
