@@ -7,10 +7,12 @@
 ...     run = model.start_run(X, Y, epochs=5000)     # detached: returns at once
 ...     run.id                                        # keep it; client.run(run_id).wait() later
 ...     weights = model.export()                      # {"0.W": array, ...}
+...     model.export_onnx("model.onnx")               # runs in onnxruntime, answers as predict
+...     copy = other_client.import_model(model.info.spec, weights, name="copy")
 
 Every call has a deadline (``timeout``, 30 s by default; training has none unless given).
 Reads (GetModel, ListModels, Predict, ...) are retried on UNAVAILABLE with exponential backoff,
-and so are CreateModel, StartRun and UploadDataset, which carry a request id that makes the
+and so are CreateModel, ImportModel, StartRun and UploadDataset, which carry a request id that makes the
 server do them once. Watching a run reconnects after a lost connection from the last epoch it
 saw, and resumes the run if the server restarted under it. The raw stub stays reachable as
 :attr:`Client.stub`.
@@ -23,6 +25,7 @@ goes with every call, streams included, as ``authorization: Bearer <token>``.
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import os
 import sys
@@ -31,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -70,6 +74,7 @@ RETRIED = frozenset(
         "CancelRun",
         "ResumeRun",
         "CreateModel",
+        "ImportModel",
         "StartRun",
     }
 )
@@ -501,6 +506,24 @@ class Client:
         )
         return Model(self, ModelInfo.from_proto(self.call("CreateModel", request)))
 
+    def import_model(
+        self,
+        spec: Mapping[str, Any],
+        weights: Mapping[str, Any] | bytes | str | os.PathLike[str],
+        name: str = "",
+        request_id: str | None = None,
+    ) -> Model:
+        """A new model (version 1) from a spec and its weights: arrays by name (what
+        :meth:`Model.export` returns), or an ``.npz`` file's bytes or path (what ``gradwire
+        export`` writes). The server checks every array against the spec: names, shapes,
+        dtype, finite values."""
+        data = _npz_bytes(weights)
+        request = pb.ImportModelRequest(
+            name=name, spec=codec.spec_from_dict(spec), weights=data, request_id=_request_id(request_id)
+        )
+        timeout = max(self.timeout, len(data) / MiB)  # a deadline that a link of 1 MiB/s still meets
+        return Model(self, ModelInfo.from_proto(self.call("ImportModel", request, timeout)))
+
     def model(self, model_id: str) -> Model:
         return Model(self, ModelInfo.from_proto(self.call("GetModel", pb.GetModelRequest(model_id=model_id))))
 
@@ -598,6 +621,22 @@ class Client:
         except grpc.RpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _npz_bytes(weights: Mapping[str, Any] | bytes | str | os.PathLike[str]) -> bytes:
+    """``.npz`` bytes: given, read from a path, or written from arrays by name (numbers only:
+    an object array would be pickled, and the server never unpickles)."""
+    if isinstance(weights, bytes):
+        return weights
+    if isinstance(weights, str | os.PathLike):
+        return Path(weights).read_bytes()
+    arrays: dict[str, Any] = {name: np.asarray(value) for name, value in weights.items()}
+    for name, array in arrays.items():
+        if array.dtype.kind not in "fiub":
+            raise ValueError(f"weights[{name!r}]: expected numbers, got dtype {array.dtype}")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def _float_array(name: str, value: Any) -> np.ndarray:
@@ -855,23 +894,42 @@ class Model:
     def exported(self, version: int = 0) -> Exported:
         """A version's weights and buffers, its number and their digest (the one a run's receipt
         names), checked against each other."""
-        self.client._check_open()
         arrays: dict[str, np.ndarray] = {}
         digest, number = "", 0
-        try:
-            for piece in self.client.stub.ExportModel(
-                pb.ExportModelRequest(model_id=self.id, version=version), timeout=self.client.timeout
-            ):
-                digest, number = digest or piece.weights_sha256, piece.version
-                if piece.offset == 0:
-                    arrays[piece.name] = np.empty(tuple(piece.shape), codec.DTYPES[piece.dtype])
-                target = raw_bytes(arrays[piece.name])
-                target[piece.offset : piece.offset + len(piece.data)] = piece.data
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+        for piece in self._export_pieces(version, pb.ARRAYS):
+            digest, number = digest or piece.weights_sha256, piece.version
+            if piece.offset == 0:
+                arrays[piece.name] = np.empty(tuple(piece.shape), codec.DTYPES[piece.dtype])
+            target = raw_bytes(arrays[piece.name])
+            target[piece.offset : piece.offset + len(piece.data)] = piece.data
         if weights_digest(arrays) != digest:
             raise ValueError(f"exported weights of model {self.id} do not match the server's digest")
         return Exported(number, arrays, digest)
+
+    def export_onnx(self, path: str | os.PathLike[str] | None = None, version: int = 0) -> bytes:
+        """A version (0: the current one) as an ONNX model whose output is what :meth:`predict`
+        returns, for inputs of the model's dtype; written to ``path`` if given. Its bytes."""
+        data = bytearray()
+        for piece in self._export_pieces(version, pb.ONNX):
+            if piece.offset != len(data):
+                raise ValueError(
+                    f"ONNX export of model {self.id}: a piece at {piece.offset}, expected {len(data)}"
+                )
+            data += piece.data
+        if path is not None:
+            Path(path).write_bytes(data)
+        return bytes(data)
+
+    def _export_pieces(
+        self, version: int, export_format: pb.ExportFormat
+    ) -> Iterator[pb.ExportModelResponse]:
+        """Every piece ExportModel streams, errors typed."""
+        self.client._check_open()
+        request = pb.ExportModelRequest(model_id=self.id, version=version, format=export_format)
+        try:
+            yield from self.client.stub.ExportModel(request, timeout=self.client.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
 
     def history(self) -> list[History]:
         """Every training run of the model, oldest first."""

@@ -10,7 +10,8 @@
     gradwire train ID DATA [--epochs N ...]                    attached: progress, then a summary
     gradwire predict ID --inputs x.csv --output out.csv [--version V]
     gradwire history ID
-    gradwire export ID --output weights.npz [--version V]
+    gradwire export ID -o weights.npz [--format npz|onnx] [--version V]   (--output is -o)
+    gradwire import --spec spec.json --weights weights.npz [--name NAME]  prints the new model id
     gradwire datasets upload FILE [--key x] [--name NAME] [--dtype float32|float64]
     gradwire datasets list | show ID | delete ID
     gradwire runs start ID DATA [--epochs N ...] [--request-id R]  detached: prints the run id
@@ -260,6 +261,8 @@ def read_spec(path: str) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot read {path}: {_reason(exc)}") from None
     spec = json_object(text, path, EXIT_FAILED)
+    if isinstance(spec.get("spec"), dict) and "layers" not in spec:  # `gradwire models show`'s JSON
+        spec = spec["spec"]
     try:
         codec.spec_from_dict(spec)
     except MALFORMED as exc:
@@ -467,8 +470,19 @@ def cmd_history(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+EXPORT_FORMATS = ("npz", "onnx")
+
+
 def cmd_export(args: argparse.Namespace, client: Client) -> int:
-    """The weights and buffers of a version as ``.npz``: numeric arrays, so no pickles."""
+    """A version's weights and buffers as ``.npz`` (numeric arrays, so no pickles), or the
+    model as ONNX (the default for a file named ``*.onnx``)."""
+    export_format = args.format or ("onnx" if args.output.endswith(".onnx") else "npz")
+    if export_format == "onnx":
+        data = client.model(args.model_id).export_onnx(version=args.version)
+        with _writing(args.output):
+            Path(args.output).write_bytes(data)
+        print(f"ONNX model of {len(data)} bytes written to {args.output}")
+        return 0
     exported = client.model(args.model_id).exported(args.version)
     path = args.output if args.output.endswith(".npz") else f"{args.output}.npz"  # as np.savez names it
     named: dict[str, Any] = dict(exported.arrays)  # names such as "0.W": never savez's own allow_pickle
@@ -478,6 +492,18 @@ def cmd_export(args: argparse.Namespace, client: Client) -> int:
         f"version {exported.version}: {len(named)} arrays written to {path} "
         f"(weights_sha256 {exported.sha256})"
     )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, client: Client) -> int:
+    """A model from a spec file (or ``models show``'s JSON, which holds one) and an ``.npz`` of
+    its weights; prints the new model's id."""
+    spec = read_spec(args.spec)
+    try:
+        weights = Path(args.weights).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.weights}: {_reason(exc)}") from None
+    print(client.import_model(spec, weights, name=args.name, request_id=args.request_id).id)
     return 0
 
 
@@ -788,10 +814,24 @@ def _model_parsers(sub: Subparsers) -> None:
 
     _client_command(sub, "history", "a model's training runs as tables").add_argument("model_id")
 
-    export = _client_command(sub, "export", "write a version's weights and buffers to .npz")
+    export = _client_command(
+        sub, "export", "write a version's weights and buffers to .npz, or the model as ONNX"
+    )
     export.add_argument("model_id")
-    export.add_argument("--output", required=True, help="the .npz file to write")
+    export.add_argument("-o", "--output", required=True, help="the file to write")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="npz: the arrays by name; onnx: a graph answering as Predict (default: onnx for a *.onnx "
+        "file, else npz)",
+    )
     export.add_argument("--version", type=int, default=0, help="default: the current version")
+
+    imported = _client_command(sub, "import", "create a model from a spec and an .npz of its weights")
+    imported.add_argument("--spec", required=True, help="a JSON file with the spec (or models show's JSON)")
+    imported.add_argument("--weights", required=True, help="an .npz of every array (what export writes)")
+    imported.add_argument("--name", default="")
+    imported.add_argument("--request-id", help="importing again with the same id gives the same model")
 
 
 def _dataset_parsers(sub: Subparsers) -> None:
@@ -863,6 +903,7 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
     "predict": cmd_predict,
     "history": cmd_history,
     "export": cmd_export,
+    "import": cmd_import,
     "datasets upload": cmd_datasets_upload,
     "datasets list": cmd_datasets_list,
     "datasets show": cmd_datasets_show,

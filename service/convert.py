@@ -26,13 +26,16 @@ from gradwire.v1.digest import raw as raw_bytes
 from .datasets import Header
 from .errors import LimitExceeded
 from .runs import DataSource
-from .usecases import Export, Gradients, Prediction
+from .usecases import Export, Gradients, OnnxExport, Prediction
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)
 DTYPE_NAMES = {pb.FLOAT32: "float32", pb.FLOAT64: "float64"}
 PROTO_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 EXPORT_PIECE = 1 << 20
 """Bytes of array data per ExportModel message."""
+ONNX_NAME = "model.onnx"
+"""The name of the one "array" an ONNX export streams: the model's bytes."""
+EXPORT_FORMATS = (pb.ARRAYS, pb.ONNX)
 
 
 M = TypeVar("M", bound=Message)
@@ -140,6 +143,28 @@ def model_to_proto(model: ModelRecord, classifier: bool) -> pb.Model:
         created_at=timestamp(model.created_at),
         updated_at=timestamp(model.updated_at),
     )
+
+
+def export_format(value: int) -> int:
+    """ExportModelRequest.format, checked: a number outside the enum is refused, naming the values."""
+    if value not in EXPORT_FORMATS:
+        names = [pb.ExportFormat.Name(f) for f in EXPORT_FORMATS]
+        raise InvalidArgument("format", f"unknown value {value}", names)
+    return value
+
+
+def onnx_to_proto(export: OnnxExport) -> Iterator[pb.ExportModelResponse]:
+    """The ONNX model's bytes as the pieces of one array named :data:`ONNX_NAME`, without shape
+    or dtype; the digest of the arrays it holds in the first message."""
+    data = memoryview(export.data)
+    for offset in range(0, max(len(data), 1), EXPORT_PIECE):
+        yield pb.ExportModelResponse(
+            version=export.version,
+            name=ONNX_NAME,
+            offset=offset,
+            data=bytes(data[offset : offset + EXPORT_PIECE]),
+            weights_sha256=export.digest if offset == 0 else "",
+        )
 
 
 def export_to_proto(export: Export) -> Iterator[pb.ExportModelResponse]:

@@ -231,9 +231,22 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def ExportModel(
         self, request: pb.ExportModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportModelResponse]:
+        export_format = convert.export_format(request.format)
         with self.streams.slot():
-            export = self.app.export(caller_of(context).tenant, request.model_id, request.version)
-            yield from convert.export_to_proto(export)
+            tenant = caller_of(context).tenant
+            if export_format == pb.ONNX:
+                yield from convert.onnx_to_proto(
+                    self.app.export_onnx(tenant, request.model_id, request.version)
+                )
+            else:
+                yield from convert.export_to_proto(self.app.export(tenant, request.model_id, request.version))
+
+    @handled
+    def ImportModel(self, request: pb.ImportModelRequest, context: grpc.ServicerContext) -> pb.Model:
+        spec = convert.spec_from_proto(request.spec, self.app.limits.max_layers)
+        tenant = caller_of(context).tenant
+        model = self.app.import_model(tenant, request.name, spec, request.weights, request.request_id)
+        return self._model(tenant, model.id)
 
     # ------------------------------------------------------------------ datasets
 

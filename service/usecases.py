@@ -19,7 +19,9 @@ import numpy as np
 
 from gradwire.engine import InvalidArgument, Network, NetworkSpec, check_gradients
 from gradwire.engine.data import as_targets, check_in_range
+from gradwire.engine.errors import Problems
 from gradwire.engine.memory import (
+    ALLOWANCE,
     format_bytes,
     gradient_bytes,
     gradient_check_bytes,
@@ -31,6 +33,7 @@ from gradwire.engine.memory import (
 from gradwire.storage import ModelRecord, RequestReused, RunRecord, Store
 from gradwire.v1.digest import weights_digest
 
+from . import onnx_export
 from .cache import NetworkCache
 from .datasets import Datasets, check_request_id
 from .errors import CannotAnswer, LimitExceeded
@@ -39,6 +42,7 @@ from .paging import paged
 from .runs import Runs, check_memory
 from .settings import MiB, Settings
 from .signals import Changes
+from .weights import read_npz
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,26 @@ class Export:
     version: int
     arrays: dict[str, np.ndarray]
     digest: str
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """A version as a serialized ONNX model, and the digest of the arrays it was built from."""
+
+    version: int
+    data: bytes
+    digest: str
+
+
+IMPORT_COPIES = 2
+"""An import's weights held at once besides the request's bytes: the arrays read, and the
+``.npz`` written for the store."""
+
+
+def import_bytes(spec: NetworkSpec, request_bytes: int) -> int:
+    """ImportModel at its worst: the request's bytes twice (the message and the field read from
+    it), the arrays and their stored copy."""
+    return ALLOWANCE + 2 * request_bytes + IMPORT_COPIES * state_values(spec) * np.dtype(spec.dtype).itemsize
 
 
 def is_classifier(spec: NetworkSpec) -> bool:
@@ -154,20 +178,63 @@ class Gradwire:
     # ------------------------------------------------------------------ models
 
     def create_model(self, tenant: str, name: str, spec: NetworkSpec, request_id: str = "") -> ModelRecord:
-        if len(name) > MAX_NAME:
-            raise InvalidArgument("name", f"must be at most {MAX_NAME} characters")
-        check_request_id(request_id)
+        self._check_creation(name, request_id)
         self._check_architecture(spec)
         network = Network(spec)
         model = self.store.models.create(
             tenant, name, spec.to_dict(), network.state_arrays(), network.flat.size, request_id
         )
-        if (model.name, model.spec) != (name, spec.to_dict()):
+        self._check_same(tenant, model, name, spec, request_id)
+        log.info("model created", extra={"model": model.id, "params": model.parameter_count})
+        return model
+
+    def import_model(
+        self, tenant: str, name: str, spec: NetworkSpec, weights: bytes, request_id: str = ""
+    ) -> ModelRecord:
+        """A model of ``spec`` at version 1 holding the arrays of the ``.npz`` bytes ``weights``
+        (see :func:`.weights.read_npz`), charged to the tenant's quotas as CreateModel is. A
+        request id used before returns that model if it was this very import, and is refused
+        (RequestReused) if it made anything else."""
+        self._check_architecture(spec)
+        what = f"ImportModel of {spec.parameter_count} parameters"
+        check_memory(import_bytes(spec, len(weights)), self.limits, "weights", what)
+        problems, arrays = Problems(), {}
+        with problems.check():
+            self._check_creation(name, request_id)
+        with problems.check():
+            arrays = read_npz(spec, weights)
+        problems.raise_any()  # the name's, the request id's and every array's problems at once
+        model = self.store.models.create(
+            tenant, name, spec.to_dict(), arrays, spec.parameter_count, request_id
+        )
+        self._check_same(tenant, model, name, spec, request_id, weights_digest(arrays))
+        log.info("model imported", extra={"model": model.id, "params": model.parameter_count})
+        return model
+
+    @staticmethod
+    def _check_creation(name: str, request_id: str) -> None:
+        problems = Problems()
+        with problems.check():
+            if len(name) > MAX_NAME:
+                raise InvalidArgument("name", f"must be at most {MAX_NAME} characters")
+        with problems.check():
+            check_request_id(request_id)
+        problems.raise_any()
+
+    def _check_same(
+        self, tenant: str, model: ModelRecord, name: str, spec: NetworkSpec, request_id: str, digest: str = ""
+    ) -> None:
+        """A model returned for a request id must be what this request would have made: its name
+        and spec and, for an import (``digest`` given), its first version's weights (one more read,
+        for an import with a request id only)."""
+        same = (model.name, model.spec) == (name, spec.to_dict())
+        if same and digest and request_id:
+            _, first = self.store.models.load_weights(tenant, model.id, 1)
+            same = weights_digest(first) == digest
+        if not same:
             raise RequestReused(
                 f"request_id {request_id!r} was first used to create another model ({model.id})"
             )
-        log.info("model created", extra={"model": model.id, "params": model.parameter_count})
-        return model
 
     def get_model(self, tenant: str, model_id: str) -> ModelRecord:
         return self.store.models.get(tenant, model_id)
@@ -188,6 +255,28 @@ class Gradwire:
             raise InvalidArgument("version", "must be ≥ 0 (0: the current version)")
         number, arrays = self.store.models.load_weights(tenant, model_id, version or None)
         return Export(number, arrays, weights_digest(arrays))
+
+    def export_onnx(self, tenant: str, model_id: str, version: int = 0) -> OnnxExport:
+        """A version as an ONNX model computing what Predict answers (see :mod:`.onnx_export`)."""
+        spec = NetworkSpec.from_dict(self.store.models.get(tenant, model_id).spec)
+        size = state_values(spec) * np.dtype(spec.dtype).itemsize
+        if size > onnx_export.MAX_BYTES:
+            raise LimitExceeded(
+                "format",
+                f"an ONNX file holds at most {format_bytes(onnx_export.MAX_BYTES)} of weights (one "
+                f"protobuf message), this model has {format_bytes(size)}; export format ARRAYS",
+            )
+        what = f"an ONNX export of {format_bytes(size)} of weights"
+        check_memory(ALLOWANCE + onnx_export.COPIES * size, self.limits, "format", what)
+        export = self.export(tenant, model_id, version)
+        metadata = {
+            "gradwire.model_id": model_id,
+            "gradwire.version": str(export.version),
+            "gradwire.weights_sha256": export.digest,
+        }
+        return OnnxExport(
+            export.version, onnx_export.to_onnx(spec.to_dict(), export.arrays, metadata), export.digest
+        )
 
     # ------------------------------------------------------------------ inference
 

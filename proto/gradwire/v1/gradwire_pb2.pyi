@@ -16,10 +16,17 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT32: _ClassVar[DType]
     FLOAT64: _ClassVar[DType]
     INT64: _ClassVar[DType]
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARRAYS: _ClassVar[ExportFormat]
+    ONNX: _ClassVar[ExportFormat]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT64: DType
 INT64: DType
+ARRAYS: ExportFormat
+ONNX: ExportFormat
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -158,12 +165,14 @@ class DeleteModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ExportModelRequest(_message.Message):
-    __slots__ = ("model_id", "version")
+    __slots__ = ("model_id", "version", "format")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     version: int
-    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    format: ExportFormat
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ExportFormat, str]] = ...) -> None: ...
 
 class ExportModelResponse(_message.Message):
     __slots__ = ("version", "name", "shape", "dtype", "offset", "data", "weights_sha256")
@@ -182,6 +191,18 @@ class ExportModelResponse(_message.Message):
     data: bytes
     weights_sha256: str
     def __init__(self, version: _Optional[int] = ..., name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
+
+class ImportModelRequest(_message.Message):
+    __slots__ = ("name", "spec", "weights", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec: ModelSpec
+    weights: bytes
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DatasetHeader(_message.Message):
     __slots__ = ("name", "dtype", "shape", "request_id")

@@ -59,6 +59,11 @@ class TrainerStub:
                 request_serializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelResponse.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.unary_unary(
+                '/gradwire.v1.Trainer/ImportModel',
+                request_serializer=gradwire_dot_v1_dot_gradwire__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_gradwire__pb2.Model.FromString,
+                _registered_method=True)
         self.UploadDataset = channel.stream_unary(
                 '/gradwire.v1.Trainer/UploadDataset',
                 request_serializer=gradwire_dot_v1_dot_gradwire__pb2.UploadDatasetRequest.SerializeToString,
@@ -163,7 +168,17 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportModel(self, request, context):
-        """A version's weights and buffers as named tensors, streamed in pieces of at most 1 MiB.
+        """A version's weights and buffers as named tensors (format ARRAYS), or the model as an ONNX
+        graph (format ONNX), streamed in pieces of at most 1 MiB: see ExportModelResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportModel(self, request, context):
+        """Create a model (version 1) from a spec and weights made elsewhere, e.g. by ExportModel of
+        another server: the reverse of ExportModel's ARRAYS format. Charged to the caller's quotas
+        like CreateModel.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +318,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.ExportModel,
                     request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelRequest.FromString,
                     response_serializer=gradwire_dot_v1_dot_gradwire__pb2.ExportModelResponse.SerializeToString,
+            ),
+            'ImportModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=gradwire_dot_v1_dot_gradwire__pb2.ImportModelRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_gradwire__pb2.Model.SerializeToString,
             ),
             'UploadDataset': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadDataset,
@@ -510,6 +530,33 @@ class Trainer:
             '/gradwire.v1.Trainer/ExportModel',
             gradwire_dot_v1_dot_gradwire__pb2.ExportModelRequest.SerializeToString,
             gradwire_dot_v1_dot_gradwire__pb2.ExportModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.Trainer/ImportModel',
+            gradwire_dot_v1_dot_gradwire__pb2.ImportModelRequest.SerializeToString,
+            gradwire_dot_v1_dot_gradwire__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
