@@ -2,9 +2,9 @@
 # docker-compose.yml and README.md, "Deployment").
 #
 # The first stage builds gradwire's wheel; the image installs it and keeps neither the sources
-# nor the build tools. EXTRAS names the optional extras installed with it: "otel" (the default)
-# adds OpenTelemetry tracing, which stays off unless the OTEL_* variables configure an
-# exporter; --build-arg EXTRAS= leaves it out.
+# nor the build tools. EXTRAS names the optional extras installed with it: "server" (the
+# server's dependencies: the image serves) and "otel" (OpenTelemetry tracing, which stays off
+# unless the OTEL_* variables configure an exporter; --build-arg EXTRAS=server leaves it out).
 FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -16,7 +16,7 @@ COPY proto proto
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
-ARG EXTRAS=otel
+ARG EXTRAS=server,otel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=wheel /wheels /wheels
 # pip compiles the installed modules here, once: the user below may not write beside them, and

@@ -11,9 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# Runtime dependencies only: what `make run` needs.
+# The server's dependencies: what `make run` needs (`pip install gradwire` alone is the client).
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e '.[server]'
 	touch $@
 
 # Runtime plus the dev extra: tests, linters, type checker, stub generator.

@@ -48,11 +48,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
-import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -66,8 +64,6 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 
 from gradwire.client import (
     Client,
@@ -81,25 +77,11 @@ from gradwire.client import (
 )
 from gradwire.client.sdk import TLS, TLS_VARIABLES, TOKEN_VARIABLE
 from gradwire.engine import history_table
-from gradwire.storage import (
-    RUN_STATUSES,
-    NotFound,
-    SchemaOutOfDate,
-    Unavailable,
-    make_engine,
-    open_store,
-    upgrade,
-)
+from gradwire.engine.spec import DTYPES as DATASET_DTYPES
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
-from . import tls as listener
-from .admin import ADMIN_COMMANDS, add_parsers
-from .datasets import DATASET_DTYPES
-from .errors import StartupError
-from .logs import JsonFormatter
-from .server import create_server, return_freed_memory, stop_server
-from .settings import PARSERS, Limits, SettingError, Settings, variable
+from .settings import PARSERS, Limits, Settings, variable
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -113,12 +95,6 @@ OPTION_FLAGS = ("seed", "patience", "loss_threshold", "clip_norm")
 SETTINGS_NOT_FLAGS = ("address", "database_url", "data_dir", "limits")
 """Settings given their own flags above (with help of their own), or not a value."""
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LISTENING = {
-    listener.PLAINTEXT: "in plaintext",
-    listener.TLS: "over TLS",
-    listener.MUTUAL_TLS: "over mutual TLS",
-}
-"""The startup line's words for what the listener speaks."""
 CLIENT_TLS_FLAGS = {
     "ca_file": ("--tls-ca", "PEM root certificates that signed the server's; makes the channel TLS"),
     "cert_file": ("--tls-cert", "PEM client certificate, for a server that asks for one (mutual TLS)"),
@@ -281,128 +257,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, indent=2, default=default)
 
 
-# ------------------------------------------------------------------------------------ server
-
-START_FAILURES: dict[type[BaseException], tuple[int, str]] = {
-    StartupError: (EXIT_USAGE, "{reason}"),  # its message says why (e.g. the address is taken)
-    SchemaOutOfDate: (EXIT_USAGE, "database {database}: {reason}"),  # it names `gradwire db upgrade`
-    sa_exc.ArgumentError: (EXIT_USAGE, "database {database}: {reason}"),  # an unknown dialect
-    ImportError: (EXIT_USAGE, "database {database}: the URL's driver is not installed: {reason}"),
-    Unavailable: (EXIT_FAILED, "database {database}: {reason}"),
-    sa_exc.SQLAlchemyError: (EXIT_FAILED, "database {database}: {reason}"),  # e.g. not a database file
-    OSError: (EXIT_FAILED, "database {database}: {reason}"),  # e.g. its folder cannot be made
-}
-"""How each failure to open the database or start the server ends the command: exit code, line.
-The most specific class of an exception decides."""
-
-
-def shown_url(url: str) -> str | None:
-    """A database URL as it may be printed or logged: its password hidden; None if it does not
-    parse (then nothing of it is shown: it may be all password)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sa_exc.ArgumentError, ValueError):
-        return None
-
-
-@contextmanager
-def _database(url: str) -> Iterator[str]:
-    """Yields ``url`` as it may be shown; a failure to open it (or to start on it) in the block
-    stops the command in one line naming it, the reason stripped of the password."""
-    database = shown_url(url)
-    if database is None:
-        raise CommandError(
-            "the database URL (--database-url, GRADWIRE_DATABASE_URL) does not parse: "
-            "expected dialect://user:password@host:port/database",
-            EXIT_USAGE,
-        )
-    password = make_url(url).password
-    try:
-        yield database
-    except tuple(START_FAILURES) as exc:
-        status, line = next(START_FAILURES[c] for c in type(exc).__mro__ if c in START_FAILURES)
-        reason = _reason(exc)
-        if password:  # drivers do not repeat it, as a rule; this line never shows it, by rule
-            reason = reason.replace(password, "***")
-        raise CommandError(line.format(database=database, reason=reason), status) from None
-
-
 def _flag(name: str) -> str:
     """The ``gradwire serve`` flag of a setting (``train_workers``: ``--train-workers``)."""
     return f"--{name.replace('_', '-')}"
-
-
-def _given_as(name: str, args: argparse.Namespace) -> str:
-    """Where a setting's value came from, written as it was given: flag, variable, or default."""
-    if getattr(args, name, None) is not None:
-        return f"{_flag(name)} {getattr(args, name)}"
-    if variable(name) in os.environ:
-        return f"{variable(name)}={os.environ[variable(name)]!r:.60}"
-    return f"{name} (the default; set {_flag(name)} or {variable(name)})"
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    names = [f.name for f in (*fields(Settings), *fields(Limits)) if f.name != "limits"]
-    try:
-        return Settings.from_env(**{name: getattr(args, name, None) for name in names})
-    except SettingError as exc:
-        raise CommandError(f"{_given_as(exc.name, args)}: {exc}", EXIT_USAGE) from None
-
-
-def _log_to_stderr(args: argparse.Namespace) -> None:
-    if args.log_level.lower() not in LOG_LEVELS:  # the flag has choices; this is the variable's value
-        level = f"GRADWIRE_LOG_LEVEL={args.log_level!r:.40}"
-        raise CommandError(f"{level}: must be one of {', '.join(LOG_LEVELS)}", EXIT_USAGE)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if args.log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
-    if args.log_level.lower() != "debug":  # its "Context impl SQLiteImpl." at every start says nothing
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _log_to_stderr(args)
-    return_freed_memory()
-    with _database(settings.database_url) as database:
-        server, port, app = create_server(settings)
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before the line: who reads it may signal at once
-        signal.signal(sig, lambda *_: stopping.set())
-    host = settings.address.rsplit(":", 1)[0]
-    spoken = LISTENING[listener.transport(settings)]
-    print(f"gradwire listening on {host}:{port} {spoken} (database {database})", flush=True)
-    stopping.wait()
-    print("gradwire stopping: runs stop at the end of their epoch and keep their checkpoints", flush=True)
-    stop_server(server, app)
-    return 0
-
-
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    with _database(settings.database_url) as database:
-        upgrade(make_engine(settings.database_url))
-    print(f"database {database} is at the current schema")
-    return 0
-
-
-def run_admin(args: argparse.Namespace) -> int:
-    """A ``keys`` or ``tenants`` command, on the database the settings name."""
-    settings = _settings(args)
-    with _database(settings.database_url):
-        store = open_store(settings.database_url)
-    try:
-        return ADMIN_COMMANDS[args.admin_command](args, store)
-    except NotFound as exc:
-        raise CommandError(str(exc)) from None
-    except ValueError as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from None
-    finally:
-        store.close()
 
 
 # ------------------------------------------------------------------------------------ models
@@ -855,7 +712,9 @@ def _run_parsers(sub: Subparsers) -> None:
     start.add_argument("--request-id", help="starting again with the same id gives the same run")
     listing = _client_command(runs, "runs list", "runs, oldest first")
     listing.add_argument("--model", default="", metavar="ID", help="only this model's runs")
-    listing.add_argument("--status", nargs="+", action="extend", choices=RUN_STATUSES, help="only these")
+    listing.add_argument(
+        "--status", nargs="+", action="extend", metavar="STATUS", help="only these (queued, running, ...)"
+    )
     for action, help_text in (
         ("show", "a run as JSON, its receipt included"),
         ("cancel", "cancel a queued, running or interrupted run"),
@@ -867,6 +726,19 @@ def _run_parsers(sub: Subparsers) -> None:
     )
     watch.add_argument("run_id")
     watch.add_argument("--after-epoch", type=int, default=0, metavar="N", help="only the epochs after N")
+
+
+def _admin_parsers(sub: Subparsers) -> None:
+    """``keys`` and ``tenants`` (:mod:`.admin`); where the database's packages are not installed,
+    each takes anything and says what to install."""
+    try:
+        from .admin import add_parsers
+    except ImportError:
+        for name in ("keys", "tenants"):
+            needs = sub.add_parser(name, help="(needs gradwire[server])", add_help=False)
+            needs.add_argument("anything", nargs=argparse.REMAINDER)
+        return
+    add_parsers(sub, _database_flags)
 
 
 class Parser(argparse.ArgumentParser):
@@ -893,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_parsers(sub)
     _dataset_parsers(sub)
     _run_parsers(sub)
-    add_parsers(sub, _database_flags)
+    _admin_parsers(sub)
     return parser
 
 
@@ -918,7 +790,9 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
 """Every client command by its words on the command line (each parser sets its own key)."""
 
 
-SERVER_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": cmd_serve, "db": cmd_db_upgrade}
+SERVER_COMMANDS = ("serve", "db", "keys", "tenants")
+"""Commands that run the server or work on its database: :mod:`.operate`, which needs the server's
+dependencies (``gradwire[server]``); the base install has the client commands only."""
 MODEL_ACTION_NEEDS = {
     "show": ("model_id", "a model id"),
     "delete": ("model_id", "a model id"),
@@ -943,10 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if getattr(args, "admin_command", None):
-        return run_admin(args)
     if args.command in SERVER_COMMANDS:
-        return SERVER_COMMANDS[args.command](args)
+        return _operate(args)
     if args.command == "models" and args.action in MODEL_ACTION_NEEDS:
         name, needed = MODEL_ACTION_NEEDS[args.action]
         if not getattr(args, name):
@@ -963,6 +835,17 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:  # the SDK's own checks of arrays, before anything is sent
             print(f"gradwire: {_one_line(str(exc))}", file=sys.stderr)
             return EXIT_FAILED
+
+
+def _operate(args: argparse.Namespace) -> int:
+    try:
+        from . import operate
+    except ImportError:
+        raise CommandError(
+            f"gradwire {args.command} needs the server's dependencies: pip install 'gradwire[server]'",
+            EXIT_USAGE,
+        ) from None
+    return operate.run(args)
 
 
 def _client(args: argparse.Namespace) -> Client:

@@ -17,6 +17,7 @@ import numpy as np
 
 from gradwire.engine import InvalidArgument
 from gradwire.engine.data import check_finite
+from gradwire.engine.spec import DTYPES
 from gradwire.storage import CHUNK_BYTES, DatasetMeta, DatasetRecord, RequestReused, StorageError, Store
 from gradwire.v1.digest import dataset_id, raw
 
@@ -26,7 +27,8 @@ from .settings import Limits, MiB
 
 log = logging.getLogger(__name__)
 
-DATASET_DTYPES = ("float32", "float64")
+DATASET_DTYPES = DTYPES
+"""What a dataset may hold: what a model computes in."""
 MAX_NAME = 200
 MAX_REQUEST_ID = 128
 
