@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -70,6 +71,7 @@ from .sdk import (
     _float_array,
     _is_dataset,
     _loopback,
+    _npz_bytes,
     _request_id,
     print_progress,
 )
@@ -239,6 +241,21 @@ class AsyncClient:
             name=name, spec=codec.spec_from_dict(spec), request_id=_request_id(request_id)
         )
         return AsyncModel(self, ModelInfo.from_proto(await self.call("CreateModel", request)))
+
+    async def import_model(
+        self,
+        spec: Mapping[str, Any],
+        weights: Mapping[str, Any] | bytes | str | os.PathLike[str],
+        name: str = "",
+        request_id: str | None = None,
+    ) -> AsyncModel:
+        """A new model (version 1) from a spec and its weights, as :meth:`Client.import_model`."""
+        data = _npz_bytes(weights)
+        request = pb.ImportModelRequest(
+            name=name, spec=codec.spec_from_dict(spec), weights=data, request_id=_request_id(request_id)
+        )
+        timeout = max(self.timeout, len(data) / MiB)  # a deadline that a link of 1 MiB/s still meets
+        return AsyncModel(self, ModelInfo.from_proto(await self.call("ImportModel", request, timeout)))
 
     async def model(self, model_id: str) -> AsyncModel:
         reply = await self.call("GetModel", pb.GetModelRequest(model_id=model_id))
@@ -608,6 +625,27 @@ class AsyncModel:
         if weights_digest(arrays) != digest:
             raise ValueError(f"exported weights of model {self.id} do not match the server's digest")
         return Exported(number, arrays, digest)
+
+    async def export_onnx(self, path: str | os.PathLike[str] | None = None, version: int = 0) -> bytes:
+        """A version as an ONNX model (see :meth:`Model.export_onnx`); written to ``path`` if given."""
+        self.client._check_open()
+        request = pb.ExportModelRequest(model_id=self.id, version=version, format=pb.ONNX)
+        call = self.client.stub.ExportModel(request, timeout=self.client.timeout)
+        data = bytearray()
+        try:
+            async for piece in call:
+                if piece.offset != len(data):
+                    raise ValueError(
+                        f"ONNX export of model {self.id}: a piece at {piece.offset}, expected {len(data)}"
+                    )
+                data += piece.data
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            call.cancel()
+        if path is not None:
+            Path(path).write_bytes(data)
+        return bytes(data)
 
     async def history(self) -> list[History]:
         """Every training run of the model, oldest first."""

@@ -158,6 +158,25 @@ def test_create_upload_train_watch_predict_export_delete(server: Running) -> Non
     asyncio.run(delete())
 
 
+def test_a_model_exported_and_imported_again_answers_as_before(server: Running, tmp_path: Path) -> None:
+    """import_model and export_onnx, as the sync client's: the imported copy predicts bit for bit
+    as the original, and the ONNX bytes are the sync client's."""
+    x = np.random.default_rng(2).normal(size=(6, SPEC["input_dim"]))
+
+    async def main() -> tuple[np.ndarray, np.ndarray, bytes, str]:
+        async with AsyncClient(server.address, timeout=TIMEOUT) as client:
+            original = await client.create_model(SPEC)
+            copy = await client.import_model(SPEC, await original.export(), name="copy")
+            onnx_bytes = await original.export_onnx(tmp_path / "model.onnx")
+            return await original.predict(x), await copy.predict(x), onnx_bytes, original.id
+
+    before, after, onnx_bytes, model_id = asyncio.run(main())
+    np.testing.assert_array_equal(before, after)
+    assert (tmp_path / "model.onnx").read_bytes() == onnx_bytes
+    with Client(server.address) as sync:
+        assert sync.model(model_id).export_onnx() == onnx_bytes
+
+
 def test_twenty_predicts_at_once(client: Client, server: Running) -> None:
     """asyncio.gather over one channel: each answer is its own request's, as the sync client's."""
     model = client.create_model(SPEC)
