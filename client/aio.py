@@ -74,12 +74,13 @@ from .sdk import (
     _npz_bytes,
     _request_id,
     print_progress,
+    run_data,
+    run_settings,
 )
 
 R = TypeVar("R")
 AsyncEpochCallback = Callable[[dict[str, Any]], bool | Awaitable[bool | None] | None]
 """Hears each epoch; returns (or, a coroutine function, resolves to) ``True`` to cancel the run."""
-OPTIMIZER_KEYS = frozenset({"momentum", "beta1", "beta2", "epsilon", "rho", "weight_decay"})
 
 
 class _Metadata:
@@ -505,20 +506,8 @@ class AsyncModel:
     ) -> AsyncRun:
         """Queue a run and return at once; the arguments are :meth:`Model.start_run`'s."""
         started = time.perf_counter()
-        settings = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "validation_fraction": validation_split or None,
-            "optimizer": {
-                "name": optimizer,
-                "learning_rate": learning_rate,
-                **{k: v for k, v in options.items() if k in OPTIMIZER_KEYS},
-            },
-            **{k: v for k, v in options.items() if k not in OPTIMIZER_KEYS},
-        }
-        data = {"inputs": x, "targets": y}
-        if validation_data is not None:
-            data |= {"validation_inputs": validation_data[0], "validation_targets": validation_data[1]}
+        settings = run_settings(epochs, batch_size, optimizer, learning_rate, validation_split, options)
+        data = run_data(x, y, validation_data)
         request = pb.StartRunRequest(
             model_id=self.id, options=codec.options_from_dict(settings), request_id=_request_id(request_id)
         )

@@ -300,6 +300,40 @@ def print_progress(epoch: dict[str, Any], stream: Any = None) -> None:
     print("  ".join(parts), file=stream or sys.stderr, flush=True)
 
 
+OPTIMIZER_KEYS = frozenset({"momentum", "beta1", "beta2", "epsilon", "rho", "weight_decay"})
+"""start_run's options that belong to the optimiser; the others are TrainOptions'."""
+
+
+def run_settings(
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    learning_rate: float | None,
+    validation_split: float,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """start_run's Keras-like arguments as TrainOptions in the engine's JSON form."""
+    return {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "validation_fraction": validation_split or None,
+        "optimizer": {
+            "name": optimizer,
+            "learning_rate": learning_rate,
+            **{k: v for k, v in options.items() if k in OPTIMIZER_KEYS},
+        },
+        **{k: v for k, v in options.items() if k not in OPTIMIZER_KEYS},
+    }
+
+
+def run_data(x: Any, y: Any, validation_data: tuple[Any, Any] | None) -> dict[str, Any]:
+    """A run's data by role."""
+    data = {"inputs": x, "targets": y}
+    if validation_data is not None:
+        data |= {"validation_inputs": validation_data[0], "validation_targets": validation_data[1]}
+    return data
+
+
 def _request_id(given: str | None) -> str:
     """The caller's request id, or a fresh one: every creating call carries one, so retrying it is safe."""
     return given or uuid.uuid4().hex
@@ -785,21 +819,8 @@ class Model:
         ``weight_decay``).
         """
         started = time.perf_counter()
-        optimizer_keys = {"momentum", "beta1", "beta2", "epsilon", "rho", "weight_decay"}
-        settings = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "validation_fraction": validation_split or None,
-            "optimizer": {
-                "name": optimizer,
-                "learning_rate": learning_rate,
-                **{k: v for k, v in options.items() if k in optimizer_keys},
-            },
-            **{k: v for k, v in options.items() if k not in optimizer_keys},
-        }
-        data = {"inputs": x, "targets": y}
-        if validation_data is not None:
-            data |= {"validation_inputs": validation_data[0], "validation_targets": validation_data[1]}
+        settings = run_settings(epochs, batch_size, optimizer, learning_rate, validation_split, options)
+        data = run_data(x, y, validation_data)
         request = pb.StartRunRequest(
             model_id=self.id, options=codec.options_from_dict(settings), request_id=_request_id(request_id)
         )
