@@ -52,15 +52,14 @@ from .errors import (
     from_rpc_error,
 )
 from .sdk import (
-    DEFAULT_ADDRESS,
     INLINE_LIMIT,
     INSECURE_VARIABLE,
     PROTO_DTYPES,
     RETRIED,
     TLS,
     TLS_VARIABLES,
-    TOKEN_VARIABLE,
     UPLOAD_CHUNK,
+    Connection,
     DatasetInfo,
     Exported,
     History,
@@ -168,16 +167,9 @@ class AsyncClient:
         insecure: bool | None = None,
     ) -> None:
         self._loop = _running_loop()
-        options = [
-            ("grpc.max_send_message_length", max_message_mb * MiB),
-            ("grpc.max_receive_message_length", max_message_mb * MiB),
-        ]
-        self.address = address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)
-        self.tls = tls or TLS.from_env()
-        token = os.environ.get(TOKEN_VARIABLE, "") if token is None else token
-        if insecure is None:
-            insecure = os.environ.get(INSECURE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
-        self.channel = channel or _channel(self.address, self.tls, token, options, insecure)
+        to = Connection.of(address, tls, token, insecure, max_message_mb)
+        self.address, self.tls = to.address, to.tls
+        self.channel = channel or _channel(to.address, to.tls, to.token, to.options, to.insecure)
         self.stub = pb_grpc.TrainerStub(self.channel)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.reconnect_seconds = reconnect_seconds

@@ -459,6 +459,39 @@ def _channel(
     return grpc.intercept_channel(channel, _Metadata((("authorization", f"Bearer {token}"),)))
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where a client connects and how: its arguments, the environment filling those not given."""
+
+    address: str
+    tls: TLS | None
+    token: str
+    insecure: bool
+    options: list[tuple[str, int]]
+
+    @classmethod
+    def of(
+        cls,
+        address: str | None,
+        tls: TLS | None,
+        token: str | None,
+        insecure: bool | None,
+        max_message_mb: int,
+    ) -> Connection:
+        if insecure is None:
+            insecure = os.environ.get(INSECURE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+        return cls(
+            address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS),
+            tls or TLS.from_env(),
+            os.environ.get(TOKEN_VARIABLE, "") if token is None else token,
+            insecure,
+            [
+                ("grpc.max_send_message_length", max_message_mb * MiB),
+                ("grpc.max_receive_message_length", max_message_mb * MiB),
+            ],
+        )
+
+
 class Client:
     """A connection to a gradwire server; use it as a context manager.
 
@@ -487,16 +520,9 @@ class Client:
         token: str | None = None,
         insecure: bool | None = None,
     ) -> None:
-        options = [
-            ("grpc.max_send_message_length", max_message_mb * MiB),
-            ("grpc.max_receive_message_length", max_message_mb * MiB),
-        ]
-        self.address = address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)
-        self.tls = tls or TLS.from_env()
-        token = os.environ.get(TOKEN_VARIABLE, "") if token is None else token
-        if insecure is None:
-            insecure = os.environ.get(INSECURE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
-        self.channel = channel or _channel(self.address, self.tls, token, options, insecure)
+        to = Connection.of(address, tls, token, insecure, max_message_mb)
+        self.address, self.tls = to.address, to.tls
+        self.channel = channel or _channel(to.address, to.tls, to.token, to.options, to.insecure)
         self.stub = pb_grpc.TrainerStub(self.channel)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.reconnect_seconds = reconnect_seconds
