@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -57,6 +57,9 @@ from .errors import (
     UnavailableError,
     from_rpc_error,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MiB = 1 << 20
@@ -245,6 +248,21 @@ class History:
             f"val_{metric}": [e["val_metric"] for e in self.epochs],
             "lr": [e["learning_rate"] for e in self.epochs],
         }
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The run drawn: loss, metric, learning rate, and each layer's gradient norm over the
+        epochs as a heatmap (:func:`gradwire.client.views.plot_history`); saved as ``path`` when
+        given (PNG, or the format its suffix names). Needs matplotlib: ``gradwire[plot]``."""
+        from .views import plot_history  # matplotlib is imported there, when a plot is drawn
+
+        return plot_history(self, path)
+
+    def to_frame(self) -> Any:
+        """The epochs as a pandas DataFrame indexed by epoch, a ``grad_norm:<layer>`` column per
+        layer (:func:`gradwire.client.views.history_frame`). Needs pandas."""
+        from .views import history_frame
+
+        return history_frame(self)
 
     def close(self, run: RunInfo, transfer_seconds: float = 0.0) -> History:
         """Take the run's ending into this history."""

@@ -9,7 +9,7 @@
     gradwire models list | show ID | delete ID | create --spec spec.json [--name NAME]
     gradwire train ID DATA [--epochs N ...]                    attached: progress, then a summary
     gradwire predict ID --inputs x.csv --output out.csv [--version V]
-    gradwire history ID
+    gradwire history ID [--format table|csv|json] [--run RUN_ID] [--plot FILE.png]
     gradwire export ID -o weights.npz [--format npz|onnx] [--version V]   (--output is -o)
     gradwire import --spec spec.json --weights weights.npz [--name NAME]  prints the new model id
     gradwire datasets upload FILE [--key x] [--name NAME] [--dtype float32|float64]
@@ -23,7 +23,10 @@ DATA is ``--data data.npz`` (arrays ``x`` and ``y``), or the inputs and the targ
 (``--inputs x.csv``) or as an uploaded dataset (``--inputs-dataset ID``). ``train`` and
 ``runs start`` take the same training flags (``--epochs``, ``--batch-size``, ``--optimizer``,
 ``--learning-rate``, ``--validation-split``, ``--patience``, ``--loss-threshold``,
-``--clip-norm``, ``--seed``, ``--options JSON``).
+``--clip-norm``, ``--seed``, ``--options JSON``). Their progress (``train``'s and ``runs
+watch``'s), on stderr, is one line updated in place on a terminal, and a line per epoch elsewhere.
+``history --plot`` draws a run (matplotlib: ``pip install 'gradwire[plot]'``). Every command's
+``--help`` shows its options' defaults.
 
 Client commands reach the server at ``--server`` (or ``GRADWIRE_SERVER``, default
 127.0.0.1:50051), in plaintext unless ``--tls-ca FILE`` (``GRADWIRE_TLS_CA_FILE``) or a client
@@ -47,7 +50,11 @@ went away (``| head``) ends the command quietly with 141, as SIGPIPE ends other 
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
+import io
 import json
+import math
 import os
 import signal
 import sys
@@ -59,11 +66,12 @@ from dataclasses import Field, asdict, fields
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn, TextIO, TypeAlias
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs installed
 
 from gradwire.client import (
     Client,
@@ -76,7 +84,8 @@ from gradwire.client import (
     print_progress,
 )
 from gradwire.client.sdk import TLS, TLS_VARIABLES, TOKEN_VARIABLE
-from gradwire.engine import history_table
+from gradwire.client.views import gradient_norms
+from gradwire.engine import OPTIMIZERS, history_table
 from gradwire.engine.spec import DTYPES as DATASET_DTYPES
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
@@ -322,8 +331,103 @@ def runs_table(runs: Sequence[History]) -> str:
     )
 
 
+HISTORY_FORMATS = ("table", "csv", "json")
+CSV_COLUMNS = {
+    "epoch": "epoch",
+    "train_loss": "train_loss",
+    "val_loss": "val_loss",
+    "metric": "train_metric",
+    "val_metric": "val_metric",
+    "learning_rate": "learning_rate",
+}
+"""``history --format csv``'s columns after ``run_id``, by the epoch record's key each holds
+(then a ``grad_norm:<layer>`` column per layer)."""
+PLOT_INSTALL = "pip install 'gradwire[plot]'"
+
+
+def runs_csv(runs: Sequence[History]) -> str:
+    """One row per epoch per run, under a header: the run, the epoch, the losses, the metric, the
+    learning rate, and each layer's gradient norm as ``grad_norm:<layer>`` (layers in the
+    network's order); an empty cell where an epoch has no value (no validation set)."""
+    layers = list(dict.fromkeys(name for run in runs for name in gradient_norms(run)[0]))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run_id", *CSV_COLUMNS, *(f"grad_norm:{layer}" for layer in layers)])
+    for run in runs:
+        for epoch in run.epochs:
+            norms = epoch.get("grad_norms", {})
+            writer.writerow(
+                [
+                    run.run_id,
+                    *(_cell(epoch[key]) for key in CSV_COLUMNS.values()),
+                    *(_cell(norms.get(layer)) for layer in layers),
+                ]
+            )
+    return out.getvalue().rstrip("\n")
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def runs_json(runs: Sequence[History]) -> str:
+    """The runs, oldest first, each with how it ended and its epochs as the SDK records them;
+    a number that is not finite (a loss that diverged) is null, so that any JSON reader takes it."""
+    return json.dumps(
+        [
+            {
+                "run_id": run.run_id,
+                "status": run.status,
+                "stop_reason": run.stop_reason,
+                "best_epoch": run.best_epoch,
+                "version": run.version,
+                "epochs": _finite(run.epochs),
+            }
+            for run in runs
+        ],
+        indent=2,
+        allow_nan=False,
+    )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+HISTORY_WRITERS: dict[str, Callable[[Sequence[History]], str]] = {
+    "table": runs_table,
+    "csv": runs_csv,
+    "json": runs_json,
+}
+
+
 def cmd_history(args: argparse.Namespace, client: Client) -> int:
-    print(runs_table(client.model(args.model_id).history()))
+    """The model's runs (or the one ``--run`` names) printed as ``--format`` says; with
+    ``--plot FILE``, the last of them drawn there instead (see client/views.py)."""
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before any call: fail fast
+        raise CommandError(f"--plot needs matplotlib: {PLOT_INSTALL}", EXIT_USAGE)
+    if args.plot and args.format != "table":
+        raise CommandError("--plot draws the run, --format prints it: give one", EXIT_USAGE)
+    runs = client.model(args.model_id).history()
+    if args.run:
+        runs = [run for run in runs if run.run_id == args.run]
+        if not runs:
+            raise CommandError(f"model {args.model_id} has no run {args.run}")
+    if not args.plot:
+        print(HISTORY_WRITERS[args.format](runs))
+        return 0
+    if not runs:
+        raise CommandError(f"model {args.model_id} has no runs to plot")
+    run = runs[-1]
+    with _writing(args.plot):
+        run.plot(args.plot)
+    print(f"run {run.run_id} ({len(run.epochs)} epochs) drawn in {args.plot}")
     return 0
 
 
@@ -437,10 +541,65 @@ def _check_option(name: str, value: Any) -> None:
         raise CommandError(f"--options: {name}: {_reason(exc)}", EXIT_USAGE) from None
 
 
+class Progress:
+    """Training progress on ``stream`` (stderr), an epoch at a time. On a terminal, one line that
+    updates in place (tqdm): ``epoch 7/100``, a bar, the time spent and left, and the loss,
+    validation loss and metric of the last epoch. Elsewhere (a pipe, a file, a log), the SDK's
+    plain line per epoch (:func:`print_progress`), which reads well after the fact.
+
+    A context manager, so that the terminal's line is finished however the run ends; called with
+    each epoch, it returns None (a callback's ``True`` would cancel the run)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.terminal = self.stream.isatty()
+        self.bar: Any = None  # a tqdm, made at the first epoch
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, epoch: dict[str, Any]) -> None:
+        if not self.terminal:
+            print_progress(epoch, self.stream)
+            return
+        if self.bar is None:  # at the first epoch seen, which is not the run's first when watched later
+            self.bar = tqdm(
+                total=epoch["epochs_planned"] or None,
+                initial=epoch["epoch"] - 1,
+                file=self.stream,
+                desc="epoch",
+                bar_format=PROGRESS_FORMAT,
+                dynamic_ncols=True,
+            )
+        self.bar.set_postfix(_progress_postfix(epoch), refresh=False)
+        self.bar.update(epoch["epoch"] - self.bar.n)
+
+
+PROGRESS_FORMAT = "{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}{postfix}"
+"""The terminal's progress line: ``epoch 7/100 |███     | 00:03<00:40, loss=0.31, ...``."""
+
+
+def _progress_postfix(epoch: dict[str, Any]) -> dict[str, str]:
+    """The loss, the validation loss (when the run has a validation set) and the metric (the
+    validation set's, when it has one), as the plain line words them."""
+    postfix = {"loss": f"{epoch['train_loss']:.4f}"}
+    if epoch["val_loss"] is not None:
+        postfix["val_loss"] = f"{epoch['val_loss']:.4f}"
+    metric = epoch["val_metric"] if epoch["val_metric"] is not None else epoch["train_metric"]
+    postfix[epoch["metric_name"] or "metric"] = f"{metric:.4f}"
+    return postfix
+
+
 def cmd_train(args: argparse.Namespace, client: Client) -> int:
     x, y = training_data(args)
     arguments = training_arguments(args)
-    history = client.model(args.model_id).fit(x, y, progress=not args.quiet, **arguments)
+    with Progress() as progress:
+        callbacks = () if args.quiet else (progress,)
+        history = client.model(args.model_id).fit(x, y, callbacks=callbacks, **arguments)
     print(
         f"stopped: {history.stop_reason}; best epoch {history.best_epoch} "
         f"(loss {history.best_loss:.6g}); model now at version {history.version}"
@@ -529,10 +688,12 @@ def cmd_runs_show(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_runs_watch(args: argparse.Namespace, client: Client) -> int:
-    """Progress lines (stderr) until the run ends, then a summary; the exit code says how it ended."""
+    """Progress (stderr, see Progress) until the run ends, then a summary; the exit code says how
+    it ended."""
     run = client.run(args.run_id)
-    for epoch in run.epochs(args.after_epoch):
-        print_progress(epoch)
+    with Progress() as progress:
+        for epoch in run.epochs(args.after_epoch):
+            progress(epoch)
     print(_run_summary(run.info))
     if run.info.status == "interrupted":
         print(f"gradwire: continue it with: gradwire runs resume {run.id}", file=sys.stderr)
@@ -586,15 +747,21 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
 def _training_flags(parser: argparse.ArgumentParser) -> None:
     """How ``train`` and ``runs start`` train: one definition for both (see training_arguments)."""
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=100)
-    training.add_argument("--batch-size", type=int, default=32)
-    training.add_argument("--optimizer", default="sgd")
-    training.add_argument("--learning-rate", type=float)
-    training.add_argument("--validation-split", type=float, default=0.0)
-    training.add_argument("--patience", type=int)
-    training.add_argument("--loss-threshold", type=float)
-    training.add_argument("--clip-norm", type=float)
-    training.add_argument("--seed", type=int)
+    training.add_argument("--epochs", type=int, default=100, help="at most this many epochs")
+    training.add_argument("--batch-size", type=int, default=32, help="rows per minibatch")
+    training.add_argument("--optimizer", default="sgd", help=f"one of {', '.join(OPTIMIZERS)}")
+    training.add_argument("--learning-rate", type=float, help="default: the server's, 0.01")
+    training.add_argument(
+        "--validation-split", type=float, default=0.0, help="the fraction of rows held out for validation"
+    )
+    training.add_argument(
+        "--patience", type=int, help="stop after this many epochs without improvement (default: never)"
+    )
+    training.add_argument(
+        "--loss-threshold", type=float, help="stop once the training loss is at or below it (default: never)"
+    )
+    training.add_argument("--clip-norm", type=float, help="global gradient norm limit (default: no clipping)")
+    training.add_argument("--seed", type=int, help="seeds the shuffling and the hold-out split (default: 0)")
     training.add_argument("--options", help=f"more TrainOptions as a JSON object, e.g. {OPTIONS_EXAMPLE}")
 
 
@@ -603,14 +770,16 @@ def _client_command(sub: Subparsers, path: str, help_text: str) -> argparse.Argu
     command = sub.add_parser(path.split()[-1], help=help_text)
     command.add_argument("--server", help="host:port (default: GRADWIRE_SERVER, else 127.0.0.1:50051)")
     for name, (flag, help_text) in CLIENT_TLS_FLAGS.items():
-        default = os.environ.get(TLS_VARIABLES[name], "")
+        variable_name = TLS_VARIABLES[name]
+        default = os.environ.get(variable_name, "")
         command.add_argument(
-            flag, dest=name, metavar="FILE", default=default, help=f"{help_text} ({TLS_VARIABLES[name]})"
+            flag, dest=name, metavar="FILE", default=default, help=f"{help_text} (default: {variable_name})"
         )
-    command.add_argument(
+    command.add_argument(  # its help says "default" in words: the token itself is never shown
         "--token",
         default=os.environ.get(TOKEN_VARIABLE, ""),
-        help=f"bearer token sent with every call ({TOKEN_VARIABLE}: better, out of the process list)",
+        help=f"bearer token sent with every call (default: {TOKEN_VARIABLE}, better: the variable stays "
+        "out of the process list)",
     )
     command.set_defaults(client_command=path)
     return command
@@ -643,7 +812,9 @@ def _server_parsers(sub: Subparsers) -> None:
         default=os.environ.get("GRADWIRE_LOG_LEVEL", "info"),
         help="GRADWIRE_LOG_LEVEL, default info",
     )
-    serve.add_argument("--log-format", choices=("json", "text"), default="json")
+    serve.add_argument(
+        "--log-format", choices=("json", "text"), default="json", help="log lines as JSON objects, or as text"
+    )
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=("upgrade",))
@@ -657,11 +828,13 @@ def _model_parsers(sub: Subparsers) -> None:
     models.add_argument("--spec", help="create: a JSON file with the spec (required)")
     models.add_argument("--name", default="")
 
-    train = _client_command(sub, "train", "train a model on a data file, with a progress line per epoch")
+    train = _client_command(
+        sub, "train", "train a model, showing its progress (a line updated on a terminal, else one an epoch)"
+    )
     train.add_argument("model_id")
     _data_flags(train)
     _training_flags(train)
-    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument("--quiet", action="store_true", help="no progress")
 
     predict = _client_command(sub, "predict", "predict a file of inputs into a file of outputs")
     predict.add_argument("model_id")
@@ -669,7 +842,18 @@ def _model_parsers(sub: Subparsers) -> None:
     predict.add_argument("--output", required=True)
     predict.add_argument("--version", type=int, default=0)
 
-    _client_command(sub, "history", "a model's training runs as tables").add_argument("model_id")
+    history = _client_command(
+        sub, "history", "a model's training runs as tables, CSV or JSON, or the last one drawn"
+    )
+    history.add_argument("model_id")
+    history.add_argument("--format", choices=HISTORY_FORMATS, default="table", help="how runs are printed")
+    history.add_argument("--run", metavar="RUN_ID", help="only this run (default: every run of the model)")
+    history.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw the last run (or --run's) into FILE, a .png, .svg or .pdf, instead of printing it: "
+        f"the losses, the metric, the learning rate and each layer's gradient norm ({PLOT_INSTALL})",
+    )
 
     export = _client_command(
         sub, "export", "write a version's weights and buffers to .npz, or the model as ONNX"
@@ -722,7 +906,7 @@ def _run_parsers(sub: Subparsers) -> None:
     ):
         _client_command(runs, f"runs {action}", help_text).add_argument("run_id")
     watch = _client_command(
-        runs, "runs watch", "progress lines until the run ends; exit 0, 1 failed, 3 interrupted"
+        runs, "runs watch", "its progress until the run ends; exit 0, 1 failed, 3 interrupted"
     )
     watch.add_argument("run_id")
     watch.add_argument("--after-epoch", type=int, default=0, metavar="N", help="only the epochs after N")
@@ -741,9 +925,27 @@ def _admin_parsers(sub: Subparsers) -> None:
     add_parsers(sub, _database_flags)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, ``(default: 32)``, where it has one and its help
+    does not already say it in words (``default: the current version``). An option without a
+    value of its own (None, a switch off, an empty string, such as ``--token`` with no
+    GRADWIRE_TOKEN) shows none: its help says what happens instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or "") or action.default in (None, False, ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with a usage error in one line that points at ``--help`` (the full usage of
-    ``serve`` alone is thirty lines, and would bury the error)."""
+    ``serve`` alone is thirty lines, and would bury the error), and defaults shown in every
+    command's ``--help``: subcommands' parsers are made of this class too (argparse makes them of
+    the class of the parser they hang from), so each gets :class:`HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise CommandError(f"{message} (see {self.prog} --help)", EXIT_USAGE)
