@@ -343,9 +343,8 @@ class Gradwire:
         and is the tenant's; versions never change, so a cached one is the version itself."""
         if version < 0:
             raise InvalidArgument("version", "must be ≥ 0 (0: the current version)")
-        wanted = version or self.store.models.current_version(tenant, model_id)
-        if version:  # one read either way
-            self.store.models.current_version(tenant, model_id)
+        current = self.store.models.current_version(tenant, model_id)  # it exists, and is the tenant's
+        wanted = version or current
         cached = self._networks.get((model_id, wanted))
         if cached is not None:
             return wanted, *cached
