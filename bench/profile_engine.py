@@ -41,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.engine_bench import B1, B2, EPS
 from gradwire.engine import Dense, Network, NetworkSpec, OptimizerConfig, TrainConfig, Trainer
 from gradwire.engine.data import batch_bounds
 from gradwire.engine.layers import LogitDenseLayer
 from gradwire.engine.training import _EpochStats
 
 Array = np.ndarray
-B1, B2, EPS = 0.9, 0.999, 1e-8
 
 
 @dataclass(frozen=True)
