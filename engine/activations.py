@@ -7,7 +7,8 @@ return ``∂L/∂in``. For the element-wise activations that is ``grad_a · g′
 the units of a row, and its product with the full Jacobian ``diag(a) − a aᵀ`` is
 ``a · (grad_a − Σ_k grad_a,k a_k)``.
 
-All arrays are ``(n_samples, n_units)``. ``forward`` may overwrite its input and ``backward`` its
+Constants enter as 0-d arrays of the operand's dtype (:mod:`.scalars`). All arrays are
+``(n_samples, n_units)``. ``forward`` may overwrite its input and ``backward`` its
 ``grad_a``: both are always temporaries the engine made. Neither ever writes into ``a``.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import lookup
+from .scalars import scalars
 
 Array = np.ndarray
 
@@ -44,17 +46,22 @@ def _identity_backward(a: Array, grad: Array) -> Array:
     return grad
 
 
+_ZERO_HALF_ONE = scalars(0.0, 0.5, 1.0)
+
+
 def _sigmoid(z: Array) -> Array:
     # 1/(1+e^-z) written as (1 + tanh(z/2))/2: the same function, without overflow in exp.
-    z *= 0.5
+    _, half, one = _ZERO_HALF_ONE[z.dtype]
+    z *= half
     np.tanh(z, out=z)
-    z += 1.0
-    z *= 0.5
+    z += one
+    z *= half
     return z
 
 
 def _sigmoid_backward(a: Array, grad: Array) -> Array:
-    grad *= a * (1.0 - a)  # g'(in) = a(1 - a)
+    one = _ZERO_HALF_ONE[a.dtype][2]
+    grad *= a * (one - a)  # g'(in) = a(1 - a)
     return grad
 
 
@@ -63,16 +70,17 @@ def _tanh(z: Array) -> Array:
 
 
 def _tanh_backward(a: Array, grad: Array) -> Array:
-    grad *= 1.0 - a * a  # g'(in) = 1 - a²
+    one = _ZERO_HALF_ONE[a.dtype][2]
+    grad *= one - a * a  # g'(in) = 1 - a²
     return grad
 
 
 def _relu(z: Array) -> Array:
-    return np.maximum(z, 0.0, out=z)
+    return np.maximum(z, _ZERO_HALF_ONE[z.dtype][0], out=z)
 
 
 def _relu_backward(a: Array, grad: Array) -> Array:
-    grad *= a > 0  # g'(in) = 1 where the unit is active, else 0 (0 at in = 0)
+    grad *= a > _ZERO_HALF_ONE[a.dtype][0]  # g'(in) = 1 where the unit is active, else 0 (0 at in = 0)
     return grad
 
 

@@ -54,6 +54,13 @@ def _squared_error_gradient(a: Array, y: Array) -> Array:
     return g
 
 
+def _squared_error_and_gradient(a: Array, y: Array) -> tuple[float, Array]:
+    g = a - y  # (a − y)² = (y − a)² exactly: the value and the gradient share this pass
+    value = 0.5 * float(np.vdot(g, g)) / len(a)
+    g /= len(a)
+    return value, g
+
+
 def _binary_crossentropy(a: Array, y: Array) -> float:
     p = _clipped(a)
     return -float(np.sum(y * np.log(p) + (1.0 - y) * np.log1p(-p))) / len(a)
@@ -85,6 +92,12 @@ class Loss:
     gradient: Callable[[Array, Array], Array]
     accepts: tuple[str, ...]
     metric: str
+    shared: Callable[[Array, Array], tuple[float, Array]] | None = None
+    """Value and gradient together, where they share a pass (equal to calling both)."""
+
+    def value_and_gradient(self, a: Array, y: Array) -> tuple[float, Array]:
+        """``(value(a, y), gradient(a, y))``, in one go where the loss allows."""
+        return self.shared(a, y) if self.shared is not None else (self.value(a, y), self.gradient(a, y))
 
 
 LOSSES: dict[str, Loss] = {
@@ -96,6 +109,7 @@ LOSSES: dict[str, Loss] = {
             _squared_error_gradient,
             ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax"),
             "r2",
+            _squared_error_and_gradient,
         ),
         Loss(
             "binary_crossentropy",

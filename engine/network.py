@@ -129,19 +129,30 @@ class Network:
             caches.append(cache)
         return a, caches
 
-    def backward(self, caches: list[Cache], a: Array, Y: Array, out: list[Array]) -> None:
-        """Write the gradients of the mean batch loss into ``out``, shaped and ordered as :attr:`params`."""
+    def output_error(self, a: Array, caches: list[Cache], Y: Array) -> tuple[float, Array]:
+        """The mean loss of a forward pass that gave outputs ``a``, and the output layer's error
+        ``Δ = ∂L/∂in``; the two share the passes they have in common.
+
+        A cross-entropy's loss comes from the logits the output layer kept (exact where ``a`` has
+        rounded to 0 or 1) and its ``Δ`` from the fused shortcut; any other pair's ``Δ`` is the
+        chain rule ``g′ ⊙ ∂L/∂a``.
+        """
+        if self.logit_loss is not None:
+            assert self.fused_delta is not None
+            return self.logit_loss(caches[-1][2], Y), self.fused_delta(a, Y)
+        loss, grad = self.loss.value_and_gradient(a, Y)
+        return loss, self.layers[-1].activation.backward(a, grad)
+
+    def backward(self, caches: list[Cache], delta: Array, out: list[list[Array]]) -> None:
+        """From the output error ``delta`` (:meth:`output_error`), write the gradients of the mean
+        batch loss into ``out``: arrays shaped and ordered as :attr:`params`, grouped by layer
+        (:meth:`gradient_views`)."""
         last = self.layers[-1]
         assert isinstance(last, DenseLayer)
-        outs = self._split_by_layer(out)
-        need = len(self.layers) > 1
-        if self.fused_delta is not None:
-            g = last.backward_from_delta(caches[-1], self.fused_delta(a, Y), need, outs[-1])
-        else:
-            g = last.backward(caches[-1], self.loss.gradient(a, Y), need, outs[-1])
+        g = last.backward_from_delta(caches[-1], delta, len(self.layers) > 1, out[-1])
         for i in range(len(self.layers) - 2, -1, -1):
             assert g is not None
-            g = self.layers[i].backward(caches[i], g, i > 0, outs[i])
+            g = self.layers[i].backward(caches[i], g, i > 0, out[i])
 
     def unflatten(self, flat: Array) -> list[Array]:
         """Views of ``flat`` (laid out like :attr:`flat`) shaped and ordered like :attr:`params`."""
@@ -151,11 +162,12 @@ class Network:
             start += p.size
         return views
 
-    def _split_by_layer(self, out: list[Array]) -> list[list[Array]]:
-        """``out`` cut into the top-level layers' shares."""
-        shares, start = [], 0
+    def gradient_views(self, flat: Array) -> list[list[Array]]:
+        """:meth:`unflatten`'s views of ``flat``, grouped by top-level layer: what :meth:`backward`
+        writes into (made once, used for every step)."""
+        views, shares, start = self.unflatten(flat), [], 0
         for count in self._param_counts:
-            shares.append(out[start : start + count])
+            shares.append(views[start : start + count])
             start += count
         return shares
 
@@ -202,9 +214,10 @@ class Network:
                 f"got {len(X)} (inference mode takes any number)",
             )
         a, caches = self.forward(X, training)
-        grads = self.unflatten(np.empty_like(self.flat))
-        self.backward(caches, a, Y, grads)
-        return self.loss_value(a, caches, Y), dict(zip(self.param_names, grads, strict=True))
+        grads = np.empty_like(self.flat)
+        loss, delta = self.output_error(a, caches, Y)
+        self.backward(caches, delta, self.gradient_views(grads))
+        return loss, dict(zip(self.param_names, self.unflatten(grads), strict=True))
 
     def evaluate(
         self, X: Array, Y: Array, rows: Array | None = None, batch_size: int = PREDICT_CHUNK

@@ -56,9 +56,13 @@ class Optimizer:
 
     slots: ClassVar[tuple[str, ...]] = ()
     decoupled_decay: ClassVar[bool] = False
+    plain_sgd: ClassVar[bool] = False
 
     def __init__(self, config: OptimizerConfig, param: Array, decay_mask: Array | None = None) -> None:
         self.config = config
+        self.weight_decay = float(config.weight_decay)
+        self.scales_gradient = self.plain_sgd and not config.weight_decay
+        """``u = ηg`` exactly: the update's norm is ``η`` times the gradient's."""
         self.decay_mask = decay_mask
         self.t = 0
         self.state: dict[str, Array] = {slot: np.zeros_like(param) for slot in self.slots}
@@ -69,8 +73,7 @@ class Optimizer:
         Consumes ``grad``. The result may be the optimiser's own state: read it, never write it.
         """
         self.t += 1
-        lr = float(lr)
-        wd = float(self.config.weight_decay)
+        lr, wd = float(lr), self.weight_decay
         if wd and not self.decoupled_decay:
             grad += wd * self._decaying(param)
         update = self.updates(grad, lr)
@@ -110,6 +113,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    plain_sgd = True
+
     def updates(self, grad: Array, lr: float) -> Array:
         grad *= lr
         return grad

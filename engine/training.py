@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .data import as_features, as_targets, batch_bounds, check_in_range, class_labels, holdout_split
+from .data import (
+    as_features,
+    as_targets,
+    batch_bounds,
+    batch_groups,
+    check_in_range,
+    class_labels,
+    holdout_split,
+)
 from .errors import InvalidArgument, require
 from .metrics import METRICS
 from .network import Network
@@ -36,6 +44,14 @@ Array = np.ndarray
 
 SPLIT_STREAM = 1
 """Second word of the seed of the hold-out split's generator, apart from the shuffle's."""
+
+GATHER_BYTES = 1 << 20
+"""At most this many bytes of training rows (inputs, targets and the outputs kept for the metric)
+are gathered at a time, several small minibatches together; a larger minibatch is gathered
+alone. It bounds what training adds to memory, whatever the dataset's size."""
+
+FOLD_STEPS = 256
+"""Steps whose squared gradient and update norms are kept before they are summed."""
 
 STOP_REASONS = (
     "max_epochs",  # ran the epochs asked for
@@ -101,24 +117,40 @@ training."""
 
 
 class _EpochStats:
-    """Running sums over an epoch's minibatches; norms are per parameterised layer."""
+    """Running sums over an epoch's minibatches; norms are per parameterised layer.
+
+    A step's squared norms are kept as they come and folded into the sums of their square roots
+    :data:`FOLD_STEPS` steps at a time, by one NumPy call rather than Python per step.
+    """
 
     def __init__(self, n_layers: int, metric_name: str, learning_rate: float) -> None:
         self.learning_rate = learning_rate
+        self.n_layers = n_layers
         self.loss_sum = 0.0
         self.samples = 0
         self.steps = 0
-        self.grad_norms = [0.0] * n_layers
-        self.update_norms = [0.0] * n_layers
+        self.norm_sums = np.zeros(2 * n_layers)  # Σ ‖∂θ‖ per layer, then Σ ‖u‖ per layer
+        self.pending: list[list[float]] = []  # squared norms not yet in norm_sums
         self.metric = METRICS[metric_name]()
 
     def add(self, loss: float, rows: int, grad_sq: list[float], update_sq: list[float]) -> None:
         self.loss_sum += loss * rows
         self.samples += rows
         self.steps += 1
-        for i, (g, u) in enumerate(zip(grad_sq, update_sq, strict=True)):
-            self.grad_norms[i] += math.sqrt(g)
-            self.update_norms[i] += math.sqrt(u)
+        self.pending.append(grad_sq + update_sq)
+        if len(self.pending) == FOLD_STEPS:
+            self.fold()
+
+    def fold(self) -> None:
+        if self.pending:
+            self.norm_sums += np.sqrt(self.pending).sum(axis=0)
+            self.pending.clear()
+
+    def mean_norms(self) -> tuple[list[float], list[float]]:
+        """The epoch's mean gradient norm and mean update norm, per layer."""
+        self.fold()
+        means = (self.norm_sums / max(self.steps, 1)).tolist()
+        return means[: self.n_layers], means[self.n_layers :]
 
 
 class Trainer:
@@ -134,9 +166,13 @@ class Trainer:
         self.best = self._snapshot(math.inf)
         self.history: list[EpochRecord] = []
         self.grad_flat = np.empty_like(network.flat)
-        self.grad_views = network.unflatten(self.grad_flat)
+        self.grad_views = network.gradient_views(self.grad_flat)
         self.layer_paths = [path for path, _ in network.layer_segments]
         self.segments = [segment for _, segment in network.layer_segments]
+        self.grad_segments = [self.grad_flat[segment] for segment in self.segments]
+        spec = network.spec
+        row_bytes = (spec.input_dim + 2 * spec.output_dim) * network.dtype.itemsize  # x, y, output
+        self.group_rows = max(1, GATHER_BYTES // row_bytes)
 
     def _decay_mask(self) -> Array | None:
         """1 on the entries of dense weight matrices, 0 on biases and batch-norm parameters."""
@@ -176,7 +212,10 @@ class Trainer:
         budget = self.config.epochs if epochs is None else epochs
         reason = "max_epochs"
         while self.epoch < start + budget:
-            stats = self._run_epoch(X, Y, train_rows, should_stop)
+            # An overflow is caught where it matters (a non-finite loss, gradient or weight
+            # ends training with "non_finite"); NumPy's warning about it would only be noise.
+            with np.errstate(over="ignore", invalid="ignore"):
+                stats = self._run_epoch(X, Y, train_rows, should_stop)
             if isinstance(stats, str):
                 reason = stats
                 break
@@ -228,7 +267,12 @@ class Trainer:
     def _run_epoch(
         self, X: Array, Y: Array, rows: Array | None, should_stop: Callable[[], bool] | None
     ) -> _EpochStats | str:
-        """One pass over the training rows; a stop reason instead if it had to end early."""
+        """One pass over the training rows; a stop reason instead if it had to end early.
+
+        Rows are gathered a group of consecutive minibatches at a time (at most
+        :data:`GATHER_BYTES`), in the shuffled order and cast to the network's dtype, and each
+        step's outputs are kept beside them: one gather and one metric update serve the group.
+        """
         net, cfg = self.network, self.config
         n = len(X) if rows is None else len(rows)
         order = (
@@ -236,40 +280,53 @@ class Trainer:
         )
         lr = self.schedule.rate(self.epoch)
         stats = _EpochStats(len(self.layer_paths), net.loss.metric, lr)
-        for begin, end in batch_bounds(n, cfg.batch_size, net.min_training_rows):
-            if should_stop is not None and should_stop():
-                return "stop_requested"
-            batch = slice(begin, end) if order is None else order[begin:end]
-            xb = X[batch].astype(net.dtype, copy=False)
-            yb = Y[batch].astype(net.dtype, copy=False)
-            if not self._step(xb, yb, lr, stats):
-                self._undo_to_best()
-                return "non_finite"
+        bounds = batch_bounds(n, cfg.batch_size, net.min_training_rows)
+        for group in batch_groups(bounds, self.group_rows):
+            first, last = group[0][0], group[-1][1]
+            take = slice(first, last) if order is None else order[first:last]
+            xs = X[take].astype(net.dtype, copy=False)
+            ys = Y[take].astype(net.dtype, copy=False)
+            outputs = np.empty_like(ys)
+            for begin, end in group:
+                if should_stop is not None and should_stop():
+                    return "stop_requested"
+                batch = slice(begin - first, end - first)
+                if not self._step(xs[batch], ys[batch], lr, stats, outputs[batch]):
+                    self._undo_to_best()
+                    return "non_finite"
+            stats.metric.update(outputs, ys)
         if not np.isfinite(net.flat).all():  # finite steps can still overflow the weights
             self._undo_to_best()
             return "non_finite"
         return stats
 
-    def _step(self, xb: Array, yb: Array, lr: float, stats: _EpochStats) -> bool:
-        """One minibatch update; ``False`` if the loss or a gradient was not finite."""
+    def _step(self, xb: Array, yb: Array, lr: float, stats: _EpochStats, outputs: Array) -> bool:
+        """One minibatch update, its outputs copied to ``outputs``; ``False`` if the loss or a
+        gradient was not finite."""
         net, g = self.network, self.grad_flat
         a, caches = net.forward(xb, training=True)
-        loss = net.loss_value(a, caches, yb)
+        loss, delta = net.output_error(a, caches, yb)
         if not math.isfinite(loss):
             return False
-        net.backward(caches, a, yb, self.grad_views)
-        grad_sq = [float(np.vdot(g[s], g[s])) for s in self.segments]
+        net.backward(caches, delta, self.grad_views)
+        grad_sq = [float(share.dot(share)) for share in self.grad_segments]
         total = sum(grad_sq)
         if not math.isfinite(total):
             return False
         net.commit(caches)
-        clip = self.config.clip_norm
+        clip, scale = self.config.clip_norm, 1.0
         if clip is not None and total > clip * clip:
-            g *= clip / math.sqrt(total)
+            scale = clip / math.sqrt(total)
+            g *= scale
         u = self.optimizer.step(net.flat, g, lr)
         net.flat -= u
-        stats.add(loss, len(xb), grad_sq, [float(np.vdot(u[s], u[s])) for s in self.segments])
-        stats.metric.update(a, yb)
+        if self.optimizer.scales_gradient:  # u = ηg: ‖u‖² = η²‖g‖², without another pass
+            factor = (lr * scale) ** 2
+            update_sq = [factor * sq for sq in grad_sq]
+        else:
+            update_sq = [float(np.vdot(u[s], u[s])) for s in self.segments]
+        stats.add(loss, len(xb), grad_sq, update_sq)
+        outputs[...] = a
         return True
 
     def _snapshot(self, loss: float) -> Best:
@@ -297,10 +354,10 @@ class Trainer:
         val_loss = val_metric = None
         if validation is not None:
             val_loss, val_metric = net.evaluate(*validation)
-        steps = max(stats.steps, 1)
+        grad_norms, update_norms = stats.mean_norms()
         flat = net.flat
         weight_norms = [math.sqrt(float(np.vdot(flat[s], flat[s]))) for s in self.segments]
-        ratios = [u / steps / w if w else 0.0 for u, w in zip(stats.update_norms, weight_norms, strict=True)]
+        ratios = [u / w if w else 0.0 for u, w in zip(update_norms, weight_norms, strict=True)]
         self.epoch += 1
         record = EpochRecord(
             epoch=self.epoch,
@@ -310,7 +367,7 @@ class Trainer:
             train_metric=stats.metric.value(),
             val_metric=val_metric,
             learning_rate=stats.learning_rate,
-            grad_norms={p: n / steps for p, n in zip(self.layer_paths, stats.grad_norms, strict=True)},
+            grad_norms=dict(zip(self.layer_paths, grad_norms, strict=True)),
             update_ratios=dict(zip(self.layer_paths, ratios, strict=True)),
             elapsed=elapsed,
             samples=stats.samples,

@@ -334,13 +334,13 @@ def reference_sgd(
     """The plain loop: a seeded permutation, batches of ``batch_size`` and whatever remains."""
     rng = np.random.default_rng(4)
     grad = np.empty_like(net.flat)
-    views = net.unflatten(grad)
+    views = net.gradient_views(grad)
     for _ in range(epochs):
         order = rng.permutation(len(X))
         for begin in range(0, len(X), batch_size):
             rows = order[begin : begin + batch_size]
             a, caches = net.forward(X[rows], training=True)
-            net.backward(caches, a, Y[rows], views)
+            net.backward(caches, net.output_error(a, caches, Y[rows])[1], views)
             net.commit(caches)
             net.flat -= lr * grad
 
