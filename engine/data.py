@@ -7,7 +7,7 @@ few rows at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -101,17 +101,10 @@ def batch_bounds(n: int, batch_size: int, min_rows: int = 1) -> Iterator[tuple[i
         yield i * batch_size, n if i == count - 1 else (i + 1) * batch_size
 
 
-def batch_groups(bounds: Iterable[tuple[int, int]], max_rows: int) -> Iterator[list[tuple[int, int]]]:
-    """Consecutive minibatches ``(start, stop)`` grouped so that each group spans at most
-    ``max_rows`` rows; a batch longer than that is a group of its own."""
-    group: list[tuple[int, int]] = []
-    for begin, end in bounds:
-        if group and end - group[0][0] > max_rows:
-            yield group
-            group = []
-        group.append((begin, end))
-    if group:
-        yield group
+def batch_groups(bounds: list[tuple[int, int]], per_group: int) -> list[list[tuple[int, int]]]:
+    """Consecutive minibatches ``(start, stop)``, ``per_group`` to a group (the last group may
+    have fewer)."""
+    return [bounds[i : i + per_group] for i in range(0, len(bounds), per_group)]
 
 
 def holdout_split(

@@ -110,7 +110,10 @@ class Network:
         last = self.layers[-1]
         assert isinstance(last, DenseLayer)
         if self.logit_loss is not None:
-            self.layers[-1] = LogitDenseLayer(last.W, last.b, last.activation)
+            last = self.layers[-1] = LogitDenseLayer(last.W, last.b, last.activation)
+        self.output_layer = last
+        self._hidden_reversed = list(reversed(list(enumerate(self.layers[:-1]))))  # backward's order
+        self._value_and_gradient = self.loss.shared or self.loss.value_and_gradient
         # the fewest rows a training-mode batch may have: 2 with batch norm anywhere, else 1
         self.min_training_rows = max(layer.min_training_rows for layer in self.layers)
         self.flat, self.param_names, self.params = _pack_parameters(self.layers, self.dtype)
@@ -140,19 +143,17 @@ class Network:
         if self.logit_loss is not None:
             assert self.fused_delta is not None
             return self.logit_loss(caches[-1][2], Y), self.fused_delta(a, Y)
-        loss, grad = self.loss.value_and_gradient(a, Y)
-        return loss, self.layers[-1].activation.backward(a, grad)
+        loss, grad = self._value_and_gradient(a, Y)
+        return loss, self.output_layer.activation.backward(a, grad)
 
     def backward(self, caches: list[Cache], delta: Array, out: list[list[Array]]) -> None:
         """From the output error ``delta`` (:meth:`output_error`), write the gradients of the mean
         batch loss into ``out``: arrays shaped and ordered as :attr:`params`, grouped by layer
         (:meth:`gradient_views`)."""
-        last = self.layers[-1]
-        assert isinstance(last, DenseLayer)
-        g = last.backward_from_delta(caches[-1], delta, len(self.layers) > 1, out[-1])
-        for i in range(len(self.layers) - 2, -1, -1):
+        g = self.output_layer.backward_from_delta(caches[-1], delta, len(self.layers) > 1, out[-1])
+        for i, layer in self._hidden_reversed:
             assert g is not None
-            g = self.layers[i].backward(caches[i], g, i > 0, out[i])
+            g = layer.backward(caches[i], g, i > 0, out[i])
 
     def unflatten(self, flat: Array) -> list[Array]:
         """Views of ``flat`` (laid out like :attr:`flat`) shaped and ordered like :attr:`params`."""

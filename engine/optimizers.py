@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import OptimizerConfig
 from .errors import InvalidArgument
+from .scalars import scalar
 
 Array = np.ndarray
 
@@ -61,6 +62,7 @@ class Optimizer:
     def __init__(self, config: OptimizerConfig, param: Array, decay_mask: Array | None = None) -> None:
         self.config = config
         self.weight_decay = float(config.weight_decay)
+        self._rate_of: tuple[float, Array] = (float("nan"), scalar(0.0, param.dtype))
         self.scales_gradient = self.plain_sgd and not config.weight_decay
         """``u = ηg`` exactly: the update's norm is ``η`` times the gradient's."""
         self.decay_mask = decay_mask
@@ -80,6 +82,12 @@ class Optimizer:
         if wd and self.decoupled_decay:
             update = update + (lr * wd) * self._decaying(param)
         return update
+
+    def _rate(self, lr: float) -> Array:
+        """``η`` as a 0-d array of the parameters' dtype (:mod:`.scalars`), made once per rate."""
+        if lr != self._rate_of[0]:
+            self._rate_of = (lr, scalar(lr, self._rate_of[1].dtype))
+        return self._rate_of[1]
 
     def _decaying(self, param: Array) -> Array:
         return param if self.decay_mask is None else param * self.decay_mask
@@ -116,7 +124,7 @@ class SGD(Optimizer):
     plain_sgd = True
 
     def updates(self, grad: Array, lr: float) -> Array:
-        grad *= lr
+        grad *= self._rate(lr)
         return grad
 
 

@@ -46,9 +46,10 @@ SPLIT_STREAM = 1
 """Second word of the seed of the hold-out split's generator, apart from the shuffle's."""
 
 GATHER_BYTES = 1 << 20
-"""At most this many bytes of training rows (inputs, targets and the outputs kept for the metric)
-are gathered at a time, several small minibatches together; a larger minibatch is gathered
-alone. It bounds what training adds to memory, whatever the dataset's size."""
+"""About this many bytes of training rows (inputs, targets and the outputs kept for the metric)
+are gathered at a time, as many whole minibatches as fit (one at least, plus the row a batch-norm
+network's last batch may take over). It bounds what training adds to memory, whatever the
+dataset's size."""
 
 FOLD_STEPS = 256
 """Steps whose squared gradient and update norms are kept before they are summed."""
@@ -172,7 +173,7 @@ class Trainer:
         self.grad_segments = [self.grad_flat[segment] for segment in self.segments]
         spec = network.spec
         row_bytes = (spec.input_dim + 2 * spec.output_dim) * network.dtype.itemsize  # x, y, output
-        self.group_rows = max(1, GATHER_BYTES // row_bytes)
+        self.batches_per_group = max(1, GATHER_BYTES // (row_bytes * config.batch_size))
 
     def _decay_mask(self) -> Array | None:
         """1 on the entries of dense weight matrices, 0 on biases and batch-norm parameters."""
@@ -280,8 +281,8 @@ class Trainer:
         )
         lr = self.schedule.rate(self.epoch)
         stats = _EpochStats(len(self.layer_paths), net.loss.metric, lr)
-        bounds = batch_bounds(n, cfg.batch_size, net.min_training_rows)
-        for group in batch_groups(bounds, self.group_rows):
+        bounds = list(batch_bounds(n, cfg.batch_size, net.min_training_rows))
+        for group in batch_groups(bounds, self.batches_per_group):
             first, last = group[0][0], group[-1][1]
             take = slice(first, last) if order is None else order[first:last]
             xs = X[take].astype(net.dtype, copy=False)
