@@ -354,6 +354,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script, not the speed")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--workload", choices=[w.name for w in WORKLOADS], action="append", help="only these (default: all)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -369,7 +372,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "torch": "torch" in contenders,
     }
-    for w in WORKLOADS:
+    for w in (w for w in WORKLOADS if not args.workload or w.name in args.workload):
         rows = min(2_000, w.rows) if args.quick else w.rows
         ceiling, gflops = gemm_ceiling(w, 5)
         for opt in w.optimizers:

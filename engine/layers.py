@@ -105,7 +105,10 @@ class DenseLayer(Layer):
     ) -> Array | None:
         """Backward from ``Δ = ∂L/∂in`` (the pre-activation), e.g. a fused output error."""
         cache[0].T.dot(delta, out=out[0])
-        column_sums(delta, out[1])
+        if len(delta) == 1:  # column_sums, inline: this runs every step
+            out[1][...] = delta[0]
+        else:
+            np.add.reduce(delta, axis=0, out=out[1])
         return delta.dot(self.W.T) if need_input_grad else None
 
 

@@ -56,7 +56,8 @@ def _squared_error_gradient(a: Array, y: Array) -> Array:
 
 def _squared_error_and_gradient(a: Array, y: Array) -> tuple[float, Array]:
     g = a - y  # (a − y)² = (y − a)² exactly: the value and the gradient share this pass
-    value = 0.5 * float(np.vdot(g, g)) / len(a)
+    flat = g.ravel()
+    value = 0.5 * float(flat.dot(flat)) / len(a)
     if len(a) > 1:  # ÷ 1 changes nothing, and would cost an online step a NumPy call
         g /= len(a)
     return value, g

@@ -325,7 +325,7 @@ class Trainer:
             factor = (lr * scale) ** 2
             update_sq = [factor * sq for sq in grad_sq]
         else:
-            update_sq = [float(np.vdot(u[s], u[s])) for s in self.segments]
+            update_sq = [float(share.dot(share)) for share in (u[s] for s in self.segments)]
         stats.add(loss, len(xb), grad_sq, update_sq)
         outputs[...] = a
         return True
