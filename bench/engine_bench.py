@@ -62,9 +62,7 @@ class Workload:
 WORKLOADS = (
     Workload("mlp784", (784, 256, 128, 10), "softmax_crossentropy", "softmax", 128, 60_000, 2),
     Workload("mlp20", (20, 64, 1), "squared_error", "identity", 32, 10_000, 5),
-    Workload(
-        "online", (4, 5, 3), "squared_error", "sigmoid", 1, 150, 40, "sigmoid", "float64", ("sgd",)
-    ),
+    Workload("online", (4, 5, 3), "squared_error", "sigmoid", 1, 150, 40, "sigmoid", "float64", ("sgd",)),
 )
 
 

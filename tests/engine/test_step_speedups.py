@@ -116,7 +116,8 @@ def plain_training(spec: NetworkSpec, config: TrainConfig, X: Array, Y: Array) -
             if config.clip_norm is not None and sum(grad_sq) > config.clip_norm**2:
                 grad *= config.clip_norm / math.sqrt(sum(grad_sq))
             t += 1
-            u = grad * opt.learning_rate if opt.name == "sgd" else adam(opt, state, grad, opt.learning_rate, t)
+            lr = opt.learning_rate
+            u = grad * lr if opt.name == "sgd" else adam(opt, state, grad, lr, t)
             flat -= u
             loss_sum += loss * len(x)
             steps += 1
@@ -166,7 +167,8 @@ CASES = {
     "20-64-1 relu, float32, Adam, a remainder": Case(
         NetworkSpec(20, [Dense(64, "relu"), Dense(1, "identity", "xavier_uniform")], "squared_error",
                     "float32", 1),
-        TrainConfig(epochs=3, batch_size=32, optimizer=OptimizerConfig("adam", 0.001), seed=1), 1000, "values",
+        TrainConfig(epochs=3, batch_size=32, optimizer=OptimizerConfig("adam", 0.001), seed=1),
+        1000, "values",
     ),
     "softmax cross-entropy, tanh, clipped": Case(
         NetworkSpec(12, [Dense(16, "tanh", "xavier_normal"), Dense(4, "softmax", "xavier_uniform")],
@@ -201,7 +203,9 @@ def test_training_gives_the_plain_loops_bits(name: str) -> None:
         assert record.train_metric == pytest.approx(metric, rel=rounding, abs=rounding)
 
 
-def test_the_metric_of_an_epoch_is_over_all_of_its_rows_in_any_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_metric_of_an_epoch_is_over_all_of_its_rows_in_any_grouping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A group per minibatch (the old way) or one group for the epoch: the same accuracy, exactly."""
     case = CASES["softmax cross-entropy, tanh, clipped"]
     X, Y = case.data()
@@ -250,7 +254,9 @@ def test_a_0d_constant_rounds_like_the_python_float(dtype: np.dtype, value: floa
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 4, 5), (1, 1, 1), (7, 3, 1), (32, 20, 64), (128, 784, 256), (3, 300, 2)])
+@pytest.mark.parametrize(
+    "shape", [(1, 4, 5), (1, 1, 1), (7, 3, 1), (32, 20, 64), (128, 784, 256), (3, 300, 2)]
+)
 def test_ndarray_dot_gives_the_bits_of_matmul(dtype: np.dtype, shape: tuple[int, int, int]) -> None:
     n, fan_in, fan_out = shape
     rng = np.random.default_rng(2)
