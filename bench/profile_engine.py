@@ -1,22 +1,22 @@
 """Where a training step's time goes: ``python -m bench.profile_engine [--workload online|mlp20|mnist]``.
 
-Issue 10 ("Engine speed"), first step: measure before changing the engine. For each workload
-the script prints µs per step by category and each category's share of the step, from three
-kinds of timing (``time.perf_counter``, median over rounds):
+For each workload the script prints µs per step by category and each category's share of the
+step, from three kinds of timing (``time.perf_counter``, median over rounds):
 
-1. **whole step**: :meth:`Trainer.fit` over whole epochs divided by the steps taken. This is the
-   figure issue 10 must lower; it stays valid whatever changes inside ``engine/``;
+1. **whole step**: :meth:`Trainer.fit` over whole epochs divided by the steps taken, the figure
+   issue 10 ("Engine speed") lowered; it stays valid whatever changes inside ``engine/``;
 2. **phases**: a copy of ``Trainer._run_epoch`` / ``_step`` that calls the same engine objects in
-   the same order, with a clock read between phases (gather, forward, loss, backward, statistics,
-   optimiser, metric, loop). It mirrors ``engine/training.py`` as it was before issue 10: update
-   it with the engine, or read only the whole-step figure after a change;
-3. **kernels**: the NumPy operations inside forward and backward (GEMMs, element-wise passes)
-   timed alone on arrays of the step's shapes, which split the forward and backward phases into
-   arithmetic and the Python around it.
+   the same order, with a clock read between phases (gather, forward, loss and output error,
+   backward, gradient statistics, commit/clip, optimiser, update statistics, metric, loop). It
+   mirrors ``engine/training.py`` as it is after issue 10 and must be updated with the engine:
+   after a change there, read only the whole-step figure until it is;
+3. **kernels**: the NumPy operations inside forward and backward (GEMMs, element-wise passes),
+   called as the layers call them and timed alone on arrays of the step's shapes, which split
+   the forward and backward phases into arithmetic and the Python around it.
 
-Then the levers: each alternative timed against what the engine does now, on the same arrays,
-and a lean prototype of the whole step (buffers allocated once, ``out=`` everywhere, statistics
-by one ``reduceat``), checked to give the engine's weights.
+The categories add up to the step: their sum is printed beside the whole-step figure. The
+profile from before issue 10, with the levers then timed against that step, is in
+docs/benchmarks.md (the script that took it: commit c7f4fbd).
 
 ``--cprofile`` adds call counts per step (the standard library's profiler). ``--loop SECONDS``
 only trains, as a target for a sampling profiler; ``--pyspy FILE`` summarises a py-spy raw file::
@@ -35,16 +35,16 @@ import pstats
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from bench.engine_bench import B1, B2, EPS
 from gradwire.engine import Dense, Network, NetworkSpec, OptimizerConfig, TrainConfig, Trainer
-from gradwire.engine.data import batch_bounds
-from gradwire.engine.layers import LogitDenseLayer
+from gradwire.engine.data import batch_bounds, batch_groups
+from gradwire.engine.layers import Cache, DenseLayer, LogitDenseLayer
 from gradwire.engine.training import _EpochStats
 
 Array = np.ndarray
@@ -150,7 +150,7 @@ def time_fit(w: Workload, X: Array, Y: Array) -> float:
 PHASES = (
     "gather",
     "forward",
-    "loss",
+    "output_error",
     "backward",
     "grad_stats",
     "commit_clip",
@@ -159,6 +159,36 @@ PHASES = (
     "metric",
     "loop_epoch",
 )
+GATHER, FORWARD, OUTPUT_ERROR, BACKWARD, GRAD_STATS, COMMIT_CLIP, OPTIMIZER, UPDATE_STATS, METRIC, LOOP = (
+    range(len(PHASES))
+)
+STEP_PHASES = (
+    LOOP,
+    GATHER,
+    FORWARD,
+    OUTPUT_ERROR,
+    BACKWARD,
+    GRAD_STATS,
+    COMMIT_CLIP,
+    OPTIMIZER,
+    UPDATE_STATS,
+)
+"""Where the intervals of one step go, in order: the loop up to the step, the slicing of its rows
+and the call of :func:`phase_step`, then the phases between that function's clock reads."""
+
+
+@dataclass
+class PhaseLedger:
+    """Seconds charged to each phase, and the intervals they came in (each holds a clock read)."""
+
+    seconds: list[float] = field(default_factory=lambda: [0.0] * len(PHASES))
+    laps: list[int] = field(default_factory=lambda: [0] * len(PHASES))
+
+    def charge(self, phases: Sequence[int], times: Sequence[float]) -> None:
+        """The interval from ``times[k]`` to ``times[k + 1]`` goes to ``phases[k]``."""
+        for phase, (t_a, t_b) in zip(phases, pairwise(times), strict=True):
+            self.seconds[phase] += t_b - t_a
+            self.laps[phase] += 1
 
 
 def clock_cost() -> float:
@@ -180,423 +210,227 @@ def clock_cost() -> float:
     return per_call(reads, 20_000) / 10
 
 
-def phase_epoch(tr: Trainer, X: Array, Y: Array) -> tuple[list[float], int]:
-    """One epoch of ``Trainer._run_epoch`` / ``_step`` (training.py before issue 10), the same calls in
-    the same order, with a clock read between phases: seconds per phase, and the steps."""
-    net, cfg, g = tr.network, tr.config, tr.grad_flat
+def phase_epoch(
+    tr: Trainer, X: Array, Y: Array, ledger: PhaseLedger, should_stop: Callable[[], bool] | None = None
+) -> int:
+    """One epoch of ``Trainer._run_epoch`` as engine/training.py has it after issue 10 (engine
+    speed), the same calls in the same order, with a clock read between phases charged to
+    ``ledger``; returns the steps. It must be updated with the engine.
+
+    All rows train, shuffled (the workloads' configurations). A stop request or a non-finite
+    value raises where the engine would end the epoch early. The call of :func:`phase_step` and
+    the slicing of its arguments are charged to gather, as the engine's call of ``_step``."""
+    net, cfg = tr.network, tr.config
     clock = time.perf_counter
-    acc = [0.0] * len(PHASES)
     start = clock()
     order = tr.rng.permutation(len(X))
     lr = tr.schedule.rate(tr.epoch)
     stats = _EpochStats(len(tr.layer_paths), net.loss.metric, lr)
-    segments = tr.segments
+    bounds = list(batch_bounds(len(X), cfg.batch_size, net.min_training_rows))
     steps = 0
-    t9 = clock()
-    acc[9] += t9 - start
-    for begin, end in batch_bounds(len(X), cfg.batch_size, net.min_training_rows):
+    mark = clock()
+    ledger.charge((LOOP,), (start, mark))
+    for group in batch_groups(bounds, tr.batches_per_group):
         t0 = clock()
-        batch = order[begin:end]
-        xb = X[batch].astype(net.dtype, copy=False)
-        yb = Y[batch].astype(net.dtype, copy=False)
-        t1 = clock()
-        a, caches = net.forward(xb, training=True)
-        t2 = clock()
-        loss = net.loss_value(a, caches, yb)
-        if not math.isfinite(loss):
-            raise FloatingPointError("loss")
-        t3 = clock()
-        net.backward(caches, a, yb, tr.grad_views)
-        t4 = clock()
-        grad_sq = [float(np.vdot(g[s], g[s])) for s in segments]
-        total = sum(grad_sq)
-        if not math.isfinite(total):
-            raise FloatingPointError("gradient")
-        t5 = clock()
-        net.commit(caches)
-        clip = cfg.clip_norm
-        if clip is not None and total > clip * clip:
-            g *= clip / math.sqrt(total)
-        t6 = clock()
-        u = tr.optimizer.step(net.flat, g, lr)
-        net.flat -= u
-        t7 = clock()
-        stats.add(loss, len(xb), grad_sq, [float(np.vdot(u[s], u[s])) for s in segments])
-        t8 = clock()
-        stats.metric.update(a, yb)
-        t10 = clock()
-        for i, (t_a, t_b) in enumerate(((t9, t0), (t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
-            acc[(9, 0, 1, 2, 3, 4)[i]] += t_b - t_a
-        acc[5] += t6 - t5
-        acc[6] += t7 - t6
-        acc[7] += t8 - t7
-        acc[8] += t10 - t8
-        steps += 1
-        t9 = clock()  # the bookkeeping above is the profiler's, not the engine's
-    t11 = clock()
+        first, last = group[0][0], group[-1][1]
+        take = order[first:last]
+        xs = X[take].astype(net.dtype, copy=False)
+        ys = Y[take].astype(net.dtype, copy=False)
+        outputs = np.empty_like(ys)
+        ledger.charge((LOOP, GATHER), (mark, t0, clock()))
+        mark = clock()
+        for begin, end in group:
+            if should_stop is not None and should_stop():
+                raise RuntimeError("stop requested")
+            t0 = clock()
+            batch = slice(begin - first, end - first)
+            times = phase_step(tr, xs[batch], ys[batch], lr, stats, outputs[batch])
+            ledger.charge(STEP_PHASES, (mark, t0, *times))
+            steps += 1
+            mark = clock()  # the bookkeeping above is the profiler's, not the engine's
+        t0 = clock()
+        stats.metric.update(outputs, ys)
+        ledger.charge((LOOP, METRIC), (mark, t0, clock()))
+        mark = clock()
     if not np.isfinite(net.flat).all():
         raise FloatingPointError("weights")
-    tr._close_epoch(stats, None, 0.0)
-    acc[9] += clock() - t11
-    return acc, steps
+    tr._close_epoch(stats, None, 0.0)  # in fit, after _run_epoch: charged to the loop too
+    ledger.charge((LOOP,), (mark, clock()))
+    return steps
+
+
+def phase_step(
+    tr: Trainer, xb: Array, yb: Array, lr: float, stats: _EpochStats, outputs: Array
+) -> tuple[float, ...]:
+    """``Trainer._step`` (training.py after issue 10) with a clock read at its start and after each
+    of the phases in :data:`STEP_PHASES` from forward on: the reads. It must be updated with the engine."""
+    clock = time.perf_counter
+    t0 = clock()
+    net, g = tr.network, tr.grad_flat
+    a, caches = net.forward(xb, training=True)
+    t1 = clock()
+    loss, delta = net.output_error(a, caches, yb)
+    if not math.isfinite(loss):
+        raise FloatingPointError("loss")
+    t2 = clock()
+    net.backward(caches, delta, tr.grad_views)
+    t3 = clock()
+    grad_sq = [float(share.dot(share)) for share in tr.grad_segments]
+    total = sum(grad_sq)
+    if not math.isfinite(total):
+        raise FloatingPointError("gradient")
+    t4 = clock()
+    net.commit(caches)
+    clip, scale = tr.config.clip_norm, 1.0
+    if clip is not None and total > clip * clip:
+        scale = clip / math.sqrt(total)
+        g *= scale
+    t5 = clock()
+    u = tr.optimizer.step(net.flat, g, lr)
+    net.flat -= u
+    t6 = clock()
+    if tr.optimizer.scales_gradient:
+        factor = (lr * scale) ** 2
+        update_sq = [factor * sq for sq in grad_sq]
+    else:
+        update_sq = [float(share.dot(share)) for share in (u[s] for s in tr.segments)]
+    stats.add(loss, len(xb), grad_sq, update_sq)
+    outputs[...] = a
+    return t0, t1, t2, t3, t4, t5, t6, clock()
 
 
 def time_phases(w: Workload, X: Array, Y: Array) -> dict[str, float]:
-    """Seconds per step by phase, each less the clock read that lands in it."""
+    """Seconds per step by phase, each less the clock reads that land in it."""
     tr = trainer(w)
-    sums = [0.0] * len(PHASES)
+    ledger = PhaseLedger()
     steps = 0
     for _ in range(w.epochs):
-        acc, n = phase_epoch(tr, X, Y)
-        sums = [s + a for s, a in zip(sums, acc, strict=True)]
-        steps += n
+        with np.errstate(over="ignore", invalid="ignore"):  # as fit runs an epoch
+            steps += phase_epoch(tr, X, Y, ledger)
     tick = clock_cost()
-    return {name: max(s / steps - tick, 0.0) for name, s in zip(PHASES, sums, strict=True)}
+    return {
+        name: max((seconds - laps * tick) / steps, 0.0)
+        for name, seconds, laps in zip(PHASES, ledger.seconds, ledger.laps, strict=True)
+    }
 
 
 # ------------------------------------------------------------------------------------ kernels
 
+KERNELS = ("fwd_gemm", "fwd_elem", "bwd_gemm", "bwd_elem")
+
 
 @dataclass
 class StepArrays:
-    """One step's arrays, as the engine makes them: inputs, per-layer activations, Δs, weights."""
+    """One step's arrays, as the engine makes them: the forward pass, its targets, a Δ per layer."""
 
     net: Network
-    xb: Array
     yb: Array
-    inputs: list[Array]  # each layer's input
-    outputs: list[Array]  # each layer's activation a
+    a: Array  # the network's output
+    caches: list[Cache]
     deltas: list[Array]  # each layer's Δ (∂L/∂z), of a plausible size
-    grads: list[Array]  # gradient views, W then b per layer
+    grads: list[list[Array]]  # gradient views grouped by layer, as backward writes them
 
 
 def step_arrays(w: Workload, X: Array, Y: Array) -> StepArrays:
     tr = trainer(w)
     net = tr.network
     xb, yb = X[: w.batch].copy(), Y[: w.batch].copy()
-    _, caches = net.forward(xb, training=True)
-    inputs = [c[0] for c in caches]
-    outputs = [c[1] for c in caches]
+    a, caches = net.forward(xb, training=True)
     rng = np.random.default_rng(2)
-    deltas = [(0.01 * rng.standard_normal(o.shape)).astype(o.dtype) for o in outputs]
-    return StepArrays(net, xb, yb, inputs, outputs, deltas, tr.grad_views)
+    deltas = [(0.01 * rng.standard_normal(c[1].shape)).astype(net.dtype) for c in caches]
+    return StepArrays(net, yb, a, caches, deltas, tr.grad_views)
 
 
-def time_kernels(w: Workload, s: StepArrays, reps: int) -> dict[str, float]:
-    """Seconds per step of the arithmetic inside forward and backward, each op timed alone."""
-    net, layers = s.net, s.net.layers
-    out: dict[str, float] = dict.fromkeys(("fwd_gemm", "fwd_elem", "out_error", "bwd_gemm", "bwd_elem"), 0.0)
-    for i, layer in enumerate(layers):
-        x, W, b, act = s.inputs[i], layer.W, layer.b, layer.activation
-        out["fwd_gemm"] += per_call(lambda x=x, W=W: x @ W, reps)
-        z = (x @ W).copy()
-        out["fwd_elem"] += per_call(lambda z=z, b=b: np.add(z, b, out=z), reps)
-        if act.name == "softmax" or isinstance(layer, LogitDenseLayer):
-            out["fwd_elem"] += per_call(lambda z=z, act=act: act.forward(z.copy()), reps)
+def time_kernels(s: StepArrays, reps: int) -> dict[str, float]:
+    """Seconds per step of the arithmetic inside forward and backward, each op timed alone; and
+    ``out_error``, the loss and Δ functions that ``output_error`` calls."""
+    out = dict.fromkeys(KERNELS, 0.0)
+    for i in range(len(s.net.layers)):
+        times = dense_kernels(s, i, reps)
+        out = {k: out[k] + times[k] for k in KERNELS}
+    return out | {"out_error": output_error_kernels(s, reps)}
+
+
+def dense_kernels(s: StepArrays, i: int, reps: int) -> dict[str, float]:
+    """Layer ``i``'s kernels as :class:`DenseLayer` calls them: ``need_input_grad`` is ``i > 0``,
+    and a hidden layer's backward starts with its activation's derivative."""
+    layer = s.net.layers[i]
+    assert isinstance(layer, DenseLayer)
+    x, a = s.caches[i][0], s.caches[i][1]
+    W, b_row, act = layer.W, layer.b.reshape(1, -1), layer.activation
+    d, (gW, gb) = s.deltas[i], s.grads[i]
+    z, buf = x.dot(W), np.empty_like(d)
+    keeps_logits = isinstance(layer, LogitDenseLayer)
+
+    def bias() -> None:
+        nonlocal z
+        z += b_row
+
+    def activate() -> None:  # in place, but on a copy where the layer keeps its logits
+        if keeps_logits:
+            act.forward(z.copy())
         else:
-            out["fwd_elem"] += per_call(lambda z=z, act=act: act.forward(z), reps)
-        d, gW, gb = s.deltas[i], s.grads[2 * i], s.grads[2 * i + 1]
-        out["bwd_gemm"] += per_call(lambda x=x, d=d, gW=gW: np.matmul(x.T, d, out=gW), reps)
-        if i > 0:
-            out["bwd_gemm"] += per_call(lambda d=d, W=W: d @ W.T, reps)
-        out["bwd_elem"] += per_call(lambda d=d, gb=gb: np.add.reduce(d, axis=0, out=gb), reps)
-        if i < len(layers) - 1:  # the hidden activation's derivative, on a fresh copy of ∂L/∂a
-            buf = np.empty_like(d)
-            copy = per_call(lambda buf=buf, d=d: np.copyto(buf, d), reps)
-            both = per_call(
-                lambda buf=buf, d=d, a=s.outputs[i], act=act: act.backward(a, np.copyto(buf, d) or buf), reps
-            )
-            out["bwd_elem"] += max(both - copy, 0.0)
-    a, y = s.outputs[-1], s.yb
-    last = layers[-1].activation
-    if net.fused_delta is not None:
-        out["out_error"] = per_call(lambda: net.fused_delta(a, y), reps)
-    else:
-        out["out_error"] = per_call(lambda: last.backward(a, net.loss.gradient(a, y)), reps)
-    return out
+            act.forward(z)
 
-
-# ------------------------------------------------------------------------------------- levers
-
-
-class LeanStep:
-    """A prototype of the whole step with every buffer allocated once and ``out=`` everywhere
-    (full batches only: the workloads' row counts are multiples of their batch).
-
-    The same arithmetic and the same statistics as the engine (per-layer ‖g‖ and ‖u‖ summed over
-    the epoch, finiteness, loss, the engine's metric), by fewer NumPy calls: a measure of what a
-    lean path could reach, not a proposal for its code. Dense layers of relu, sigmoid or identity,
-    an identity/sigmoid output with squared error or a softmax with its cross-entropy; SGD or Adam.
-    """
-
-    def __init__(self, w: Workload, net: Network) -> None:
-        self.w, self.net = w, net
-        dt, n = net.dtype, w.batch
-        self.Ws = [layer.W for layer in net.layers]
-        self.bs = [layer.b for layer in net.layers]
-        self.acts = [layer.activation.name for layer in net.layers]
-        self.z = [np.empty((n, W.shape[1]), dt) for W in self.Ws]
-        self.d = [np.empty_like(z) for z in self.z]
-        self.t = [np.empty_like(z) for z in self.z]
-        self.mask = [np.empty(z.shape, bool) for z in self.z]
-        self.e = np.empty_like(self.z[-1])
-        self.flat = net.flat
-        self.g = np.empty_like(self.flat)
-        self.gv = net.unflatten(self.g)
-        self.sq = np.empty_like(self.flat)
-        self.tmp = np.empty_like(self.flat)
-        self.u = np.empty_like(self.flat)
-        self.m, self.s = np.zeros_like(self.flat), np.zeros_like(self.flat)
-        self.starts = np.array([seg.start for _, seg in net.layer_segments])
-        self.gs = np.empty(len(self.starts), dt)
-        self.us = np.empty_like(self.gs)
-        self.acc_g = np.zeros(len(self.starts))
-        self.acc_u = np.zeros(len(self.starts))
-        self.t_step = 0
-        self.loss_sum = 0.0
-
-    def step(self, xb: Array, yb: Array, metric: object) -> bool:
-        n = len(xb)
-        a = xb
-        for W, b, z, act in zip(self.Ws, self.bs, self.z, self.acts, strict=True):
-            np.matmul(a, W, out=z)
-            z += b
-            if act == "relu":
-                np.maximum(z, 0.0, out=z)
-            elif act == "sigmoid":
-                z *= 0.5
-                np.tanh(z, out=z)
-                z += 1.0
-                z *= 0.5
-            a = z
-        d, e = self.d[-1], self.e
-        if self.acts[-1] == "softmax":  # exact loss from the shifted logits, then a = softmax
-            z = self.z[-1]
-            z -= z.max(axis=1, keepdims=True)
-            np.exp(z, out=e)
-            total = e.sum(axis=1)
-            loss = (float(np.log(total).sum()) - float(np.vdot(yb, z))) / n
-            np.divide(e, total[:, None], out=z)
-            np.subtract(z, yb, out=d)
+    def column_sums() -> None:  # inline in backward_from_delta: one row copied, more reduced
+        if len(d) == 1:
+            gb[...] = d[0]
         else:
-            np.subtract(a, yb, out=d)
-            loss = 0.5 * float(np.vdot(d, d)) / n
-            if self.acts[-1] == "sigmoid":
-                np.subtract(1.0, a, out=self.t[-1])
-                self.t[-1] *= a
-                d *= self.t[-1]
-        d *= 1.0 / n
-        if not math.isfinite(loss):
-            return False
-        for i in range(len(self.Ws) - 1, -1, -1):
-            x = xb if i == 0 else self.z[i - 1]
-            np.matmul(x.T, self.d[i], out=self.gv[2 * i])
-            np.add.reduce(self.d[i], axis=0, out=self.gv[2 * i + 1])
-            if i:
-                prev = self.d[i - 1]
-                np.matmul(self.d[i], self.Ws[i].T, out=prev)
-                if self.acts[i - 1] == "relu":
-                    np.greater(x, 0.0, out=self.mask[i - 1])
-                    prev *= self.mask[i - 1]
-                elif self.acts[i - 1] == "sigmoid":
-                    t = self.t[i - 1]
-                    np.subtract(1.0, x, out=t)
-                    t *= x
-                    prev *= t
-        g, sq = self.g, self.sq
-        np.multiply(g, g, out=sq)
-        np.add.reduceat(sq, self.starts, out=self.gs)
-        if not math.isfinite(float(self.gs.sum())):
-            return False
-        u = self._update(g, sq)
-        self.flat -= u
-        np.multiply(u, u, out=sq)
-        np.add.reduceat(sq, self.starts, out=self.us)
-        self.acc_g += np.sqrt(self.gs, out=self.gs)
-        self.acc_u += np.sqrt(self.us, out=self.us)
-        self.loss_sum += loss * n
-        metric.update(a, yb)  # type: ignore[attr-defined]
-        return True
+            np.add.reduce(d, axis=0, out=gb)
 
-    def _update(self, g: Array, g2: Array) -> Array:
-        lr = self.w.lr
-        if self.w.optimizer == "sgd":
-            g *= lr
-            return g
-        self.t_step += 1
-        m, s, tmp, u = self.m, self.s, self.tmp, self.u
-        m *= B1
-        np.multiply(g, 1.0 - B1, out=tmp)
-        m += tmp
-        s *= B2
-        np.multiply(g2, 1.0 - B2, out=tmp)
-        s += tmp
-        np.sqrt(s, out=tmp)
-        tmp *= 1.0 / (1.0 - B2**self.t_step) ** 0.5
-        tmp += EPS
-        np.multiply(m, lr / (1.0 - B1**self.t_step), out=u)
-        u /= tmp
-        return u
+    def fresh() -> None:  # the derivative overwrites its ∂L/∂a: timed on a copy, less the copy
+        np.copyto(buf, d)
+
+    def derivative() -> None:
+        np.copyto(buf, d)
+        act.backward(a, buf)
+
+    hidden = i < len(s.net.layers) - 1
+    return {
+        "fwd_gemm": per_call(lambda: x.dot(W), reps),
+        "fwd_elem": per_call(bias, reps) + per_call(activate, reps),
+        "bwd_gemm": per_call(lambda: x.T.dot(d, out=gW), reps)
+        + (per_call(lambda: d.dot(W.T), reps) if i > 0 else 0.0),
+        "bwd_elem": per_call(column_sums, reps)
+        + (max(per_call(derivative, reps) - per_call(fresh, reps), 0.0) if hidden else 0.0),
+    }
 
 
-def lean_epoch(lean: LeanStep, X: Array, Y: Array, rng: np.random.Generator) -> int:
-    net, n = lean.net, lean.w.batch
-    order = rng.permutation(len(X))
-    metric = _EpochStats(1, net.loss.metric, 0.0).metric
-    steps = 0
-    for begin, end in batch_bounds(len(X), n, net.min_training_rows):
-        batch = order[begin:end]
-        xb = X[batch].astype(net.dtype, copy=False)
-        yb = Y[batch].astype(net.dtype, copy=False)
-        if not lean.step(xb, yb, metric):
-            raise FloatingPointError("lean step")
-        steps += 1
-    return steps
-
-
-def check_lean(w: Workload, X: Array, Y: Array) -> float:
-    """Largest relative difference between the weights after one epoch of the engine and of
-    :class:`LeanStep`, from the same start and the same shuffle."""
-    tr = trainer(w)
-    tr.fit(X, Y, epochs=1)
-    lean = LeanStep(w, network(w))
-    lean_epoch(lean, X, Y, np.random.default_rng(1))
-    scale = float(np.abs(tr.network.flat).max())
-    return float(np.abs(tr.network.flat - lean.flat).max()) / scale
-
-
-def time_lean(w: Workload, X: Array, Y: Array) -> float:
-    lean = LeanStep(w, network(w))
-    rng = np.random.default_rng(1)
-    start = time.perf_counter()
-    steps = sum(lean_epoch(lean, X, Y, rng) for _ in range(w.epochs))
-    return (time.perf_counter() - start) / steps
-
-
-def time_levers(w: Workload, s: StepArrays, reps: int) -> dict[str, float]:
-    """Seconds per step of what the engine does now against an alternative, on the same arrays."""
-    net, layers = s.net, s.net.layers
-    r: dict[str, float] = {}
-    # 1. results into buffers kept across steps: the GEMMs that allocate their result today
-    alloc = out_ = 0.0
-    for i, layer in enumerate(layers):
-        x, W, d = s.inputs[i], layer.W, s.deltas[i]
-        zbuf = np.empty((len(x), W.shape[1]), W.dtype)
-        alloc += per_call(lambda x=x, W=W: x @ W, reps)
-        out_ += per_call(lambda x=x, W=W, zbuf=zbuf: np.matmul(x, W, out=zbuf), reps)
-        if i:
-            gbuf = np.empty_like(x)
-            alloc += per_call(lambda d=d, W=W: d @ W.T, reps)
-            out_ += per_call(lambda d=d, W=W, gbuf=gbuf: np.matmul(d, W.T, out=gbuf), reps)
-    r["gemm_alloc"], r["gemm_out"] = alloc, out_
-    # ... and the optimiser's temporaries
-    flat = net.flat.copy()
-    g, m, tmp = np.ones_like(flat), np.ones_like(flat), np.empty_like(flat)
-    if w.optimizer == "adam":
-        r["opt_alloc"] = per_call(lambda: ((1.0 - B1) * g, m * 0.5), reps) + per_call(
-            lambda: np.sqrt(m), reps
-        )
-        r["opt_out"] = per_call(
-            lambda: (np.multiply(g, 1.0 - B1, out=tmp), np.multiply(m, 0.5, out=tmp)), reps
-        ) + per_call(lambda: np.sqrt(m, out=tmp), reps)
-    # 2. the output layer's copy of its logits (softmax with cross-entropy only)
-    r["logit_copy"] = (
-        per_call(lambda: s.outputs[-1].copy(), reps) if isinstance(layers[-1], LogitDenseLayer) else 0.0
-    )
-    # 3. the input gradient of the first layer, which the engine already skips
-    r["first_input_grad"] = per_call(lambda: s.deltas[0] @ layers[0].W.T, reps)
-    # 4. output error and loss: the engine's calls against one fused pass into a buffer
-    a, y = s.outputs[-1], s.yb
-    n = len(a)
-    last = layers[-1].activation
-    d, t = np.empty_like(a), np.empty_like(a)
-    if net.fused_delta is not None:
-        r["out_error_now"] = per_call(lambda: net.fused_delta(a, y), reps)
-        r["out_error_fused"] = per_call(
-            lambda: (np.subtract(a, y, out=d), np.multiply(d, 1.0 / n, out=d)), reps
-        )
-    else:
-        r["out_error_now"] = per_call(lambda: last.backward(a, net.loss.gradient(a, y)), reps)
-
-        def fused() -> None:
-            np.subtract(a, y, out=d)
-            np.subtract(1.0, a, out=t)
-            np.multiply(t, a, out=t)
-            np.multiply(t, 1.0 / n, out=t)
-            np.multiply(d, t, out=d)
-
-        r["out_error_fused"] = per_call(fused, reps)
-    if w.loss == "squared_error":  # the loss from the Δ's a − y, already in a buffer
-        r["loss_now"] = per_call(lambda: net.loss.value(a, y), reps)
-        r["loss_from_delta"] = per_call(lambda: 0.5 * float(np.vdot(d, d)) / n, reps)
-    # 5. the gradient-health statistics: a vdot per layer segment, twice, against a reduceat
-    segments = [seg for _, seg in net.layer_segments]
-    starts = np.array([seg.start for seg in segments])
-    gflat = np.ones_like(flat)
-    sq, gs, us = np.empty_like(flat), np.empty(len(segments), flat.dtype), np.empty(len(segments), flat.dtype)
-    acc_g, acc_u = np.zeros(len(segments)), np.zeros(len(segments))
-    stats = _EpochStats(len(segments), net.loss.metric, 0.1)
-
-    def stats_now() -> None:
-        grad_sq = [float(np.vdot(gflat[s], gflat[s])) for s in segments]
-        if not math.isfinite(sum(grad_sq)):
-            raise FloatingPointError
-        stats.add(0.5, n, grad_sq, [float(np.vdot(gflat[s], gflat[s])) for s in segments])
-
-    def stats_reduceat() -> None:
-        np.multiply(gflat, gflat, out=sq)
-        np.add.reduceat(sq, starts, out=gs)
-        if not math.isfinite(float(gs.sum())):
-            raise FloatingPointError
-        np.multiply(gflat, gflat, out=sq)
-        np.add.reduceat(sq, starts, out=us)
-        acc_g.__iadd__(np.sqrt(gs, out=gs))
-        acc_u.__iadd__(np.sqrt(us, out=us))
-
-    def stats_half() -> None:  # SGD without decay: ‖u‖ = η‖g‖, so only the gradient's vdots
-        grad_sq = [float(np.vdot(gflat[s], gflat[s])) for s in segments]
-        if not math.isfinite(sum(grad_sq)):
-            raise FloatingPointError
-        stats.add(0.5, n, grad_sq, [0.01 * q for q in grad_sq])
-
-    r["stats_now"] = per_call(stats_now, reps)
-    r["stats_half"] = per_call(stats_half, reps)
-    r["stats_reduceat"] = per_call(stats_reduceat, reps)
-    # 6. the metric
-    metric = stats.metric
-    r["metric"] = per_call(lambda: metric.update(a, y), reps)
-    # 7. gathering a batch by fancy index against a slice of pre-shuffled data
-    order = np.arange(w.batch)
-    Xd = np.ascontiguousarray(s.xb)
-    r["gather_index"] = per_call(lambda: Xd[order].astype(net.dtype, copy=False), reps)
-    r["gather_slice"] = per_call(lambda: Xd[0 : w.batch], reps)
-    return r
+def output_error_kernels(s: StepArrays, reps: int) -> float:
+    """Seconds of :meth:`Network.output_error`'s loss and Δ, called as it calls them."""
+    net, a, y = s.net, s.a, s.yb
+    if net.logit_loss is not None and net.fused_delta is not None:
+        logit_loss, fused_delta, z = net.logit_loss, net.fused_delta, s.caches[-1][2]
+        return per_call(lambda: (logit_loss(z, y), fused_delta(a, y)), reps)
+    value_and_gradient = net.loss.shared or net.loss.value_and_gradient
+    backward = net.output_layer.activation.backward
+    return per_call(lambda: backward(a, value_and_gradient(a, y)[1]), reps)
 
 
 # ------------------------------------------------------------------------------------ report
 
 ROWS = (
-    ("forward GEMMs (x W)", "fwd_gemm"),
+    ("forward GEMMs (x·W)", "fwd_gemm"),
     ("backward GEMMs (xᵀΔ, ΔWᵀ)", "bwd_gemm"),
     ("bias + activation (forward)", "fwd_elem"),
     ("activation derivatives + ∂b", "bwd_elem"),
-    ("output error Δ", "out_error"),
-    ("loss value", "loss"),
+    ("loss + output error Δ", "output_error"),
     ("optimiser update + w ← w − u", "optimizer"),
-    ("gradient-health statistics", "stats"),
-    ("metric", "metric"),
-    ("gather + cast X[batch]", "gather"),
+    ("gradient statistics, outputs kept", "stats"),
+    ("metric (once per group)", "metric"),
+    ("gather + cast, per-step slices", "gather"),
     ("Python in forward/backward", "python"),
     ("loop, commit/clip, epoch close", "rest"),
 )
 
 
 def categories(phases: dict[str, float], kernels: dict[str, float]) -> dict[str, float]:
+    """The rows of :data:`ROWS`: they add up to the phases, hence to the step."""
     fwd = kernels["fwd_gemm"] + kernels["fwd_elem"]
-    bwd = kernels["out_error"] + kernels["bwd_gemm"] + kernels["bwd_elem"]
+    bwd = kernels["bwd_gemm"] + kernels["bwd_elem"]
     return {
-        **kernels,
-        "loss": phases["loss"],
+        **{k: kernels[k] for k in KERNELS},
+        "output_error": phases["output_error"],
         "optimizer": phases["optimizer"],
         "stats": phases["grad_stats"] + phases["update_stats"],
         "metric": phases["metric"],
@@ -606,23 +440,18 @@ def categories(phases: dict[str, float], kernels: dict[str, float]) -> dict[str,
     }
 
 
-def profile(w: Workload, rounds: int) -> dict[str, object]:
+def profile(w: Workload, rounds: int) -> dict[str, float]:
     X, Y = dataset(w)
-    reps = w.reps
     time_fit(w, X[: w.batch * 20], Y[: w.batch * 20])  # warm-up: caches, BLAS threads, allocator
     arrays = step_arrays(w, X, Y)
     runs: dict[str, list[float]] = {}
     for _ in range(rounds):
-        row = {"fit": time_fit(w, X, Y), "lean": time_lean(w, X, Y)}
-        phases = time_phases(w, X, Y)
-        kernels = time_kernels(w, arrays, reps)
-        row |= categories(phases, kernels) | {f"phase_{k}": v for k, v in phases.items()}
-        row |= time_levers(w, arrays, reps)
+        kernels = time_kernels(arrays, w.reps)
+        row = {"fit": time_fit(w, X, Y), "out_error": kernels["out_error"]}
+        row |= categories(time_phases(w, X, Y), kernels)
         for key, value in row.items():
             runs.setdefault(key, []).append(value)
-    median = {key: statistics.median(values) for key, values in runs.items()}
-    median["lean_rel_diff"] = check_lean(w, X, Y)
-    return median
+    return {key: statistics.median(values) for key, values in runs.items()}
 
 
 def report(w: Workload, r: dict[str, float]) -> None:
@@ -634,26 +463,8 @@ def report(w: Workload, r: dict[str, float]) -> None:
         print(f"  {label:34s} {r[key] * us:9.2f} {100 * r[key] / total:6.1f}%")
     print(f"  {'sum of the categories':34s} {total * us:9.2f}")
     print(f"  {'whole step, Trainer.fit':34s} {r['fit'] * us:9.2f}   (median of rounds)")
-    match = f"weights match the engine's to {r['lean_rel_diff']:.1e}"
-    print(f"  {'lean prototype, same statistics':34s} {r['lean'] * us:9.2f}   ({match})")
-    print("  levers (µs/step: now → alternative, saving)")
-
-    def lever(label: str, now: float, alt: float) -> None:
-        print(f"    {label:44s} {now * us:8.2f} → {alt * us:8.2f}  saves {(now - alt) * us:7.2f}")
-
-    lever("GEMM results into kept buffers (out=)", r["gemm_alloc"], r["gemm_out"])
-    if "opt_alloc" in r:
-        lever("Adam temporaries into kept buffers", r["opt_alloc"], r["opt_out"])
-    lever("output layer's logits copy", r["logit_copy"], 0.0)
-    print(f"    {'first layer ΔWᵀ (already skipped)':44s} {r['first_input_grad'] * us:8.2f}   saves 0 (done)")
-    lever("fused output error into a buffer", r["out_error_now"], r["out_error_fused"])
-    if "loss_now" in r:
-        lever("squared-error loss from Δ's a − y", r["loss_now"], r["loss_from_delta"])
-    lever("statistics by reduceat, sums kept in arrays", r["stats_now"], r["stats_reduceat"])
-    if w.optimizer == "sgd":
-        lever("SGD: update norms as η × gradient norms", r["stats_now"], r["stats_half"])
-    lever("gather by slicing pre-shuffled data", r["gather_index"], r["gather_slice"])
-    lever("whole step: lean path (all of the above)", total, r["lean"])
+    within = "(part of 'loss + output error Δ')"
+    print(f"  {'loss + Δ functions alone':34s} {r['out_error'] * us:9.2f}   {within}")
 
 
 # ------------------------------------------------------------------------------- profilers
