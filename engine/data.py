@@ -101,6 +101,19 @@ def batch_bounds(n: int, batch_size: int, min_rows: int = 1) -> Iterator[tuple[i
         yield i * batch_size, n if i == count - 1 else (i + 1) * batch_size
 
 
+GATHER_BYTES = 1 << 20
+"""About this many bytes of training rows (inputs, targets and the outputs kept for the metric)
+are gathered at a time, as many whole minibatches as fit (one at least, plus the row a batch-norm
+network's last batch may take over). It bounds what training adds to memory, whatever the
+dataset's size."""
+
+
+def batches_per_group(input_dim: int, output_dim: int, itemsize: int, batch_size: int) -> int:
+    """How many minibatches :data:`GATHER_BYTES` holds: a row is its inputs, targets and outputs."""
+    row_bytes = (input_dim + 2 * output_dim) * itemsize
+    return max(1, GATHER_BYTES // (row_bytes * batch_size))
+
+
 def batch_groups(bounds: list[tuple[int, int]], per_group: int) -> list[list[tuple[int, int]]]:
     """Consecutive minibatches ``(start, stop)``, ``per_group`` to a group (the last group may
     have fewer)."""

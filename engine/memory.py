@@ -20,9 +20,9 @@ What the passes keep alive
   gradient it passes on; a residual block also keeps its skip gradient while its inner layers
   run. The gradients themselves are one parameter-sized buffer.
 * :class:`Trainer` adds, besides the data it is given: index arrays over the rows (split,
-  shuffle), the gathered minibatch, the gradient buffer, the optimiser's slots and a step's
-  temporaries, and the best epoch's weights and slots, twice for the moment a new best replaces
-  the old; at each epoch's end, one validation chunk at a time.
+  shuffle), the gathered group of minibatches and their outputs, the gradient buffer, the
+  optimiser's slots and a step's temporaries, and the best epoch's weights and slots, twice for
+  the moment a new best replaces the old; at each epoch's end, one validation chunk at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .data import CHECK_CHUNK
+from .data import CHECK_CHUNK, batches_per_group
 from .losses import FUSED_DELTAS, LOGIT_LOSSES, LOSSES
 from .network import PREDICT_CHUNK
 from .optimizers import OPTIMIZERS
@@ -215,8 +215,8 @@ def _forward_values(spec: NetworkSpec) -> int:
     return tally.peak
 
 
-def _gradient_values(spec: NetworkSpec, metric: bool) -> int:
-    """Values per row at the worst moment of forward, loss, backward (and the metric)."""
+def _gradient_values(spec: NetworkSpec) -> int:
+    """Values per row at the worst moment of forward, loss and backward."""
     tally = _Tally()
     tally.keep(spec.output_dim)  # the targets, converted to the network's dtype
     _forward_pass(spec, tally)
@@ -225,8 +225,6 @@ def _gradient_values(spec: NetworkSpec, metric: bool) -> int:
     fused = (spec.output_activation, spec.loss) in FUSED_DELTAS
     tally.need(out * (1 + (0 if fused else LOSS_TEMPORARIES[spec.loss])))  # ∂L/∂a, or Δ itself
     _backward(spec.layers, spec.input_dim, tally, fused)
-    if metric:
-        tally.need(out * METRIC_TEMPORARIES[LOSSES[spec.loss].metric])
     return tally.peak
 
 
@@ -273,7 +271,7 @@ def inference_bytes(spec: NetworkSpec, rows: int) -> int:
 def gradient_bytes(spec: NetworkSpec, rows: int) -> int:
     """:meth:`Network.loss_and_gradients` on ``rows`` rows, in either mode: the whole batch's
     forward and backward passes, and the gradients."""
-    work = _itemsize(spec) * rows * _gradient_values(spec, metric=False) + parameter_bytes(spec)
+    work = _itemsize(spec) * rows * _gradient_values(spec) + parameter_bytes(spec)
     return ALLOWANCE + work + _check_bytes(rows, max(spec.input_dim, spec.output_dim))
 
 
@@ -304,7 +302,8 @@ class TrainingMemory:
     parameters: int
     """Weights, gradient, optimiser slots and a step's temporaries, best-epoch snapshots."""
     minibatch: int
-    """One minibatch: gathered, forward, loss, backward, metric; grows with the batch size."""
+    """A group of minibatches gathered with their outputs kept (:data:`~.data.GATHER_BYTES`), and
+    one minibatch's forward, loss, backward and metric; grows with the batch size."""
     validation: int
     """One validation chunk at an epoch's end."""
 
@@ -322,10 +321,13 @@ def training_bytes(
     chunk = min(validation_rows or _held_out(spec, config, rows), PREDICT_CHUNK)
     itemsize, widest = _itemsize(spec), max(spec.input_dim, spec.output_dim)
     gathered = (spec.input_dim + spec.output_dim) * (GATHERED_VALUE_BYTES + itemsize)
+    per_group = batches_per_group(spec.input_dim, spec.output_dim, itemsize, config.batch_size)
+    group = min(per_group * config.batch_size + 1, rows)  # rows gathered at once, outputs kept
+    kept = spec.output_dim * (1 + METRIC_TEMPORARIES[LOSSES[spec.loss].metric])  # outputs, metric
     return TrainingMemory(
         data=data_bytes + rows * INDEX_BYTES_PER_ROW + _check_bytes(rows + validation_rows, widest),
         parameters=_training_state_bytes(spec, config),
-        minibatch=batch * (gathered + itemsize * _gradient_values(spec, metric=True)),
+        minibatch=group * (gathered + itemsize * kept) + batch * itemsize * _gradient_values(spec),
         validation=chunk * (gathered + itemsize * _evaluate_values(spec)),
     )
 

@@ -30,6 +30,7 @@ from .data import (
     as_targets,
     batch_bounds,
     batch_groups,
+    batches_per_group,
     check_in_range,
     class_labels,
     holdout_split,
@@ -44,12 +45,6 @@ Array = np.ndarray
 
 SPLIT_STREAM = 1
 """Second word of the seed of the hold-out split's generator, apart from the shuffle's."""
-
-GATHER_BYTES = 1 << 20
-"""About this many bytes of training rows (inputs, targets and the outputs kept for the metric)
-are gathered at a time, as many whole minibatches as fit (one at least, plus the row a batch-norm
-network's last batch may take over). It bounds what training adds to memory, whatever the
-dataset's size."""
 
 FOLD_STEPS = 256
 """Steps whose squared gradient and update norms are kept before they are summed."""
@@ -173,8 +168,9 @@ class Trainer:
         self.segments = [segment for _, segment in network.layer_segments]
         self.grad_segments = [self.grad_flat[segment] for segment in self.segments]
         spec = network.spec
-        row_bytes = (spec.input_dim + 2 * spec.output_dim) * network.dtype.itemsize  # x, y, output
-        self.batches_per_group = max(1, GATHER_BYTES // (row_bytes * config.batch_size))
+        self.batches_per_group = batches_per_group(
+            spec.input_dim, spec.output_dim, network.dtype.itemsize, config.batch_size
+        )
 
     def _decay_mask(self) -> Array | None:
         """1 on the entries of dense weight matrices, 0 on biases and batch-norm parameters."""
@@ -271,8 +267,8 @@ class Trainer:
     ) -> _EpochStats | str:
         """One pass over the training rows; a stop reason instead if it had to end early.
 
-        Rows are gathered a group of consecutive minibatches at a time (at most
-        :data:`GATHER_BYTES`), in the shuffled order and cast to the network's dtype, and each
+        Rows are gathered a group of consecutive minibatches at a time (about
+        :data:`~.data.GATHER_BYTES`), in the shuffled order and cast to the network's dtype, and each
         step's outputs are kept beside them: one gather and one metric update serve the group.
         """
         net, cfg = self.network, self.config

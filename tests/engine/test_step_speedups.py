@@ -26,12 +26,11 @@ import numpy as np
 import pytest
 
 from gradwire.engine import Dense, Network, NetworkSpec, OptimizerConfig, TrainConfig, Trainer
-from gradwire.engine.data import batch_groups
+from gradwire.engine.data import GATHER_BYTES, batch_groups
 from gradwire.engine.layers import column_sums
 from gradwire.engine.losses import LOGIT_LOSSES, LOSSES
 from gradwire.engine.metrics import METRICS
 from gradwire.engine.scalars import DTYPES, scalar, scalars
-from gradwire.engine.training import GATHER_BYTES
 
 Array = np.ndarray
 
@@ -211,7 +210,7 @@ def test_the_metric_of_an_epoch_is_over_all_of_its_rows_in_any_grouping(
     X, Y = case.data()
     metrics = []
     for gather_bytes in (1, GATHER_BYTES):
-        monkeypatch.setattr("gradwire.engine.training.GATHER_BYTES", gather_bytes)
+        monkeypatch.setattr("gradwire.engine.data.GATHER_BYTES", gather_bytes)
         trainer = Trainer(Network(case.spec), case.config)
         one_group = trainer.batches_per_group >= 15  # 103 rows in batches of 7
         assert one_group == (gather_bytes == GATHER_BYTES)
