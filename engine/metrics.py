@@ -1,8 +1,9 @@
 """Streaming metrics: accuracy for classifiers, R² for regression.
 
-Training metrics accumulate over the minibatches of an epoch, as the network saw them, so they
-cost no extra pass over the data. Each accumulator keeps a few sums and gives the metric of
-everything it has seen.
+Training metrics accumulate over an epoch's outputs as the network gave them while training,
+a group of minibatches per update (:meth:`Trainer._run_epoch`), so they cost no extra pass over
+the data. Each accumulator keeps a few sums, in float64, and gives the metric of everything it
+has seen.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ class R2:
     """Coefficient of determination over all outputs together: 1 − Σ SS_res / Σ SS_tot.
 
     With one output this is the usual R²; with several it weights each output by its variance
-    (scikit-learn's ``variance_weighted``), which needs only a few sums per minibatch.
+    (scikit-learn's ``variance_weighted``), which needs only a few sums per update.
 
     SS_tot is not ``Σy² − (Σy)²/n``: that cancels to nothing when the targets sit far from zero
     against their spread (around 1e8 with a spread of 1, every digit). The sums are of the targets
-    less a shift ``K``, the first minibatch's mean target, so ``SS_tot = Σc² − (Σc)²/n`` with
+    less a shift ``K``, the first update's mean target, so ``SS_tot = Σc² − (Σc)²/n`` with
     ``c = y − K`` only loses a factor ``1 + (ȳ − K)²/var(y)`` of rounding, about one.
     """
 
@@ -66,7 +67,7 @@ class R2:
     def update(self, a: Array, y: Array) -> None:
         if not len(y):
             return
-        d = y - a
+        d = np.subtract(y, a, dtype=np.float64)  # a group of float32 rows still sums in float64
         self.n += len(y)
         self.ss_res += float(np.vdot(d, d))
         if self.shift is None:

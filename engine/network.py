@@ -124,7 +124,8 @@ class Network:
     # ------------------------------------------------------------------ passes
 
     def forward(self, X: Array, training: bool = False) -> tuple[Array, list[Cache]]:
-        """Outputs ``(n, output_dim)`` for inputs ``(n, input_dim)`` in the network's dtype."""
+        """Outputs ``(n, output_dim)`` for inputs ``(n, input_dim)`` in the network's dtype, C-contiguous
+        (the public methods make them so: a strided input may round its products differently)."""
         caches = []
         a = X
         for layer in self.layers:
@@ -192,7 +193,7 @@ class Network:
         X = as_features(X, self.spec.input_dim)
         out = np.empty((len(X), self.spec.output_dim), self.dtype)
         for start in range(0, len(X), batch_size):
-            chunk = X[start : start + batch_size].astype(self.dtype, copy=False)
+            chunk = np.ascontiguousarray(X[start : start + batch_size], self.dtype)
             out[start : start + batch_size] = self.forward(chunk)[0]
         return out
 
@@ -206,8 +207,8 @@ class Network:
         ignores the input), hence fewer than :attr:`min_training_rows` rows raise
         :class:`InvalidArgument` on ``field`` (the caller's name for ``X``).
         """
-        X = as_features(X, self.spec.input_dim, field).astype(self.dtype, copy=False)
-        Y = as_targets(Y, len(X), self.spec.output_dim).astype(self.dtype, copy=False)
+        X = np.ascontiguousarray(as_features(X, self.spec.input_dim, field), self.dtype)
+        Y = np.ascontiguousarray(as_targets(Y, len(X), self.spec.output_dim), self.dtype)
         if training and 0 < len(X) < self.min_training_rows:
             raise InvalidArgument(
                 field,
@@ -232,8 +233,8 @@ class Network:
         total = 0.0
         for start in range(0, n, batch_size):
             take = slice(start, start + batch_size) if rows is None else rows[start : start + batch_size]
-            x = X[take].astype(self.dtype, copy=False)
-            y = Y[take].astype(self.dtype, copy=False)
+            x = np.ascontiguousarray(X[take], self.dtype)
+            y = np.ascontiguousarray(Y[take], self.dtype)
             a, caches = self.forward(x)
             total += self.loss_value(a, caches, y) * len(x)
             metric.update(a, y)

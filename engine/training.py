@@ -282,21 +282,41 @@ class Trainer:
         for group in batch_groups(bounds, self.batches_per_group):
             first, last = group[0][0], group[-1][1]
             take = slice(first, last) if order is None else order[first:last]
-            xs = X[take].astype(net.dtype, copy=False)
-            ys = Y[take].astype(net.dtype, copy=False)
-            outputs = np.empty_like(ys)
-            for begin, end in group:
-                if should_stop is not None and should_stop():
-                    return "stop_requested"
-                batch = slice(begin - first, end - first)
-                if not self._step(xs[batch], ys[batch], lr, stats, outputs[batch]):
-                    self._undo_to_best()
-                    return "non_finite"
-            stats.metric.update(outputs, ys)
+            stopped = self._run_group(X[take], Y[take], group, lr, stats, should_stop)
+            if stopped:
+                return stopped
         if not np.isfinite(net.flat).all():  # finite steps can still overflow the weights
             self._undo_to_best()
             return "non_finite"
         return stats
+
+    def _run_group(
+        self,
+        X: Array,
+        Y: Array,
+        group: list[tuple[int, int]],
+        lr: float,
+        stats: _EpochStats,
+        should_stop: Callable[[], bool] | None,
+    ) -> str | None:
+        """The minibatches of one group, whose rows are ``X``, ``Y``; a stop reason if one ended it.
+
+        The rows are made C-contiguous in the network's dtype (a copy only where they are not):
+        a product of a strided array may round differently from the same product of a packed one,
+        and the weights must not depend on how the caller's array lies in memory.
+        """
+        dtype, first = self.network.dtype, group[0][0]
+        xs, ys = np.ascontiguousarray(X, dtype), np.ascontiguousarray(Y, dtype)
+        outputs = np.empty_like(ys)
+        for begin, end in group:
+            if should_stop is not None and should_stop():
+                return "stop_requested"
+            batch = slice(begin - first, end - first)
+            if not self._step(xs[batch], ys[batch], lr, stats, outputs[batch]):
+                self._undo_to_best()
+                return "non_finite"
+        stats.metric.update(outputs, ys)
+        return None
 
     def _step(self, xb: Array, yb: Array, lr: float, stats: _EpochStats, outputs: Array) -> bool:
         """One minibatch update, its outputs copied to ``outputs``; ``False`` if the loss or a
