@@ -7,7 +7,8 @@ few rows at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -114,10 +115,12 @@ def batches_per_group(input_dim: int, output_dim: int, itemsize: int, batch_size
     return max(1, GATHER_BYTES // (row_bytes * batch_size))
 
 
-def batch_groups(bounds: list[tuple[int, int]], per_group: int) -> list[list[tuple[int, int]]]:
+def batch_groups(bounds: Iterable[tuple[int, int]], per_group: int) -> Iterator[list[tuple[int, int]]]:
     """Consecutive minibatches ``(start, stop)``, ``per_group`` to a group (the last group may
-    have fewer)."""
-    return [bounds[i : i + per_group] for i in range(0, len(bounds), per_group)]
+    have fewer), taken from ``bounds`` as they come: only one group is ever held."""
+    batches = iter(bounds)
+    while group := list(islice(batches, per_group)):
+        yield group
 
 
 def holdout_split(

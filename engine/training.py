@@ -278,7 +278,7 @@ class Trainer:
         )
         lr = self.schedule.rate(self.epoch)
         stats = _EpochStats(len(self.layer_paths), net.loss.metric, lr)
-        bounds = list(batch_bounds(n, cfg.batch_size, net.min_training_rows))
+        bounds = batch_bounds(n, cfg.batch_size, net.min_training_rows)
         for group in batch_groups(bounds, self.batches_per_group):
             first, last = group[0][0], group[-1][1]
             take = slice(first, last) if order is None else order[first:last]

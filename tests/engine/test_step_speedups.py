@@ -17,6 +17,7 @@ floats, ``x.dot(W)`` gives the bits of ``x @ W``, a one-row column sum is the ro
 
 from __future__ import annotations
 
+import itertools
 import math
 import tracemalloc
 from collections.abc import Callable
@@ -318,6 +319,14 @@ def test_squared_error_gives_value_and_gradient_together_as_apart() -> None:
 def test_minibatches_are_grouped_in_order_and_each_once() -> None:
     bounds = [(i, i + 3) for i in range(0, 30, 3)]
     for per_group in (1, 3, 4, 10, 11):
-        groups = batch_groups(bounds, per_group)
+        groups = list(batch_groups(iter(bounds), per_group))
         assert [b for group in groups for b in group] == bounds
         assert all(len(group) == per_group for group in groups[:-1])
+
+
+def test_groups_are_taken_as_the_batches_come_never_all_at_once() -> None:
+    """An epoch of a million one-row batches holds one group of bounds, not a million."""
+    endless = ((i, i + 1) for i in itertools.count())
+    groups = batch_groups(endless, 4)
+    assert next(groups) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert next(groups)[0] == (4, 5)
