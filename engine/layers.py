@@ -90,9 +90,13 @@ class DenseLayer(Layer):
         # than adding a (k,) vector, which matters at small batches.
         self._b, self._b_row = value, value.reshape(1, -1)
 
-    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+    def _pre_activation(self, x: Array) -> Array:
         z = x.dot(self.W)
         z += self._b_row
+        return z
+
+    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+        z = self._pre_activation(x)
         a = self.activation.forward(z)
         return a, (x, a)
 
@@ -105,10 +109,7 @@ class DenseLayer(Layer):
     ) -> Array | None:
         """Backward from ``Δ = ∂L/∂in`` (the pre-activation), e.g. a fused output error."""
         cache[0].T.dot(delta, out=out[0])
-        if len(delta) == 1:  # column_sums, inline: this runs every step
-            out[1][...] = delta[0]
-        else:
-            np.add.reduce(delta, axis=0, out=out[1])
+        column_sums(delta, out[1])
         return delta.dot(self.W.T) if need_input_grad else None
 
 
@@ -121,8 +122,7 @@ class LogitDenseLayer(DenseLayer):
     """
 
     def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
-        z = x.dot(self.W)
-        z += self._b_row
+        z = self._pre_activation(x)
         a = self.activation.forward(z.copy())
         return a, (x, a, z)
 

@@ -113,7 +113,6 @@ class Network:
             last = self.layers[-1] = LogitDenseLayer(last.W, last.b, last.activation)
         self.output_layer = last
         self._hidden_reversed = list(reversed(list(enumerate(self.layers[:-1]))))  # backward's order
-        self._value_and_gradient = self.loss.shared or self.loss.value_and_gradient
         # the fewest rows a training-mode batch may have: 2 with batch norm anywhere, else 1
         self.min_training_rows = max(layer.min_training_rows for layer in self.layers)
         self.flat, self.param_names, self.params = _pack_parameters(self.layers, self.dtype)
@@ -144,7 +143,7 @@ class Network:
         if self.logit_loss is not None:
             assert self.fused_delta is not None
             return self.logit_loss(caches[-1][2], Y), self.fused_delta(a, Y)
-        loss, grad = self._value_and_gradient(a, Y)
+        loss, grad = self.loss.value_and_gradient(a, Y)
         return loss, self.output_layer.activation.backward(a, grad)
 
     def backward(self, caches: list[Cache], delta: Array, out: list[list[Array]]) -> None:

@@ -156,7 +156,6 @@ class Trainer:
         self.network = network
         self.config = config
         self.optimizer = make_optimizer(config.optimizer, network.flat, self._decay_mask())
-        self.clip_norm, self.scales_gradient = config.clip_norm, self.optimizer.scales_gradient
         self.schedule = make_schedule(config.schedule, config.optimizer.learning_rate)
         self.rng = np.random.default_rng(config.seed)
         self.epoch = 0
@@ -332,13 +331,13 @@ class Trainer:
         if not math.isfinite(total):
             return False
         net.commit(caches)
-        clip, scale = self.clip_norm, 1.0
+        clip, scale = self.config.clip_norm, 1.0
         if clip is not None and total > clip * clip:
             scale = clip / math.sqrt(total)
             g *= scale
         u = self.optimizer.step(net.flat, g, lr)
         net.flat -= u
-        if self.scales_gradient:  # u = ηg: ‖u‖² = η²‖g‖², without another pass
+        if self.optimizer.scales_gradient:  # u = ηg: ‖u‖² = η²‖g‖², without another pass
             factor = (lr * scale) ** 2
             update_sq = [factor * sq for sq in grad_sq]
         else:
