@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradwire.engine import Dense, Network, NetworkSpec, OptimizerConfig, TrainConfig, Trainer
+from bench import engine_bench as bench
+from gradwire.engine import Network, OptimizerConfig, TrainConfig, Trainer
 from gradwire.engine.data import batch_bounds, batch_groups
 from gradwire.engine.layers import Cache, DenseLayer, LogitDenseLayer
 from gradwire.engine.training import _EpochStats
@@ -51,19 +52,13 @@ Array = np.ndarray
 
 
 @dataclass(frozen=True)
-class Workload:
-    name: str
-    sizes: tuple[int, ...]
-    hidden: str
-    output: str
-    loss: str
-    dtype: str
-    batch: int
-    rows: int
-    optimizer: str
-    lr: float
-    epochs: int  # per timed round
-    reps: int  # calls per timing of one operation
+class Workload(bench.Workload):
+    """A benchmark workload (its layers, loss, dtype, batch, rows, and epochs per timed round),
+    profiled with one optimiser; ``reps`` is the calls per timing of one operation."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    reps: int = 1000
 
     @property
     def title(self) -> str:
@@ -78,39 +73,28 @@ WORKLOADS = {
     w.name: w
     for w in (
         Workload(
-            "online", (4, 5, 3), "sigmoid", "sigmoid", "squared_error", "float64", 1, 150,
-            "sgd", 0.1, 20, 3000,
+            "online", (4, 5, 3), "squared_error", "sigmoid", batch=1, rows=150, epochs=20,
+            hidden="sigmoid", dtype="float64", optimizer="sgd", lr=0.1, reps=3000,
         ),
         Workload(
-            "mlp20", (20, 64, 1), "relu", "identity", "squared_error", "float32", 32, 10_016,
-            "adam", 1e-3, 2, 2000,
+            "mlp20", (20, 64, 1), "squared_error", "identity", batch=32, rows=10_016, epochs=2,
+            optimizer="adam", lr=1e-3, reps=2000,
         ),
         Workload(
-            "mnist", (784, 256, 128, 10), "relu", "softmax", "softmax_crossentropy", "float32", 128, 12_800,
-            "adam", 1e-3, 1, 30,
+            "mnist", (784, 256, 128, 10), "softmax_crossentropy", "softmax", batch=128, rows=12_800,
+            epochs=1, optimizer="adam", lr=1e-3, reps=30,
         ),
     )
 }  # fmt: skip
 
 
-def dataset(w: Workload, seed: int = 0) -> tuple[Array, Array]:
-    """Random inputs; one-hot targets for a classifier or a 3-class (iris-like) online set, a smooth
-    function of the inputs otherwise. Kept in the network's dtype, like engine_bench's data."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((w.rows, w.sizes[0])).astype(w.dtype)
-    if w.sizes[-1] > 1:
-        labels = (X[:, : w.sizes[-1]].argmax(axis=1) + rng.integers(0, 2, w.rows)) % w.sizes[-1]
-        Y = np.eye(w.sizes[-1], dtype=w.dtype)[labels]
-    else:
-        Y = (np.sin(X[:, :1]) + 0.5 * X[:, 1:2] * X[:, 2:3]).astype(w.dtype)
-    return X, Y
+def dataset(w: Workload) -> tuple[Array, Array]:
+    """The benchmark's data for ``w``, in the network's dtype."""
+    return bench.dataset(w, w.rows)
 
 
 def network(w: Workload) -> Network:
-    init = "he_normal" if w.hidden == "relu" else "xavier_uniform"
-    hidden = [Dense(units, w.hidden, init) for units in w.sizes[1:-1]]
-    out = Dense(w.sizes[-1], w.output, "xavier_uniform")
-    return Network(NetworkSpec(w.sizes[0], (*hidden, out), w.loss, w.dtype, 0))
+    return Network(bench.spec_for(w))
 
 
 def trainer(w: Workload) -> Trainer:
