@@ -1,27 +1,34 @@
 # The gradwire service. Build: docker build -t gradwire .   Run: docker compose up (see
 # docker-compose.yml and README.md, "Deployment").
 #
-# The first stage builds gradwire's wheel; the image installs it and keeps neither the sources
-# nor the build tools. EXTRAS names the optional extras installed with it: "server" (the
-# server's dependencies: the image serves) and "otel" (OpenTelemetry tracing, which stays off
-# unless the OTEL_* variables configure an exporter; --build-arg EXTRAS=server leaves it out).
+# Everything installed comes from the committed locks (requirements/*.txt: exact versions, checked
+# against their hashes), the build tools included: the image holds what CI tested. The first
+# stage builds gradwire's wheel with the locked setuptools; the image installs the locks LOCKS
+# names and then the wheel, and keeps neither the sources nor the build tools' output. "server"
+# is the server's dependencies (the image serves); "otel" adds OpenTelemetry tracing, which stays
+# off unless the OTEL_* variables configure an exporter (--build-arg LOCKS=server leaves it out).
 FROM python:3.11-slim AS wheel
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY requirements/server.txt requirements/server.txt
+RUN pip install --require-hashes --no-deps -r requirements/server.txt
 COPY pyproject.toml README.md ./
 COPY engine engine
 COPY service service
 COPY storage storage
 COPY client client
 COPY proto proto
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim
-ARG EXTRAS=server,otel
+ARG LOCKS="server otel"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=wheel /wheels /wheels
+COPY requirements/server.txt requirements/otel.txt /locks/
 # pip compiles the installed modules here, once: the user below may not write beside them, and
 # the healthcheck starts a fresh interpreter every ten seconds.
-RUN pip install "$(echo /wheels/gradwire-*.whl)${EXTRAS:+[$EXTRAS]}" && rm -rf /wheels
+RUN pip install --require-hashes --no-deps $(for lock in $LOCKS; do echo "-r /locks/$lock.txt"; done) \
+    && pip install --no-deps /wheels/gradwire-*.whl && rm -rf /wheels /locks
 COPY docker/entrypoint.sh /usr/local/bin/gradwire-entrypoint
 RUN chmod 0755 /usr/local/bin/gradwire-entrypoint \
     && groupadd --system --gid 10001 gradwire \

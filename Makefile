@@ -1,27 +1,33 @@
-# The documented commands. Each one sets up what it needs in .venv first.
+# The documented commands. Each one sets up what it needs in .venv first, from the committed locks
+# in requirements/ (exact versions and hashes): a fresh machine installs what CI last tested.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
+LOCKS  := $(BIN)/python requirements/locks.py
 
-.PHONY: run test check bench bench-quick proto clean
+.PHONY: run test check check-latest lock venv bench bench-quick proto clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "gradwire needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
 
-# The server's dependencies: what `make run` needs (`pip install gradwire` alone is the client).
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[server]'
+# make run's environment: exactly requirements/server.txt, and gradwire from this tree (editable).
+$(VENV)/.server: requirements/server.txt pyproject.toml | $(BIN)/python
+	$(LOCKS) sync server
+	rm -f $(VENV)/.dev $(VENV)/.torch
 	touch $@
 
-# Runtime plus the dev extra: tests, linters, type checker, stub generator.
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[dev]'
-	touch $@ $(VENV)/.runtime
+# The dev environment, exactly requirements/dev.txt: the server's packages, the extras, the tests,
+# linters, type checker, stub generator and uv. It serves make run too.
+$(VENV)/.dev: requirements/dev.txt pyproject.toml | $(BIN)/python
+	$(LOCKS) sync dev
+	rm -f $(VENV)/.torch
+	touch $@ $(VENV)/.server
 
-run: $(VENV)/.runtime
+venv: $(VENV)/.server
+
+run: $(VENV)/.server
 	$(BIN)/gradwire serve --auth off
 
 test: $(VENV)/.dev
@@ -30,14 +36,30 @@ test: $(VENV)/.dev
 # mypy and import-linter read the sources through links laid out as the installed names
 # (gradwire/engine -> engine/ ...), the same mapping pyproject.toml gives setuptools.
 LINKS := .typecheck/gradwire
+# The locks against pyproject.toml's ranges, the generated code against the locked generator, then
+# lint, format, types and the dependency arrows.
 check: $(VENV)/.dev
 	mkdir -p $(LINKS) && for p in engine service storage client; do ln -sfn ../../$$p $(LINKS)/$$p; done
 	ln -sfn ../../proto/gradwire/v1 $(LINKS)/v1
+	$(LOCKS) check
 	PYTHON=$(CURDIR)/$(BIN)/python proto/generate.sh --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy --strict requirements/locks.py
 	PYTHONPATH=.typecheck $(BIN)/lint-imports
+
+# The newest releases pyproject.toml's ranges allow, in a fresh .venv-latest, against the fast part
+# of the suite: a breaking release is met here before a user of `pip install gradwire` meets it.
+# Where the suite fails there, it names the release that breaks it.
+check-latest: $(BIN)/python
+	$(BIN)/python requirements/locks.py latest .venv-latest
+
+# Re-resolve every lock to the newest versions the ranges allow, then bring .venv to the new dev
+# lock and regenerate the protobuf code with its grpcio-tools. Review the diff, run make test.
+lock: $(VENV)/.dev
+	$(LOCKS) compile --upgrade
+	$(MAKE) proto
 
 # PyTorch is the benchmark's outside reference, never a dependency. Installed only where pip
 # can take the CPU build without downloading (a local wheel pip is configured to find);
@@ -59,4 +81,4 @@ proto: $(VENV)/.dev
 	PYTHON=$(CURDIR)/$(BIN)/python proto/generate.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-latest .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -470,7 +470,7 @@ class Topology:
         stage = dockerfile_stage()
         (entrypoint,) = (json.loads(args) for args in arguments(stage, "ENTRYPOINT"))
         copies = [args.split() for args in arguments(stage, "COPY") if not args.startswith("--")]
-        source = next(src for src, dest in copies if Path(dest).name == entrypoint[0])
+        source = next(words[0] for words in copies if Path(words[-1]).name == entrypoint[0])
         self.entrypoint = ["sh", str(ROOT / source), *entrypoint[1:]]
         self.image_env = image_environment(stage)
         self.database, self.home = database, home

@@ -1,7 +1,8 @@
 """``pip install gradwire`` is the SDK and the client commands, on grpcio, protobuf and NumPy only:
-the wheel is installed into a fresh virtual environment without extras, and there it trains and
-predicts through a real server (run from the project's environment), its client commands work,
-and ``gradwire serve`` says what to install instead of failing on an import."""
+the wheel is installed into a fresh virtual environment without extras, beside exactly what
+requirements/client.txt locks, and there it trains and predicts through a real server (run from
+the project's environment), its client commands work, and ``gradwire serve`` says what to install
+instead of failing on an import."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from helpers import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+CLIENT_LOCK = ROOT / "requirements" / "client.txt"
 SERVER_ONLY = ("sqlalchemy", "alembic", "psycopg", "prometheus_client", "onnx")
 """What the server needs and the client must do without."""
 
@@ -29,14 +31,18 @@ def lean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = wheels.glob("gradwire-*.whl")
     venv.create(folder / "env", with_pip=True)
     bin_dir = folder / "env" / "bin"
-    installed = subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert installed.returncode == 0, installed.stderr[-2000:]
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    for install in (["--require-hashes", "-r", str(CLIENT_LOCK)], [str(wheel)]):
+        installed = subprocess.run([*pip, *install], capture_output=True, text=True, timeout=600)
+        assert installed.returncode == 0, installed.stderr[-2000:]
     return bin_dir
+
+
+def test_the_environment_is_the_client_lock_and_the_wheel(lean: Path) -> None:
+    verified = run(lean, "python", str(ROOT / "requirements" / "locks.py"), "verify", "client")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    shown = run(lean, "python", "-m", "pip", "show", "gradwire")
+    assert "Version: 0.1.0" in shown.stdout
 
 
 def run(bin_dir: Path, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
