@@ -272,6 +272,8 @@ def latest(venv: Path) -> int:
     print("newest releases the ranges allow, beside the dev lock:")
     for name, (locked, new) in sorted(newer.items()):
         print(f"  {name}: {locked or 'not'} locked, {new} newest")
+    if not newer:
+        print("  none: the lock holds the newest releases")
     cache = ["-o", f"cache_dir={venv / 'pytest-cache'}"]
     tests = subprocess.run([python, "-m", "pytest", "-q", *cache, *FAST_SUITE], cwd=ROOT)
     if tests.returncode == 0:
