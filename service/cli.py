@@ -724,7 +724,10 @@ def _variable_default(setting: str | Field[Any]) -> str:
     return f"{variable(field.name)}, default {default if default != '' else 'none'}"
 
 
-SHOWN_DEFAULTS = {"database_url": "a SQLite file in the data dir"}
+SHOWN_DEFAULTS = {
+    "database_url": "a SQLite file in the data dir",
+    "train_workers": "the CPUs this process may use",
+}
 """Defaults the dataclass computes, in words."""
 
 

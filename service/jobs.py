@@ -52,7 +52,7 @@ from gradwire.v1.digest import weights_digest
 
 from .metrics import TRAINED
 from .settings import Settings
-from .signals import Changes, StopFlags
+from .signals import RunEvents, StopFlags
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Committer:
     """
 
     def __init__(
-        self, store: Store, run_id: str, owner: str, settings: Settings, changes: Changes, flags: StopFlags
+        self, store: Store, run_id: str, owner: str, settings: Settings, changes: RunEvents, flags: StopFlags
     ) -> None:
         self.store, self.run_id, self.owner, self.settings = store, run_id, owner, settings
         self.changes, self.flags = changes, flags
@@ -233,7 +233,7 @@ class RunJob:
         run_id: str,
         owner: str,
         settings: Settings,
-        changes: Changes,
+        changes: RunEvents,
         flags: StopFlags,
         closing: threading.Event,
     ) -> None:

@@ -1,9 +1,4 @@
-"""Log lines as JSON objects, and the one access line every RPC writes.
-
-:class:`JsonFormatter` writes each record as one line: ``time`` (ISO 8601, UTC, milliseconds:
-``2026-11-28T21:49:49.123Z``), ``level``, ``logger``, ``message``, and the record's ``extra``
-fields as fields of their own, so that a log pipeline filters on ``run`` or ``code`` instead of
-parsing text.
+"""The one access line every RPC writes (the lines' format: :mod:`.logformat`).
 
 :class:`AccessInterceptor` wraps every handler, of every kind, and writes one line as each call
 ends (logger ``gradwire.rpc``, message ``rpc``): ``method``, ``code``, ``duration_ms``, ``peer``,
@@ -19,7 +14,6 @@ ones included, carries it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -30,6 +24,7 @@ from typing import Any
 import grpc
 
 from .interceptors import Noted, rewrap
+from .logformat import JsonFormatter as JsonFormatter
 
 log = logging.getLogger("gradwire.rpc")
 
@@ -40,30 +35,6 @@ VALID_REQUEST_ID = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID}}}")
 
 RpcEnded = Callable[[str, str, float], None]
 """Told of every call as it ends: method, status code name, seconds (the metrics count them)."""
-
-
-def utc_time(record: logging.LogRecord) -> str:
-    """When ``record`` was made, in ISO 8601, UTC, to the millisecond."""
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
-
-    RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": utc_time(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry |= {k: v for k, v in record.__dict__.items() if k not in self.RESERVED}
-        if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 def request_id(metadata: Any) -> str:

@@ -63,10 +63,10 @@ class Trained:
         self.epochs = 0
         self.samples = 0
 
-    def add(self, samples: int) -> None:
-        """One more epoch, over ``samples`` training rows."""
+    def add(self, samples: int, epochs: int = 1) -> None:
+        """One more epoch over ``samples`` training rows (or ``epochs`` more, a worker's)."""
         with self._lock:
-            self.epochs += 1
+            self.epochs += epochs
             self.samples += samples
 
     def totals(self) -> tuple[int, int]:

@@ -9,10 +9,8 @@ install, the SDK and the client commands, runs without it.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +25,7 @@ from . import tls as listener
 from .admin import ADMIN_COMMANDS
 from .cli import EXIT_FAILED, EXIT_USAGE, LOG_LEVELS, CommandError, _flag, _reason
 from .errors import StartupError
-from .logs import JsonFormatter
+from .logformat import log_to_stderr
 from .server import create_server, return_freed_memory, stop_server
 from .settings import Limits, SettingError, Settings, variable
 
@@ -104,15 +102,7 @@ def _log_to_stderr(args: argparse.Namespace) -> None:
     if args.log_level.lower() not in LOG_LEVELS:  # the flag has choices; this is the variable's value
         level = f"GRADWIRE_LOG_LEVEL={args.log_level!r:.40}"
         raise CommandError(f"{level}: must be one of {', '.join(LOG_LEVELS)}", EXIT_USAGE)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if args.log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
-    if args.log_level.lower() != "debug":  # its "Context impl SQLiteImpl." at every start says nothing
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    log_to_stderr(args.log_format == "json", args.log_level.upper())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -16,6 +16,32 @@ MAX_STATEMENT_SECONDS = 2_147_483
 """PostgreSQL's largest statement_timeout, in seconds (2³¹ − 1 ms)."""
 
 
+EXECUTORS = ("process", "thread")
+"""Where runs execute (``executor``): worker processes of this server (the default), or threads
+of the server process itself (one interpreter: runs share one core's worth of Python)."""
+
+
+def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: those its affinity allows, fewer where its cgroup's CPU
+    quota is smaller (rounded up; cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``)."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_quota(root)
+    return max(1, min(allowed, quota) if quota else allowed)
+
+
+def cgroup_quota(root: Path) -> int | None:
+    """The cgroup's CPU quota in whole CPUs, rounded up; None where it sets none or cannot be read."""
+    for files in (("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            words = " ".join((root / name).read_text() for name in files).split()
+        except OSError:
+            continue
+        if len(words) == 2 and all(w.isdigit() for w in words) and int(words[0]) > 0 and int(words[1]) > 0:
+            return -(-int(words[0]) // int(words[1]))
+        return None  # "max" or -1: no quota
+    return None
+
+
 class SettingError(ValueError):
     """A setting's value is refused: ``name`` is its field; the message says what it accepts."""
 
@@ -51,8 +77,10 @@ class Settings:
 
     ``rpc_workers`` threads answer unary calls; ``max_streams`` more are kept for streams
     (WatchRun, Train, UploadDataset, ExportModel), whose number is capped there, so streams never
-    starve a GetModel. ``train_workers`` runs execute at once in this process; the others wait
-    in the database, at most ``max_queued_runs`` of them (all processes together).
+    starve a GetModel. ``train_workers`` runs (by default one per CPU this process may use)
+    execute at once, each in a worker process of this server (``executor`` ``process``, run at
+    ``worker_nice`` below the server's priority) or on a thread of it (``thread``); the others
+    wait in the database, at most ``max_queued_runs`` of them (all processes together).
 
     Runs: epochs and checkpoints commit at most every ``checkpoint_interval`` seconds (and at
     every stop), so a crash loses at most that much work. A process holds a lease on each run it
@@ -81,7 +109,9 @@ class Settings:
     data_dir: str = DEFAULT_DATA_DIR
     rpc_workers: int = 16
     max_streams: int = 64
-    train_workers: int = 2
+    executor: str = "process"
+    train_workers: int = field(default_factory=usable_cpus)
+    worker_nice: int = 10
     max_queued_runs: int = 64
     max_message_mb: int = 512
     model_cache_mb: int = 256
@@ -135,6 +165,10 @@ class Settings:
         for name in ("max_queued_runs", "auto_resume"):
             if getattr(self, name) < 0:
                 raise SettingError(name, "must be at least 0")
+        if self.executor not in EXECUTORS:
+            raise SettingError("executor", f"must be one of {', '.join(EXECUTORS)}")
+        if not 0 <= self.worker_nice <= 19:
+            raise SettingError("worker_nice", "must be from 0 (the server's priority) to 19 (the lowest)")
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise SettingError("heartbeat_seconds", "must be at most half of lease_seconds")
 

@@ -11,6 +11,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Protocol
+
+
+class RunEvents(Protocol):
+    """What a job tells about its run as it goes: :class:`Changes` in this process, or a worker
+    process's relay to its server's."""
+
+    def bump(self, run_id: str) -> None:
+        """A commit of the run landed."""
+
+    def finished(self, run_id: str) -> None:
+        """The job is over."""
 
 
 class Changes:

@@ -12,6 +12,7 @@ every call, so a model trained through another process is served at its new vers
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -39,6 +40,7 @@ from .datasets import Datasets, check_request_id
 from .errors import CannotAnswer, LimitExceeded
 from .executor import Executor, Supervisor, ThreadExecutor, owner_id
 from .paging import paged
+from .process_executor import ProcessExecutor
 from .runs import Runs, check_memory
 from .settings import MiB, Settings
 from .signals import Changes
@@ -146,6 +148,13 @@ def gradients_bytes(spec: NetworkSpec, rows: int, numerical_check: bool) -> int:
     return need
 
 
+EXECUTORS: dict[str, Callable[[Store, Settings, Changes, Callable[[], None]], Executor]] = {
+    "process": ProcessExecutor,
+    "thread": ThreadExecutor,
+}
+"""Each ``executor`` setting's executor (the names: :data:`.settings.EXECUTORS`)."""
+
+
 class Gradwire:
     """The application: every RPC's behaviour, callable without a server."""
 
@@ -154,7 +163,9 @@ class Gradwire:
         self.owner = owner_id()
         self.changes = Changes()
         self._networks = NetworkCache(settings.model_cache_mb * MiB)
-        self.executor = executor or ThreadExecutor(store, settings, self.changes, on_done=self._job_done)
+        self.executor = executor or EXECUTORS[settings.executor](
+            store, settings, self.changes, self._job_done
+        )
         self.supervisor = Supervisor(store, self.executor, settings, self.owner)
         self.datasets = Datasets(store, settings.limits)
         self.runs = Runs(

@@ -176,26 +176,37 @@ class RunStore:
         (the caller knows they are alive: it executes them): such a run becomes interrupted, or
         cancelled if a cancel was asked for (one statement, so a cancel landing meanwhile cannot
         fall between two). Returns the runs reaped."""
+        query = update(RunRow).where(
+            RunRow.status == "running", RunRow.heartbeat_at < seconds_ago(lease_seconds)
+        )
+        if executing:
+            query = query.where(RunRow.id.not_in(list(executing)))
+        return self._end_leases(query, "lease_expired")
+
+    def release(self, run_id: str, owner: str, reason: str) -> bool:
+        """End ``owner``'s lease of a running run now, as :meth:`reap` does when one expires: its
+        executor knows the job is gone (its worker process died). False if it was not held so."""
+        query = update(RunRow).where(RunRow.id == run_id, RunRow.owner == owner, RunRow.status == "running")
+        return bool(self._end_leases(query, reason))
+
+    def _end_leases(self, query: Any, reason: str) -> list[str]:
+        """``query``'s running runs become interrupted (``reason``), or cancelled where a cancel
+        was asked for; their leases end. Returns the runs it ended."""
         cancelled = RunRow.cancel_requested
         with self.db.write() as s:
-            query = update(RunRow).where(
-                RunRow.status == "running", RunRow.heartbeat_at < seconds_ago(lease_seconds)
-            )
-            if executing:
-                query = query.where(RunRow.id.not_in(list(executing)))
-            reaped = s.execute(
+            ended = s.execute(
                 query.values(
                     status=case((cancelled, "cancelled"), else_="interrupted"),
-                    stop_reason=case((cancelled, "cancelled"), else_="lease_expired"),
+                    stop_reason=case((cancelled, "cancelled"), else_=reason),
                     finished_at=case((cancelled, utcnow()), else_=None),
                     owner=None,
                     heartbeat_at=None,
                 ).returning(RunRow.id, RunRow.status)
             ).all()
-            for run_id, status in reaped:
+            for run_id, status in ended:
                 if status == "cancelled":
                     _drop_checkpoint(s, run_id)
-            return [run_id for run_id, _ in reaped]
+            return [run_id for run_id, _ in ended]
 
     def requeue_interrupted(self, max_attempts: int, max_queued: int) -> list[str]:
         """Queue again the interrupted runs that a graceful stop interrupted, and those claimed

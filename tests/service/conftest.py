@@ -17,12 +17,20 @@ tests of keys (which turn ``auth`` on)."""
 
 
 @pytest.fixture
-def start_server(database_url: str) -> Iterator[Callable[..., Running]]:
+def executor() -> str:
+    """Where the servers of a test execute runs: on threads, which start with the server at no
+    cost. The modules that test executing runs override this fixture with every executor; real
+    ``gradwire serve`` processes (tests/process) use the default, worker processes."""
+    return "thread"
+
+
+@pytest.fixture
+def start_server(database_url: str, executor: str) -> Iterator[Callable[..., Running]]:
     """Starts servers on ``database_url`` (keyword arguments override settings); stops them all."""
     started = []
 
     def start(**overrides: object) -> Running:
-        values = {**TEST_SETTINGS, **overrides}
+        values = {**TEST_SETTINGS, "executor": executor, **overrides}
         settings = Settings(address="127.0.0.1:0", database_url=database_url, **values)  # type: ignore[arg-type]
         server, port, app = create_server(settings)
         started.append((server, app))

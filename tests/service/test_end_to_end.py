@@ -16,6 +16,7 @@ from helpers import Running, two_spirals
 
 from gradwire.client import Client, DeadlineExceededError, ModelBusyError, NotFoundError
 from gradwire.engine import Network, NetworkSpec, numerical_gradients, one_hot
+from gradwire.service.settings import EXECUTORS
 
 SPIRAL_SPEC: dict[str, Any] = {
     "input_dim": 2,
@@ -28,6 +29,12 @@ SPIRAL_SPEC: dict[str, Any] = {
     "dtype": "float64",
     "seed": 3,
 }
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each executor: worker processes and threads."""
+    return str(request.param)
 
 
 def spirals(n: int = 150) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

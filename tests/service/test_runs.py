@@ -25,6 +25,7 @@ from gradwire.client import (
 )
 from gradwire.engine import Network, NetworkSpec, TrainConfig, Trainer
 from gradwire.service.jobs import checkpoint_of
+from gradwire.service.settings import EXECUTORS
 from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
@@ -45,6 +46,12 @@ X = RNG.normal(size=(256, 4))
 Y = np.sin(X[:, :1]) + 0.1 * RNG.normal(size=(256, 1))
 LONG = {"epochs": 100_000, "batch_size": 1}
 """Options of a run that goes on until it is cancelled."""
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each executor: worker processes and threads."""
+    return str(request.param)
 
 
 def events(client: Client, run_id: str, after: int = 0) -> Iterator[pb.RunEvent]:
@@ -343,6 +350,7 @@ def test_request_ids_make_creations_happen_once(client: Client) -> None:
         client.create_model(SPEC).start_run(X, Y, epochs=1, request_id="start-1")
 
 
+@pytest.mark.parametrize("executor", ["thread"])  # it counts the commits of this process's store
 def test_checkpoint_writes_never_queue_up(
     server: Running, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
