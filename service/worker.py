@@ -15,7 +15,9 @@ The worker answers on its stdout:
     {"op": "changed", "run": ID}               a commit of the run landed: its watchers look again
     {"op": "done", "run": ID}                  the run ended here, however it ended
 
-The end of its stdin (the server closed it, or died) is a shutdown, after which the worker exits.
+When its stdin ends, the worker exits: once its run has stopped if a shutdown was ordered (the
+server is stopping), at once if not (the server died, and its runs die with it, as they would on
+its threads: their leases run out and another server resumes them from their checkpoints).
 The job itself (:class:`.jobs.RunJob`) is the one a thread executor runs: it reads the run, its
 datasets and its checkpoint from the database and writes its epochs and its end back.
 """
@@ -46,6 +48,7 @@ BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 log = logging.getLogger(__name__)
 
 MODULE = "gradwire.service.worker"
+EXIT_SERVER_GONE = 3
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Worker:
         self.flags = StopFlags()
         self.job: threading.Thread | None = None
         self.run_id = ""
+        self.stopping = False  # a shutdown was ordered: the server is stopping
 
     def serve(self, orders: IO[str]) -> None:
         threading.Thread(target=self._beat, name="gradwire-worker-alive", daemon=True).start()
@@ -119,7 +123,9 @@ class Worker:
         for line in orders:
             order = json.loads(line)
             ORDERS[order["op"]](self, order)
-        self._shutdown({})  # the server closed the pipe, or died
+        if not self.stopping:
+            log.warning("worker's server is gone; exiting", extra={"run": self.run_id or None})
+            os._exit(EXIT_SERVER_GONE)
         if self.job is not None:
             self.job.join()
         self.closing.set()
@@ -129,6 +135,8 @@ class Worker:
         if self.job is not None and self.job.is_alive():  # the server hands a worker one run at a time
             raise RuntimeError(f"worker busy with run {self.run_id} was handed run {order['run']}")
         self.flags, self.run_id = StopFlags(), order["run"]
+        if self.stopping:
+            self.flags.shutdown.set()
         self.job = threading.Thread(
             target=self._execute, args=(order["run"], order["lease"], self.flags), name="gradwire-job"
         )
@@ -149,6 +157,7 @@ class Worker:
             self.flags.cancel.set()
 
     def _shutdown(self, order: dict[str, Any]) -> None:
+        self.stopping = True
         self.flags.shutdown.set()
 
     def _beat(self) -> None:

@@ -86,7 +86,7 @@ class ServerProcess:
     ``auth`` says otherwise (the tests of keys turn it on). Its JSON log lines are read
     as they come, so a test can wait for one (:meth:`wait_for_log`) instead of sleeping.
     ``address_space`` caps the process's virtual memory (``RLIMIT_AS``, bytes), so that a test
-    of memory limits cannot take the machine down.
+    of memory limits cannot take the machine down; ``cpus`` is the CPUs it may run on.
     """
 
     def __init__(
@@ -94,6 +94,7 @@ class ServerProcess:
         database_url: str,
         address: str = "127.0.0.1:0",
         address_space: int | None = None,
+        cpus: set[int] | None = None,
         **settings: object,
     ) -> None:
         settings = {"auth": "off", **settings}
@@ -112,6 +113,8 @@ class ServerProcess:
         def limit() -> None:
             if address_space is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
 
         self.process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit
