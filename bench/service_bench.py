@@ -169,8 +169,9 @@ def child(argv: list[str]) -> Iterator[Child]:
             process.wait(timeout=120)
 
 
-def gradwire_server(stack: ExitStack, database_url: str) -> Child:
-    """``gradwire serve`` as deployed, authentication on, with an API key made for the client."""
+def gradwire_server(stack: ExitStack, database_url: str, *flags: str) -> Child:
+    """``gradwire serve`` as deployed, authentication on, with an API key made for the client;
+    ``flags`` are more of its flags (``--train-workers 1``)."""
     gradwire = str(Path(sys.executable).with_name("gradwire"))
     at = ["--database-url", database_url]
     made = subprocess.run(
@@ -178,7 +179,7 @@ def gradwire_server(stack: ExitStack, database_url: str) -> Child:
     )
     if made.returncode:
         raise RuntimeError(f"gradwire keys create failed: {made.stderr}")
-    argv = [gradwire, "serve", "--address", "127.0.0.1:0", *at, "--log-level", "warning"]
+    argv = [gradwire, "serve", "--address", "127.0.0.1:0", *at, "--log-level", "warning", *flags]
     server = stack.enter_context(child(argv))
     return Child(server.address, server.pid, made.stdout.strip())
 

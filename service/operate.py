@@ -26,8 +26,9 @@ from .admin import ADMIN_COMMANDS
 from .cli import EXIT_FAILED, EXIT_USAGE, LOG_LEVELS, CommandError, _flag, _reason
 from .errors import StartupError
 from .logformat import log_to_stderr
-from .server import create_server, return_freed_memory, stop_server
+from .server import create_server, stop_server
 from .settings import Limits, SettingError, Settings, variable
+from .tuning import return_freed_memory
 
 LISTENING = {
     listener.PLAINTEXT: "in plaintext",

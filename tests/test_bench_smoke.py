@@ -85,3 +85,21 @@ def test_service_benchmark_skips_an_unreachable_postgresql(monkeypatch: pytest.M
         scratch_postgres("postgresql://postgres@127.0.0.1:1/postgres", "gradwire_bench_never"),
     ):
         pass
+
+
+def test_scaling_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    output = tmp_path / "scaling.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.scaling_bench", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    sqlite = json.loads(output.read_text())["backends"]["sqlite"]
+    assert set(sqlite["concurrency"]["seconds"]) == {"one_worker", "workers", "threads"}
+    assert all(seconds > 0 for seconds in sqlite["concurrency"]["seconds"].values())
+    assert sqlite["responsiveness"]["get_model"]["busy_ms"] > 0
+    assert sqlite["fit"]["workers"]["fit_seconds"] > 0
+    assert len(sqlite["memory"]["worker_idle_bytes"]) == sqlite["concurrency"]["cores"]

@@ -1,0 +1,248 @@
+"""``make bench`` (scaling part): training on every core, each figure beside its reference
+measured in the same run, on SQLite and on PostgreSQL.
+
+Every server is a real ``gradwire serve`` child process (as in :mod:`bench.service_bench`):
+
+* Concurrency: four small runs (20-64-1, 2,000 rows, 300 epochs, Adam, batch 32) started at
+  once, timed from the first StartRun until all four completed. The reference is the same
+  server kind with one training worker; the target is a speed-up of at least 0.8 × the CPUs
+  this process may use. The thread executor with as many threads is measured beside it.
+* Responsiveness: the median latency of GetModel and of a single-row Predict while every worker
+  trains a batch-size-1 run, against the same calls on the same server idle (at most 3×).
+* Fixed cost of a fit: ``model.fit`` of 20-64-1 on 2,000 rows × 50 epochs through the SDK,
+  through worker processes and through threads, against ``Trainer.fit`` in this process
+  (best of rounds): what a fit costs beyond its training.
+* A worker at rest: the resident memory of an idle worker process, beside the idle server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import PostgresUnavailable, postgres_admin_url, scratch_postgres, status_kib, write_results
+from bench.engine_bench import WORKLOADS, dataset, spec_for
+from bench.service_bench import Child, adam, engine_seconds, gradwire_server, judge, verdict
+from gradwire.client import Client
+from gradwire.service.settings import usable_cpus
+
+RESULTS = Path(__file__).parent / "results" / "scaling.json"
+MiB = 2**20
+CONCURRENCY_TARGET = 0.8  # × the CPUs: the speed-up of cores workers over one
+LATENCY_TARGET = 3.0  # busy over idle median latency, at most
+SMALL = WORKLOADS[1]  # 20-64-1
+
+
+@dataclass(frozen=True)
+class Sizes:
+    runs: int
+    rows: int
+    epochs: int
+    rounds: int
+    calls: int
+    fit_epochs: int
+    fit_rounds: int
+
+
+FULL = Sizes(runs=4, rows=2_000, epochs=300, rounds=3, calls=200, fit_epochs=50, fit_rounds=5)
+QUICK = Sizes(runs=2, rows=200, epochs=3, rounds=1, calls=5, fit_epochs=2, fit_rounds=1)
+
+
+def servers(stack: ExitStack, database: Callable[[str], str], cores: int) -> dict[str, tuple[Child, Client]]:
+    """The three kinds of server compared, each on a database of its own (``database(kind)``):
+    a server claims any run its database holds."""
+    kinds = {
+        "one_worker": ("--train-workers", "1"),
+        "workers": ("--train-workers", str(cores)),
+        "threads": ("--train-workers", str(cores), "--executor", "thread"),
+    }
+    started = {}
+    for name, flags in kinds.items():
+        server = gradwire_server(stack, database(name), *flags)
+        client = stack.enter_context(Client(server.address, timeout=600, token=server.token))
+        started[name] = (server, client)
+    return started
+
+
+def concurrent_seconds(client: Client, sizes: Sizes) -> float:
+    """Wall time from the first of ``sizes.runs`` StartRuns to the last run's end."""
+    X, Y = dataset(SMALL, sizes.rows)
+    _, options = adam(SMALL, sizes.epochs)
+    models = [client.create_model(spec_for(SMALL).to_dict()) for _ in range(sizes.runs)]
+    inputs, targets = client.upload_dataset(X), client.upload_dataset(Y)
+    start = time.perf_counter()
+    runs = [model.start_run(inputs, targets, **options) for model in models]
+    for run in runs:
+        if run.wait().status != "completed":
+            raise RuntimeError(f"run {run.id} ended {run.info.status}: {run.info.error}")
+    seconds = time.perf_counter() - start
+    for model in models:
+        model.delete()
+    return seconds
+
+
+def concurrency_figures(started: dict[str, tuple[Child, Client]], sizes: Sizes, cores: int) -> dict[str, Any]:
+    best = dict.fromkeys(started, float("inf"))
+    for _ in range(sizes.rounds):  # interleaved: the machine's noise falls on every kind alike
+        for name, (_, client) in started.items():
+            best[name] = min(best[name], concurrent_seconds(client, sizes))
+    speedup = best["one_worker"] / best["workers"]
+    return {
+        "seconds": best,
+        "workers_speedup": speedup,
+        "threads_speedup": best["one_worker"] / best["threads"],
+        "cores": cores,
+    } | judge(speedup, round(CONCURRENCY_TARGET * cores, 2))
+
+
+def median_ms(call: Any, calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def responsiveness_figures(client: Client, sizes: Sizes, cores: int) -> dict[str, Any]:
+    """GetModel and single-row Predict, idle and beside ``cores`` batch-size-1 runs."""
+    X, Y = dataset(SMALL, sizes.rows)
+    probe = client.create_model(spec_for(SMALL).to_dict())
+    calls = {"get_model": probe.refresh, "predict_one_row": lambda: probe.predict(X[:1])}
+    for call in calls.values():  # warm-up: the connection, the model's network in the cache
+        call()
+    idle = {name: median_ms(call, sizes.calls) for name, call in calls.items()}
+    trainers = [client.create_model(spec_for(SMALL).to_dict()) for _ in range(cores)]
+    runs = [model.start_run(X, Y, epochs=100_000, batch_size=1) for model in trainers]
+    for run in runs:  # every one of them training before the calls are timed
+        next(iter(run.epochs()), None)
+    busy = {name: median_ms(call, sizes.calls) for name, call in calls.items()}
+    for run in runs:
+        run.cancel()
+    for run in runs:
+        run.wait()
+    for model in (probe, *trainers):
+        model.delete()
+    figures: dict[str, Any] = {"busy_runs": cores}
+    for name in calls:
+        ratio = busy[name] / idle[name]
+        figures[name] = {"idle_ms": idle[name], "busy_ms": busy[name], "busy_over_idle": ratio} | judge(
+            ratio, LATENCY_TARGET, at_most=True
+        )
+    return figures
+
+
+def fit_figures(started: dict[str, tuple[Child, Client]], sizes: Sizes) -> dict[str, Any]:
+    """``model.fit`` wall time on worker processes and on threads, against the engine here."""
+    X, Y = dataset(SMALL, sizes.rows)
+    config, options = adam(SMALL, sizes.fit_epochs)
+    engine_s = float("inf")
+    best = {"workers": float("inf"), "threads": float("inf")}
+    for _ in range(sizes.fit_rounds):
+        engine_s = min(engine_s, engine_seconds(spec_for(SMALL), config, X, Y))
+        for name in best:
+            model = started[name][1].create_model(spec_for(SMALL).to_dict())
+            start = time.perf_counter()
+            model.fit(X, Y, **options)
+            best[name] = min(best[name], time.perf_counter() - start)
+            model.delete()
+    return {"engine_seconds": engine_s} | {
+        name: {"fit_seconds": seconds, "fixed_ms": 1000 * (seconds - engine_s)}
+        for name, seconds in best.items()
+    }
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's child processes: its workers."""
+    children = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return children
+
+
+def memory_figures(server: Child) -> dict[str, Any]:
+    workers = [1024 * status_kib(pid, "VmRSS") for pid in worker_pids(server.pid)]
+    return {
+        "server_idle_bytes": 1024 * status_kib(server.pid, "VmRSS"),
+        "worker_idle_bytes": workers,
+    }
+
+
+def measure(backend: str, sizes: Sizes, cores: int) -> dict[str, Any]:
+    with ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory())
+
+        def database(kind: str) -> str:
+            if backend == "sqlite":
+                return f"sqlite:///{folder}/{kind}.db"
+            return stack.enter_context(
+                scratch_postgres(postgres_admin_url(), f"gradwire_scaling_{kind}_{os.getpid()}")
+            )
+
+        try:
+            started = servers(stack, database, cores)
+        except PostgresUnavailable as error:
+            return {"skipped": str(error)}
+        return {
+            "memory": memory_figures(started["workers"][0]),
+            "concurrency": concurrency_figures(started, sizes, cores),
+            "responsiveness": responsiveness_figures(started["workers"][1], sizes, cores),
+            "fit": fit_figures(started, sizes),
+        }
+
+
+def report(results: dict[str, Any]) -> None:
+    for backend, figures in results["backends"].items():
+        if "skipped" in figures:
+            print(f"{backend}: skipped: {figures['skipped']}")
+            continue
+        c, r, f, m = figures["concurrency"], figures["responsiveness"], figures["fit"], figures["memory"]
+        s, n, epochs = c["seconds"], c["cores"], results["sizes"]["fit_epochs"]
+        print(
+            f"{backend}: {results['sizes']['runs']} concurrent 20-64-1 runs, wall time until all "
+            f"completed: {n} workers {s['workers']:.2f} s, 1 worker {s['one_worker']:.2f} s (the "
+            f"reference), {n} threads {s['threads']:.2f} s\n"
+            f"  speed-up over 1 worker: workers {c['workers_speedup']:.2f}× {verdict(c)}, "
+            f"threads {c['threads_speedup']:.2f}×"
+        )
+        for name in ("get_model", "predict_one_row"):
+            row = r[name]
+            print(
+                f"  {name} median latency beside {r['busy_runs']} batch-size-1 runs: "
+                f"{row['busy_ms']:.2f} ms, idle {row['idle_ms']:.2f} ms (the reference): "
+                f"{row['busy_over_idle']:.2f}× {verdict(row)}"
+            )
+        print(
+            f"  model.fit 20-64-1 × {epochs} epochs: workers {f['workers']['fit_seconds']:.3f} s, "
+            f"threads {f['threads']['fit_seconds']:.3f} s, Trainer.fit here {f['engine_seconds']:.3f} s "
+            f"(the reference): fixed cost {f['workers']['fixed_ms']:.0f} ms (workers), "
+            f"{f['threads']['fixed_ms']:.0f} ms (threads)"
+        )
+        idle = ", ".join(f"{size / MiB:.0f}" for size in m["worker_idle_bytes"])
+        server = m["server_idle_bytes"] / MiB
+        print(f"  resident memory at rest: server {server:.0f} MiB, each worker {idle} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks the script, not the speed")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    cores = usable_cpus()
+    backends = {name: measure(name, sizes, cores) for name in ("sqlite", "postgresql")}
+    results: dict[str, Any] = {"sizes": sizes.__dict__, "backends": backends}
+    report(results)
+    write_results(args.output, results, args.quick)
+
+
+if __name__ == "__main__":
+    main()

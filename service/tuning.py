@@ -1,0 +1,43 @@
+"""How a process that serves or trains is tuned: glibc's allocator, and the GIL's switch interval.
+The server and its worker processes both apply them (each holds training and database threads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+MALLOPT = {
+    -3: 1 << 20,  # M_MMAP_THRESHOLD: blocks of 1 MiB and more get mappings of their own
+    -8: 2,  # M_ARENA_MAX: two heaps, not eight per core, for a process of many threads
+}
+"""glibc's allocator settings for a server, by mallopt parameter number."""
+
+
+GIL_SWITCH_SECONDS = 0.001
+"""How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms). A run
+training a small network holds the GIL almost all the time (NumPy keeps it for tiny arrays),
+and every database call of another thread gives it up and then waits up to this long to get it
+back: a commit of some fifty calls, made beside such a run, held SQLite's write lock for seconds
+and made other writers time out. Measured (before runs yielded the GIL while their commit is
+written, :data:`.jobs.YIELD_SECONDS`): a StartRun beside a batch-size-1 run took 19–52 s at 5 ms
+and 2–7 s at 1 ms; the 20-64-1 run's rate did not change measurably (0.95–0.98 of the engine's
+at either)."""
+
+
+def return_freed_memory() -> bool:
+    """Tune glibc so that a server's resident size follows its work. By default it raises its
+    mmap threshold as large blocks come and go, and then keeps the freed chunks of uploads,
+    datasets and checkpoints in its heaps; and it gives each thread that allocates an arena of
+    its own, each keeping what it freed. False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        return all(libc.mallopt(parameter, value) for parameter, value in MALLOPT.items())
+    except (OSError, AttributeError):
+        return False
+
+
+def tune_process() -> None:
+    """Apply both: the allocator returns freed memory, threads switch every 1 ms."""
+    return_freed_memory()
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
