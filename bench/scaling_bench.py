@@ -238,7 +238,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     cores = usable_cpus()
-    backends = {name: measure(name, sizes, cores) for name in ("sqlite", "postgresql")}
+    backends = {
+        name: measure(name, sizes, cores) for name in ("sqlite", "postgresql")[: 1 if args.quick else 2]
+    }
     results: dict[str, Any] = {"sizes": sizes.__dict__, "backends": backends}
     report(results)
     write_results(args.output, results, args.quick)

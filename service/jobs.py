@@ -128,7 +128,9 @@ class Committer:
         self.store, self.run_id, self.owner, self.settings = store, run_id, owner, settings
         self.changes, self.flags = changes, flags
         self.trainer: Trainer | None = None  # set once loaded: checkpoints come from it
-        self.offset = 0.0  # seconds trained by earlier attempts, added to each epoch's elapsed
+        self.offset = (
+            0.0  # seconds trained by earlier attempts (as far as committed), added to each epoch's elapsed
+        )
         self.pending: Epochs = []
         self.in_flight: tuple[Epochs, Checkpoint] | None = None
         self.last_commit = time.monotonic()
@@ -217,7 +219,9 @@ class Committer:
         runs = self.store.runs
         if work is None:
             return runs.heartbeat(self.run_id, self.owner)
-        cancel = runs.commit(self.run_id, self.owner, work[0], work[1])
+        epochs, checkpoint = work
+        seconds = epochs[-1]["elapsed"] if epochs else 0.0  # the run's clock, earlier attempts included
+        cancel = runs.commit(self.run_id, self.owner, epochs, checkpoint, seconds)
         with self.wake:
             self.in_flight, self.last_commit = None, time.monotonic()
         self.changes.bump(self.run_id)
@@ -302,7 +306,7 @@ class RunJob:
         started = time.perf_counter()
         due = None if loaded.last_loss is None else trainer.rule_stop(loaded.last_loss)
         if due is not None:  # the checkpoint is of the epoch that stopped it: nothing more to train
-            return replace(self._outcome(run, trainer, due), train_seconds=time.perf_counter() - started)
+            return replace(self._outcome(run, trainer, due), train_seconds=committer.offset)
         validation = None
         if "validation_inputs" in data:
             validation = (data["validation_inputs"], data["validation_targets"])
@@ -317,7 +321,7 @@ class RunJob:
         if committer.failure is not None:
             raise committer.failure
         outcome = self._outcome(run, trainer, result.stop_reason)
-        return replace(outcome, train_seconds=time.perf_counter() - started)
+        return replace(outcome, train_seconds=committer.offset + time.perf_counter() - started)
 
     def _outcome(self, run: RunRecord, trainer: Trainer, stop_reason: str) -> Outcome:
         status = FINISHED[stop_reason]

@@ -146,6 +146,7 @@ class Outcome:
 
     ``weights`` (with ``optimizer``/``optimizer_meta``, the state belonging to them) become the
     model's next version when given; ``epochs`` are the records not yet committed.
+    ``load_seconds`` are this attempt's; ``train_seconds`` the run's, all attempts up to its end.
     """
 
     status: str

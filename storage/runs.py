@@ -125,15 +125,26 @@ class RunStore:
             return self._renew(s, run_id, owner)[0]
 
     def commit(
-        self, run_id: str, owner: str, epochs: Iterable[dict[str, Any]], checkpoint: Checkpoint | None
+        self,
+        run_id: str,
+        owner: str,
+        epochs: Iterable[dict[str, Any]],
+        checkpoint: Checkpoint | None,
+        train_seconds: float = 0.0,
     ) -> bool:
         """Append epochs and replace the checkpoint, renewing the lease, in one transaction;
-        returns whether a cancel was asked for. LeaseLost (and nothing written) if not ours."""
+        returns whether a cancel was asked for. LeaseLost (and nothing written) if not ours.
+        ``train_seconds`` is the run's training time, all attempts, up to its last epoch here: the
+        run's clock, kept if this attempt dies before it finishes."""
         with self.db.write() as s:
             cancel, done = self._renew(s, run_id, owner)
             last = _add_epochs(s, run_id, epochs, after=done)
             if last > done:
-                s.execute(update(RunRow).where(RunRow.id == run_id).values(epochs_done=last))
+                s.execute(
+                    update(RunRow)
+                    .where(RunRow.id == run_id)
+                    .values(epochs_done=last, train_seconds=_at_least(RunRow.train_seconds, train_seconds))
+                )
             if checkpoint is not None:
                 _save_checkpoint(s, run_id, checkpoint)
             return cancel
@@ -166,7 +177,7 @@ class RunStore:
             row.receipt = json_safe(outcome.receipt) if outcome.receipt is not None else row.receipt
             row.epochs_done = max(row.epochs_done, last)
             row.load_seconds += outcome.load_seconds
-            row.train_seconds += outcome.train_seconds
+            row.train_seconds = max(row.train_seconds, outcome.train_seconds)
             row.owner = row.heartbeat_at = None
             s.flush()
             return _record(row, s)
@@ -427,6 +438,11 @@ class RunStore:
             s, run.model_id, version, outcome.weights, run.id, outcome.optimizer, outcome.optimizer_meta
         )
         return version
+
+
+def _at_least(column: Any, value: float) -> Any:
+    """``column``, or ``value`` where that is larger: a clock that never goes back."""
+    return case((column < value, value), else_=column)
 
 
 def _count(result: Any) -> int:

@@ -89,8 +89,14 @@ def test_a_worker_lost_mid_run_costs_only_its_checkpoint_and_is_replaced(
     )["pid"]
     history = client.run(run.id).wait()
     assert history.status == "completed"
-    assert client.run(run.id).info.attempts == 2
+    info = client.run(run.id).info
+    assert info.attempts == 2
     check_matches(client, run.id, model.id, reference)
+    # The run's clock survived the lost attempt: each epoch's elapsed time (training since the run
+    # started, all attempts) goes on from the last one committed before the loss, never back to 0.
+    elapsed = [epoch["elapsed"] for epoch in client.model(model.id).history()[-1].epochs]
+    assert elapsed == sorted(elapsed)
+    assert info.train_seconds >= elapsed[-1]
     assert client.model(model.id).refresh().version == 2  # the server kept serving throughout
     assert set(started(server)) == {first, second}
 

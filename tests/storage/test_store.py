@@ -336,6 +336,26 @@ def test_a_commit_whose_answer_was_lost_can_be_sent_again(store: Store) -> None:
     assert [e.epoch for e in store.runs.history(T, model.id)[0].epochs] == [1, 2, 3]
 
 
+def test_a_runs_clock_moves_with_its_commits_and_never_back(store: Store) -> None:
+    """``train_seconds`` is committed with each commit's epochs, so an attempt that dies keeps
+    what it trained; a commit sent again, or a failure that knows nothing, never winds it back."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    ended = {}
+    for status, seconds in (("failed", 0.0), ("completed", 6.0)):
+        run = queued_run(store, model.id)
+        lease = claim(store)
+        first, second = {"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}
+        store.runs.commit(run.id, lease, [first], None, 2.5)
+        assert store.runs.read(run.id).train_seconds == 2.5
+        store.runs.commit(run.id, lease, [first, second], None, 1.0)  # epoch 1 again, an older clock
+        assert store.runs.read(run.id).train_seconds == 2.5
+        store.runs.commit(run.id, lease, [{"epoch": 3, "train_loss": 0.4}], None, 4.0)
+        assert store.runs.read(run.id).train_seconds == 4.0
+        ended[status] = store.runs.finish(run.id, lease, Outcome(status, "x", train_seconds=seconds))
+    assert ended["failed"].train_seconds == 4.0
+    assert ended["completed"].train_seconds == 6.0
+
+
 def test_one_queued_or_running_run_per_model_is_a_database_constraint(store: Store) -> None:
     model = store.models.create(T, "m", SPEC, weights(), 3)
     first = queued_run(store, model.id)
