@@ -25,7 +25,7 @@ import contextlib
 import inspect
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,7 +122,7 @@ METADATA_INTERCEPTORS = (
 
 
 def _channel(
-    address: str, tls: TLS | None, token: str, options: list[tuple[str, int]], insecure: bool = False
+    address: str, tls: TLS | None, token: str, options: list[tuple[str, int | str]], insecure: bool = False
 ) -> grpc.aio.Channel:
     """The sync SDK's ``_channel``, made with ``grpc.aio``: a secure channel (the token as call
     credentials), or a plaintext one (the token, to a loopback address only unless ``insecure``)."""
@@ -154,7 +154,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         timeout: float = 30.0,
         retries: int = 3,
@@ -384,7 +384,9 @@ class AsyncRun:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The run's epochs after ``after_epoch``, committed ones first, then live ones, until it
         ends or is interrupted (then :attr:`info` holds how). Reconnects from the last epoch
-        seen while the server cannot be reached, for up to ``client.reconnect_seconds``.
+        seen while the server cannot be reached, for up to ``client.reconnect_seconds`` (to
+        another replica, where the client has several); :attr:`info` tells a stalled run as
+        the sync SDK's :meth:`~gradwire.client.Run.epochs` does.
 
         Leaving the loop early, or cancelling the task in it, ends the stream (at once for a
         cancel; for a ``break``, when the generator is closed: ``contextlib.aclosing``).
@@ -400,6 +402,9 @@ class AsyncRun:
                     if event.HasField("result"):
                         self.info = RunInfo.from_proto(event.result)
                         return
+                    if event.HasField("stalled"):  # its server is likely gone: the run waits
+                        self.info = RunInfo.from_proto(event.stalled)
+                        continue
                     epoch = codec.epoch_to_dict(event.progress)
                     cursor, since = epoch["epoch"], None
                     yield epoch

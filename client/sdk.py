@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import json
 import os
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -176,6 +178,7 @@ class RunInfo:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    lease_expires_at: datetime | None = None  # while running; in the past: its server is gone
 
     @property
     def finished(self) -> bool:
@@ -210,6 +213,7 @@ class RunInfo:
             _moment(r, "created_at"),
             _moment(r, "started_at"),
             _moment(r, "finished_at"),
+            _moment(r, "lease_expires_at"),
         )
 
 
@@ -400,15 +404,57 @@ def _read_pem(name: str, path: str) -> bytes | None:
         raise ValueError(f"TLS {name} {path}: cannot read it: {exc.strerror or exc}") from exc
 
 
-def _loopback(address: str) -> bool:
-    """Whether ``address`` (``host:port``, ``[::1]:port``, ``unix:path``) stays on this machine."""
-    if address.startswith(LOCAL_SCHEMES):
+def _loopback(target: str) -> bool:
+    """Whether every address of ``target`` (``host:port``, ``[::1]:port``, ``unix:path``, or
+    several: ``ipv4:127.0.0.1:1,127.0.0.1:2``) stays on this machine."""
+    if target.startswith(LOCAL_SCHEMES):
         return True
-    host = address.removeprefix("ipv4:").removeprefix("ipv6:").rsplit(":", 1)[0].strip("[]")
+    addresses = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").split(",")
+    return all(_loopback_host(address.rsplit(":", 1)[0].strip("[]")) for address in addresses)
+
+
+def _loopback_host(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+BALANCED = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+"""The channel's service config: calls go round the addresses the target resolves to (a DNS name's
+records, or the addresses given), each a replica of one service, skipping those that are down."""
+
+
+def grpc_target(address: str | Sequence[str]) -> str:
+    """The gRPC target of one server address or several replicas' (a list, or one string of
+    comma-separated ``host:port``): one is used as it is (a DNS name is resolved, and re-resolved,
+    by gRPC, and calls are balanced over its records); several become one ``ipv4:``/``ipv6:``
+    target, each host name resolved once, now."""
+    given = address.split(",") if isinstance(address, str) else list(address)
+    addresses = [a.strip() for a in given if a.strip()]
+    if len(addresses) <= 1:
+        return addresses[0] if addresses else DEFAULT_ADDRESS
+    hosts = [_resolve(a) for a in addresses]
+    families = {":" in host for host, _ in hosts}
+    if len(families) > 1:
+        raise ValueError(f"the addresses {addresses} mix IPv4 and IPv6: give one kind")
+    if families == {True}:
+        return "ipv6:" + ",".join(f"[{host}]:{port}" for host, port in hosts)
+    return "ipv4:" + ",".join(f"{host}:{port}" for host, port in hosts)
+
+
+def _resolve(address: str) -> tuple[str, str]:
+    """``host:port`` as an IP address and the port (IPv4 first where the name has both)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return str(socket.getaddrinfo(host, int(port), family, socket.SOCK_STREAM)[0][4][0]), port
+        except socket.gaierror:
+            continue
+    raise ValueError(f"{address!r}: the host name {host!r} resolves to no address")
 
 
 @dataclass(frozen=True)
@@ -453,7 +499,7 @@ class _Metadata(
 
 
 def _channel(
-    address: str, tls: TLS | None, token: str, options: list[tuple[str, int]], insecure: bool = False
+    address: str, tls: TLS | None, token: str, options: list[tuple[str, int | str]], insecure: bool = False
 ) -> grpc.Channel:
     """A secure channel (the token as call credentials), or a plaintext one (the token, to a
     loopback address only unless ``insecure``, added by :class:`_Metadata`: anywhere else it
@@ -485,12 +531,12 @@ class Connection:
     tls: TLS | None
     token: str
     insecure: bool
-    options: list[tuple[str, int]]
+    options: list[tuple[str, int | str]]
 
     @classmethod
     def of(
         cls,
-        address: str | None,
+        address: str | Sequence[str] | None,
         tls: TLS | None,
         token: str | None,
         insecure: bool | None,
@@ -499,13 +545,14 @@ class Connection:
         if insecure is None:
             insecure = os.environ.get(INSECURE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
         return cls(
-            address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS),
+            grpc_target(address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)),
             tls or TLS.from_env(),
             os.environ.get(TOKEN_VARIABLE, "") if token is None else token,
             insecure,
             [
                 ("grpc.max_send_message_length", max_message_mb * MiB),
                 ("grpc.max_receive_message_length", max_message_mb * MiB),
+                ("grpc.service_config", BALANCED),
             ],
         )
 
@@ -513,8 +560,12 @@ class Connection:
 class Client:
     """A connection to a gradwire server; use it as a context manager.
 
-    ``address`` defaults to ``GRADWIRE_SERVER``, else 127.0.0.1:50051. ``reconnect_seconds``
-    bounds how long watching a run keeps reconnecting to a server that cannot be reached.
+    ``address`` defaults to ``GRADWIRE_SERVER``, else 127.0.0.1:50051. Several replicas of one
+    service are one client: a list of addresses, or one string of them separated by commas
+    (``GRADWIRE_SERVER`` too), or a DNS name with a record for each; calls are balanced over them
+    (gRPC's ``round_robin``), and a replica that goes away is skipped. ``reconnect_seconds``
+    bounds how long watching a run keeps reconnecting (to another replica, where there is one)
+    to a server that cannot be reached, from the last epoch it saw.
 
     ``tls`` secures the channel (default: :meth:`TLS.from_env`, which is None, plaintext, when no
     ``GRADWIRE_TLS_CA_FILE``/``GRADWIRE_CLIENT_*`` variable is set). ``token`` (default
@@ -526,7 +577,7 @@ class Client:
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         timeout: float = 30.0,
         retries: int = 3,
@@ -755,7 +806,10 @@ class Run:
     def epochs(self, after_epoch: int = 0, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """The run's epochs after ``after_epoch``, committed ones first, then live ones, until it
         ends or is interrupted (then :attr:`info` holds how). Reconnects from the last epoch
-        seen while the server cannot be reached, for up to ``client.reconnect_seconds``."""
+        seen while the server cannot be reached, for up to ``client.reconnect_seconds`` (to
+        another replica, where the client has several). While the run's lease goes unrenewed
+        (its server died, and another takes it over when the lease runs out), :attr:`info`
+        says so: ``status`` running, ``lease_expires_at`` in the past or close to it."""
         self.client._check_open()
         cursor, since = after_epoch, None
         while True:
@@ -766,6 +820,9 @@ class Run:
                     if event.HasField("result"):
                         self.info = RunInfo.from_proto(event.result)
                         return
+                    if event.HasField("stalled"):  # its server is likely gone: the run waits
+                        self.info = RunInfo.from_proto(event.stalled)
+                        continue
                     epoch = codec.epoch_to_dict(event.progress)
                     cursor, since = epoch["epoch"], None
                     yield epoch

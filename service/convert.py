@@ -7,7 +7,7 @@ Errors name the request field: ``inputs.data``, ``spec.layers[1].units``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,7 +25,7 @@ from gradwire.v1.digest import raw as raw_bytes
 
 from .datasets import Header
 from .errors import LimitExceeded
-from .runs import DataSource
+from .runs import DataSource, Stalled
 from .usecases import Export, Gradients, OnnxExport, Prediction
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)
@@ -277,7 +277,11 @@ def receipt_to_proto(receipt: dict[str, Any] | None) -> pb.Receipt | None:
     )
 
 
-def run_to_proto(run: RunRecord) -> pb.Run:
+def run_to_proto(run: RunRecord, lease_seconds: float) -> pb.Run:
+    """The run; while it runs, with when its lease expires (its last renewal + ``lease_seconds``)."""
+    expires = None
+    if run.status == "running" and run.heartbeat_at is not None:
+        expires = run.heartbeat_at + timedelta(seconds=lease_seconds)
     return pb.Run(
         run_id=run.id,
         model_id=run.model_id,
@@ -301,13 +305,16 @@ def run_to_proto(run: RunRecord) -> pb.Run:
         receipt=receipt_to_proto(run.receipt),
         load_seconds=run.load_seconds,
         train_seconds=run.train_seconds,
+        lease_expires_at=timestamp(expires),
     )
 
 
-def run_event(event: EpochEntry | RunRecord, planned: int) -> pb.RunEvent:
+def run_event(event: EpochEntry | RunRecord | Stalled, planned: int, lease_seconds: float) -> pb.RunEvent:
     if isinstance(event, EpochEntry):
         return pb.RunEvent(progress=codec.epoch_from_dict(event.record, planned))
-    return pb.RunEvent(result=run_to_proto(event))
+    if isinstance(event, Stalled):
+        return pb.RunEvent(stalled=run_to_proto(event.run, lease_seconds))
+    return pb.RunEvent(result=run_to_proto(event, lease_seconds))
 
 
 def train_event(event: EpochEntry | RunRecord, planned: int, transfer_seconds: float) -> pb.TrainEvent:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
@@ -50,8 +51,27 @@ WATCH_PAGE = 500
 WATCH_ENDS = (*TERMINAL_STATUSES, "interrupted")
 """A watch ends when its run reaches one of these (an interrupted run waits for a resume)."""
 
+STALLED_HEARTBEATS = 3
+"""A running run whose lease was not renewed for this many heartbeats has likely lost its server
+(one renewal may be late, under load or a database hiccup): its watchers are told."""
+
 DataSource = str | np.ndarray
 """A dataset id, or an array sent inline."""
+
+
+@dataclass(frozen=True)
+class Stalled:
+    """A watch's news that its run's lease is not being renewed (see :data:`STALLED_HEARTBEATS`)."""
+
+    run: RunRecord
+
+
+def silent_seconds(run: RunRecord) -> float:
+    """Seconds since a running run's lease was last renewed (0 for a run not running)."""
+    if run.status != "running" or run.heartbeat_at is None:
+        return 0.0
+    renewed = run.heartbeat_at if run.heartbeat_at.tzinfo else run.heartbeat_at.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - renewed).total_seconds()
 
 
 def check_memory(need: int, limits: Limits, field: str, what: str) -> None:
@@ -189,12 +209,14 @@ class Runs:
 
     def watch(
         self, tenant: str, run_id: str, after_epoch: int, gone: Callable[[], bool]
-    ) -> Iterator[EpochEntry | RunRecord]:
+    ) -> Iterator[EpochEntry | RunRecord | Stalled]:
         """The committed epochs above ``after_epoch``, then new ones as they commit, then the run
-        as it ends. Returns early, without the run, once ``gone()`` holds (the caller left)."""
+        as it ends. Returns early, without the run, once ``gone()`` holds (the caller left).
+        Once, whenever the run's lease stops being renewed, the run itself (:class:`Stalled`)."""
         if after_epoch < 0:
             raise InvalidArgument("after_epoch", "must be ≥ 0")
-        cursor = after_epoch
+        log.info("watch started", extra={"run": run_id, "after_epoch": after_epoch})
+        cursor, told = after_epoch, None  # told: the lease renewal a Stalled was sent for
 
         def gone_or_closing() -> bool:
             return gone() or self.closing.is_set()
@@ -215,6 +237,10 @@ class Runs:
             if run.status in WATCH_ENDS:  # it ended before the epochs were read: none is missed
                 yield run
                 return
+            stalled = silent_seconds(run) > STALLED_HEARTBEATS * self.settings.heartbeat_seconds
+            if stalled and told != run.heartbeat_at:
+                told = run.heartbeat_at
+                yield Stalled(run)
             self.changes.wait(run_id, seen, self.settings.poll_seconds, gone_or_closing)
 
     def _retrying(self, read: Callable[[], R], gone: Callable[[], bool]) -> R:
@@ -252,6 +278,8 @@ class Runs:
         ended = False
         try:
             for event in self.watch(tenant, run_id, 0, gone):  # ShuttingDown leaves the run be: it resumes
+                if isinstance(event, Stalled):
+                    continue  # Train's stream has no word for it: the caller waits, as the run does
                 if isinstance(event, RunRecord):
                     ended = True
                     if event.status == "failed":

@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from gradwire.engine import NetworkSpec
+from gradwire.storage import RunRecord
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 
@@ -295,7 +296,10 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             convert.sources_from_proto(request),
             request.request_id,
         )
-        return convert.run_to_proto(self.app.runs.start(start))
+        return self._run(self.app.runs.start(start))
+
+    def _run(self, run: RunRecord) -> pb.Run:
+        return convert.run_to_proto(run, self.app.settings.lease_seconds)
 
     @handled_stream
     def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunEvent]:
@@ -306,11 +310,11 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             for event in self.app.runs.watch(
                 tenant, request.run_id, request.after_epoch, self._gone(context)
             ):
-                yield convert.run_event(event, planned)
+                yield convert.run_event(event, planned, self.app.settings.lease_seconds)
 
     @handled
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return convert.run_to_proto(self.app.runs.get(caller_of(context).tenant, request.run_id))
+        return self._run(self.app.runs.get(caller_of(context).tenant, request.run_id))
 
     @handled
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
@@ -321,15 +325,15 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             request.page_size,
             request.page_token,
         )
-        return pb.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
+        return pb.ListRunsResponse(runs=[self._run(r) for r in runs], next_page_token=token)
 
     @handled
     def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return convert.run_to_proto(self.app.runs.cancel(caller_of(context).tenant, request.run_id))
+        return self._run(self.app.runs.cancel(caller_of(context).tenant, request.run_id))
 
     @handled
     def ResumeRun(self, request: pb.ResumeRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return convert.run_to_proto(self.app.runs.resume(caller_of(context).tenant, request.run_id))
+        return self._run(self.app.runs.resume(caller_of(context).tenant, request.run_id))
 
     @handled_stream
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainEvent]:

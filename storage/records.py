@@ -124,6 +124,7 @@ class RunRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None = None  # the lease's last renewal, while running
     epochs: tuple[EpochEntry, ...] = field(default=())
 
     @property

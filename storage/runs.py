@@ -481,6 +481,7 @@ def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> Run
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        heartbeat_at=row.heartbeat_at,
         epochs=epochs,
     )
 

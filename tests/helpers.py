@@ -26,6 +26,7 @@ class Running:
     address: str
     app: Any
     settings: Any
+    server: Any = None  # the grpc.Server
 
 
 class CallsEnded(logging.Handler):

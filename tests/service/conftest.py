@@ -30,11 +30,11 @@ def start_server(database_url: str, executor: str) -> Iterator[Callable[..., Run
     started = []
 
     def start(**overrides: object) -> Running:
-        values = {**TEST_SETTINGS, "executor": executor, **overrides}
-        settings = Settings(address="127.0.0.1:0", database_url=database_url, **values)  # type: ignore[arg-type]
+        values = {"database_url": database_url, **TEST_SETTINGS, "executor": executor, **overrides}
+        settings = Settings(address="127.0.0.1:0", **values)  # type: ignore[arg-type]
         server, port, app = create_server(settings)
         started.append((server, app))
-        return Running(f"127.0.0.1:{port}", app, settings)
+        return Running(f"127.0.0.1:{port}", app, settings, server)
 
     yield start
     for server, app in started:

@@ -421,3 +421,20 @@ def test_tls_with_a_token_as_call_credentials(start_server: Callable[..., Runnin
                 await client.create_model(SPEC)
 
     asyncio.run(main())
+
+
+def test_the_async_client_balances_over_replicas(
+    start_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    """As the sync client: two servers on two databases, and the models land on both."""
+    first, second = start_server(), start_server(database_url=f"sqlite:///{tmp_path / 'second.db'}")
+
+    async def create() -> None:
+        async with AsyncClient(f"{first.address},{second.address}", timeout=TIMEOUT) as client:
+            for _ in range(6):
+                await client.create_model(SPEC)
+
+    asyncio.run(create())
+    for replica in (first, second):
+        with Client(replica.address) as alone:
+            assert len(list(alone.list_models())) >= 1

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from helpers import Running
 
 from gradwire.client import Client, UnavailableError
+from gradwire.client.sdk import grpc_target
 from gradwire.v1 import gradwire_pb2 as pb
+
+SPEC: dict[str, Any] = {
+    "input_dim": 2,
+    "layers": [{"kind": "dense", "units": 1, "activation": "sigmoid"}],
+    "loss": "binary_crossentropy",
+}
 
 
 class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):
@@ -59,3 +68,58 @@ def test_only_calls_safe_to_repeat_are_retried_on_unavailable() -> None:
 def test_the_raw_stub_is_reachable(client: Client) -> None:
     reply = client.stub.ListModels(pb.ListModelsRequest(), timeout=10)
     assert list(reply.models) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "target"),
+    [
+        ("127.0.0.1:1", "127.0.0.1:1"),
+        ("db.example:50051", "db.example:50051"),  # one name: gRPC resolves it, and balances its records
+        ("127.0.0.1:1, 127.0.0.2:2", "ipv4:127.0.0.1:1,127.0.0.2:2"),
+        (["localhost:1", "127.0.0.1:2"], "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        ("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2"),
+    ],
+)
+def test_several_addresses_become_one_balanced_target(given: Any, target: str) -> None:
+    assert grpc_target(given) == target
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        ("127.0.0.1:1,[::1]:2", "mix IPv4 and IPv6"),
+        ("127.0.0.1:1,nowhere.invalid:2", "resolves to no address"),
+        ("127.0.0.1:1,127.0.0.1", "is not host:port"),
+    ],
+)
+def test_addresses_that_cannot_be_one_target_are_refused(given: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        grpc_target(given)
+
+
+def test_a_token_goes_in_plaintext_only_when_every_replica_is_on_this_machine() -> None:
+    with Client("127.0.0.1:1,127.0.0.2:2", token="t"):
+        pass
+    with pytest.raises(ValueError, match="a token goes over TLS only"):
+        Client("127.0.0.1:1,192.0.2.1:2", token="t")
+
+
+def test_a_client_of_several_replicas_goes_on_when_one_stops(start_server: Callable[..., Running]) -> None:
+    first, second = start_server(), start_server()
+    with Client([first.address, second.address], timeout=10) as client:
+        made = [client.create_model(SPEC) for _ in range(4)]
+        first.server.stop(None).wait()  # the replica's port closes: calls go to the other
+        for model in made:
+            assert model.refresh().id == model.id  # each one answered by the replica left
+
+
+def test_calls_are_balanced_over_the_replicas(start_server: Callable[..., Running], tmp_path: Path) -> None:
+    """Two servers on two databases: the models one client creates land on both (one channel,
+    calls spread round the addresses), not all on the first."""
+    first, second = start_server(), start_server(database_url=f"sqlite:///{tmp_path / 'second.db'}")
+    with Client([first.address, second.address], timeout=10) as client:
+        for _ in range(6):
+            client.create_model(SPEC)
+    for replica in (first, second):
+        with Client(replica.address) as alone:
+            assert len(list(alone.list_models())) >= 1

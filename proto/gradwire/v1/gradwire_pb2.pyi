@@ -410,7 +410,7 @@ class Receipt(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., spec_seed: _Optional[int] = ..., datasets: _Optional[_Mapping[str, str]] = ..., numpy_version: _Optional[str] = ..., gradwire_version: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "model_id", "status", "stop_reason", "error", "options", "datasets", "rows", "base_version", "version", "best_epoch", "best_loss", "epochs_done", "epochs_planned", "cancel_requested", "attempts", "created_at", "started_at", "finished_at", "receipt", "load_seconds", "train_seconds")
+    __slots__ = ("run_id", "model_id", "status", "stop_reason", "error", "options", "datasets", "rows", "base_version", "version", "best_epoch", "best_loss", "epochs_done", "epochs_planned", "cancel_requested", "attempts", "created_at", "started_at", "finished_at", "receipt", "load_seconds", "train_seconds", "lease_expires_at")
     class DatasetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +440,7 @@ class Run(_message.Message):
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model_id: str
     status: str
@@ -462,7 +463,8 @@ class Run(_message.Message):
     receipt: Receipt
     load_seconds: float
     train_seconds: float
-    def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., error: _Optional[str] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ..., datasets: _Optional[_Mapping[str, str]] = ..., rows: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., best_epoch: _Optional[int] = ..., best_loss: _Optional[float] = ..., epochs_done: _Optional[int] = ..., epochs_planned: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., load_seconds: _Optional[float] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+    lease_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., error: _Optional[str] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ..., datasets: _Optional[_Mapping[str, str]] = ..., rows: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., best_epoch: _Optional[int] = ..., best_loss: _Optional[float] = ..., epochs_done: _Optional[int] = ..., epochs_planned: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., load_seconds: _Optional[float] = ..., train_seconds: _Optional[float] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
     __slots__ = ("run_id", "after_epoch")
@@ -473,12 +475,14 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., after_epoch: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("progress", "result")
+    __slots__ = ("progress", "result", "stalled")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    STALLED_FIELD_NUMBER: _ClassVar[int]
     progress: EpochProgress
     result: Run
-    def __init__(self, progress: _Optional[_Union[EpochProgress, _Mapping]] = ..., result: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+    stalled: Run
+    def __init__(self, progress: _Optional[_Union[EpochProgress, _Mapping]] = ..., result: _Optional[_Union[Run, _Mapping]] = ..., stalled: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
