@@ -11,15 +11,17 @@ the handler runs; a call without a key, or with an unknown or revoked one, ends 
 The handler gets the call's context as :class:`Authenticated`, which names the caller's tenant
 (:func:`caller_of`).
 
-Keys found are remembered for ``auth_cache_seconds`` (a hash and a tenant, never the key): a
-revoked key keeps working at most that long on each server process, then every process asks
-the database again. With authentication off (``--auth off``) every call is the tenant
-``default``'s.
+Keys found are remembered for ``auth_cache_seconds`` (a hash and a tenant, never the key). On
+PostgreSQL a revocation is announced to every server as it commits (LISTEN/NOTIFY), and each
+forgets the keys it remembered at once, so no answer depends on which replica a call reaches; on
+SQLite a revoked key keeps working at most that long on each server process. With
+authentication off (``--auth off``) every call is the tenant ``default``'s.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import threading
@@ -37,6 +39,8 @@ from gradwire.storage import DEFAULT_TENANT, Store
 from .errors import Unauthenticated
 from .interceptors import Wrapped, note, rewrap
 from .status import abort
+
+log = logging.getLogger(__name__)
 
 AUTHORIZATION = "authorization"
 SCHEME = "bearer"
@@ -131,6 +135,14 @@ class Keys:
             while len(self._known) > CACHED_KEYS:
                 self._known.popitem(last=False)
         return caller
+
+    def forget(self) -> None:
+        """Forget every key remembered: the database changed (a key was revoked elsewhere)."""
+        with self._lock:
+            dropped = len(self._known)
+            self._known.clear()
+        if dropped:
+            log.info("API key cache cleared", extra={"keys": dropped})
 
 
 def anonymous(metadata: Any) -> Caller:

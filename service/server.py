@@ -37,7 +37,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradwire.storage import DEFAULT_TENANT, Store, open_store
+from gradwire.storage import DEFAULT_TENANT, KEYS_CHANNEL, Store, open_store
+from gradwire.storage.notices import Listener
 from gradwire.v1 import gradwire_pb2 as pb
 
 from .auth import AuthInterceptor, Keys, anonymous
@@ -156,13 +157,17 @@ def tracing_from_env() -> Tracing | None:
 @dataclass
 class Operations:
     """What runs beside a started server's RPCs, for :func:`stop_server` to stop: its health
-    watch (NOT_SERVING first), and its metrics endpoint and its tracing when they are on."""
+    watch (NOT_SERVING first), its metrics endpoint and its tracing when they are on, and its
+    ear for API key changes (PostgreSQL, with authentication on)."""
 
     health: DatabaseHealth
     metrics: Metrics | None
     tracing: Tracing | None
+    keys_listener: Listener | None = None
 
     def close(self) -> None:
+        if self.keys_listener is not None:
+            self.keys_listener.stop()
         if self.metrics is not None:
             self.metrics.close()
         if self.tracing is not None:
@@ -191,7 +196,8 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     app = Gradwire(store, settings)
     metrics = Metrics(store) if settings.metrics_address else None
     tracing = tracing_from_env()
-    identify = Keys(store, settings.auth_cache_seconds).identify if settings.auth else anonymous
+    keys = Keys(store, settings.auth_cache_seconds) if settings.auth else None
+    identify = keys.identify if keys is not None else anonymous
     threads = settings.rpc_workers + settings.max_streams  # streams are capped; unary calls keep theirs
     server = grpc.server(
         ThreadPoolExecutor(threads, thread_name_prefix="gradwire-rpc"),
@@ -209,7 +215,8 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
         _serve_metrics(metrics, settings.metrics_address, server, store if opened else None)
     watch = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)
     watch.start()
-    running = _RUNNING[server] = Operations(watch, metrics, tracing)
+    listener = store.listen(KEYS_CHANNEL, keys.forget, settings.heartbeat_seconds) if keys else None
+    running = _RUNNING[server] = Operations(watch, metrics, tracing, listener)
     if tracing is not None:
         tracing.start()
     server.start()

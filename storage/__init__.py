@@ -22,6 +22,7 @@ from .errors import (
     VersionConflict,
     WrongState,
 )
+from .notices import KEYS as KEYS_CHANNEL
 from .records import (
     DATASET_ROLES,
     QUOTA_WORDS,
@@ -46,6 +47,7 @@ __all__ = [
     "CHUNK_BYTES",
     "DATASET_ROLES",
     "DEFAULT_TENANT",
+    "KEYS_CHANNEL",
     "QUOTA_WORDS",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",

@@ -7,11 +7,14 @@ records of :mod:`.records`; ORM rows never leave the package. Arrays are stored 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
 
 from .database import Database, open_database
 from .datasets import DatasetStore
 from .models import ModelStore
+from .notices import Listener
 from .runs import RunStore
 from .tenants import TenantStore
 
@@ -30,6 +33,15 @@ class Store:
     @property
     def engine(self) -> Engine:
         return self.db.engine
+
+    def listen(self, channel: str, heard: Callable[[], None], wait_seconds: float) -> Listener | None:
+        """A started :class:`~.notices.Listener` of ``channel`` on PostgreSQL; None on SQLite,
+        which has no notices."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+        listener = Listener(self.engine, channel, heard, wait_seconds)
+        listener.start()
+        return listener
 
     def close(self) -> None:
         """Close the pooled connections."""

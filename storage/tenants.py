@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from .database import Database
 from .errors import NotFound, QuotaExceeded
 from .lookup import one
+from .notices import KEYS, announce
 from .records import QUOTA_WORDS, KeyRecord, Quotas, TenantRecord
 from .schema import ACTIVE_STATUSES, ApiKeyRow, DatasetRow, ModelRow, RunRow, TenantRow, now
 
@@ -149,5 +150,6 @@ class TenantStore:
                 raise NotFound("key", key_id, "key_id")
             if row.revoked_at is None:
                 row.revoked_at = now()
+                announce(s, KEYS)  # servers that cached the key forget it as this commits
             s.flush()
             return _key(row)

@@ -7,6 +7,7 @@ nothing; a revoked key stops working within the cache bound; keys are stored has
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -712,6 +713,57 @@ def test_a_revoked_key_stops_working_within_the_cache_bound_and_a_new_key_works_
     server.app.store.tenants.add_key("acme", fresh.id, fresh.hash)  # unknown a moment ago: not remembered so
     with Client(server.address, token=fresh.token, timeout=TIMEOUT, retries=0) as client:
         assert list(client.list_models()) == []
+
+
+def test_on_postgresql_a_revocation_reaches_every_replica_at_once(
+    start_server: Callable[..., Running], closing: ExitStack, database_url: str
+) -> None:
+    """Two servers on one PostgreSQL database remember keys for five minutes; a revocation is
+    announced as it commits (LISTEN/NOTIFY) and both forget it, long before their caches expire."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no notices: the cache's time bound is all (the test above)")
+    heard, logger = KeysCleared(), logging.getLogger("gradwire.service.auth")
+    closing.callback(logger.setLevel, logger.level)
+    closing.callback(logger.removeHandler, heard)
+    logger.addHandler(heard)
+    logger.setLevel(logging.INFO)
+    first, second = (start_server(auth=True, auth_cache_seconds=300) for _ in range(2))
+    acme = tenant(first, "acme", closing)
+    list_models = pb.ListModelsRequest()
+    stubs = [
+        pb_grpc.TrainerStub(closing.enter_context(grpc.insecure_channel(server.address)))
+        for server in (first, second)
+    ]
+    for stub in stubs:  # both remember the key now
+        assert stub.ListModels(list_models, metadata=bearer(acme.key.token), timeout=TIMEOUT) is not None
+    first.app.store.tenants.revoke(acme.key.id)
+    heard.wait_for(2)
+    for stub in stubs:
+        error = refused(
+            lambda stub=stub: stub.ListModels(list_models, metadata=bearer(acme.key.token), timeout=TIMEOUT)
+        )
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, BAD_KEY)
+
+
+class KeysCleared(logging.Handler):
+    """Counts the servers' "API key cache cleared" lines; a test waits for them, not for time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "API key cache cleared":
+            with self.changed:
+                self.count += 1
+                self.changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.count >= count, timeout), (
+                f"{self.count} of {count} caches cleared"
+            )
 
 
 # ------------------------------------------------------------------------------------ keys at rest
