@@ -68,10 +68,10 @@ class Listener:
         assert connection is not None
         try:
             connection.autocommit = True
-            connection.execute(f"LISTEN {self.channel}")  # type: ignore[attr-defined]
+            connection.execute(f"LISTEN {self.channel}")
             self.heard()
             while not self._stop.is_set():
-                for _ in connection.notifies(timeout=self.wait_seconds):  # type: ignore[attr-defined]
+                for _ in connection.notifies(timeout=self.wait_seconds):
                     self.heard()
         finally:
             connection.close()
