@@ -59,6 +59,7 @@ LOCKS = (  # dev first: every other lock is resolved within it
     Lock("sklearn", ("sklearn",), "pip install 'gradwire[sklearn]'"),
     Lock("plot", ("plot",), "pip install 'gradwire[plot]'"),
     Lock("otel", ("otel",), "pip install 'gradwire[otel]' (the image adds it to server)"),
+    Lock("ray", ("server", "ray"), "the server on a Ray cluster, its head and its workers"),
 )
 BY_NAME = {lock.name: lock for lock in LOCKS}
 

@@ -53,6 +53,9 @@ class Executor(Protocol):
     def cancel(self, run_id: str) -> None:
         """Stop a run now if it executes here (else its job learns of it from the database)."""
 
+    def wake(self) -> None:
+        """A run was queued: an executor whose workers claim runs themselves tells them to look."""
+
     def shutdown(self, grace: float) -> None:
         """Ask every run to stop at its next epoch end (its checkpoint kept, it becomes
         interrupted), wait up to ``grace`` seconds, and release the workers."""
@@ -101,6 +104,9 @@ class ThreadExecutor:
                 if running == run_id:
                     flags.cancel.set()
 
+    def wake(self) -> None:
+        pass  # the supervisor claims for this executor
+
     def shutdown(self, grace: float) -> None:
         with self._lock:
             for _, flags in self._running.values():
@@ -129,6 +135,7 @@ class Supervisor:
     def nudge(self) -> None:
         """Look for work now (a run was queued here, or a job ended)."""
         self._wake.set()
+        self.executor.wake()
 
     def stop(self) -> None:
         self._stop.set()

@@ -113,6 +113,9 @@ class ProcessExecutor:
                 if worker.run is not None and worker.run[0] == run_id:
                     worker.order("cancel", run=run_id)
 
+    def wake(self) -> None:
+        pass  # the supervisor claims for this executor
+
     def shutdown(self, grace: float) -> None:
         with self._lock:
             self._closing = True
@@ -190,6 +193,7 @@ class ProcessExecutor:
         self.changes.bump(answer["run"])
 
     def _done(self, worker: WorkerProcess, answer: dict[str, Any]) -> None:
+        self._alive(worker, answer)
         with self._lock:
             worker.run = None
             self._lock.notify_all()

@@ -16,9 +16,10 @@ MAX_STATEMENT_SECONDS = 2_147_483
 """PostgreSQL's largest statement_timeout, in seconds (2³¹ − 1 ms)."""
 
 
-EXECUTORS = ("process", "thread")
-"""Where runs execute (``executor``): worker processes of this server (the default), or threads
-of the server process itself (one interpreter: runs share one core's worth of Python)."""
+EXECUTORS = ("process", "thread", "ray")
+"""Where runs execute (``executor``): worker processes of this server (the default), threads of
+the server process itself (one interpreter: runs share one core's worth of Python), or actors on
+a Ray cluster (``ray_address``)."""
 
 
 def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -93,6 +94,10 @@ class Settings:
     client sends nothing for ``upload_idle_seconds`` is cancelled; one left unfinished for
     ``upload_ttl_seconds`` is deleted.
 
+    Ray (``executor`` ``ray``): the cluster at ``ray_address`` (empty: the one this machine
+    belongs to) trains ``ray_actors`` runs at once (0: as many as its CPUs hold), each with
+    ``ray_cpus_per_run`` CPUs and as many BLAS threads (see :mod:`.ray_executor`).
+
     Access: with ``auth`` (the default) every call but health checking needs an API key
     (``gradwire keys create``); a key found is trusted for ``auth_cache_seconds``, so a revoked
     one stops working on every process within that bound. ``auth`` off makes every caller the
@@ -112,6 +117,9 @@ class Settings:
     executor: str = "process"
     train_workers: int = field(default_factory=usable_cpus)
     worker_nice: int = 10
+    ray_address: str = ""
+    ray_cpus_per_run: float = 1.0
+    ray_actors: int = 0
     max_queued_runs: int = 64
     max_message_mb: int = 512
     model_cache_mb: int = 256
@@ -167,6 +175,10 @@ class Settings:
                 raise SettingError(name, "must be at least 0")
         if self.executor not in EXECUTORS:
             raise SettingError("executor", f"must be one of {', '.join(EXECUTORS)}")
+        if not 0 < self.ray_cpus_per_run < math.inf:
+            raise SettingError("ray_cpus_per_run", "must be greater than 0")
+        if self.ray_actors < 0:
+            raise SettingError("ray_actors", "must be at least 0 (0: as many as the cluster's CPUs hold)")
         if not 0 <= self.worker_nice <= 19:
             raise SettingError("worker_nice", "must be from 0 (the server's priority) to 19 (the lowest)")
         if self.heartbeat_seconds * 2 > self.lease_seconds:

@@ -41,6 +41,7 @@ from .errors import CannotAnswer, LimitExceeded
 from .executor import Executor, Supervisor, ThreadExecutor, owner_id
 from .paging import paged
 from .process_executor import ProcessExecutor
+from .ray_executor import RayExecutor
 from .runs import Runs, check_memory
 from .settings import MiB, Settings
 from .signals import Changes
@@ -151,6 +152,7 @@ def gradients_bytes(spec: NetworkSpec, rows: int, numerical_check: bool) -> int:
 EXECUTORS: dict[str, Callable[[Store, Settings, Changes, Callable[[], None]], Executor]] = {
     "process": ProcessExecutor,
     "thread": ThreadExecutor,
+    "ray": RayExecutor,
 }
 """Each ``executor`` setting's executor (the names: :data:`.settings.EXECUTORS`)."""
 

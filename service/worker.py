@@ -11,9 +11,9 @@ The first line the server writes is the worker's :class:`Setup`; every later one
 The worker answers on its stdout:
 
     {"op": "ready", "blas_threads": N}         imports done, database open: it takes runs
-    {"op": "alive", "epochs": E, "samples": S} every heartbeat, with what it trained since the last
+    {"op": "alive", "epochs": E, "samples": S} every heartbeat, with what it trained since its last word
     {"op": "changed", "run": ID}               a commit of the run landed: its watchers look again
-    {"op": "done", "run": ID}                  the run ended here, however it ended
+    {"op": "done", "run": ID, "epochs": E, ...} the run ended here, however it ended (and what it trained)
 
 When its stdin ends, the worker exits: once its run has stopped if a shutdown was ordered (the
 server is stopping), at once if not (the server died, and its runs die with it, as they would on
@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from gradwire.storage import open_store
+from gradwire.storage import StorageError, open_store
 
 from .jobs import RunJob
 from .logformat import log_to_stderr
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MODULE = "gradwire.service.worker"
 EXIT_SERVER_GONE = 3
+EXIT_NO_DATABASE = 4
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,14 @@ class Worker:
     def __init__(self, setup: Setup, answers: Answers) -> None:
         self.settings = setup.settings
         self.answers = answers
-        self.store = open_store(self.settings.database_url, self.settings.db_statement_seconds)
+        self.store = open_store(self.settings.database_url, self.settings.db_statement_seconds, create=False)
         self.closing = threading.Event()
         self.flags = StopFlags()
         self.job: threading.Thread | None = None
         self.run_id = ""
         self.stopping = False  # a shutdown was ordered: the server is stopping
+        self.reported = (0, 0)  # TRAINED's totals when last sent to the server
+        self.counted = threading.Lock()
 
     def serve(self, orders: IO[str]) -> None:
         threading.Thread(target=self._beat, name="gradwire-worker-alive", daemon=True).start()
@@ -151,7 +154,7 @@ class Worker:
         except BaseException:
             log.exception("run job crashed", extra={"run": run_id})
         finally:
-            self.answers.send("done", run=run_id)
+            self.answers.send("done", run=run_id, **self._trained())
 
     def _cancel(self, order: dict[str, Any]) -> None:
         if order["run"] == self.run_id:
@@ -162,11 +165,16 @@ class Worker:
         self.flags.shutdown.set()
 
     def _beat(self) -> None:
-        sent = (0, 0)
         while not self.closing.wait(self.settings.heartbeat_seconds):
-            totals = TRAINED.totals()
-            self.answers.send("alive", epochs=totals[0] - sent[0], samples=totals[1] - sent[1])
-            sent = totals
+            self.answers.send("alive", **self._trained())
+
+    def _trained(self) -> dict[str, int]:
+        """Epochs and samples trained since the last time this was asked (the server's metrics)."""
+        with self.counted:
+            epochs, samples = TRAINED.totals()
+            delta = {"epochs": epochs - self.reported[0], "samples": samples - self.reported[1]}
+            self.reported = (epochs, samples)
+            return delta
 
 
 ORDERS = {"run": Worker._run, "cancel": Worker._cancel, "shutdown": Worker._shutdown}
@@ -184,7 +192,12 @@ def main() -> int:
     tune_process()
     threadpool_limits(setup.blas_threads)  # the variables did it at start; this holds it whatever set them
     log_to_stderr(setup.log_json, setup.log_level)
-    Worker(setup, answers).serve(sys.stdin)
+    try:
+        worker = Worker(setup, answers)
+    except StorageError as exc:  # its server replaces it, a heartbeat later
+        log.error("worker cannot use the database; exiting", extra={"error": str(exc)})
+        return EXIT_NO_DATABASE
+    worker.serve(sys.stdin)
     return 0
 
 

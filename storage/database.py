@@ -243,12 +243,12 @@ def upgrade(engine: Engine) -> None:
     command.upgrade(_config(engine), "head")
 
 
-def check_schema(engine: Engine) -> None:
-    """Upgrade an empty database; refuse one at another revision than this code's."""
+def check_schema(engine: Engine, create: bool = True) -> None:
+    """Refuse a database at another revision than this code's; upgrade an empty one if ``create``."""
     revision, head = current_revision(engine), head_revision()
     if revision == head:
         return
-    if revision is None and not inspect(engine).get_table_names():
+    if create and revision is None and not inspect(engine).get_table_names():
         upgrade(engine)
         return
     raise SchemaOutOfDate(
@@ -257,10 +257,10 @@ def check_schema(engine: Engine) -> None:
     )
 
 
-def open_database(url: str, statement_timeout: float | None = None) -> Database:
-    """A :class:`Database` on ``url``, its schema checked (and created if the database is empty);
-    on PostgreSQL no statement runs past ``statement_timeout`` seconds."""
+def open_database(url: str, statement_timeout: float | None = None, create: bool = True) -> Database:
+    """A :class:`Database` on ``url``, its schema checked (and, with ``create``, made if the
+    database is empty); on PostgreSQL no statement runs past ``statement_timeout`` seconds."""
     engine = make_engine(url, statement_timeout)
     with unavailable_on_connection_errors():
-        check_schema(engine)
+        check_schema(engine, create)
     return Database(engine)

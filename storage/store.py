@@ -48,7 +48,8 @@ class Store:
         self.db.engine.dispose()
 
 
-def open_store(url: str, statement_timeout: float | None = None) -> Store:
-    """A :class:`Store` on ``url``, its schema checked (and created if the database is empty); on
-    PostgreSQL no statement runs past ``statement_timeout`` seconds (None: no bound)."""
-    return Store(open_database(url, statement_timeout))
+def open_store(url: str, statement_timeout: float | None = None, create: bool = True) -> Store:
+    """A :class:`Store` on ``url``, its schema checked (and, with ``create``, made if the database
+    is empty: a server may, its workers never); on PostgreSQL no statement runs past
+    ``statement_timeout`` seconds (None: no bound)."""
+    return Store(open_database(url, statement_timeout, create))

@@ -20,7 +20,14 @@ from sqlalchemy import text
 
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
-from gradwire.service.cli import build_parser, load_array, main, training_arguments, training_data
+from gradwire.service.cli import (
+    SHOWN_DEFAULTS,
+    build_parser,
+    load_array,
+    main,
+    training_arguments,
+    training_data,
+)
 from gradwire.service.settings import Limits
 from gradwire.storage import make_engine, open_store
 from gradwire.storage.database import current_revision, head_revision
@@ -613,7 +620,8 @@ def test_serve_help_lists_every_variable_with_its_default(capsys: pytest.Capture
     assert "--lease-seconds LEASE_SECONDS GRADWIRE_LEASE_SECONDS, default 30.0" in shown
     assert "--tls-cert-file TLS_CERT_FILE GRADWIRE_TLS_CERT_FILE, default none" in shown
     for setting in (*fields(Settings), *fields(Limits)):
-        if setting.name not in ("limits", "database_url"):  # the URL's default is computed: in words
+        if setting.name not in ("limits", *SHOWN_DEFAULTS):  # defaults computed: in words
             default = setting.default if setting.default != "" else "none"
             assert f"GRADWIRE_{setting.name.upper()}, default {default}" in shown
     assert "GRADWIRE_DATABASE_URL, default a SQLite file in the data dir" in shown
+    assert "GRADWIRE_TRAIN_WORKERS, default the CPUs this process may use" in shown

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -150,6 +151,15 @@ def test_every_call_is_counted_by_method_and_code_with_its_duration(serve: Calla
     assert 0 < samples[key("gradwire_rpc_seconds_sum", method=create)] < 60
 
 
+def trained(served: Served, name: str, at_least: float) -> Samples:
+    """A scrape once the counter ``name`` reached ``at_least``: a worker process tells the server
+    what it trained as its run ends, a moment after the run's end is committed (bounded: 30 s)."""
+    deadline = time.monotonic() + 30
+    while (samples := scrape(served))[key(name)] < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)  # a polling interval, for a figure that is eventually exact by design
+    return samples
+
+
 def test_runs_by_status_queue_depth_and_training_after_a_fit(serve: Callable[..., Served]) -> None:
     served = serve(metrics_address="127.0.0.1:0")
     before = scrape(served)
@@ -161,6 +171,7 @@ def test_runs_by_status_queue_depth_and_training_after_a_fit(serve: Callable[...
     }
     assert after[key("gradwire_queue_depth")] == 0
     epochs, samples = "gradwire_epochs_trained_total", "gradwire_samples_trained_total"
+    after = trained(served, epochs, before[key(epochs)] + 4)  # its worker's word comes as the run ends
     assert after[key(epochs)] - before[key(epochs)] == 4  # the process's totals: other tests trained too
     assert after[key(samples)] - before[key(samples)] == 4 * len(X)
     assert after[key("gradwire_rpcs_total", method=f"{TRAINER}/StartRun", code="OK")] == 1

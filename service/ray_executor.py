@@ -1,0 +1,157 @@
+"""Runs on a Ray cluster: the API processes only queue, watch and serve.
+
+With ``executor`` ``ray``, a server connects to the cluster at ``ray_address`` and makes sure it
+holds ``ray_actors`` training actors (by default as many as the cluster's CPUs hold at
+``ray_cpus_per_run`` each). They are named and detached, in the namespace ``gradwire``: every
+replica finds the same ones, and they outlive the replica that made them. Each actor is a worker
+of its own, with ``ray_cpus_per_run`` CPUs and as many BLAS threads: a thread in it claims the
+oldest queued run from the database, executes it (:class:`.jobs.RunJob`: the run, its datasets
+and its checkpoint read from the database, its epochs and its end written back), and claims the
+next. A server that queues a run wakes them, else they look every ``poll_seconds``.
+
+So the database stays the only truth, and nothing changes for runs: cancel, resume and leases
+are the same as on local workers. An actor on a node that dies takes its run's lease with it;
+when the lease runs out a server interrupts the run and queues it again, and another actor
+resumes it from its checkpoint, bit for bit. Ray restarts the lost actor where it finds room.
+
+The server's own executor claims nothing (:meth:`RayExecutor.free_slots` is 0); its supervisor
+still reaps expired leases and queues interrupted runs again. Ray is an optional extra (``pip
+install 'gradwire[ray]'``): nothing imports it unless ``executor`` says ``ray``. Ray moves the
+actors' arguments with its own serialisation; gradwire hands them JSON text only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from gradwire.storage import StorageError, Store, open_store
+
+from .errors import StartupError
+from .executor import owner_id
+from .jobs import RunJob
+from .settings import Settings
+from .signals import StopFlags
+from .worker import BLAS_VARIABLES, Setup
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "gradwire"
+ACTOR_NAME = "gradwire-trainer-{}"
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise StartupError("executor 'ray' needs Ray: pip install 'gradwire[ray]'") from None
+    return ray
+
+
+class Quiet:
+    """A job's run events on a Ray actor: nobody in its process watches (watchers on the
+    servers read the database every ``poll_seconds``)."""
+
+    def bump(self, run_id: str) -> None:
+        pass
+
+    def finished(self, run_id: str) -> None:
+        pass
+
+
+class Trainer:
+    """A training actor's body (see the module's docstring): made remote by :func:`actor_class`."""
+
+    def __init__(self, settings_json: str) -> None:
+        setup = Setup.from_json(settings_json)
+        threadpool_limits(setup.blas_threads)
+        self.settings = setup.settings
+        self.store = open_store(self.settings.database_url, self.settings.db_statement_seconds, create=False)
+        self.owner = owner_id()
+        self.wakeup = threading.Event()
+        self.closing = threading.Event()
+        threading.Thread(target=self._loop, name="gradwire-ray-claims", daemon=True).start()
+
+    def wake(self) -> None:
+        """A run was queued: look now."""
+        self.wakeup.set()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                run = self.store.runs.claim_next(self.owner)
+            except StorageError as exc:
+                log.warning("could not claim runs; trying again", extra={"error": str(exc)})
+                run = None
+            if run is None:
+                self.wakeup.wait(self.settings.poll_seconds)
+                self.wakeup.clear()
+                continue
+            assert run.owner is not None
+            log.info("run claimed", extra={"run": run.id, "attempt": run.attempts})
+            try:
+                RunJob(
+                    self.store, run.id, run.owner, self.settings, Quiet(), StopFlags(), self.closing
+                ).execute()
+            except Exception:
+                log.exception("run job crashed", extra={"run": run.id})
+
+
+def actor_class(ray: Any) -> Any:
+    return ray.remote(Trainer)
+
+
+class RayExecutor:
+    """The server's side of runs on Ray: it claims nothing, keeps the actors, wakes them."""
+
+    def __init__(
+        self, store: Store, settings: Settings, changes: Any, on_done: Callable[[], None] = lambda: None
+    ) -> None:
+        ray = import_ray()
+        self.settings = settings
+        if not ray.is_initialized():
+            address = settings.ray_address or "auto"
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+        cpus = settings.ray_cpus_per_run
+        count = settings.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+        threads = max(1, int(cpus))
+        setup = Setup(settings, threads, 0, False, logging.getLogger().getEffectiveLevel())
+        options = {
+            "namespace": NAMESPACE,
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "num_cpus": cpus,
+            "max_restarts": -1,
+            "max_concurrency": 2,  # wake() beside the claims thread's run
+            "runtime_env": {"env_vars": dict.fromkeys(BLAS_VARIABLES, str(threads))},
+        }
+        remote = actor_class(ray)
+        self.actors = [
+            remote.options(name=ACTOR_NAME.format(i), **options).remote(setup.to_json()) for i in range(count)
+        ]
+        log.info(
+            "training on Ray", extra={"actors": count, "cpus_per_run": cpus, "address": settings.ray_address}
+        )
+
+    def free_slots(self) -> int:
+        return 0  # the actors claim runs themselves
+
+    def submit(self, run_id: str, lease: str) -> None:
+        raise AssertionError("runs on Ray are claimed by the actors, never submitted")
+
+    def executing(self) -> set[str]:
+        return set()  # nothing executes in this process: every lease is the database's to judge
+
+    def cancel(self, run_id: str) -> None:
+        pass  # the actor hears of it at its run's next heartbeat
+
+    def wake(self) -> None:
+        for actor in self.actors:
+            actor.wake.remote()
+
+    def shutdown(self, grace: float) -> None:
+        pass  # the actors belong to the cluster: their runs go on without this server
