@@ -6,7 +6,8 @@ an API key made with ``gradwire keys create``): ``gradwire serve`` on SQLite (a 
 ``GRADWIRE_BENCH_POSTGRES_URL``, default postgresql://postgres@127.0.0.1:5432/postgres; the
 database is created for the run and dropped after it; elsewhere those figures are skipped, saying
 why), and a bare grpcio echo service (which can also store what it receives). This process is
-the client of all of them, and also runs the in-process engine. Each figure is the best of interleaved rounds with its reference.
+the client of all of them, and also runs the in-process engine. Each figure is the best of
+interleaved rounds with its reference.
 
 * Upload: the 182 MiB float32 training set (60,000 × 784 inputs and their 60,000 × 10 targets)
   through ``client.upload_dataset``, MiB/s, against a bare grpcio client stream of the same bytes
