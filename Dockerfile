@@ -6,7 +6,8 @@
 # stage builds gradwire's wheel with the locked setuptools; the image installs the locks LOCKS
 # names and then the wheel, and keeps neither the sources nor the build tools' output. "server"
 # is the server's dependencies (the image serves); "otel" adds OpenTelemetry tracing, which stays
-# off unless the OTEL_* variables configure an exporter (--build-arg LOCKS=server leaves it out).
+# off unless the OTEL_* variables configure an exporter (--build-arg LOCKS=server leaves it out);
+# "ray" is the server's with Ray (--build-arg LOCKS="ray otel": the image of a Ray cluster's nodes).
 FROM python:3.11-slim AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -24,7 +25,7 @@ FROM python:3.11-slim
 ARG LOCKS="server otel"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=wheel /wheels /wheels
-COPY requirements/server.txt requirements/otel.txt /locks/
+COPY requirements/server.txt requirements/otel.txt requirements/ray.txt /locks/
 # pip compiles the installed modules here, once: the user below may not write beside them, and
 # the healthcheck starts a fresh interpreter every ten seconds.
 RUN pip install --require-hashes --no-deps $(for lock in $LOCKS; do echo "-r /locks/$lock.txt"; done) \

@@ -210,7 +210,11 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
         for name, value in service.get("environment", {}).items()
         if "PASSWORD" in name
     ]
-    assert len(secret_values) == 3  # postgres's own, and the two gradwire services' PGPASSWORD
+    # postgres's own, and PGPASSWORD of the services of the gradwire image (the Ray nodes train:
+    # their actors reach the database as the server does)
+    assert len(secret_values) == 1 + len(
+        [s for s in services.values() if s.get("image", "").startswith("gradwire")]
+    )
     for value in secret_values:
         assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", value), value
     assert "@postgres" in services["gradwire"]["environment"]["GRADWIRE_DATABASE_URL"]
@@ -219,6 +223,24 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
         interpolate(load_compose(), {})
     with pytest.raises(KeyError, match="set POSTGRES_PASSWORD"):
         interpolate(load_compose(), {"POSTGRES_PASSWORD": ""})
+
+
+def test_the_ray_profile_is_opt_in_and_its_nodes_run_the_servers_image() -> None:
+    """``docker compose up`` starts no Ray; ``--profile ray`` adds a head and a worker of the same
+    image (Ray needs the same Python and gradwire on every node), whose locks the image can take."""
+    services = interpolate(load_compose(), {"POSTGRES_PASSWORD": "x"})["services"]
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert profiled == {"ray-head", "ray-worker"}
+    for name in profiled:
+        assert services[name]["profiles"] == ["ray"]
+        assert services[name]["image"] == services["gradwire"]["image"]
+        assert services[name]["command"][:2] == ["ray", "start"]
+    assert "--head" in services["ray-head"]["command"]
+    assert "--address=ray-head:6379" in services["ray-worker"]["command"]
+    assert services["gradwire"]["environment"]["GRADWIRE_EXECUTOR"] == "process"
+    copied = set(re.findall(r"requirements/(\w+)\.txt", (ROOT / "Dockerfile").read_text()))
+    assert set(services["gradwire"]["build"]["args"]["LOCKS"].split()) <= copied
+    assert {"server", "otel", "ray"} <= copied
 
 
 def test_the_readme_manages_keys_and_tenants_in_the_migrate_service() -> None:
