@@ -13,18 +13,22 @@ Every server is a real ``gradwire serve`` child process (as in :mod:`bench.servi
   through worker processes and through threads, against ``Trainer.fit`` in this process
   (best of rounds): what a fit costs beyond its training.
 * A worker at rest: the resident memory of an idle worker process, beside the idle server's.
+* History commits: how many commits of one epoch's history a second the database takes from one
+  writer (what a run's committer sends, without a checkpoint), through the store.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,10 @@ from bench.common import PostgresUnavailable, postgres_admin_url, scratch_postgr
 from bench.engine_bench import WORKLOADS, dataset, spec_for
 from bench.service_bench import Child, adam, engine_seconds, gradwire_server, judge, verdict
 from gradwire.client import Client
+from gradwire.engine import Network, TrainConfig, Trainer
 from gradwire.service.settings import usable_cpus
+from gradwire.storage import DEFAULT_TENANT, DatasetMeta, NewRun, open_store
+from gradwire.v1.digest import array_id, raw
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
 MiB = 2**20
@@ -50,10 +57,11 @@ class Sizes:
     calls: int
     fit_epochs: int
     fit_rounds: int
+    commit_seconds: float
 
 
-FULL = Sizes(runs=4, rows=2_000, epochs=300, rounds=3, calls=200, fit_epochs=50, fit_rounds=5)
-QUICK = Sizes(runs=2, rows=200, epochs=3, rounds=1, calls=5, fit_epochs=2, fit_rounds=1)
+FULL = Sizes(4, rows=2_000, epochs=300, rounds=3, calls=200, fit_epochs=50, fit_rounds=5, commit_seconds=5)
+QUICK = Sizes(2, rows=200, epochs=3, rounds=1, calls=5, fit_epochs=2, fit_rounds=1, commit_seconds=0.2)
 
 
 def servers(stack: ExitStack, database: Callable[[str], str], cores: int) -> dict[str, tuple[Child, Client]]:
@@ -176,6 +184,35 @@ def memory_figures(server: Child) -> dict[str, Any]:
     }
 
 
+def commit_figures(url: str, seconds: float) -> dict[str, Any]:
+    """Commits of one real epoch record each, by one claimed run, for ``seconds``: commits a second."""
+    store = open_store(url)
+    try:
+        spec = spec_for(SMALL)
+        network = Network(spec)
+        model = store.models.create(DEFAULT_TENANT, "commits", spec.to_dict(), network.state_arrays(), 1)
+        X, Y = dataset(SMALL, 64)
+        records: list[dict[str, Any]] = []
+        Trainer(network, TrainConfig(epochs=1, batch_size=32)).fit(
+            X, Y, callback=lambda r: records.append(asdict(r))
+        )
+        data = raw(X).tobytes()
+        meta = DatasetMeta(array_id(X), hashlib.sha256(data).hexdigest(), "x", "float32", 64, 20, len(data))
+        held = store.datasets.put(DEFAULT_TENANT, meta, data).id
+        new = NewRun(model.id, {"epochs": 1}, {"inputs": held, "targets": held}, 64)
+        store.runs.create(DEFAULT_TENANT, new, 1)
+        run = store.runs.claim_next("bench")
+        assert run is not None
+        assert run.owner is not None
+        done, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            done += 1
+            store.runs.commit(run.id, run.owner, [{**records[0], "epoch": done}], None, float(done))
+        return {"commits": done, "commits_per_s": done / seconds, "record_bytes": len(json.dumps(records[0]))}
+    finally:
+        store.close()
+
+
 def measure(backend: str, sizes: Sizes, cores: int) -> dict[str, Any]:
     with ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory())
@@ -196,6 +233,7 @@ def measure(backend: str, sizes: Sizes, cores: int) -> dict[str, Any]:
             "concurrency": concurrency_figures(started, sizes, cores),
             "responsiveness": responsiveness_figures(started["workers"][1], sizes, cores),
             "fit": fit_figures(started, sizes),
+            "commits": commit_figures(database("commits"), sizes.commit_seconds),
         }
 
 
@@ -229,6 +267,9 @@ def report(results: dict[str, Any]) -> None:
         idle = ", ".join(f"{size / MiB:.0f}" for size in m["worker_idle_bytes"])
         server = m["server_idle_bytes"] / MiB
         print(f"  resident memory at rest: server {server:.0f} MiB, each worker {idle} MiB")
+        k = figures["commits"]
+        rate, size = k["commits_per_s"], k["record_bytes"]
+        print(f"  history commits from one writer: {rate:,.0f} a second ({size} B each)")
 
 
 def main() -> None:
