@@ -72,11 +72,13 @@ bench: $(VENV)/.dev $(VENV)/.torch
 	$(BIN)/python -m bench.engine_bench
 	$(BIN)/python -m bench.service_bench
 	$(BIN)/python -m bench.scaling_bench
+	$(BIN)/python -m bench.ray_bench
 
 bench-quick: $(VENV)/.dev
 	$(BIN)/python -m bench.engine_bench --quick
 	$(BIN)/python -m bench.service_bench --quick
 	$(BIN)/python -m bench.scaling_bench --quick
+	$(BIN)/python -m bench.ray_bench --quick
 
 # Regenerate the committed protobuf/gRPC code from proto/gradwire/v1/gradwire.proto.
 proto: $(VENV)/.dev
