@@ -3,6 +3,7 @@ scratch PostgreSQL database."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Iterator
@@ -13,6 +14,14 @@ from typing import Any
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 POSTGRES_URL_VARIABLE = "GRADWIRE_BENCH_POSTGRES_URL"
 POSTGRES_CONNECT_TIMEOUT_S = 5
+
+
+def arguments(doc: str, output: Path) -> argparse.Namespace:
+    """The benchmarks' command line: ``--quick`` and ``--output`` (``output`` by default)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks the script, not the speed")
+    parser.add_argument("--output", type=Path, default=output)
+    return parser.parse_args()
 
 
 def write_results(path: Path, results: dict[str, Any], quick: bool) -> None:

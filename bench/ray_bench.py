@@ -15,7 +15,6 @@ Skipped, saying why, where Ray is not installed (``pip install 'gradwire[ray]'``
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_results
+from bench.common import arguments, write_results
 from bench.engine_bench import WORKLOADS, dataset, spec_for
 from bench.scaling_bench import Sizes as ScalingSizes
 from bench.scaling_bench import concurrent_seconds
@@ -151,10 +150,7 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: checks the script, not the speed")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = arguments(__doc__, RESULTS)
     sizes = QUICK if args.quick else FULL
     results: dict[str, Any] = {"sizes": {"rows": sizes.rows, "small": sizes.small.__dict__}}
     try:

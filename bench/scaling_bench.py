@@ -19,7 +19,6 @@ Every server is a real ``gradwire serve`` child process (as in :mod:`bench.servi
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -32,7 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PostgresUnavailable, postgres_admin_url, scratch_postgres, status_kib, write_results
+from bench.common import (
+    PostgresUnavailable,
+    arguments,
+    postgres_admin_url,
+    scratch_postgres,
+    status_kib,
+    write_results,
+)
 from bench.engine_bench import WORKLOADS, dataset, spec_for
 from bench.service_bench import Child, adam, engine_seconds, gradwire_server, judge, verdict
 from gradwire.client import Client
@@ -273,10 +279,7 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: checks the script, not the speed")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = arguments(__doc__, RESULTS)
     sizes = QUICK if args.quick else FULL
     cores = usable_cpus()
     backends = {

@@ -11,6 +11,14 @@ from gradwire.client import Client, Run
 from gradwire.engine import one_hot
 
 EPOCHS = 40
+TAKEOVER = {
+    "checkpoint_interval": 0.05,  # a checkpoint about every epoch
+    "lease_seconds": 2.0,  # a run whose executor died is taken over soon
+    "heartbeat_seconds": 0.25,
+    "poll_seconds": 0.1,
+    "auto_resume": 3,
+}
+"""Settings of the servers of the tests that take an executor away under a run."""
 SETTINGS = {
     "checkpoint_interval": 0.05,  # a checkpoint about every epoch: kills land between and during them
     "lease_seconds": 1.0,
@@ -83,3 +91,10 @@ def check_matches(client: Client, run_id: str, model_id: str, reference: Referen
     for name, array in reference.weights.items():
         np.testing.assert_array_equal(exported[name], array, err_msg=name)
     assert run.info.receipt["weights_sha256"] == reference.history.receipt["weights_sha256"]
+
+
+def with_reference(client: Client) -> tuple[tuple[Any, Any], Reference]:
+    """The data uploaded as datasets, and the uninterrupted run on them."""
+    X, Y = dataset()
+    data = (client.upload_dataset(X), client.upload_dataset(Y))
+    return data, Reference(client, data)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from helpers import ServerProcess
-from reference_run import OPTIONS, SPEC, Reference, check_matches, dataset, follow_to
+from reference_run import OPTIONS, SPEC, TAKEOVER, check_matches, dataset, follow_to, with_reference
 
 from gradwire.client import Client
 from gradwire.storage import open_store
@@ -28,15 +28,7 @@ ray = pytest.importorskip(
 from ray._private import ray_constants  # noqa: E402 (after the skip: Ray may be missing)
 from ray.cluster_utils import Cluster  # noqa: E402
 
-SETTINGS = {
-    "executor": "ray",
-    "ray_cpus_per_run": 1,
-    "checkpoint_interval": 0.05,
-    "lease_seconds": 2.0,
-    "heartbeat_seconds": 0.25,
-    "poll_seconds": 0.1,
-    "auto_resume": 3,
-}
+SETTINGS = {**TAKEOVER, "executor": "ray", "ray_cpus_per_run": 1}
 HEALTH_CHECKS = {
     "health_check_period_ms": 500,
     "health_check_timeout_ms": 500,
@@ -104,9 +96,7 @@ def test_a_run_survives_the_death_of_the_node_executing_it(
     with served(database_url, made) as server, Client(server.address) as client:
         server.wait_for_log("training on Ray")
         assert children(server.process.pid) == []  # the server trains nothing itself
-        X, Y = dataset()
-        data = (client.upload_dataset(X), client.upload_dataset(Y))
-        reference = Reference(client, data)
+        data, reference = with_reference(client)
         model = client.create_model(SPEC, name="on ray")
         run = model.start_run(*data, **OPTIONS)
         follow_to(run, OPTIONS["epochs"] // 3)
@@ -127,9 +117,7 @@ def test_a_run_goes_on_when_the_server_that_queued_it_dies(
     first = served(database_url, made)
     try:
         with Client(first.address) as client:
-            X, Y = dataset()
-            data = (client.upload_dataset(X), client.upload_dataset(Y))
-            reference = Reference(client, data)
+            data, reference = with_reference(client)
             model = client.create_model(SPEC, name="orphaned")
             run = model.start_run(*data, **OPTIONS)
             follow_to(run, 3)

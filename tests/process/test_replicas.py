@@ -13,19 +13,12 @@ from typing import Any
 
 import pytest
 from helpers import ServerProcess
-from reference_run import EPOCHS, OPTIONS, SPEC, Reference, check_matches, dataset
+from reference_run import EPOCHS, OPTIONS, SPEC, TAKEOVER, check_matches, with_reference
 
 from gradwire.client import Client
 from gradwire.v1 import gradwire_pb2 as pb
 
-SETTINGS = {
-    "checkpoint_interval": 0.05,
-    "lease_seconds": 2.0,
-    "heartbeat_seconds": 0.25,
-    "poll_seconds": 0.1,
-    "auto_resume": 3,
-    "train_workers": 1,
-}
+SETTINGS = {**TAKEOVER, "train_workers": 1}
 
 
 @pytest.fixture
@@ -51,9 +44,7 @@ def test_a_watch_and_its_run_go_on_through_the_replicas_left(replicas: list[Serv
     """The replica serving the watch is killed a quarter of the way in, the one executing the run
     halfway (the same one, sometimes: then once is enough); the client follows to the end."""
     with Client([r.address for r in replicas], reconnect_seconds=60) as client:
-        X, Y = dataset()
-        data = (client.upload_dataset(X), client.upload_dataset(Y))
-        reference = Reference(client, data)
+        data, reference = with_reference(client)
         model = client.create_model(SPEC, name="replicated")
         run = model.start_run(*data, **OPTIONS)
         killed: list[ServerProcess] = []
@@ -77,9 +68,7 @@ def test_a_watch_and_its_run_go_on_through_the_replicas_left(replicas: list[Serv
 
 def test_a_run_whose_server_died_is_shown_stalled_until_taken_over(replicas: list[ServerProcess]) -> None:
     with Client([r.address for r in replicas]) as client:
-        X, Y = dataset()
-        data = (client.upload_dataset(X), client.upload_dataset(Y))
-        reference = Reference(client, data)
+        data, reference = with_reference(client)
         model = client.create_model(SPEC, name="stalled")
         run = model.start_run(*data, **OPTIONS)
         for epoch in run.epochs():

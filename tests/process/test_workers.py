@@ -16,18 +16,21 @@ from typing import Any
 
 import pytest
 from helpers import ServerProcess
-from reference_run import OPTIONS, SPEC, Reference, check_matches, dataset, follow_to
+from reference_run import (
+    OPTIONS,
+    SPEC,
+    TAKEOVER,
+    Reference,
+    check_matches,
+    dataset,
+    follow_to,
+    with_reference,
+)
 
 from gradwire.client import Client
 from gradwire.service.settings import usable_cpus
 
-SETTINGS = {
-    "checkpoint_interval": 0.05,
-    "lease_seconds": 2.0,
-    "heartbeat_seconds": 0.25,
-    "poll_seconds": 0.1,
-    "auto_resume": 3,
-}
+SETTINGS = TAKEOVER
 
 
 def worker_pids(server: ServerProcess, count: int) -> list[int]:
@@ -58,9 +61,7 @@ def served(database_url: str) -> Iterator[tuple[ServerProcess, Client, tuple[Any
     server = ServerProcess(database_url, train_workers=1, **SETTINGS)
     try:
         with Client(server.address) as client:
-            X, Y = dataset()
-            data = (client.upload_dataset(X), client.upload_dataset(Y))
-            yield server, client, data, Reference(client, data)
+            yield server, client, *with_reference(client)
     finally:
         server.kill()
 
