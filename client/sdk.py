@@ -443,6 +443,20 @@ def grpc_target(address: str | Sequence[str]) -> str:
     return "ipv4:" + ",".join(f"{host}:{port}" for host, port in hosts)
 
 
+def _server_name(address: str | Sequence[str], tls: TLS | None) -> list[tuple[str, int | str]]:
+    """Over TLS, replicas given by name are checked against that name, not the addresses it
+    resolved to; so several addresses must be one name (``a.example:1,a.example:2``)."""
+    given = [a.strip() for a in (address.split(",") if isinstance(address, str) else address) if a.strip()]
+    if tls is None or len(given) <= 1:
+        return []
+    hosts = {a.rpartition(":")[0].strip("[]") for a in given}
+    if len(hosts) != 1:
+        raise ValueError(
+            f"over TLS, replicas are one host name with a certificate for it, not {sorted(hosts)}"
+        )
+    return [("grpc.ssl_target_name_override", hosts.pop())]
+
+
 def _resolve(address: str) -> tuple[str, str]:
     """``host:port`` as an IP address and the port (IPv4 first where the name has both)."""
     host, _, port = address.rpartition(":")
@@ -544,15 +558,18 @@ class Connection:
     ) -> Connection:
         if insecure is None:
             insecure = os.environ.get(INSECURE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+        given = address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)
+        tls = tls or TLS.from_env()
         return cls(
-            grpc_target(address or os.environ.get("GRADWIRE_SERVER", DEFAULT_ADDRESS)),
-            tls or TLS.from_env(),
+            grpc_target(given),
+            tls,
             os.environ.get(TOKEN_VARIABLE, "") if token is None else token,
             insecure,
             [
                 ("grpc.max_send_message_length", max_message_mb * MiB),
                 ("grpc.max_receive_message_length", max_message_mb * MiB),
                 ("grpc.service_config", BALANCED),
+                *_server_name(given, tls),
             ],
         )
 

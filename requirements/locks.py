@@ -259,6 +259,9 @@ not the locks' own tests (this environment is, on purpose, not the lock's)."""
 def latest(venv: Path) -> int:
     """Install the newest releases pyproject.toml's ranges allow into a fresh ``venv``, run the fast
     part of the suite there, and where it fails, find which release (beside the lock) breaks it."""
+    venv = venv.resolve()
+    if venv in (ROOT, Path(sys.prefix).resolve()) or (venv.exists() and not (venv / "pyvenv.cfg").exists()):
+        sys.exit(f"locks: {venv} is not a scratch virtual environment to replace")
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -280,10 +283,13 @@ def latest(venv: Path) -> int:
     if tests.returncode == 0:
         print("check-latest: the fast suite passes on the newest releases")
         return 0
-    culprits = [
-        name for name, (locked, new) in sorted(newer.items())
-        if locked and passes_with(in_venv, python, cache, name, locked, new)
-    ]  # fmt: skip
+    failed = venv / "pytest-cache" / "v" / "cache" / "lastfailed"
+    first = failed.read_text()  # each --lf run below rewrites it: every one starts from these
+    culprits = []
+    for name, (locked, new) in sorted(newer.items()):
+        failed.write_text(first)
+        if locked and passes_with(in_venv, python, cache, name, locked, new):
+            culprits.append(name)
     for name in culprits:
         locked, new = newer[name]
         print(f"check-latest: {name} {new} breaks the suite; it passes with the locked {locked}")

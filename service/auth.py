@@ -108,6 +108,7 @@ class Keys:
         self.store, self.cache_seconds, self.clock = store, cache_seconds, clock
         self._known: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._generation = 0  # moved by forget(): a lookup that straddles it is not remembered
 
     def identify(self, metadata: Any) -> Caller:
         """The caller the call's key names; Unauthenticated without one, or for a key that is
@@ -125,11 +126,14 @@ class Keys:
             if known is not None and known[1] > now:
                 self._known.move_to_end(digest)
                 return known[0]
+            generation = self._generation
         record = self.store.tenants.find_key(digest)
         if record is None or not record.active or record.id != match.group(1):
             raise Unauthenticated(BAD_KEY)
         caller = Caller(record.tenant, record.id)
         with self._lock:
+            if generation != self._generation:
+                return caller  # a revocation may have landed since the read: answer, but keep nothing
             self._known[digest] = (caller, now + self.cache_seconds)
             self._known.move_to_end(digest)
             while len(self._known) > CACHED_KEYS:
@@ -141,6 +145,7 @@ class Keys:
         with self._lock:
             dropped = len(self._known)
             self._known.clear()
+            self._generation += 1
         if dropped:
             log.info("API key cache cleared", extra={"keys": dropped})
 

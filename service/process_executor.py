@@ -99,9 +99,13 @@ class ProcessExecutor:
 
     def submit(self, run_id: str, lease: str) -> None:
         with self._lock:
-            worker = self._idle()[0]  # the supervisor submits only while free_slots() says so
-            worker.run = (run_id, lease)
-            worker.order("run", run=run_id, lease=lease)
+            idle = self._idle()  # there was one when the supervisor asked; it may have died since
+            if idle:
+                idle[0].run = (run_id, lease)
+                idle[0].order("run", run=run_id, lease=lease)
+                return
+        log.warning("no worker left for a claimed run; it is queued again", extra={"run": run_id})
+        self._release(run_id, lease)
 
     def executing(self) -> set[str]:
         with self._lock:
@@ -160,19 +164,22 @@ class ProcessExecutor:
             threading.Thread(target=self._listen, args=(worker,), name=name, daemon=True).start()
 
     def _listen(self, worker: WorkerProcess) -> None:
+        """The worker's answers until its stdout ends; then, whatever happened, its end."""
         assert worker.process.stdout is not None
-        for line in worker.process.stdout:
-            try:
-                answer = json.loads(line)
-                handle = ANSWERS[answer["op"]]
-            except (ValueError, KeyError, TypeError):
-                log.warning(
-                    "worker said what it should not", extra={"pid": worker.process.pid, "line": line[:200]}
-                )
-                continue
-            worker.heard = time.monotonic()
-            handle(self, worker, answer)
-        self._gone(worker, worker.process.wait())
+        try:
+            for line in worker.process.stdout:
+                worker.heard = time.monotonic()
+                self._answer(worker, line)
+        finally:
+            self._gone(worker, worker.process.wait())
+
+    def _answer(self, worker: WorkerProcess, line: str) -> None:
+        try:
+            answer = json.loads(line)
+            ANSWERS[answer["op"]](self, worker, answer)
+        except Exception:  # one answer misread: the worker and its run go on
+            what = {"pid": worker.process.pid, "line": line[:200]}
+            log.exception("worker answer not understood", extra=what)
 
     def _ready(self, worker: WorkerProcess, answer: dict[str, Any]) -> None:
         with self._lock:
@@ -207,7 +214,7 @@ class ProcessExecutor:
             run, worker.run = worker.run, None
             self._lock.notify_all()
         if code or run is not None:
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            how = f"signal {signal.strsignal(-code)}" if code < 0 else f"exit status {code}"
             log.warning("worker process ended", extra={"pid": worker.process.pid, "how": how, "run": run})
         if run is not None:
             self._release(*run)
@@ -217,8 +224,9 @@ class ProcessExecutor:
         self.on_done()
 
     def _release(self, run_id: str, lease: str) -> None:
+        reason = "shutdown" if self._closing else "worker_died"  # a stop's kill is no fault of the run's
         try:
-            if self.store.runs.release(run_id, lease, "worker_died"):
+            if self.store.runs.release(run_id, lease, reason):
                 log.warning("run interrupted: its worker process ended", extra={"run": run_id})
         except StorageError as exc:
             log.warning(
@@ -234,16 +242,20 @@ class ProcessExecutor:
             with self._lock:
                 if self._closing:
                     return
-                self._fill()
-                silent = [
-                    w for w in self._workers if time.monotonic() - w.heard > self.settings.lease_seconds
-                ]
-            for worker in silent:
-                log.warning(
-                    "worker silent past its lease; killed",
-                    extra={"pid": worker.process.pid, "run": worker.run},
-                )
-                worker.process.kill()
+            try:
+                self._tend()
+            except Exception:  # no process could be started (out of memory, or of pids): next round
+                log.exception("could not tend the workers")
+
+    def _tend(self) -> None:
+        with self._lock:
+            self._fill()
+            silent = [w for w in self._workers if time.monotonic() - w.heard > self.settings.lease_seconds]
+        for worker in silent:
+            log.warning(
+                "worker silent past its lease; killed", extra={"pid": worker.process.pid, "run": worker.run}
+            )
+            worker.process.kill()
 
 
 ANSWERS: dict[str, Callable[[ProcessExecutor, WorkerProcess, dict[str, Any]], None]] = {

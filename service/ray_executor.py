@@ -29,7 +29,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from gradwire.storage import StorageError, Store, open_store
+from gradwire.storage import Store, open_store
 
 from .errors import StartupError
 from .executor import owner_id
@@ -84,7 +84,7 @@ class Trainer:
         while True:
             try:
                 run = self.store.runs.claim_next(self.owner)
-            except StorageError as exc:
+            except Exception as exc:  # the database away, or worse: the actor claims again later
                 log.warning("could not claim runs; trying again", extra={"error": str(exc)})
                 run = None
             if run is None:
@@ -119,7 +119,8 @@ class RayExecutor:
         cpus = settings.ray_cpus_per_run
         count = settings.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
         threads = max(1, int(cpus))
-        setup = Setup(settings, threads, 0, False, logging.getLogger().getEffectiveLevel())
+        level = logging.getLogger().getEffectiveLevel()
+        setup = Setup(settings=settings, blas_threads=threads, nice=0, log_json=False, log_level=level)
         options = {
             "namespace": NAMESPACE,
             "lifetime": "detached",

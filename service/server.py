@@ -208,6 +208,7 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     try:
         port = _listen(server, settings.address, credentials)
     except StartupError:
+        app.close(0)  # its workers, started with it, go with it
         if opened:
             store.close()
         raise

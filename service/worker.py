@@ -136,8 +136,8 @@ class Worker:
         self.store.close()
 
     def _run(self, order: dict[str, Any]) -> None:
-        if self.job is not None and self.job.is_alive():  # the server hands a worker one run at a time
-            raise RuntimeError(f"worker busy with run {self.run_id} was handed run {order['run']}")
+        if self.job is not None:  # it said "done" as its last act: it ends at once
+            self.job.join()
         self.flags, self.run_id = StopFlags(), order["run"]
         if self.stopping:
             self.flags.shutdown.set()

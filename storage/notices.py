@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 
 KEYS = "gradwire_keys"
-"""The channel of API key changes (a key revoked, a tenant deleted)."""
+"""The channel of API key changes (a key revoked)."""
 CHANNELS = (KEYS,)
 
 

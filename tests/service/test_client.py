@@ -12,7 +12,7 @@ import pytest
 from helpers import Running
 
 from gradwire.client import Client, UnavailableError
-from gradwire.client.sdk import grpc_target
+from gradwire.client.sdk import TLS, Connection, grpc_target
 from gradwire.v1 import gradwire_pb2 as pb
 
 SPEC: dict[str, Any] = {
@@ -123,3 +123,20 @@ def test_calls_are_balanced_over_the_replicas(start_server: Callable[..., Runnin
     for replica in (first, second):
         with Client(replica.address) as alone:
             assert len(list(alone.list_models())) >= 1
+
+
+def test_replicas_over_tls_are_checked_against_their_one_host_name(tmp_path: Path) -> None:
+    """Several addresses become IPs for the balancer; over TLS the certificate is checked against
+    the name given, so the replicas must share one."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read until the first call")
+    tls = TLS(ca_file=str(ca))
+    assert Connection.of("localhost:1,localhost:2", tls, "", False, 4).options[-1] == (
+        "grpc.ssl_target_name_override",
+        "localhost",
+    )
+    with pytest.raises(ValueError, match="one host name"):
+        Connection.of("localhost:1,127.0.0.1:2", tls, "", False, 4)
+    assert ("grpc.ssl_target_name_override", "localhost") not in Connection.of(
+        "localhost:1", tls, "", False, 4
+    ).options
