@@ -115,7 +115,10 @@ class RayExecutor:
         self.settings = settings
         if not ray.is_initialized():
             address = settings.ray_address or "auto"
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+            try:
+                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+            except ConnectionError as exc:
+                raise StartupError(f"no Ray cluster at {address}: {exc}") from None
         cpus = settings.ray_cpus_per_run
         count = settings.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
         threads = max(1, int(cpus))

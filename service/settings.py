@@ -16,7 +16,8 @@ MAX_STATEMENT_SECONDS = 2_147_483
 """PostgreSQL's largest statement_timeout, in seconds (2³¹ − 1 ms)."""
 
 
-EXECUTORS = ("process", "thread", "ray")
+LOCAL_EXECUTORS = ("process", "thread")
+EXECUTORS = (*LOCAL_EXECUTORS, "ray")
 """Where runs execute (``executor``): worker processes of this server (the default), threads of
 the server process itself (one interpreter: runs share one core's worth of Python), or actors on
 a Ray cluster (``ray_address``)."""

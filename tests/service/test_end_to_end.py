@@ -16,7 +16,7 @@ from helpers import Running, two_spirals
 
 from gradwire.client import Client, DeadlineExceededError, ModelBusyError, NotFoundError
 from gradwire.engine import Network, NetworkSpec, numerical_gradients, one_hot
-from gradwire.service.settings import EXECUTORS
+from gradwire.service.settings import LOCAL_EXECUTORS
 
 SPIRAL_SPEC: dict[str, Any] = {
     "input_dim": 2,
@@ -31,9 +31,10 @@ SPIRAL_SPEC: dict[str, Any] = {
 }
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture(params=LOCAL_EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on each executor: worker processes and threads."""
+    """Every test here runs on each executor of the server's own machine: worker processes and
+    threads (runs on Ray: tests/process/test_ray.py, on a cluster)."""
     return str(request.param)
 
 

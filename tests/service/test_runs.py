@@ -25,7 +25,7 @@ from gradwire.client import (
 )
 from gradwire.engine import Network, NetworkSpec, TrainConfig, Trainer
 from gradwire.service.jobs import checkpoint_of
-from gradwire.service.settings import EXECUTORS
+from gradwire.service.settings import LOCAL_EXECUTORS
 from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
@@ -48,9 +48,10 @@ LONG = {"epochs": 100_000, "batch_size": 1}
 """Options of a run that goes on until it is cancelled."""
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture(params=LOCAL_EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on each executor: worker processes and threads."""
+    """Every test here runs on each executor of the server's own machine: worker processes and
+    threads (runs on Ray: tests/process/test_ray.py, on a cluster)."""
     return str(request.param)
 
 

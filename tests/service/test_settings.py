@@ -35,3 +35,10 @@ def test_bad_settings_are_refused() -> None:
 def test_fractional_seconds_parse_from_the_environment() -> None:
     settings = Settings.from_env({"GRADWIRE_CHECKPOINT_INTERVAL": "0.25", "GRADWIRE_AUTO_RESUME": "0"})
     assert (settings.checkpoint_interval, settings.auto_resume) == (0.25, 0)
+
+
+def test_every_executor_named_in_the_settings_has_its_executor() -> None:
+    from gradwire.service.settings import EXECUTORS
+    from gradwire.service.usecases import EXECUTORS as BUILT
+
+    assert set(BUILT) == set(EXECUTORS)
