@@ -128,9 +128,8 @@ class Committer:
         self.store, self.run_id, self.owner, self.settings = store, run_id, owner, settings
         self.changes, self.flags = changes, flags
         self.trainer: Trainer | None = None  # set once loaded: checkpoints come from it
-        self.offset = (
-            0.0  # seconds trained by earlier attempts (as far as committed), added to each epoch's elapsed
-        )
+        # Seconds trained by earlier attempts, as far as they committed: added to each epoch's elapsed.
+        self.offset = 0.0
         self.pending: Epochs = []
         self.in_flight: tuple[Epochs, Checkpoint] | None = None
         self.last_commit = time.monotonic()
