@@ -7,9 +7,11 @@ complete, consistent upload becomes a dataset; anything else deletes what it wro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -31,6 +33,42 @@ DATASET_DTYPES = DTYPES
 """What a dataset may hold: what a model computes in."""
 MAX_NAME = 200
 MAX_REQUEST_ID = 128
+
+
+class ChunkWriter:
+    """An upload's storage chunks, written on a thread of its own (a transaction each) while the
+    next chunk is received, checked and hashed, so the network and the database work at once.
+    One write at most is in flight: an upload holds at most two chunks beyond what it receives.
+    Leaving it waits for that write; its error is the upload's unless the upload failed already
+    (and is then deleted whole, the late write with it)."""
+
+    def __init__(self, store: Store, blob_id: str) -> None:
+        self.store, self.blob_id, self.seq = store, blob_id, 0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="gradwire-upload")
+        self._writing: Future[None] | None = None
+
+    def write(self, piece: bytes) -> None:
+        self._wait()  # the previous chunk's error, if it had one, ends the upload here
+        self._writing = self._thread.submit(self.store.datasets.write_chunks, self.blob_id, self.seq, [piece])
+        self.seq += 1
+
+    def _wait(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        try:
+            if kind is None:
+                self._wait()
+            else:
+                with contextlib.suppress(Exception):  # the upload's own error goes on
+                    self._wait()
+        finally:
+            self._thread.shutdown()
 
 
 @dataclass(frozen=True)
@@ -146,30 +184,29 @@ class Datasets:
 
     def _receive(self, blob_id: str, chunks: Iterable[bytes], dtype: np.dtype, expected: int) -> str:
         """Store the bytes as storage chunks, each checked (finite floats) on the way; their SHA-256."""
-        digest, pending, seq, received = hashlib.sha256(), bytearray(), 0, 0
+        digest, pending, received = hashlib.sha256(), bytearray(), 0
+        with ChunkWriter(self.store, blob_id) as writer:
 
-        def store(piece: bytes) -> None:
-            nonlocal seq
-            check_finite(np.frombuffer(piece, dtype), "chunk")
-            digest.update(piece)
-            self.store.datasets.write_chunks(blob_id, seq, [piece])
-            seq += 1
+            def store(piece: bytes) -> None:
+                check_finite(np.frombuffer(piece, dtype), "chunk")
+                digest.update(piece)
+                writer.write(piece)
 
-        for chunk in chunks:
-            received += len(chunk)
-            if received > expected:
-                raise InvalidArgument("chunk", f"more bytes than the header's shape holds ({expected})")
-            pending += chunk
-            full = len(pending) - len(pending) % CHUNK_BYTES
-            for start in range(0, full, CHUNK_BYTES):
-                store(bytes(pending[start : start + CHUNK_BYTES]))
-            del pending[:full]
-        if received != expected:
-            raise InvalidArgument(
-                "chunk", f"the upload ended after {received} of the {expected} bytes its shape needs"
-            )
-        if pending:
-            store(bytes(pending))
+            for chunk in chunks:
+                received += len(chunk)
+                if received > expected:
+                    raise InvalidArgument("chunk", f"more bytes than the header's shape holds ({expected})")
+                pending += chunk
+                full = len(pending) - len(pending) % CHUNK_BYTES
+                for start in range(0, full, CHUNK_BYTES):
+                    store(bytes(pending[start : start + CHUNK_BYTES]))
+                del pending[:full]
+            if received != expected:
+                raise InvalidArgument(
+                    "chunk", f"the upload ended after {received} of the {expected} bytes its shape needs"
+                )
+            if pending:
+                store(bytes(pending))
         return digest.hexdigest()
 
     def _abandon(self, blob_id: str) -> None:

@@ -41,6 +41,9 @@ def owner_id() -> str:
 
 
 class Executor(Protocol):
+    def start(self) -> None:
+        """Start the workers (nothing starts before: a server that fails to start leaves none)."""
+
     def free_slots(self) -> int:
         """How many more runs it can take now."""
 
@@ -72,6 +75,9 @@ class ThreadExecutor:
         self._running: dict[str, tuple[str, StopFlags]] = {}  # by lease: (run id, flags)
         self._lock = threading.Condition()
         self._closing = threading.Event()
+
+    def start(self) -> None:
+        pass  # the pool starts its threads as jobs come
 
     def free_slots(self) -> int:
         with self._lock:

@@ -87,11 +87,13 @@ class ProcessExecutor:
             log_level=logging.getLogger().getEffectiveLevel(),
         )
         self._watchdog = threading.Thread(target=self._watch, name="gradwire-workers", daemon=True)
+
+    # ------------------------------------------------------------------ the Executor protocol
+
+    def start(self) -> None:
         with self._lock:
             self._fill()
         self._watchdog.start()
-
-    # ------------------------------------------------------------------ the Executor protocol
 
     def free_slots(self) -> int:
         with self._lock:
@@ -139,7 +141,8 @@ class ProcessExecutor:
                     "worker did not exit; killed", extra={"pid": worker.process.pid, "run": worker.run}
                 )
                 worker.process.kill()
-        self._watchdog.join()
+        if self._watchdog.is_alive():
+            self._watchdog.join()
 
     # ------------------------------------------------------------------ workers
 

@@ -111,8 +111,12 @@ class RayExecutor:
     def __init__(
         self, store: Store, settings: Settings, changes: Any, on_done: Callable[[], None] = lambda: None
     ) -> None:
-        ray = import_ray()
         self.settings = settings
+        self.actors: list[Any] = []
+
+    def start(self) -> None:
+        """Join the cluster and make sure the actors are there (StartupError if no cluster)."""
+        ray, settings = import_ray(), self.settings
         if not ray.is_initialized():
             address = settings.ray_address or "auto"
             try:

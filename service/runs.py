@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
@@ -64,14 +63,6 @@ class Stalled:
     """A watch's news that its run's lease is not being renewed (see :data:`STALLED_HEARTBEATS`)."""
 
     run: RunRecord
-
-
-def silent_seconds(run: RunRecord) -> float:
-    """Seconds since a running run's lease was last renewed (0 for a run not running)."""
-    if run.status != "running" or run.heartbeat_at is None:
-        return 0.0
-    renewed = run.heartbeat_at if run.heartbeat_at.tzinfo else run.heartbeat_at.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - renewed).total_seconds()
 
 
 def check_memory(need: int, limits: Limits, field: str, what: str) -> None:
@@ -237,7 +228,7 @@ class Runs:
             if run.status in WATCH_ENDS:  # it ended before the epochs were read: none is missed
                 yield run
                 return
-            stalled = silent_seconds(run) > STALLED_HEARTBEATS * self.settings.heartbeat_seconds
+            stalled = run.silent_seconds > STALLED_HEARTBEATS * self.settings.heartbeat_seconds
             if stalled and told != run.heartbeat_at:
                 told = run.heartbeat_at
                 yield Stalled(run)

@@ -207,21 +207,15 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     health_servicer = _add_services(server, app, settings)
     try:
         port = _listen(server, settings.address, credentials)
-    except StartupError:
-        app.close(0)  # its workers, started with it, go with it
+        health = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)
+        running = _RUNNING[server] = _operate(settings, store, health, metrics, tracing, keys)
+        app.start()  # an unusable executor (no Ray cluster) fails the start before any call is served
+        server.start()
+    except BaseException:  # whatever started goes with it: the workers, the metrics endpoint, the port
+        _stop(server, app, grace=0.0)
         if opened:
             store.close()
         raise
-    if metrics is not None:
-        _serve_metrics(metrics, settings.metrics_address, server, store if opened else None)
-    watch = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)
-    watch.start()
-    listener = store.listen(KEYS_CHANNEL, keys.forget, settings.heartbeat_seconds) if keys else None
-    running = _RUNNING[server] = Operations(watch, metrics, tracing, listener)
-    if tracing is not None:
-        tracing.start()
-    server.start()
-    app.start()
     _log_start(settings, store, port, running)
     return server, port, app
 
@@ -289,16 +283,32 @@ def _add_services(server: grpc.Server, app: Gradwire, settings: Settings) -> Hea
     return health_servicer
 
 
-def _serve_metrics(metrics: Metrics, address: str, server: grpc.Server, opened: Store | None) -> None:
-    """Start the metrics endpoint; if it cannot listen, undo the server's listening (and close the
-    store it opened) before the StartupError goes on."""
+def _operate(
+    settings: Settings,
+    store: Store,
+    health: DatabaseHealth,
+    metrics: Metrics | None,
+    tracing: Tracing | None,
+    keys: Keys | None,
+) -> Operations:
+    """Start what runs beside the server's RPCs; if one part cannot start (the metrics address is
+    in use, the database cannot be listened to), stop the parts that did before the error goes on."""
+    running = Operations(health, None, None)
     try:
-        metrics.start(address)
-    except StartupError:
-        server.stop(None)
-        if opened is not None:
-            opened.close()
+        if metrics is not None:
+            metrics.start(settings.metrics_address)
+            running.metrics = metrics
+        health.start()
+        if keys is not None:
+            running.keys_listener = store.listen(KEYS_CHANNEL, keys.forget, settings.heartbeat_seconds)
+        if tracing is not None:
+            tracing.start()
+            running.tracing = tracing
+    except BaseException:
+        health.stop()
+        running.close()
         raise
+    return running
 
 
 def _log_start(settings: Settings, store: Store, port: int, running: Operations) -> None:
@@ -339,6 +349,13 @@ def stop_server(server: grpc.Server, app: Gradwire, grace: float = 5.0) -> None:
     restart), wait up to ``grace`` seconds, then close: the metrics endpoint answers until the
     calls are over, and the last spans are sent."""
     log.info("server stopping", extra={"grace_seconds": grace})
+    _stop(server, app, grace)
+    app.store.close()
+    log.info("server stopped")
+
+
+def _stop(server: grpc.Server, app: Gradwire, grace: float) -> None:
+    """Stop whatever of a server has started (see :func:`stop_server`), its store aside."""
     running = _RUNNING.pop(server, None)
     if running is not None:
         running.health.stop()
@@ -348,5 +365,3 @@ def stop_server(server: grpc.Server, app: Gradwire, grace: float = 5.0) -> None:
     done.wait()
     if running is not None:
         running.close()
-    app.store.close()
-    log.info("server stopped")

@@ -194,7 +194,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             ended.set()
             self.app.changes.wake_all()
 
-        context.add_callback(end)
+        if not context.add_callback(end):  # it ended already: the callback would never run
+            ended.set()
         return ended.is_set
 
     def _model(self, tenant: str, model_id: str) -> pb.Model:
@@ -344,8 +345,9 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             sources = convert.train_sources(request)
             run = self.app.runs.start(StartRequest(tenant, request.model_id, config, sources))
             transfer = time.perf_counter() - started  # decoding, checking and storing the tensors
+            gone = self._gone(context)  # before the caller hears of the run and may leave
             context.send_initial_metadata(((RUN_ID_METADATA, run.id),))
-            for event in self.app.runs.follow(tenant, run.id, self._gone(context)):
+            for event in self.app.runs.follow(tenant, run.id, gone):
                 yield convert.train_event(event, config.epochs, transfer)
 
     # ------------------------------------------------------------------ inference and history

@@ -178,7 +178,8 @@ class Gradwire:
         self.supervisor.nudge()
 
     def start(self) -> None:
-        """Start claiming and executing runs."""
+        """Start the executor's workers, then claiming and executing runs."""
+        self.executor.start()
         self.supervisor.start()
 
     def close(self, grace: float = 5.0) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -184,6 +185,11 @@ class Database:
         """One transaction: committed when the block ends, rolled back if it raises."""
         with unavailable_on_connection_errors(), self._writes.begin() as session:
             yield session
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime (SQLite's come back naive, in UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class utcnow(FunctionElement[Any]):  # noqa: N801 (a SQL function, named like one)

@@ -125,6 +125,7 @@ class RunRecord:
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None = None  # the lease's last renewal, while running
+    silent_seconds: float = 0.0  # since that renewal, by the database's clock (0 unless running)
     epochs: tuple[EpochEntry, ...] = field(default=())
 
     @property

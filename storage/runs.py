@@ -29,7 +29,7 @@ from sqlalchemy import case, delete, exc, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from . import blobs
-from .database import Database, seconds_ago, utcnow
+from .database import Database, as_utc, seconds_ago, utcnow
 from .datasets import dataset_row
 from .errors import LeaseLost, ModelBusy, QueueFull, QuotaExceeded, VersionConflict, WrongState
 from .lookup import one
@@ -482,8 +482,19 @@ def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> Run
         started_at=row.started_at,
         finished_at=row.finished_at,
         heartbeat_at=row.heartbeat_at,
+        silent_seconds=_silent_seconds(row, s),
         epochs=epochs,
     )
+
+
+def _silent_seconds(row: RunRow, s: Session) -> float:
+    """Seconds since a running run's lease was renewed, both times the database's: a server whose
+    clock is off does not see a live run as stalled, nor a stalled one as live."""
+    if row.status != "running" or row.heartbeat_at is None:
+        return 0.0
+    now = s.scalar(select(utcnow()))
+    assert now is not None
+    return (as_utc(now) - as_utc(row.heartbeat_at)).total_seconds()
 
 
 def _add_epochs(s: Session, run_id: str, epochs: Iterable[dict[str, Any]], after: int) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,57 @@ import pytest
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+STRAY_SECONDS = 15.0
+"""How long a test's child processes may take to exit once the test and its fixtures are done."""
+
+
+def live_children() -> dict[int, str]:
+    """This process's children that still run (pid: command line), read from /proc (none where
+    there is no /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)"
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_text().replace("\0", " ")
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while being read
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_stray_processes() -> Iterator[None]:
+    """Fails a test that leaves a process running (a server that failed to start and kept its
+    workers, a child nobody stopped): a stray would go on using the machine and the databases of
+    later tests. The strays are killed, so one leak fails one test."""
+    before = set(live_children())
+    yield
+    deadline = time.monotonic() + STRAY_SECONDS
+    strays = {pid: argv for pid, argv in live_children().items() if pid not in before}
+    for pid in list(strays):
+        if exited_by(pid, deadline):
+            del strays[pid]
+    if strays:
+        pytest.fail(f"the test left processes running (killed now): {strays}")
+
+
+def exited_by(pid: int, deadline: float) -> bool:
+    """Whether process ``pid`` exits before ``deadline`` (time.monotonic()); if not, it is killed."""
+    try:
+        handle = os.pidfd_open(pid)
+    except OSError:
+        return True  # gone already
+    try:
+        poller = select.poll()
+        poller.register(handle, select.POLLIN)  # readable once the process has exited
+        if poller.poll(max(deadline - time.monotonic(), 0.0) * 1000):
+            return True
+        signal.pidfd_send_signal(handle, signal.SIGKILL)
+        return False
+    finally:
+        os.close(handle)
 
 
 POSTGRES_URL = os.environ.get("GRADWIRE_TEST_POSTGRES_URL", "")

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from gradwire.client import Client, InvalidArgumentError
 from gradwire.service import Settings, create_server, stop_server
 from gradwire.service.errors import StartupError
+from gradwire.service.logformat import TextFormatter
 from gradwire.service.logs import REQUEST_ID, JsonFormatter
 from gradwire.service.server import AUTH_OFF, Operations, operations, trace_exporters
 from gradwire.storage import RUN_STATUSES
@@ -400,3 +401,17 @@ def test_tracing_asked_for_but_not_installed_is_one_warning(
     assert served.running.tracing is None
     with Client(served.address, timeout=60) as client:
         client.create_model(SPEC)
+
+
+def test_text_log_lines_keep_the_fields_json_lines_have() -> None:
+    record = logging.makeLogRecord(
+        {"name": "gradwire.x", "levelname": "ERROR", "msg": "worker cannot use the database; exiting"}
+        | {"run": "r1", "error": 'too many "clients"', "attempt": 2, "empty": ""}
+    )
+    line = TextFormatter().format(record)
+    assert line.endswith(
+        ' ERROR gradwire.x worker cannot use the database; exiting run=r1 error="too many \\"clients\\""'
+        ' attempt=2 empty=""'
+    ), line
+    plain = logging.makeLogRecord({"name": "gradwire.x", "levelname": "INFO", "msg": "server stopped"})
+    assert TextFormatter().format(plain).endswith(" INFO gradwire.x server stopped")

@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 
 from gradwire.storage import (
     CHUNK_BYTES,
@@ -32,8 +32,8 @@ from gradwire.storage import (
     open_store,
 )
 from gradwire.storage import DEFAULT_TENANT as T
-from gradwire.storage.database import _config, head_revision, make_engine
-from gradwire.storage.schema import Base, ChunkRow
+from gradwire.storage.database import _config, head_revision, make_engine, seconds_ago
+from gradwire.storage.schema import Base, ChunkRow, RunRow
 
 SPEC = {"input_dim": 2, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}
 
@@ -422,6 +422,19 @@ def test_only_expired_leases_are_reaped_and_never_those_executing_here(store: St
     assert store.runs.get(T, runs[0].id).stop_reason == "lease_expired"
     with pytest.raises(LeaseLost):  # the old owner's next write finds it is not theirs any more
         store.runs.commit(runs[0].id, leases[0], [], None)
+
+
+def test_a_runs_silence_is_measured_by_the_database_clock_alone(store: Store) -> None:
+    """How long a running run's lease has gone unrenewed, both ends read off the database's clock
+    (a server whose own clock is off would otherwise call a live run stalled)."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    assert store.runs.get(T, run.id).silent_seconds == 0.0  # queued: no lease to renew
+    claim(store)
+    assert 0.0 <= store.runs.get(T, run.id).silent_seconds < 30.0
+    with store.db.write() as s:  # the last renewal, 100 s ago by the database's clock
+        s.execute(update(RunRow).where(RunRow.id == run.id).values(heartbeat_at=seconds_ago(100.0)))
+    assert 100.0 <= store.runs.get(T, run.id).silent_seconds < 130.0
 
 
 def test_a_job_of_an_earlier_claim_cannot_pass_for_the_current_one(store: Store) -> None:
