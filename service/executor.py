@@ -91,9 +91,8 @@ class ThreadExecutor:
 
     def _execute(self, run_id: str, lease: str, flags: StopFlags) -> None:
         try:
-            RunJob(self.store, run_id, lease, self.settings, self.changes, flags, self._closing).execute()
-        except BaseException:
-            log.exception("run job crashed", extra={"run": run_id})
+            job = RunJob(self.store, run_id, lease, self.settings, self.changes, flags, self._closing)
+            job.execute_logged()
         finally:
             with self._lock:
                 del self._running[lease]

@@ -21,6 +21,7 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from gradwire.engine import (
     FitResult,
@@ -138,6 +139,7 @@ class Committer:
         self.closing = False
         self.next_yield = 0.0
         self.writing = False  # the commit thread is writing: the training thread yields the GIL
+        self.threads = 0  # the BLAS threads last set from flags.threads
         self.thread = threading.Thread(target=self._loop, name=f"gradwire-commit-{run_id[:8]}", daemon=True)
 
     def __enter__(self) -> Committer:
@@ -158,6 +160,10 @@ class Committer:
             if now >= self.next_yield:
                 time.sleep(0)
                 self.next_yield = now + YIELD_SECONDS
+        if self.flags.threads != self.threads:
+            self.threads = self.flags.threads
+            threadpool_limits(self.threads)
+            log.info("BLAS threads set", extra={"run": self.run_id, "threads": self.threads})
         return self.flags.now() or self.failure is not None
 
     def epoch_ended(self, record: EpochRecord) -> bool:
@@ -253,6 +259,14 @@ class RunJob:
             self._finish(replace(outcome, epochs=tuple(committer.leftover())))
         finally:
             self.changes.finished(self.run_id)  # however it went: its watchers here look again
+
+    def execute_logged(self) -> None:
+        """:meth:`execute`, for an executor's loop: a crash is logged with its run, never raised
+        into the loop (the run's lease, renewed no more, runs out and a supervisor reaps it)."""
+        try:
+            self.execute()
+        except Exception:
+            log.exception("run job crashed", extra={"run": self.run_id})
 
     def _attempt(self, committer: Committer) -> Outcome:
         try:

@@ -49,6 +49,7 @@ class WorkerProcess:
     process: subprocess.Popen[str]
     ready: bool = False
     run: tuple[str, str] | None = None  # (run id, lease) of the run it executes
+    threads: int = 0  # the BLAS threads it was last told to compute with
     heard: float = field(default_factory=time.monotonic)  # when it last said anything
 
     def order(self, op: str, **fields: Any) -> None:
@@ -79,9 +80,10 @@ class ProcessExecutor:
         self._workers: list[WorkerProcess] = []
         self._closing = False
         self._wake = threading.Event()
+        self._cpus = usable_cpus()
         self._setup = Setup(
             settings=settings,
-            blas_threads=max(1, usable_cpus() // settings.train_workers),
+            blas_threads=max(1, self._cpus // settings.train_workers),
             nice=settings.worker_nice,
             log_json=logs_json(),
             log_level=logging.getLogger().getEffectiveLevel(),
@@ -105,6 +107,7 @@ class ProcessExecutor:
             if idle:
                 idle[0].run = (run_id, lease)
                 idle[0].order("run", run=run_id, lease=lease)
+                self._share()
                 return
         log.warning("no worker left for a claimed run; it is queued again", extra={"run": run_id})
         self._release(run_id, lease)
@@ -146,6 +149,17 @@ class ProcessExecutor:
 
     # ------------------------------------------------------------------ workers
 
+    def _share(self) -> None:
+        """Share the CPUs among the workers executing runs (under the lock): a run alone computes
+        with every core, two with half each; the sum never exceeds the cores once each has taken
+        up its share (before its next minibatch)."""
+        busy = [w for w in self._workers if w.run is not None]
+        share = max(1, self._cpus // max(len(busy), 1))
+        for worker in busy:
+            if worker.threads != share:
+                worker.threads = share
+                worker.order("threads", n=share)
+
     def _idle(self) -> list[WorkerProcess]:
         return [w for w in self._workers if w.ready and w.run is None]
 
@@ -160,7 +174,7 @@ class ProcessExecutor:
                 text=True,
                 env=env,
             )
-            worker = WorkerProcess(process)
+            worker = WorkerProcess(process, threads=self._setup.blas_threads)
             worker.write(self._setup.to_json())
             self._workers.append(worker)
             name = f"gradwire-worker-{process.pid}"
@@ -206,6 +220,7 @@ class ProcessExecutor:
         self._alive(worker, answer)
         with self._lock:
             worker.run = None
+            self._share()
             self._lock.notify_all()
         self.changes.finished(answer["run"])
         self.on_done()
@@ -215,6 +230,7 @@ class ProcessExecutor:
         with self._lock:
             self._workers.remove(worker)
             run, worker.run = worker.run, None
+            self._share()
             self._lock.notify_all()
         if code or run is not None:
             how = f"signal {signal.strsignal(-code)}" if code < 0 else f"exit status {code}"

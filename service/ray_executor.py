@@ -9,6 +9,12 @@ oldest queued run from the database, executes it (:class:`.jobs.RunJob`: the run
 and its checkpoint read from the database, its epochs and its end written back), and claims the
 next. A server that queues a run wakes them, else they look every ``poll_seconds``.
 
+An actor keeps the settings it was made with, so its name carries their digest
+(``gradwire-trainer-<digest>-<n>``): a server started with other settings makes actors of its
+own and retires every other one. A retiring actor claims nothing more, stops its run at the end
+of the epoch (interrupted by ``shutdown``, its checkpoint kept: a supervisor queues it again at
+once, for an actor of the new settings to resume), and exits.
+
 So the database stays the only truth, and nothing changes for runs: cancel, resume and leases
 are the same as on local workers. An actor on a node that dies takes its run's lease with it;
 when the lease runs out a server interrupts the run and queues it again, and another actor
@@ -22,6 +28,7 @@ actors' arguments with its own serialisation; gradwire hands them JSON text only
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -41,7 +48,7 @@ from .worker import BLAS_VARIABLES, Setup
 log = logging.getLogger(__name__)
 
 NAMESPACE = "gradwire"
-ACTOR_NAME = "gradwire-trainer-{}"
+ACTOR_PREFIX = "gradwire-trainer-"
 
 
 def import_ray() -> Any:
@@ -74,14 +81,26 @@ class Trainer:
         self.owner = owner_id()
         self.wakeup = threading.Event()
         self.closing = threading.Event()
-        threading.Thread(target=self._loop, name="gradwire-ray-claims", daemon=True).start()
+        self.retiring = threading.Event()
+        self.flags = StopFlags()  # the run's it executes
+        self.claims = threading.Thread(target=self._loop, name="gradwire-ray-claims", daemon=True)
+        self.claims.start()
 
     def wake(self) -> None:
         """A run was queued: look now."""
         self.wakeup.set()
 
+    def retire(self) -> None:
+        """Claim nothing more, stop the run at its epoch's end (it is queued again), and exit;
+        a run still going a lease later is left to its lease."""
+        self.retiring.set()
+        self.flags.shutdown.set()
+        self.wakeup.set()
+        self.claims.join(self.settings.lease_seconds)
+        import_ray().actor.exit_actor()
+
     def _loop(self) -> None:
-        while True:
+        while not self.retiring.is_set():
             try:
                 run = self.store.runs.claim_next(self.owner)
             except Exception as exc:  # the database away, or worse: the actor claims again later
@@ -93,16 +112,29 @@ class Trainer:
                 continue
             assert run.owner is not None
             log.info("run claimed", extra={"run": run.id, "attempt": run.attempts})
-            try:
-                RunJob(
-                    self.store, run.id, run.owner, self.settings, Quiet(), StopFlags(), self.closing
-                ).execute()
-            except Exception:
-                log.exception("run job crashed", extra={"run": run.id})
+            self.flags = StopFlags()
+            if self.retiring.is_set():  # it was told between the claim and now
+                self.flags.shutdown.set()
+            job = RunJob(self.store, run.id, run.owner, self.settings, Quiet(), self.flags, self.closing)
+            job.execute_logged()
 
 
 def actor_class(ray: Any) -> Any:
     return ray.remote(Trainer)
+
+
+def retire_others(ray: Any, ours: str) -> list[str]:
+    """Retire the training actors whose names do not start with ``ours`` (made with other
+    settings); the names of those told to."""
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    named = [a["name"] for a in actors if a["namespace"] == NAMESPACE]
+    others = sorted(n for n in named if n.startswith(ACTOR_PREFIX) and not n.startswith(ours))
+    for name in others:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE).retire.remote()
+        except ValueError:  # it went meanwhile
+            continue
+    return others
 
 
 class RayExecutor:
@@ -137,13 +169,13 @@ class RayExecutor:
             "max_concurrency": 2,  # wake() beside the claims thread's run
             "runtime_env": {"env_vars": dict.fromkeys(BLAS_VARIABLES, str(threads))},
         }
-        remote = actor_class(ray)
-        self.actors = [
-            remote.options(name=ACTOR_NAME.format(i), **options).remote(setup.to_json()) for i in range(count)
-        ]
-        log.info(
-            "training on Ray", extra={"actors": count, "cpus_per_run": cpus, "address": settings.ray_address}
-        )
+        remote, settings_json = actor_class(ray), setup.to_json()
+        ours = f"{ACTOR_PREFIX}{hashlib.sha256(settings_json.encode()).hexdigest()[:12]}-"
+        made = (remote.options(name=f"{ours}{i}", **options) for i in range(count))
+        self.actors = [actor.remote(settings_json) for actor in made]
+        retired = retire_others(ray, ours)
+        what = {"actors": count, "cpus_per_run": cpus, "address": settings.ray_address, "retired": retired}
+        log.info("training on Ray", extra=what)
 
     def free_slots(self) -> int:
         return 0  # the actors claim runs themselves

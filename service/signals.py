@@ -77,12 +77,17 @@ class Changes:
 
 class StopFlags:
     """Why a job should stop early. ``cancel`` and ``lost`` stop it within a minibatch; ``shutdown``
-    at the end of the epoch, so that its state can be kept for an exact resume."""
+    at the end of the epoch, so that its state can be kept for an exact resume.
 
-    def __init__(self) -> None:
+    Beside them, ``threads``: how many BLAS threads its process should compute with (0: as they
+    are), set by a worker process's server as runs start and end elsewhere; the job's own thread
+    takes it up before its next minibatch (BLAS is reconfigured only from the thread that calls it)."""
+
+    def __init__(self, threads: int = 0) -> None:
         self.cancel = threading.Event()
         self.lost = threading.Event()
         self.shutdown = threading.Event()
+        self.threads = threads
 
     def now(self) -> bool:
         return self.cancel.is_set() or self.lost.is_set()

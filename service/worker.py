@@ -6,6 +6,7 @@ The first line the server writes is the worker's :class:`Setup`; every later one
 
     {"op": "run", "run": ID, "lease": LEASE}   execute this run, claimed under this lease
     {"op": "cancel", "run": ID}                stop it within a minibatch
+    {"op": "threads", "n": N}                  compute with N BLAS threads (runs started or ended elsewhere)
     {"op": "shutdown"}                         stop the run at its epoch end, its checkpoint kept
 
 The worker answers on its stdout:
@@ -119,6 +120,7 @@ class Worker:
         self.run_id = ""
         self.stopping = False  # a shutdown was ordered: the server is stopping
         self.reported = (0, 0)  # TRAINED's totals when last sent to the server
+        self.threads = setup.blas_threads  # the BLAS threads its server last asked for
         self.counted = threading.Lock()
 
     def serve(self, orders: IO[str]) -> None:
@@ -138,7 +140,7 @@ class Worker:
     def _run(self, order: dict[str, Any]) -> None:
         if self.job is not None:  # it said "done" as its last act: it ends at once
             self.job.join()
-        self.flags, self.run_id = StopFlags(), order["run"]
+        self.flags, self.run_id = StopFlags(self.threads), order["run"]
         if self.stopping:
             self.flags.shutdown.set()
         self.job = threading.Thread(
@@ -150,15 +152,16 @@ class Worker:
         try:
             RunJob(
                 self.store, run_id, lease, self.settings, Relay(self.answers), flags, self.closing
-            ).execute()
-        except BaseException:
-            log.exception("run job crashed", extra={"run": run_id})
+            ).execute_logged()
         finally:
             self.answers.send("done", run=run_id, **self._trained())
 
     def _cancel(self, order: dict[str, Any]) -> None:
         if order["run"] == self.run_id:
             self.flags.cancel.set()
+
+    def _threads(self, order: dict[str, Any]) -> None:
+        self.threads = self.flags.threads = int(order["n"])
 
     def _shutdown(self, order: dict[str, Any]) -> None:
         self.stopping = True
@@ -177,7 +180,12 @@ class Worker:
             return delta
 
 
-ORDERS = {"run": Worker._run, "cancel": Worker._cancel, "shutdown": Worker._shutdown}
+ORDERS = {
+    "run": Worker._run,
+    "cancel": Worker._cancel,
+    "threads": Worker._threads,
+    "shutdown": Worker._shutdown,
+}
 """What the worker does for each order, by its ``op``."""
 
 

@@ -124,10 +124,34 @@ def test_a_run_goes_on_when_the_server_that_queued_it_dies(
     finally:
         first.kill()
     with served(database_url, made) as second, Client(second.address) as client:
+        assert second.wait_for_log("training on Ray")["retired"] == []  # the same settings: the same actors
         history = client.run(run.id).wait()
         assert history.status == "completed"
         assert client.run(run.id).info.attempts == 1  # never interrupted: it ran on the cluster all along
         check_matches(client, run.id, model.id, reference)
+
+
+def test_a_server_with_other_settings_retires_the_old_actors_and_their_run_resumes_on_its_own(
+    database_url: str, cluster: tuple[Cluster, list[Any]]
+) -> None:
+    """Actors keep the settings they were made with: a server with others makes its own, and the
+    old ones stop their run at an epoch's end and exit; the run resumes on the new ones, bit for bit."""
+    made, _ = cluster
+    with served(database_url, made) as first, Client(first.address) as client:
+        old = first.wait_for_log("training on Ray")
+        data, reference = with_reference(client)
+        model = client.create_model(SPEC, name="retired under it")
+        run = model.start_run(*data, **OPTIONS)
+        follow_to(run, 3)
+        other = {**SETTINGS, "auth_cache_seconds": 7.0}  # any other setting: the actors' names differ
+        with ServerProcess(database_url, ray_address=made.address, **other) as second:
+            new = second.wait_for_log("training on Ray")
+            assert len(new["retired"]) == old["actors"] == 2
+            history = client.run(run.id).wait()
+            assert history.status == "completed"
+            info = client.run(run.id).info
+            assert info.attempts == 2  # stopped at an epoch's end by the retirement, resumed once
+            check_matches(client, run.id, model.id, reference)
 
 
 def test_a_cancel_reaches_a_run_on_the_cluster(database_url: str, cluster: tuple[Cluster, list[Any]]) -> None:

@@ -112,6 +112,38 @@ def test_workers_run_below_the_server_with_their_share_of_blas_threads(database_
             assert parent(pid) == server.process.pid
 
 
+@pytest.mark.skipif(usable_cpus() < 2, reason="sharing the cores between runs needs two of them")
+def test_a_run_alone_computes_on_every_core_and_runs_side_by_side_share_them(database_url: str) -> None:
+    def computes_with(server: ServerProcess, run_id: str, threads: int) -> None:
+        """Waits until the BLAS threads the run was last set to are ``threads``."""
+
+        def last(_: dict[str, Any]) -> bool:
+            sets = [
+                e["threads"]
+                for e in server.logs
+                if e.get("message") == "BLAS threads set" and e.get("run") == run_id
+            ]
+            return bool(sets) and sets[-1] == threads
+
+        server.wait_for_entry(last, what=f"run {run_id} on {threads} BLAS threads")
+
+    with ServerProcess(database_url, train_workers=2, cpus={0, 1}, **SETTINGS) as server:
+        worker_pids(server, 2)
+        with Client(server.address) as client:
+            X, Y = dataset()
+            long = {**OPTIONS, "epochs": 100_000}
+            first = client.create_model(SPEC).start_run(X, Y, **long)
+            follow_to(first, 1)
+            computes_with(server, first.id, 2)  # alone: both cores
+            second = client.create_model(SPEC).start_run(X, Y, **long)
+            follow_to(second, 1)
+            computes_with(server, second.id, 1)  # side by side: one core each
+            computes_with(server, first.id, 1)
+            second.cancel()
+            computes_with(server, first.id, 2)  # alone again
+            first.cancel()
+
+
 def test_a_killed_server_takes_its_workers_with_it(database_url: str) -> None:
     """The workers read their orders from the server: killed, it closes them, and they exit."""
     server = ServerProcess(database_url, train_workers=2, **SETTINGS)
