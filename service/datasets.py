@@ -47,7 +47,7 @@ class ChunkWriter:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gradwire-upload")
         self._writing: Future[None] | None = None
 
-    def write(self, piece: bytes) -> None:
+    def write(self, piece: bytes | memoryview) -> None:
         self._wait()  # the previous chunk's error, if it had one, ends the upload here
         self._writing = self._thread.submit(self.store.datasets.write_chunks, self.blob_id, self.seq, [piece])
         self.seq += 1
@@ -183,30 +183,37 @@ class Datasets:
         return rows, columns
 
     def _receive(self, blob_id: str, chunks: Iterable[bytes], dtype: np.dtype, expected: int) -> str:
-        """Store the bytes as storage chunks, each checked (finite floats) on the way; their SHA-256."""
-        digest, pending, received = hashlib.sha256(), bytearray(), 0
+        """Store the bytes as storage chunks, each checked (finite floats) on the way; their SHA-256.
+        Each byte is copied once, into one of two buffers of a storage chunk: one fills while the
+        other is being written."""
+        digest, received, filled, turn = hashlib.sha256(), 0, 0, 0
+        size = min(CHUNK_BYTES, expected)
+        buffers = (bytearray(size), bytearray(size))
         with ChunkWriter(self.store, blob_id) as writer:
 
-            def store(piece: bytes) -> None:
+            def store(piece: memoryview) -> None:
                 check_finite(np.frombuffer(piece, dtype), "chunk")
                 digest.update(piece)
-                writer.write(piece)
+                writer.write(piece)  # returns once the other buffer's write is over: it may fill
 
             for chunk in chunks:
                 received += len(chunk)
                 if received > expected:
                     raise InvalidArgument("chunk", f"more bytes than the header's shape holds ({expected})")
-                pending += chunk
-                full = len(pending) - len(pending) % CHUNK_BYTES
-                for start in range(0, full, CHUNK_BYTES):
-                    store(bytes(pending[start : start + CHUNK_BYTES]))
-                del pending[:full]
+                view = memoryview(chunk)
+                while view:
+                    taken = min(len(view), size - filled)
+                    buffers[turn][filled : filled + taken] = view[:taken]
+                    filled, view = filled + taken, view[taken:]
+                    if filled == size:
+                        store(memoryview(buffers[turn]))
+                        filled, turn = 0, 1 - turn
             if received != expected:
                 raise InvalidArgument(
                     "chunk", f"the upload ended after {received} of the {expected} bytes its shape needs"
                 )
-            if pending:
-                store(bytes(pending))
+            if filled:
+                store(memoryview(buffers[turn])[:filled])
         return digest.hexdigest()
 
     def _abandon(self, blob_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from typing import Any
 
 import grpc
@@ -20,6 +21,7 @@ from gradwire.client import (
     ResourceExhaustedError,
 )
 from gradwire.service import Limits
+from gradwire.storage import CHUNK_BYTES
 from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.storage.schema import ChunkRow, UploadRow
 from gradwire.v1 import gradwire_pb2 as pb
@@ -83,6 +85,18 @@ def test_a_dataset_larger_than_the_message_limit_uploads_in_chunks(
         dataset = client.upload_dataset(data)
         assert dataset.nbytes == data.nbytes
     np.testing.assert_array_equal(running.app.store.datasets.load(T, dataset.id), data)
+
+
+def test_bytes_sent_in_pieces_of_any_size_are_stored_exactly(server: Running, client: Client) -> None:
+    """Messages smaller than, across and larger than the storage chunks all land byte for byte
+    (each storage chunk is filled from them, written while the next fills)."""
+    data = np.random.default_rng(2).normal(size=((2 * CHUNK_BYTES + 40) // 8, 1))
+    raw = data.tobytes()
+    cuts = [0, 12, CHUNK_BYTES - 4, CHUNK_BYTES + 4, 2 * CHUNK_BYTES + 1, len(raw)]
+    pieces = [raw[a:b] for a, b in pairwise(cuts)]
+    dataset = upload(client, pb.DatasetHeader(dtype=pb.FLOAT64, shape=list(data.shape)), pieces)
+    np.testing.assert_array_equal(server.app.store.datasets.load(T, dataset.dataset_id), data)
+    assert stored_pieces(server) == (3, 0)  # two full storage chunks and the rest; no upload left
 
 
 @pytest.mark.parametrize(
