@@ -1,10 +1,11 @@
 """``make bench`` (Ray part): training on a Ray cluster against training in local workers, each
 figure beside its reference measured in the same run, on SQLite.
 
-A local cluster (Ray's ``ray.cluster_utils.Cluster``: a head that trains nothing, and single-CPU
-worker nodes, on loopback) and real ``gradwire serve`` processes:
+A local cluster (Ray's ``ray.cluster_utils.Cluster``: a head that trains nothing, and worker
+nodes, on loopback) and real ``gradwire serve`` processes:
 
-* The 784-256-128-10 run (float32, Adam, batch 128) on a Ray actor, against the same run in a
+* The 784-256-128-10 run (float32, Adam, batch 128) on a Ray actor of as many CPUs as this
+  machine has (one node of that many), against the same run alone in a
   server's worker process (target: at least 0.9×), itself against ``Trainer.fit`` in this process
   (at least 0.95×): samples a second over each run's ``train_seconds``.
 * Four concurrent 20-64-1 runs (2,000 rows, 300 epochs): the wall time until all completed on
@@ -30,6 +31,7 @@ from bench.scaling_bench import Sizes as ScalingSizes
 from bench.scaling_bench import concurrent_seconds
 from bench.service_bench import adam, engine_seconds, gradwire_server, judge, service_run, verdict
 from gradwire.client import Client
+from gradwire.service.settings import usable_cpus
 
 RESULTS = Path(__file__).parent / "results" / "ray.json"
 RAY_TARGET = 0.9  # the 784 run on Ray over the same run in a local worker, at least
@@ -55,7 +57,7 @@ QUICK = Sizes(500, 1, 1, ScalingSizes(2, 200, 3, 1, 1, 1, 1, 0))
 
 
 @contextmanager
-def cluster(nodes: int) -> Iterator[Any]:
+def cluster(nodes: int, cpus: int = 1) -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     folder = tempfile.mkdtemp(prefix="gwray", dir="/tmp")
@@ -65,7 +67,7 @@ def cluster(nodes: int) -> Iterator[Any]:
     made = Cluster(initialize_head=True, head_node_args=head)
     try:
         for _ in range(nodes):
-            made.add_node(num_cpus=1, **local)
+            made.add_node(num_cpus=cpus, **local)
         made.wait_for_nodes()
         yield made
     finally:
@@ -73,8 +75,9 @@ def cluster(nodes: int) -> Iterator[Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def ray_server(stack: ExitStack, url: str, address: str, actors: int) -> Client:
+def ray_server(stack: ExitStack, url: str, address: str, actors: int, cpus: int = 1) -> Client:
     flags = ("--executor", "ray", "--ray-address", address, "--ray-actors", str(actors))
+    flags += ("--ray-cpus-per-run", str(cpus))
     server = gradwire_server(stack, url, *flags)
     return stack.enter_context(Client(server.address, timeout=600, token=server.token))
 
@@ -89,9 +92,10 @@ def big_run_figures(sizes: Sizes, folder: str) -> dict[str, Any]:
     X, Y = dataset(w, sizes.rows)
     config, options = adam(w, sizes.epochs)
     with ExitStack() as stack:
-        made = stack.enter_context(cluster(1))
+        cpus = usable_cpus()  # a run alone in a local worker computes with every core: so does it on Ray
+        made = stack.enter_context(cluster(1, cpus))
         clients = {
-            "ray": ray_server(stack, f"sqlite:///{folder}/ray.db", made.address, 1),
+            "ray": ray_server(stack, f"sqlite:///{folder}/ray.db", made.address, 1, cpus),
             "worker": local_server(stack, f"sqlite:///{folder}/worker.db"),
         }
         data = {name: (c.upload_dataset(X), c.upload_dataset(Y)) for name, c in clients.items()}

@@ -575,8 +575,8 @@ def report(results: dict[str, Any]) -> None:
     for name in BACKENDS:
         if name in x:
             print(
-                f"  {name:10s} model.fit {x[name]['fit_seconds']:.3f} s  "
-                f"fit/engine {x[name]['fit_over_engine']:.1f} {verdict(x[name])}"
+                f"  {name:10s} model.fit {x[name]['fit_seconds']:.3f} s {verdict(x[name])}  "
+                f"fit/engine {x[name]['fit_over_engine']:.1f}"
             )
     if "skipped" in pg:
         print(f"PostgreSQL figures skipped: {pg['skipped']}")

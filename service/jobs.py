@@ -21,7 +21,6 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from gradwire.engine import (
     FitResult,
@@ -54,6 +53,7 @@ from gradwire.v1.digest import weights_digest
 from .metrics import TRAINED
 from .settings import Settings
 from .signals import RunEvents, StopFlags
+from .tuning import BlasThreads
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Committer:
                 self.next_yield = now + YIELD_SECONDS
         if self.flags.threads != self.threads:
             self.threads = self.flags.threads
-            threadpool_limits(self.threads)
+            BlasThreads.use(self.threads)
             log.info("BLAS threads set", extra={"run": self.run_id, "threads": self.threads})
         return self.flags.now() or self.failure is not None
 

@@ -34,8 +34,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from threadpoolctl import threadpool_limits
-
 from gradwire.storage import Store, open_store
 
 from .errors import StartupError
@@ -43,6 +41,7 @@ from .executor import owner_id
 from .jobs import RunJob
 from .settings import Settings
 from .signals import StopFlags
+from .tuning import BlasThreads
 from .worker import BLAS_VARIABLES, Setup
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class Trainer:
 
     def __init__(self, settings_json: str) -> None:
         setup = Setup.from_json(settings_json)
-        threadpool_limits(setup.blas_threads)
+        BlasThreads.use(setup.blas_threads)
         self.settings = setup.settings
         self.store = open_store(self.settings.database_url, self.settings.db_statement_seconds, create=False)
         self.owner = owner_id()

@@ -1,11 +1,15 @@
-"""How a process that serves or trains is tuned: glibc's allocator, and the GIL's switch interval.
-The server and its worker processes both apply them (each holds training and database threads).
+"""How a process that serves or trains is tuned: glibc's allocator, the GIL's switch interval,
+and (a process that trains) its BLAS threads. The server and its worker processes both apply the
+first two (each holds training and database threads).
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+import threading
+
+from threadpoolctl import threadpool_limits
 
 MALLOPT = {
     -3: 1 << 20,  # M_MMAP_THRESHOLD: blocks of 1 MiB and more get mappings of their own
@@ -35,6 +39,24 @@ def return_freed_memory() -> bool:
         return all(libc.mallopt(parameter, value) for parameter, value in MALLOPT.items())
     except (OSError, AttributeError):
         return False
+
+
+class BlasThreads:
+    """How many threads BLAS computes with in this process: set through here only, so that it is
+    known without asking the libraries (a few hundred microseconds each time)."""
+
+    _lock = threading.Lock()
+    _threads = 0
+
+    @classmethod
+    def use(cls, threads: int) -> bool:
+        """From now on, ``threads`` (0: as it is); whether that changed anything."""
+        with cls._lock:
+            if not threads or threads == cls._threads:
+                return False
+            threadpool_limits(threads)
+            cls._threads = threads
+            return True
 
 
 def tune_process() -> None:

@@ -33,7 +33,7 @@ import threading
 from dataclasses import asdict, dataclass, fields
 from typing import IO, Any
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 from gradwire.storage import StorageError, open_store
 
@@ -42,7 +42,7 @@ from .logformat import log_to_stderr
 from .metrics import TRAINED
 from .settings import Limits, Settings
 from .signals import StopFlags
-from .tuning import tune_process
+from .tuning import BlasThreads, tune_process
 
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """Set for a worker before it starts, so that BLAS starts no more threads than its share."""
@@ -198,7 +198,7 @@ def main() -> int:
     setup = Setup.from_json(first)
     os.nice(setup.nice)
     tune_process()
-    threadpool_limits(setup.blas_threads)  # the variables did it at start; this holds it whatever set them
+    BlasThreads.use(setup.blas_threads)  # the variables did it at start; this holds it whatever set them
     log_to_stderr(setup.log_json, setup.log_level)
     try:
         worker = Worker(setup, answers)

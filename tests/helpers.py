@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -80,6 +79,9 @@ its hidden layer (the memory-budget tests, in-process and under an address-space
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
 
 
+LIMITED = Path(__file__).with_name("limited.py")
+
+
 class ServerProcess:
     """``gradwire serve`` as a real child process on a free port, over ``database_url``.
 
@@ -110,15 +112,11 @@ class ServerProcess:
             "--log-format",
             "json",
         ]
-
-        def limit() -> None:
-            if address_space is not None:
-                resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-            if cpus is not None:
-                os.sched_setaffinity(0, cpus)
-
+        if address_space is not None or cpus is not None:  # set in the child by limited.py (its docstring)
+            limits = {"address_space": address_space, "cpus": None if cpus is None else sorted(cpus)}
+            argv = [sys.executable, str(LIMITED), json.dumps(limits), *argv]
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         self.logs: list[dict[str, Any]] = []
         self._logged = threading.Condition()
