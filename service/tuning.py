@@ -1,6 +1,6 @@
-"""How a process that serves or trains is tuned: glibc's allocator, the GIL's switch interval,
-and (a process that trains) its BLAS threads. The server and its worker processes both apply the
-first two (each holds training and database threads).
+"""How a process that serves or trains is tuned: glibc's allocator (the server's), the GIL's
+switch interval (the server's and its workers': each holds training and database threads), and
+the BLAS threads of a process that trains.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ class BlasThreads:
             return True
 
 
-def tune_process() -> None:
-    """Apply both: the allocator returns freed memory, threads switch every 1 ms."""
-    return_freed_memory()
+def tune_worker() -> None:
+    """A worker process: threads switch every 1 ms, as in the server. Its allocator keeps glibc's
+    defaults, whose thresholds follow the blocks a process frees: training allocates and frees
+    the same large temporaries every minibatch, and under :data:`MALLOPT`'s fixed thresholds each
+    came back from the kernel as fresh pages. Measured on the 784-256-128-10 run (20,000 rows, 2
+    epochs): 91,783 minor page faults a run under :data:`MALLOPT`, none under the defaults."""
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
