@@ -49,20 +49,17 @@ class BlasThreads:
     _threads = 0
 
     @classmethod
-    def use(cls, threads: int) -> bool:
-        """From now on, ``threads`` (0: as it is); whether that changed anything."""
+    def use(cls, threads: int) -> None:
+        """From now on, ``threads`` (0: as it is)."""
         with cls._lock:
-            if not threads or threads == cls._threads:
-                return False
-            threadpool_limits(threads)
-            cls._threads = threads
-            return True
+            if threads and threads != cls._threads:
+                threadpool_limits(threads)
+                cls._threads = threads
 
 
 def tune_worker() -> None:
     """A worker process: threads switch every 1 ms, as in the server. Its allocator keeps glibc's
     defaults, whose thresholds follow the blocks a process frees: training allocates and frees
-    the same large temporaries every minibatch, and under :data:`MALLOPT`'s fixed thresholds each
-    came back from the kernel as fresh pages. Measured on the 784-256-128-10 run (20,000 rows, 2
-    epochs): 91,783 minor page faults a run under :data:`MALLOPT`, none under the defaults."""
+    the same large temporaries every minibatch, and under :data:`MALLOPT`'s fixed thresholds
+    each came back from the kernel as fresh pages (the page faults measured: docs/scaling.md)."""
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
