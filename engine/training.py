@@ -338,7 +338,8 @@ class Trainer:
         u = self.optimizer.step(net.flat, g, lr)
         net.flat -= u
         if self.optimizer.scales_gradient:  # u = ηg: ‖u‖² = η²‖g‖², without another pass
-            factor = (lr * scale) ** 2
+            step = lr * scale
+            factor = step * step  # a product overflows to inf (a non-finite stop), where ** raises
             update_sq = [factor * sq for sq in grad_sq]
         else:
             update_sq = [float(share.dot(share)) for share in (u[s] for s in self.segments)]

@@ -1092,4 +1092,8 @@ def _stdout_gone() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m``, this file is a second module, ``__main__``, beside the package's own:
+    # the other modules raise the package's CommandError, so the package's main must catch it.
+    from gradwire.service.cli import main as command
+
+    sys.exit(command())

@@ -41,8 +41,10 @@ class HealthServicer(health.HealthServicer):
     """grpc_health's servicer, whose ``Watch`` streams end at a stop once they said NOT_SERVING.
 
     A ``Watch`` stream holds one of the server's threads for as long as it is open, as the
-    gradwire streams do: it takes one of their ``streams`` slots, so that watchers, however
-    many, never take the threads kept for unary calls (past the cap: RESOURCE_EXHAUSTED)."""
+    gradwire streams do, so it takes one of ``streams`` slots (``health_streams`` of them, apart
+    from the gradwire streams': health needs no key, and watchers without one must not take a
+    tenant's stream), and watchers, however many, never take the threads kept for unary calls or
+    for gradwire's streams (past the cap: RESOURCE_EXHAUSTED)."""
 
     def __init__(self, streams: Streams) -> None:
         super().__init__()

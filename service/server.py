@@ -198,7 +198,7 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     tracing = tracing_from_env()
     keys = Keys(store, settings.auth_cache_seconds) if settings.auth else None
     identify = keys.identify if keys is not None else anonymous
-    threads = settings.rpc_workers + settings.max_streams  # streams are capped; unary calls keep theirs
+    threads = settings.rpc_workers + settings.max_streams + settings.health_streams  # each kind capped apart
     server = grpc.server(
         ThreadPoolExecutor(threads, thread_name_prefix="gradwire-rpc"),
         interceptors=[*_interceptors(metrics, tracing), AuthInterceptor(identify)],
@@ -275,9 +275,8 @@ def _interceptors(metrics: Metrics | None, tracing: Tracing | None) -> list[grpc
 
 def _add_services(server: grpc.Server, app: Gradwire, settings: Settings) -> HealthServicer:
     """The gradwire service, health (returned: its watch sets it) and reflection."""
-    streams = Streams(settings.max_streams)  # health watches count with the gradwire streams
-    add_to_server(TrainerServicer(app, streams), server)
-    health_servicer = HealthServicer(streams)
+    add_to_server(TrainerServicer(app, Streams(settings.max_streams)), server)
+    health_servicer = HealthServicer(Streams(settings.health_streams))  # keyless: slots of its own
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return health_servicer

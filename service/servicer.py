@@ -6,9 +6,9 @@ hands the handlers bytes and takes bytes back (:func:`add_to_server`): decoding 
 encoding a response happen inside, so a request that is no message, or an answer too large to
 send, has a status of the table too.
 
-Streams (WatchRun, Train, UploadDataset, ExportModel, and health's Watch) take one of
-``max_streams`` slots, and the server keeps that many threads for them beside the
-``rpc_workers`` that answer unary calls: a
+Streams (WatchRun, Train, UploadDataset, ExportModel) take one of ``max_streams`` slots
+(health's Watch one of ``health_streams`` of its own), and the server keeps that many threads
+for them beside the ``rpc_workers`` that answer unary calls: a
 stream past the cap is refused with RESOURCE_EXHAUSTED instead of waiting for a thread, so
 streams never delay a GetModel. A stream whose client leaves (cancel, deadline) stops within one
 wait of its use case.

@@ -79,10 +79,12 @@ class Settings:
 
     ``rpc_workers`` threads answer unary calls; ``max_streams`` more are kept for streams
     (WatchRun, Train, UploadDataset, ExportModel), whose number is capped there, so streams never
-    starve a GetModel. ``train_workers`` runs (by default one per CPU this process may use)
-    execute at once, each in a worker process of this server (``executor`` ``process``, run at
-    ``worker_nice`` below the server's priority) or on a thread of it (``thread``); the others
-    wait in the database, at most ``max_queued_runs`` of them (all processes together).
+    starve a GetModel; ``health_streams`` more for health's Watch, which needs no key, so keyless
+    watchers never take a stream from a tenant's work. ``train_workers`` runs (by default one per
+    CPU this process may use) execute at once, each in a worker process of this server
+    (``executor`` ``process``, run at ``worker_nice`` below the server's priority) or on a thread
+    of it (``thread``); the others wait in the database, at most ``max_queued_runs`` of them (all
+    processes together).
 
     Runs: epochs and checkpoints commit at most every ``checkpoint_interval`` seconds (and at
     every stop), so a crash loses at most that much work. A process holds a lease on each run it
@@ -115,6 +117,7 @@ class Settings:
     data_dir: str = DEFAULT_DATA_DIR
     rpc_workers: int = 16
     max_streams: int = 64
+    health_streams: int = 8
     executor: str = "process"
     train_workers: int = field(default_factory=usable_cpus)
     worker_nice: int = 10
@@ -149,6 +152,7 @@ class Settings:
         positive = (
             "rpc_workers",
             "max_streams",
+            "health_streams",
             "train_workers",
             "max_message_mb",
             "model_cache_mb",

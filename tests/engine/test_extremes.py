@@ -410,3 +410,24 @@ def test_data_past_a_float32_networks_range_is_refused_before_training() -> None
     edge = X.copy()
     edge[0, 0] = float(np.finfo(np.float32).max)  # the largest float32 itself fits
     assert fit(Network(spec), edge, Y, TrainConfig(epochs=1)).stop_reason in ("max_epochs", "non_finite")
+
+
+# ----------------------------------------------------------------------------- enormous steps
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"])
+def test_a_learning_rate_near_floats_limit_ends_in_the_documented_non_finite_stop(
+    optimizer: str, clip: float | None
+) -> None:
+    """A step of 1e308 overflows the weights: the run stops "non_finite" with the last finite
+    weights (here the first epoch's start), never with an exception from the arithmetic."""
+    spec = NetworkSpec(2, (Dense(3, "tanh"), Dense(1, "identity")), loss="squared_error")
+    X, Y = np.arange(16.0).reshape(8, 2) / 8, np.arange(8.0).reshape(8, 1)
+    network = Network(spec)
+    start = network.flat.copy()
+    config = TrainConfig(epochs=3, batch_size=4, optimizer=OptimizerConfig(optimizer, 1e308), clip_norm=clip)
+    result = Trainer(network, config).fit(X, Y)
+    assert result.stop_reason == "non_finite"
+    assert np.isfinite(network.flat).all()
+    np.testing.assert_array_equal(network.flat, start)

@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import make_url
 
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
+LAUNCHERS = {"command": [GRADWIRE], "module": [sys.executable, "-m", "gradwire.service.cli"]}
+"""The installed command, and its module run with ``python -m``: the two must behave alike."""
 PASSWORD = "pw-never-shown"
 
 
@@ -24,9 +27,11 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start(*arguments: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start(
+    *arguments: str, env: dict[str, str] | None = None, launcher: str = "command"
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [GRADWIRE, *arguments],
+        [*LAUNCHERS[launcher], *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -60,10 +65,12 @@ def start_failures(port: int, data_dir: Path) -> list[tuple[list[str], dict[str,
     ]  # fmt: skip
 
 
-def test_every_failure_to_start_is_one_line_and_an_exit_code(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_every_failure_to_start_is_one_line_and_an_exit_code(tmp_path: Path, launcher: str) -> None:
     cases = start_failures(closed_port(), tmp_path)
-    started = [start(*arguments, env=env) for arguments, env, _, _ in cases]  # at once: each takes
-    for process, (arguments, env, code, words) in zip(started, cases, strict=True):  # seconds to import
+    # All at once: each takes seconds to import.
+    started = [start(*arguments, env=env, launcher=launcher) for arguments, env, _, _ in cases]
+    for process, (arguments, env, code, words) in zip(started, cases, strict=True):
         status, line = failure(process)
         assert status == code, (arguments, env, line)
         assert all(word in line for word in words), (arguments, env, line)

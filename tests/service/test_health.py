@@ -7,9 +7,11 @@ import time
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
 from gradwire.service.errors import StartupError
 
@@ -54,11 +56,11 @@ def test_an_address_in_use_is_refused_and_the_server_on_it_serves_on(database_ur
         stop_server(server, app)
 
 
-def test_health_watches_count_as_streams_and_never_take_the_unary_threads(
+def test_health_watches_have_slots_of_their_own_and_never_take_the_unary_or_stream_threads(
     start_server: Any, calls_ended: Any
 ) -> None:
-    running = start_server(max_streams=2)
-    with grpc.insecure_channel(running.address) as channel:
+    running = start_server(max_streams=1, health_streams=2)
+    with grpc.insecure_channel(running.address) as channel, Client(running.address, timeout=30) as client:
         calls = [watch(channel, "") for _ in range(2)]
         assert [next(call).status for call in calls] == [SERVING, SERVING]
         with pytest.raises(grpc.RpcError) as info:
@@ -66,6 +68,8 @@ def test_health_watches_count_as_streams_and_never_take_the_unary_threads(
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
         assert check.status == SERVING  # unary calls are answered beside the full stream slots
+        rows = np.arange(6.0).reshape(3, 2)
+        assert client.upload_dataset(rows).shape == (3, 2)  # so is a stream: keyless watchers took none
         calls[0].cancel()
         with calls_ended.changed:  # the refused watch ended, then the cancelled one gave its slot back
             watches = lambda: sum(method.endswith("/Watch") for method, _ in calls_ended.ended)  # noqa: E731
