@@ -43,5 +43,10 @@ class RunFailed(ServiceError):
         super().__init__(message)
 
 
+class ClientStalled(ServiceError):
+    """The client of a stream sent nothing for longer than the server waits; the server cancelled
+    the call (its request stream may then end as if the client had finished)."""
+
+
 class StartupError(ServiceError):
     """The server cannot start; the message says why in one line (``gradwire serve`` prints it)."""

@@ -35,7 +35,7 @@ from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 
 from . import convert
 from .auth import caller_of
-from .errors import LimitExceeded
+from .errors import ClientStalled, LimitExceeded
 from .runs import StartRequest
 from .status import abort
 from .usecases import Gradwire, is_classifier
@@ -116,16 +116,18 @@ def add_to_server(servicer: TrainerServicer, server: grpc.Server) -> None:
 
 def idle_bounded(messages: Iterator[Any], context: grpc.ServicerContext, seconds: float) -> Iterator[Any]:
     """The client's messages; if the server waits ``seconds`` for the next one, the call is
-    cancelled (the stream then raises and the handler cleans up), so a stalled client holds no
-    thread for long. Only the waits count, not the server's own work between messages; one
-    watchdog thread per call."""
+    cancelled and the stream raises :class:`.errors.ClientStalled` (CANCELLED), whether grpc then
+    ends the request stream with an error or as if the client had finished, so a stalled client
+    holds no thread for long and its call is never taken for a short upload. Only the waits
+    count, not the server's own work between messages; one watchdog thread per call."""
     waiting_since: list[float | None] = [None]
-    over = threading.Event()
+    over, stalled = threading.Event(), threading.Event()
 
     def watch() -> None:
         while not over.wait(seconds / 4):
             since = waiting_since[0]
             if since is not None and time.monotonic() - since > seconds:
+                stalled.set()
                 context.cancel()
                 return
 
@@ -135,8 +137,14 @@ def idle_bounded(messages: Iterator[Any], context: grpc.ServicerContext, seconds
             waiting_since[0] = time.monotonic()
             try:
                 message = next(messages, None)
+            except Exception:
+                if not stalled.is_set():
+                    raise
+                message = None  # grpc's word for the cancel: ours follows
             finally:
                 waiting_since[0] = None
+            if stalled.is_set():
+                raise ClientStalled(f"the client sent nothing for {seconds:g} s: cancelled")
             if message is None:
                 return
             yield message

@@ -27,7 +27,7 @@ from gradwire.storage import (
     WrongState,
 )
 
-from .errors import CannotAnswer, LimitExceeded, RunFailed, ShuttingDown, Unauthenticated
+from .errors import CannotAnswer, ClientStalled, LimitExceeded, RunFailed, ShuttingDown, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     MemoryError: grpc.StatusCode.RESOURCE_EXHAUSTED,  # past the estimate: the server is short, not broken
+    ClientStalled: grpc.StatusCode.CANCELLED,  # the server cancelled the call: so it ends, whatever follows
 }
 
 RUN_FAILURES: dict[str, grpc.StatusCode] = {
