@@ -41,7 +41,7 @@ from bench.common import (
 )
 from bench.engine_bench import WORKLOADS, dataset, spec_for
 from bench.service_bench import Child, adam, engine_seconds, gradwire_server, judge, verdict
-from gradwire.client import Client
+from gradwire.client import Client, RunInfo
 from gradwire.engine import Network, TrainConfig, Trainer
 from gradwire.service.settings import usable_cpus
 from gradwire.storage import DEFAULT_TENANT, DatasetMeta, NewRun, open_store
@@ -88,6 +88,11 @@ def servers(stack: ExitStack, database: Callable[[str], str], cores: int) -> dic
 
 def concurrent_seconds(client: Client, sizes: Sizes) -> float:
     """Wall time from the first of ``sizes.runs`` StartRuns to the last run's end."""
+    return concurrent_runs(client, sizes)[0]
+
+
+def concurrent_runs(client: Client, sizes: Sizes) -> tuple[float, list[RunInfo]]:
+    """:func:`concurrent_seconds`, and the runs as they ended."""
     X, Y = dataset(SMALL, sizes.rows)
     _, options = adam(SMALL, sizes.epochs)
     models = [client.create_model(spec_for(SMALL).to_dict()) for _ in range(sizes.runs)]
@@ -95,12 +100,15 @@ def concurrent_seconds(client: Client, sizes: Sizes) -> float:
     start = time.perf_counter()
     runs = [model.start_run(inputs, targets, **options) for model in models]
     for run in runs:
-        if run.wait().status != "completed":
-            raise RuntimeError(f"run {run.id} ended {run.info.status}: {run.info.error}")
+        run.wait()  # its info then holds how it ended
     seconds = time.perf_counter() - start
+    ended = [run.info for run in runs]
+    for info in ended:
+        if info.status != "completed":
+            raise RuntimeError(f"run {info.id} ended {info.status}: {info.error}")
     for model in models:
         model.delete()
-    return seconds
+    return seconds, ended
 
 
 def concurrency_figures(started: dict[str, tuple[Child, Client]], sizes: Sizes, cores: int) -> dict[str, Any]:
