@@ -17,7 +17,9 @@ learning rate of the current epoch, ``g`` the gradient (plus ``λw`` for L2 deca
 ``rmsprop``    ``s ← ρs + (1−ρ)g²``; ``u = ηg / (√s + ε)``   (Tieleman & Hinton 2012)
 =============  =========================================================================
 
-All arithmetic stays in the parameters' dtype: scalars enter as Python floats.
+All arithmetic stays in the parameters' dtype: scalars enter as Python floats (an array keeps its
+dtype beside them), or as 0-d arrays of that dtype where a step is short enough for the
+conversion to show (SGD's rate, made once per rate: :mod:`.scalars`).
 """
 
 from __future__ import annotations

@@ -69,11 +69,10 @@ FAILURE_KINDS: dict[type[BaseException], str] = {
 YIELD_SECONDS = 0.0005
 """While a run's commit is being written, its training thread gives the GIL away (between
 minibatches) at most this often. Small networks train in NumPy calls too short to release the
-GIL, so a run holds it almost always; the commit thread gave it up at each of its dozens of
-database calls and waited to get it back, holding SQLite's write lock for seconds, and other
-writers timed out. Measured beside a batch-size-1 run: a StartRun took 7.5–20.7 s without the
-yield, 0.24 s and 0.35 s with it; yielding only while writing keeps the 20-64-1 run's rate
-(service/engine 0.969 and 0.948, against 0.961 and 0.949 without; yielding always: 0.80)."""
+GIL, so a run holds it almost always; the commit thread gives it up at each of its dozens of
+database calls and waits to get it back, holding SQLite's write lock meanwhile, and other
+writers time out. Only while writing: yielding always slows small runs (figures in
+docs/benchmarks.md, "Figures behind constants")."""
 
 FINISHED = {
     "max_epochs": "completed",

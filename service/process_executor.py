@@ -135,6 +135,8 @@ class ProcessExecutor:
         self._wake.set()
         for worker in workers:
             worker.close()
+            if not worker.ready:  # still importing, it holds nothing: it need not finish to exit
+                worker.process.terminate()
         deadline = time.monotonic() + EXIT_SECONDS
         for worker in workers:
             try:
@@ -232,7 +234,8 @@ class ProcessExecutor:
             run, worker.run = worker.run, None
             self._share()
             self._lock.notify_all()
-        if code or run is not None:
+            stopped = self._closing and not worker.ready  # by shutdown, while it was starting
+        if (code and not stopped) or run is not None:
             how = f"signal {signal.strsignal(-code)}" if code < 0 else f"exit status {code}"
             log.warning("worker process ended", extra={"pid": worker.process.pid, "how": how, "run": run})
         if run is not None:

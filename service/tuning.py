@@ -22,11 +22,9 @@ GIL_SWITCH_SECONDS = 0.001
 """How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms). A run
 training a small network holds the GIL almost all the time (NumPy keeps it for tiny arrays),
 and every database call of another thread gives it up and then waits up to this long to get it
-back: a commit of some fifty calls, made beside such a run, held SQLite's write lock for seconds
-and made other writers time out. Measured (before runs yielded the GIL while their commit is
-written, :data:`.jobs.YIELD_SECONDS`): a StartRun beside a batch-size-1 run took 19–52 s at 5 ms
-and 2–7 s at 1 ms; the 20-64-1 run's rate did not change measurably (0.95–0.98 of the engine's
-at either)."""
+back: a commit of some fifty calls, made beside such a run, holds SQLite's write lock for that
+long each time and makes other writers time out (see also :data:`.jobs.YIELD_SECONDS`; figures
+in docs/benchmarks.md, "Figures behind constants")."""
 
 
 def return_freed_memory() -> bool:

@@ -54,8 +54,8 @@ MAX_NAME = 200
 
 ANSWER_COPIES = 2
 """Copies of an answer's arrays on its way out, beside the arrays: the message's bytes, and the
-serialised message. (Measured: a Predict answering 128 MiB of outputs raised the server's peak
-resident size by 384 MiB, the outputs themselves and these two copies.)"""
+serialised message (the peak this gives is measured in docs/benchmarks.md, "Figures behind
+constants")."""
 
 
 @dataclass(frozen=True)

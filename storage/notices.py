@@ -31,10 +31,15 @@ def announce(s: Session, channel: str) -> None:
         s.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
 
 
+STOP_SECONDS = 0.1
+"""How long a listener waits for notices at a time (on its socket: nothing is sent), so that a
+stop is heard that soon."""
+
+
 class Listener:
-    """Calls ``heard()`` for every notice on ``channel`` (see the module's docstring); waits at most
-    ``wait_seconds`` at a time, so that :meth:`stop` is heard that soon, and tries again that often
-    while the database cannot be reached."""
+    """Calls ``heard()`` for every notice on ``channel`` (see the module's docstring); tries again
+    every ``wait_seconds`` while the database cannot be reached, and stops within
+    :data:`STOP_SECONDS` of :meth:`stop`."""
 
     def __init__(self, engine: Engine, channel: str, heard: Callable[[], None], wait_seconds: float) -> None:
         if channel not in CHANNELS:
@@ -71,7 +76,7 @@ class Listener:
             connection.execute(f"LISTEN {self.channel}")
             self.heard()
             while not self._stop.is_set():
-                for _ in connection.notifies(timeout=self.wait_seconds):
+                for _ in connection.notifies(timeout=STOP_SECONDS):
                     self.heard()
         finally:
             connection.close()

@@ -69,11 +69,12 @@ class Served:
 @pytest.fixture
 def serve(database_url: str) -> Iterator[Callable[..., Served]]:
     """Starts servers on ``database_url`` with these settings; stops them all. The server object
-    itself is kept (the shared fixture keeps the address only): what runs beside it is asked of it."""
+    itself is kept (the shared fixture keeps the address only): what runs beside it is asked of it.
+    Runs execute on threads unless a test asks for worker processes (which take a second to stop)."""
     started: list[Served] = []
 
     def start(**overrides: Any) -> Served:
-        values = {"poll_seconds": 0.1, "auth": False, **overrides}
+        values = {"poll_seconds": 0.1, "auth": False, "executor": "thread", **overrides}
         settings = Settings(address="127.0.0.1:0", database_url=database_url, **values)
         server, port, app = create_server(settings)
         started.append(Served(server, f"127.0.0.1:{port}", app))
@@ -162,7 +163,7 @@ def trained(served: Served, name: str, at_least: float) -> Samples:
 
 
 def test_runs_by_status_queue_depth_and_training_after_a_fit(serve: Callable[..., Served]) -> None:
-    served = serve(metrics_address="127.0.0.1:0")
+    served = serve(metrics_address="127.0.0.1:0", executor="process")  # a worker's word reaches the server
     before = scrape(served)
     with Client(served.address, timeout=60) as client:
         client.create_model(SPEC).fit(X, Y, epochs=4, batch_size=16)

@@ -65,13 +65,23 @@ def queued_run(store: Store, model_id: str, max_queued: int = 10, request_id: st
 # ------------------------------------------------------------------------------------ schema
 
 
-def test_an_empty_database_is_upgraded_and_matches_the_models(database_url: str) -> None:
-    store = open_store(database_url)
+def test_an_empty_database_is_upgraded_and_matches_the_models(empty_database_url: str) -> None:
+    store = open_store(empty_database_url)
     with store.engine.connect() as connection:
         context = MigrationContext.configure(connection)
         assert context.get_current_revision() == head_revision()
         assert compare_metadata(context, Base.metadata) == []
-    open_store(database_url)  # a second start accepts the current schema
+    open_store(empty_database_url)  # a second start accepts the current schema
+
+
+def test_the_suites_databases_are_at_the_current_schema_and_match_the_models(database_url: str) -> None:
+    """Every other test starts from a copy of what the migrations made once (see conftest.py)."""
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert context.get_current_revision() == head_revision()
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
 
 
 def test_an_out_of_date_schema_is_refused_untouched(database_url: str) -> None:
@@ -86,18 +96,18 @@ def test_an_out_of_date_schema_is_refused_untouched(database_url: str) -> None:
         assert connection.execute(text("SELECT count(*) FROM models")).scalar() == 1
 
 
-def test_tables_without_a_revision_are_refused(database_url: str) -> None:
-    engine = make_engine(database_url)
+def test_tables_without_a_revision_are_refused(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE models (id INTEGER PRIMARY KEY)"))
     with pytest.raises(SchemaOutOfDate, match="tables without Alembic"):
-        open_store(database_url)
+        open_store(empty_database_url)
 
 
-def test_upgrading_from_the_first_schema_keeps_weights_and_history(database_url: str) -> None:
+def test_upgrading_from_the_first_schema_keeps_weights_and_history(empty_database_url: str) -> None:
     """A database made by the first release: its weights move into chunks, its epochs stay, its
     run left running becomes interrupted; the downgrade gives the weights back."""
-    engine = make_engine(database_url)
+    engine = make_engine(empty_database_url)
     command.upgrade(_config(engine), "0001")
     blob = blobs.pack(weights(7))
     with engine.begin() as connection:
@@ -115,9 +125,9 @@ def test_upgrading_from_the_first_schema_keeps_weights_and_history(database_url:
                 text(f"INSERT INTO epochs VALUES ('r1', {epoch}, {loss}, NULL, '{{}}', '2026-01-01')")
             )
     with pytest.raises(SchemaOutOfDate):  # the server refuses it; the operator upgrades:
-        open_store(database_url)
+        open_store(empty_database_url)
     command.upgrade(_config(engine), "head")
-    store = open_store(database_url)
+    store = open_store(empty_database_url)
     np.testing.assert_array_equal(store.models.load_weights(T, "m1")[1]["0.W"], weights(7)["0.W"])
     (run,) = store.runs.history(T, "m1")
     assert (run.status, run.epochs_done, [e.epoch for e in run.epochs]) == ("interrupted", 2, [1, 2])
