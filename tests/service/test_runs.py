@@ -138,10 +138,11 @@ def test_the_epoch_that_stops_a_run_is_recorded_and_streamed(
         assert history.epochs[-1]["train_loss"] <= 0.2 < history.epochs[-2]["train_loss"]
 
 
-def test_a_blow_up_does_not_poison_the_next_run(client: Client) -> None:
+@pytest.mark.parametrize(("optimizer", "rate"), [("adam", 1e300), ("sgd", 1e308)])
+def test_a_blow_up_does_not_poison_the_next_run(client: Client, optimizer: str, rate: float) -> None:
     model = client.create_model(SPEC)
-    blown = model.fit(X, Y, epochs=5, batch_size=32, optimizer="adam", learning_rate=1e300)
-    assert blown.stop_reason == "non_finite"
+    blown = model.fit(X, Y, epochs=5, batch_size=32, optimizer=optimizer, learning_rate=rate)
+    assert blown.stop_reason == "non_finite"  # 1e308 with SGD ended INTERNAL (a float power overflowed)
     calm = model.fit(X, Y, epochs=5, batch_size=32, optimizer="adam", learning_rate=0.01)
     assert (calm.stop_reason, len(calm.epochs)) == ("max_epochs", 5)
     assert all(np.isfinite(e["train_loss"]) for e in calm.epochs)
