@@ -161,8 +161,9 @@ class Committer:
                 self.next_yield = now + YIELD_SECONDS
         if self.flags.threads != self.threads:
             self.threads = self.flags.threads
-            BlasThreads.use(self.threads)
-            log.info("BLAS threads set", extra={"run": self.run_id, "threads": self.threads})
+            in_effect = BlasThreads.use(self.threads)
+            what = {"run": self.run_id, "asked": self.threads, "threads": in_effect}
+            log.info("BLAS threads set", extra=what)
         return self.flags.now() or self.failure is not None
 
     def epoch_ended(self, record: EpochRecord) -> bool:

@@ -9,7 +9,7 @@ import ctypes
 import sys
 import threading
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 MALLOPT = {
     -3: 1 << 20,  # M_MMAP_THRESHOLD: blocks of 1 MiB and more get mappings of their own
@@ -40,19 +40,27 @@ def return_freed_memory() -> bool:
 
 
 class BlasThreads:
-    """How many threads BLAS computes with in this process: set through here only, so that it is
-    known without asking the libraries (a few hundred microseconds each time)."""
+    """How many threads BLAS computes with in this process: set through here only, so that a
+    request already made is not made again (asking the libraries takes a few hundred
+    microseconds).
+
+    A worker sets it from the thread that trains, never first from its main thread: OpenBLAS
+    (0.3.31, pthreads) ignores a raise asked from another thread once the main thread has set a
+    count, so a run alone went on computing with one core's thread."""
 
     _lock = threading.Lock()
     _threads = 0
 
     @classmethod
-    def use(cls, threads: int) -> None:
-        """From now on, ``threads`` (0: as it is)."""
+    def use(cls, threads: int) -> int:
+        """From now on, ``threads`` (0: as it is); the most threads a BLAS library of this process
+        says it now computes with (0 if it has none), asked only when ``threads`` changed."""
         with cls._lock:
-            if threads and threads != cls._threads:
-                threadpool_limits(threads)
-                cls._threads = threads
+            if not threads or threads == cls._threads:
+                return cls._threads
+            threadpool_limits(threads)
+            cls._threads = threads
+            return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=0)
 
 
 def tune_worker() -> None:

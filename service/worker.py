@@ -42,7 +42,7 @@ from .logformat import log_to_stderr
 from .metrics import TRAINED
 from .settings import Limits, Settings
 from .signals import StopFlags
-from .tuning import BlasThreads, tune_worker
+from .tuning import tune_worker
 
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """Set for a worker before it starts, so that BLAS starts no more threads than its share."""
@@ -197,8 +197,7 @@ def main() -> int:
         return 0  # the server went before it said anything
     setup = Setup.from_json(first)
     os.nice(setup.nice)
-    tune_worker()
-    BlasThreads.use(setup.blas_threads)  # the variables did it at start; this holds it whatever set them
+    tune_worker()  # its BLAS threads: the variables set them at start; runs set them (BlasThreads)
     log_to_stderr(setup.log_json, setup.log_level)
     try:
         worker = Worker(setup, answers)
