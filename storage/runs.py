@@ -353,7 +353,7 @@ class RunStore:
                 (RunRow.created_at > created) | ((RunRow.created_at == created) & (RunRow.id > key))
             )
         with self.db.read() as s:
-            return [_record(row, s) for row in s.scalars(query)]
+            return _records(s, list(s.scalars(query)))
 
     def epochs_after(self, run_id: str, after: int, limit: int) -> list[EpochEntry]:
         """Committed epochs numbered above ``after``, in order, at most ``limit``."""
@@ -367,21 +367,23 @@ class RunStore:
             return [EpochEntry(epoch, record) for epoch, record in s.execute(query)]
 
     def history(self, tenant: str, model_id: str) -> list[RunRecord]:
-        """The tenant's model's runs, oldest first, each with its epochs."""
+        """The tenant's model's runs, oldest first, each with its epochs (five statements, however
+        many runs)."""
         with self.db.read() as s:
             model_row(s, model_id, tenant)
             runs = list(
                 s.scalars(select(RunRow).where(RunRow.model_id == model_id).order_by(RunRow.created_at))
             )
-            out = []
-            for run in runs:
-                epochs = s.execute(
-                    select(EpochRow.epoch, EpochRow.record)
-                    .where(EpochRow.run_id == run.id)
-                    .order_by(EpochRow.epoch)
-                )
-                out.append(_record(run, s, tuple(EpochEntry(e, r) for e, r in epochs)))
-            return out
+            epochs: dict[str, list[EpochEntry]] = {run.id: [] for run in runs}
+            query = (
+                select(EpochRow.run_id, EpochRow.epoch, EpochRow.record)
+                .join(RunRow, RunRow.id == EpochRow.run_id)
+                .where(RunRow.model_id == model_id)
+                .order_by(EpochRow.run_id, EpochRow.epoch)
+            )
+            for run_id, epoch, record in s.execute(query):
+                epochs[run_id].append(EpochEntry(epoch, record))
+            return _records(s, runs, {run_id: tuple(entries) for run_id, entries in epochs.items()})
 
     def load_checkpoint(self, run_id: str) -> Checkpoint | None:
         with self.db.read() as s:
@@ -454,9 +456,30 @@ def _row(s: Session, run_id: str, tenant: str | None = None, *, for_update: bool
     return one(s, RunRow, run_id, "run", "run_id", "update" if for_update else "", tenant)
 
 
-def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> RunRecord:
-    roles = select(RunDatasetRow.role, RunDatasetRow.dataset_id).where(RunDatasetRow.run_id == row.id)
-    datasets = {role: dataset_id for role, dataset_id in s.execute(roles)}  # noqa: C416 (a Result has keys())
+def _record(row: RunRow, s: Session) -> RunRecord:
+    return _records(s, [row])[0]
+
+
+def _records(
+    s: Session, rows: list[RunRow], epochs: Mapping[str, tuple[EpochEntry, ...]] | None = None
+) -> list[RunRecord]:
+    """The records of ``rows`` (with ``epochs``, by run id, if given), in two statements at most
+    however many: their datasets in one, and the database's clock once if any is running."""
+    datasets: dict[str, dict[str, str]] = {row.id: {} for row in rows}
+    if rows:
+        query = select(RunDatasetRow.run_id, RunDatasetRow.role, RunDatasetRow.dataset_id).where(
+            RunDatasetRow.run_id.in_(list(datasets))
+        )
+        for run_id, role, dataset_id in s.execute(query):
+            datasets[run_id][role] = dataset_id
+    clock = s.scalar(select(utcnow())) if any(_leased(row) for row in rows) else None
+    given = epochs or {}
+    return [_build(row, datasets[row.id], clock, given.get(row.id, ())) for row in rows]
+
+
+def _build(
+    row: RunRow, datasets: dict[str, str], clock: datetime | None, epochs: tuple[EpochEntry, ...]
+) -> RunRecord:
     return RunRecord(
         id=row.id,
         tenant=row.tenant_id,
@@ -482,19 +505,22 @@ def _record(row: RunRow, s: Session, epochs: tuple[EpochEntry, ...] = ()) -> Run
         started_at=row.started_at,
         finished_at=row.finished_at,
         heartbeat_at=row.heartbeat_at,
-        silent_seconds=_silent_seconds(row, s),
+        silent_seconds=_silent_seconds(row, clock),
         epochs=epochs,
     )
 
 
-def _silent_seconds(row: RunRow, s: Session) -> float:
-    """Seconds since a running run's lease was renewed, both times the database's: a server whose
-    clock is off does not see a live run as stalled, nor a stalled one as live."""
-    if row.status != "running" or row.heartbeat_at is None:
+def _leased(row: RunRow) -> bool:
+    return row.status == "running" and row.heartbeat_at is not None
+
+
+def _silent_seconds(row: RunRow, clock: datetime | None) -> float:
+    """Seconds since a running run's lease was renewed, both times the database's (``clock`` is
+    its now): a server whose clock is off does not see a live run as stalled, nor a stalled one
+    as live."""
+    if not _leased(row) or clock is None or row.heartbeat_at is None:
         return 0.0
-    now = s.scalar(select(utcnow()))
-    assert now is not None
-    return (as_utc(now) - as_utc(row.heartbeat_at)).total_seconds()
+    return (as_utc(clock) - as_utc(row.heartbeat_at)).total_seconds()
 
 
 def _add_epochs(s: Session, run_id: str, epochs: Iterable[dict[str, Any]], after: int) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -332,6 +334,51 @@ def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None
     assert history.epochs[0].record["train_metric"] is None  # NaN is stored as null
     with pytest.raises(LeaseLost):
         store.runs.finish(run.id, lease, finished())  # a second finish matches nothing
+
+
+@contextmanager
+def statements_sent(store: Store) -> Iterator[list[str]]:
+    """The SQL statements the store sends to its database while the block runs (but SQLite's
+    BEGIN, which PostgreSQL's driver sends unseen)."""
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement != "BEGIN":
+            sent.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+
+
+def test_a_page_of_runs_and_a_models_history_take_a_few_statements_however_many_runs(store: Store) -> None:
+    """Each run's datasets, epochs and silence were one or two queries of their own: 50 runs made
+    a page of 52 statements and a history of 102."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    ended = []
+    for n in range(1, 50):  # ended runs, the odd ones with n epochs, then one running
+        run = queued_run(store, model.id, max_queued=60)
+        lease = claim(store)
+        epochs = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, n + 1)] if n % 2 else []
+        store.runs.commit(run.id, lease, epochs, None)
+        store.runs.finish(run.id, lease, Outcome("cancelled", "stop_requested", epochs=tuple(epochs)))
+        ended.append((run.id, len(epochs)))
+    running = queued_run(store, model.id, max_queued=60)
+    claim(store)
+    with statements_sent(store) as sent:
+        page = store.runs.page(T, 100)
+    assert len(sent) <= 3, sent
+    assert [r.id for r in page] == [run_id for run_id, _ in ended] + [running.id]
+    assert all(set(r.datasets) == {"inputs", "targets"} for r in page)
+    assert (page[-1].status, page[-1].silent_seconds >= 0) == ("running", True)
+    with statements_sent(store) as sent:
+        history = store.runs.history(T, model.id)
+    assert len(sent) <= 5, sent
+    assert [(r.id, len(r.epochs)) for r in history] == [*ended, (running.id, 0)]
+    assert all([e.epoch for e in r.epochs] == list(range(1, len(r.epochs) + 1)) for r in history)
+    assert history[10].datasets == page[10].datasets == store.runs.get(T, history[10].id).datasets
 
 
 def test_a_commit_whose_answer_was_lost_can_be_sent_again(store: Store) -> None:
