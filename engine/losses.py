@@ -96,10 +96,27 @@ class Loss:
     metric: str
     shared: Callable[[Array, Array], tuple[float, Array]] | None = None
     """Value and gradient together, where they share a pass (equal to calling both)."""
+    labels: Callable[[Array], Array] | None = None
+    """A classifier's labels from its outputs (int64); None: the loss makes no classifier."""
+
+    @property
+    def classifier(self) -> bool:
+        """Whether a network trained on this loss classifies (its outputs have labels)."""
+        return self.labels is not None
 
     def value_and_gradient(self, a: Array, y: Array) -> tuple[float, Array]:
         """``(value(a, y), gradient(a, y))``, in one go where the loss allows."""
         return self.shared(a, y) if self.shared is not None else (self.value(a, y), self.gradient(a, y))
+
+
+def _above_half(a: Array) -> Array:
+    """Each sigmoid output's label: 1 where its probability is above one half."""
+    return (a > 0.5).astype(np.int64)
+
+
+def _most_probable(a: Array) -> Array:
+    """A softmax row's label: its most probable class."""
+    return a.argmax(axis=1).astype(np.int64)
 
 
 LOSSES: dict[str, Loss] = {
@@ -119,6 +136,7 @@ LOSSES: dict[str, Loss] = {
             _binary_crossentropy_gradient,
             ("sigmoid",),
             "binary_accuracy",
+            labels=_above_half,
         ),
         Loss(
             "softmax_crossentropy",
@@ -126,6 +144,7 @@ LOSSES: dict[str, Loss] = {
             _softmax_crossentropy_gradient,
             ("softmax",),
             "accuracy",
+            labels=_most_probable,
         ),
     )
 }

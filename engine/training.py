@@ -241,7 +241,7 @@ class Trainer:
         if not self.config.validation_fraction:
             return None, None
         rng = np.random.default_rng((self.config.seed, SPLIT_STREAM))
-        strata = class_labels(Y) if self.config.stratify and self.network.loss.metric != "r2" else None
+        strata = class_labels(Y) if self.config.stratify and self.network.loss.classifier else None
         train, val = holdout_split(len(X), self.config.validation_fraction, rng, strata)
         return train, (X, Y, val)
 

@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from gradwire.engine import InvalidArgument, Network, NetworkSpec, check_gradients
+from gradwire.engine import LOSSES, InvalidArgument, Network, NetworkSpec, check_gradients
 from gradwire.engine.data import as_targets, check_in_range
 from gradwire.engine.errors import Problems
 from gradwire.engine.memory import (
@@ -49,7 +49,6 @@ from .weights import read_npz
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_LOSSES = ("softmax_crossentropy", "binary_crossentropy")
 MAX_NAME = 200
 
 ANSWER_COPIES = 2
@@ -103,15 +102,13 @@ def import_bytes(spec: NetworkSpec, request_bytes: int) -> int:
 
 
 def is_classifier(spec: NetworkSpec) -> bool:
-    return spec.loss in CLASSIFIER_LOSSES
+    return LOSSES[spec.loss].classifier
 
 
 def _labels(spec: NetworkSpec, outputs: np.ndarray) -> np.ndarray | None:
-    if spec.loss == "softmax_crossentropy":
-        return outputs.argmax(axis=1).astype(np.int64)
-    if spec.loss == "binary_crossentropy":
-        return (outputs > 0.5).astype(np.int64)
-    return None
+    """Class labels of a classifier's outputs, by its loss's rule; None for a regressor."""
+    labels = LOSSES[spec.loss].labels
+    return None if labels is None else labels(outputs)
 
 
 def _label_bytes(spec: NetworkSpec, rows: int) -> int:

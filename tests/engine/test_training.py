@@ -9,6 +9,7 @@ import pytest
 from helpers import two_spirals
 
 from gradwire.engine import (
+    LOSSES,
     BatchNorm,
     Dense,
     Network,
@@ -354,3 +355,16 @@ def test_optimizer_state_carries_over_between_runs_only_when_compatible() -> Non
     other = Trainer(big_net(), TrainConfig(epochs=1, optimizer=OptimizerConfig("rmsprop")))
     assert not carry_optimizer_state(other, state)
     assert other.optimizer.t == 0
+
+
+def test_the_classification_losses_label_outputs_and_squared_error_does_not() -> None:
+    """One rule for the service's labels and the engine's stratified splits (they were written
+    apart): the most probable class of a softmax row; each sigmoid output above one half."""
+    most_probable = LOSSES["softmax_crossentropy"].labels
+    above_half = LOSSES["binary_crossentropy"].labels
+    assert most_probable is not None
+    assert above_half is not None
+    np.testing.assert_array_equal(most_probable(np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])), [1, 0])
+    np.testing.assert_array_equal(above_half(np.array([[0.5, 0.51], [0.9, 0.1]])), [[0, 1], [1, 0]])
+    assert LOSSES["squared_error"].labels is None
+    assert all(loss.classifier == (loss.metric != "r2") for loss in LOSSES.values())
