@@ -41,6 +41,7 @@ from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 from gradwire.v1.codec import Gradients, Prediction
 from gradwire.v1.digest import array_id, little_endian, weights_digest
 from gradwire.v1.digest import raw as raw_bytes
+from gradwire.v1.vocabulary import RunStatus
 
 from .errors import (
     ClientClosedError,
@@ -451,14 +452,14 @@ class AsyncRun:
             except DeadlineExceededError:
                 await _cancel_quietly(self)
                 raise
-            if self.info.status != "interrupted" or resume <= 0:
+            if self.info.status != RunStatus.INTERRUPTED or resume <= 0:
                 break
             resume -= 1
             try:
                 await self.resume()
             except FailedPreconditionError:
                 await self.refresh()  # it ended meanwhile (cancelled, or resumed and done): watch its end
-        if self.info.status == "failed":
+        if self.info.status == RunStatus.FAILED:
             raise RunFailedError(self.info)
         return history.close(self.info, self.transfer_seconds)
 

@@ -49,6 +49,7 @@ from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 from gradwire.v1.codec import Gradients, Prediction
 from gradwire.v1.digest import array_id, little_endian, weights_digest
 from gradwire.v1.digest import raw as raw_bytes
+from gradwire.v1.vocabulary import FINISHED, RunStatus
 
 from .errors import (
     ClientClosedError,
@@ -91,7 +92,6 @@ INLINE_LIMIT = 4 * MiB
 PROGRESS_WIDTH = 20
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 PROTO_DTYPES = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
-FINISHED = ("completed", "cancelled", "failed")
 TLS_VARIABLES = {
     "ca_file": "GRADWIRE_TLS_CA_FILE",
     "cert_file": "GRADWIRE_CLIENT_CERT_FILE",
@@ -883,14 +883,14 @@ class Run:
             except DeadlineExceededError:
                 _cancel_quietly(self)
                 raise
-            if self.info.status != "interrupted" or resume <= 0:
+            if self.info.status != RunStatus.INTERRUPTED or resume <= 0:
                 break
             resume -= 1
             try:
                 self.resume()
             except FailedPreconditionError:
                 self.refresh()  # it ended meanwhile (cancelled, or resumed and done): watch its end
-        if self.info.status == "failed":
+        if self.info.status == RunStatus.FAILED:
             raise RunFailedError(self.info)
         return history.close(self.info, self.transfer_seconds)
 

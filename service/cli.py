@@ -89,6 +89,7 @@ from gradwire.engine import OPTIMIZERS, history_table
 from gradwire.engine.spec import DTYPES as DATASET_DTYPES
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
+from gradwire.v1.vocabulary import RunStatus
 
 from .settings import PARSERS, Limits, Settings, variable
 
@@ -97,7 +98,12 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
 EXIT_CTRL_C = 128 + signal.SIGINT
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-WATCH_EXIT = {"completed": 0, "cancelled": 0, "failed": 1, "interrupted": EXIT_INTERRUPTED}
+WATCH_EXIT: dict[str, int] = {
+    RunStatus.COMPLETED: 0,
+    RunStatus.CANCELLED: 0,
+    RunStatus.FAILED: 1,
+    RunStatus.INTERRUPTED: EXIT_INTERRUPTED,
+}
 """``runs watch``'s exit code by how the run ended."""
 OPTION_FLAGS = ("seed", "patience", "loss_threshold", "clip_norm")
 """Training flags that go to TrainOptions only when given (the server's defaults otherwise)."""
@@ -695,14 +701,14 @@ def cmd_runs_watch(args: argparse.Namespace, client: Client) -> int:
         for epoch in run.epochs(args.after_epoch):
             progress(epoch)
     print(_run_summary(run.info))
-    if run.info.status == "interrupted":
+    if run.info.status == RunStatus.INTERRUPTED:
         print(f"gradwire: continue it with: gradwire runs resume {run.id}", file=sys.stderr)
     return WATCH_EXIT.get(run.info.status, 1)
 
 
 def cmd_runs_cancel(args: argparse.Namespace, client: Client) -> int:
     info = client.run(args.run_id).cancel()
-    asked = " (asked to stop: it ends within a minibatch)" if info.status == "running" else ""
+    asked = " (asked to stop: it ends within a minibatch)" if info.status == RunStatus.RUNNING else ""
     print(f"run {info.id} {info.status}{asked}")
     return 0
 

@@ -22,6 +22,7 @@ from gradwire.storage import DatasetRecord, EpochEntry, ModelRecord, RunRecord
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.digest import raw as raw_bytes
+from gradwire.v1.vocabulary import RunStatus
 
 from .datasets import Header
 from .errors import LimitExceeded
@@ -280,7 +281,7 @@ def receipt_to_proto(receipt: dict[str, Any] | None) -> pb.Receipt | None:
 def run_to_proto(run: RunRecord, lease_seconds: float) -> pb.Run:
     """The run; while it runs, with when its lease expires (its last renewal + ``lease_seconds``)."""
     expires = None
-    if run.status == "running" and run.heartbeat_at is not None:
+    if run.status == RunStatus.RUNNING and run.heartbeat_at is not None:
         expires = run.heartbeat_at + timedelta(seconds=lease_seconds)
     return pb.Run(
         run_id=run.id,

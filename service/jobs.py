@@ -49,6 +49,7 @@ from gradwire.storage import (
     VersionConflict,
 )
 from gradwire.v1.digest import weights_digest
+from gradwire.v1.vocabulary import RunStatus
 
 from .metrics import TRAINED
 from .settings import Settings
@@ -74,13 +75,13 @@ database calls and waits to get it back, holding SQLite's write lock meanwhile, 
 writers time out. Only while writing: yielding always slows small runs (figures in
 docs/benchmarks.md, "Figures behind constants")."""
 
-FINISHED = {
-    "max_epochs": "completed",
-    "loss_threshold": "completed",
-    "early_stopping": "completed",
-    "non_finite": "completed",  # the best (finite) weights so far are kept
-    "stop_requested": "cancelled",
-    "callback": "interrupted",  # the process is shutting down; resumes from this epoch
+STATUS_AT_STOP = {
+    "max_epochs": RunStatus.COMPLETED,
+    "loss_threshold": RunStatus.COMPLETED,
+    "early_stopping": RunStatus.COMPLETED,
+    "non_finite": RunStatus.COMPLETED,  # the best (finite) weights so far are kept
+    "stop_requested": RunStatus.CANCELLED,
+    "callback": RunStatus.INTERRUPTED,  # the process is shutting down; resumes from this epoch
 }
 """A run's status by the engine's stop reason."""
 
@@ -337,14 +338,16 @@ class RunJob:
         return replace(outcome, train_seconds=committer.offset + time.perf_counter() - started)
 
     def _outcome(self, run: RunRecord, trainer: Trainer, stop_reason: str) -> Outcome:
-        status = FINISHED[stop_reason]
+        status = STATUS_AT_STOP[stop_reason]
         common: dict[str, Any] = {
             "status": status,
-            "stop_reason": {"cancelled": "cancelled", "interrupted": "shutdown"}.get(status, stop_reason),
+            "stop_reason": {RunStatus.CANCELLED: "cancelled", RunStatus.INTERRUPTED: "shutdown"}.get(
+                status, stop_reason
+            ),
             "best_epoch": trainer.best.epoch,
             "best_loss": trainer.best.loss,
         }
-        if status == "interrupted":
+        if status == RunStatus.INTERRUPTED:
             return Outcome(**common, checkpoint=checkpoint_of(trainer))
         if trainer.epoch == 0:  # nothing learnt: no new version
             return Outcome(**common)
@@ -370,8 +373,8 @@ class RunJob:
         """How a run ends when something failed: the database away is no fault of the run's (it
         is interrupted, to resume from its checkpoint); anything else fails it, saying why."""
         if isinstance(exc, Unavailable):
-            return Outcome("interrupted", "database_unavailable", error=str(exc))
-        return Outcome("failed", failure_kind(exc), error=f"{type(exc).__name__}: {exc}")
+            return Outcome(RunStatus.INTERRUPTED, "database_unavailable", error=str(exc))
+        return Outcome(RunStatus.FAILED, failure_kind(exc), error=f"{type(exc).__name__}: {exc}")
 
     def _finish(self, outcome: Outcome) -> None:
         """Commit the end, retrying while the database is unavailable (bounded)."""
@@ -385,7 +388,7 @@ class RunJob:
                 break
             except VersionConflict as exc:
                 log.warning("run lost the race to publish", extra={"run": self.run_id})
-                outcome = Outcome("failed", "version_conflict", epochs=outcome.epochs, error=str(exc))
+                outcome = Outcome(RunStatus.FAILED, "version_conflict", epochs=outcome.epochs, error=str(exc))
             except LeaseLost:
                 log.warning("run lost its lease before it could finish", extra={"run": self.run_id})
                 return
@@ -400,7 +403,7 @@ class RunJob:
                     return
                 pause = min(pause * 2, 2.0)
             except Exception as exc:
-                if outcome.status == "failed" and outcome.weights is None:
+                if outcome.status == RunStatus.FAILED and outcome.weights is None:
                     log.exception("run could not record its failure", extra={"run": self.run_id})
                     return
                 log.exception("run could not record its end; it fails", extra={"run": self.run_id})

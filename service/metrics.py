@@ -42,7 +42,8 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext
 
-from gradwire.storage import RUN_STATUSES, StorageError, Store
+from gradwire.storage import StorageError, Store
+from gradwire.v1.vocabulary import RunStatus
 
 from .errors import StartupError
 
@@ -99,13 +100,13 @@ class StoreCollector(Collector):
             log.warning("metrics: the runs could not be counted", extra={"error": str(exc)})
             return
         runs = GaugeMetricFamily("gradwire_runs", "Runs in the database by status.", labels=["status"])
-        for status in RUN_STATUSES:
-            runs.add_metric([status], counts.get(status, 0))
+        for status in RunStatus:
+            runs.add_metric([status.value], counts.get(status, 0))
         yield runs
         yield GaugeMetricFamily(
             "gradwire_queue_depth",
             "Runs queued, waiting for a worker of any process.",
-            counts.get("queued", 0),
+            counts.get(RunStatus.QUEUED, 0),
         )
 
 

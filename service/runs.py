@@ -23,8 +23,6 @@ from gradwire.engine.data import check_in_range
 from gradwire.engine.memory import TrainingMemory, format_bytes, state_bytes, training_bytes
 from gradwire.storage import (
     DATASET_ROLES,
-    RUN_STATUSES,
-    TERMINAL_STATUSES,
     DatasetRecord,
     EpochEntry,
     NewRun,
@@ -34,6 +32,7 @@ from gradwire.storage import (
     Store,
     Unavailable,
 )
+from gradwire.v1.vocabulary import FINISHED, RunStatus
 
 from .datasets import Datasets, Inline, check_request_id
 from .errors import LimitExceeded, RunFailed, ShuttingDown
@@ -47,7 +46,7 @@ R = TypeVar("R")
 
 WATCH_PAGE = 500
 """Committed epochs read per query while catching up."""
-WATCH_ENDS = (*TERMINAL_STATUSES, "interrupted")
+WATCH_ENDS = (*FINISHED, RunStatus.INTERRUPTED.value)
 """A watch ends when its run reaches one of these (an interrupted run waits for a resume)."""
 
 STALLED_HEARTBEATS = 3
@@ -191,9 +190,9 @@ class Runs:
     def page(
         self, tenant: str, model_id: str, statuses: list[str], page_size: int, page_token: str
     ) -> tuple[list[RunRecord], str]:
-        unknown = sorted(set(statuses) - set(RUN_STATUSES))
+        unknown = sorted(set(statuses) - set(RunStatus))
         if unknown:
-            raise InvalidArgument("statuses", f"unknown statuses {unknown}", RUN_STATUSES)
+            raise InvalidArgument("statuses", f"unknown statuses {unknown}", tuple(RunStatus))
         return paged(
             partial(self.store.runs.page, tenant, model_id=model_id, statuses=statuses), page_size, page_token
         )
@@ -249,7 +248,7 @@ class Runs:
 
     def cancel(self, tenant: str, run_id: str) -> RunRecord:
         run = self.store.runs.cancel(tenant, run_id)
-        if run.status == "running":
+        if run.status == RunStatus.RUNNING:
             self.cancel_here(run_id)  # at once if it executes in this process; else at its next heartbeat
             self.changes.bump(run_id)
         else:
@@ -273,9 +272,9 @@ class Runs:
                     continue  # Train's stream has no word for it: the caller waits, as the run does
                 if isinstance(event, RunRecord):
                     ended = True
-                    if event.status == "failed":
+                    if event.status == RunStatus.FAILED:
                         raise RunFailed(event.stop_reason, event.error or f"run {event.id} failed")
-                    if event.status == "interrupted":
+                    if event.status == RunStatus.INTERRUPTED:
                         why = f"run {event.id} was interrupted ({event.stop_reason}); resume it to continue"
                         raise RunFailed("interrupted", why)
                 yield event

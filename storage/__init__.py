@@ -26,8 +26,6 @@ from .notices import KEYS as KEYS_CHANNEL
 from .records import (
     DATASET_ROLES,
     QUOTA_WORDS,
-    RUN_STATUSES,
-    TERMINAL_STATUSES,
     Checkpoint,
     DatasetRecord,
     EpochEntry,
@@ -49,8 +47,6 @@ __all__ = [
     "DEFAULT_TENANT",
     "KEYS_CHANNEL",
     "QUOTA_WORDS",
-    "RUN_STATUSES",
-    "TERMINAL_STATUSES",
     "Checkpoint",
     "Conflict",
     "CorruptBlob",

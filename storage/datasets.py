@@ -18,6 +18,8 @@ import numpy as np
 from sqlalchemy import delete, exc, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from gradwire.v1.vocabulary import HOLDING
+
 from . import blobs
 from .database import Database, seconds_ago, utcnow
 from .errors import CorruptBlob, WrongState
@@ -26,9 +28,6 @@ from .records import DatasetRecord
 from .requests import once
 from .schema import ChunkRow, DatasetRow, RunDatasetRow, RunRow, UploadRow
 from .tenants import charge
-
-HOLDING_STATUSES = ("queued", "running", "interrupted")
-"""A run in one of these may still read its datasets (an interrupted one when resumed)."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +214,7 @@ class DatasetStore:
                     .where(
                         RunDatasetRow.dataset_id == dataset_id,
                         RunRow.tenant_id == tenant,
-                        RunRow.status.in_(HOLDING_STATUSES),
+                        RunRow.status.in_(HOLDING),
                     )
                 )
             )

@@ -11,6 +11,8 @@ import numpy as np
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
+from gradwire.v1.vocabulary import ACTIVE
+
 from . import blobs
 from .database import Database
 from .errors import ModelBusy, NotFound
@@ -18,7 +20,6 @@ from .lookup import one
 from .records import ModelRecord, VersionState
 from .requests import once
 from .schema import (
-    ACTIVE_STATUSES,
     CheckpointRow,
     EpochRow,
     ModelRow,
@@ -43,7 +44,7 @@ def model_row(s: Session, model_id: str, tenant: str | None, *, for_update: bool
 
 
 def active_run_id(s: Session, model_id: str) -> str | None:
-    return s.scalar(select(RunRow.id).where(RunRow.model_id == model_id, RunRow.status.in_(ACTIVE_STATUSES)))
+    return s.scalar(select(RunRow.id).where(RunRow.model_id == model_id, RunRow.status.in_(ACTIVE)))
 
 
 def _record(row: ModelRow, active: str | None) -> ModelRecord:
@@ -135,7 +136,7 @@ class ModelStore:
         """Up to ``limit`` of the tenant's models in creation order, after the ``(created_at, id)`` given."""
         query = (
             select(ModelRow, RunRow.id)
-            .outerjoin(RunRow, (RunRow.model_id == ModelRow.id) & RunRow.status.in_(ACTIVE_STATUSES))
+            .outerjoin(RunRow, (RunRow.model_id == ModelRow.id) & RunRow.status.in_(ACTIVE))
             .where(ModelRow.tenant_id == tenant)
             .order_by(ModelRow.created_at, ModelRow.id)
             .limit(limit)

@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-RUN_STATUSES = ("queued", "running", "completed", "cancelled", "failed", "interrupted")
-TERMINAL_STATUSES = ("completed", "cancelled", "failed")
-"""Nothing moves a run out of these."""
+from gradwire.v1.vocabulary import FINISHED
+
 DATASET_ROLES = ("inputs", "targets", "validation_inputs", "validation_targets")
 
 
@@ -130,7 +129,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status in FINISHED
 
 
 @dataclass(frozen=True)

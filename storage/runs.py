@@ -28,6 +28,8 @@ from typing import Any
 from sqlalchemy import case, delete, exc, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from gradwire.v1.vocabulary import ACTIVE, RunStatus
+
 from . import blobs
 from .database import Database, as_utc, seconds_ago, utcnow
 from .datasets import dataset_row
@@ -73,7 +75,7 @@ class RunStore:
                 id=blobs.new_id(),
                 tenant_id=tenant,
                 model_id=new.model_id,
-                status="queued",
+                status=RunStatus.QUEUED,
                 options=json_safe(new.options),
                 rows=new.rows,
                 base_version=model.current_version,
@@ -97,7 +99,7 @@ class RunStore:
         with self.db.write() as s:
             run_id = s.scalar(
                 select(RunRow.id)
-                .where(RunRow.status == "queued")
+                .where(RunRow.status == RunStatus.QUEUED)
                 .order_by(RunRow.created_at, RunRow.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
@@ -106,9 +108,9 @@ class RunStore:
                 return None
             claimed = s.execute(
                 update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status == "queued")
+                .where(RunRow.id == run_id, RunRow.status == RunStatus.QUEUED)
                 .values(
-                    status="running",
+                    status=RunStatus.RUNNING,
                     owner=f"{owner}/{blobs.new_id()[:12]}",
                     heartbeat_at=utcnow(),
                     started_at=func.coalesce(RunRow.started_at, utcnow()),
@@ -158,14 +160,18 @@ class RunStore:
         """
         with self.db.write() as s:
             row = s.scalar(select(RunRow).where(RunRow.id == run_id).with_for_update())
-            if row is None or row.status != "running" or row.owner != owner:
+            if row is None or row.status != RunStatus.RUNNING or row.owner != owner:
                 raise LeaseLost(f"run {run_id} is no longer held by {owner}")
             last = _add_epochs(s, run_id, outcome.epochs, after=row.epochs_done)
-            if outcome.status == "interrupted" and row.cancel_requested:  # cancelled meanwhile: it ends
-                outcome = replace(outcome, status="cancelled", stop_reason="cancelled", checkpoint=None)
+            if (
+                outcome.status == RunStatus.INTERRUPTED and row.cancel_requested
+            ):  # cancelled meanwhile: it ends
+                outcome = replace(
+                    outcome, status=RunStatus.CANCELLED, stop_reason="cancelled", checkpoint=None
+                )
             if outcome.weights is not None:
                 row.version = self._publish(s, row, outcome)
-            if outcome.status == "interrupted":
+            if outcome.status == RunStatus.INTERRUPTED:
                 if outcome.checkpoint is not None:
                     _save_checkpoint(s, run_id, outcome.checkpoint)
             else:
@@ -188,7 +194,7 @@ class RunStore:
         cancelled if a cancel was asked for (one statement, so a cancel landing meanwhile cannot
         fall between two). Returns the runs reaped."""
         query = update(RunRow).where(
-            RunRow.status == "running", RunRow.heartbeat_at < seconds_ago(lease_seconds)
+            RunRow.status == RunStatus.RUNNING, RunRow.heartbeat_at < seconds_ago(lease_seconds)
         )
         if executing:
             query = query.where(RunRow.id.not_in(list(executing)))
@@ -197,7 +203,9 @@ class RunStore:
     def release(self, run_id: str, owner: str, reason: str) -> bool:
         """End ``owner``'s lease of a running run now, as :meth:`reap` does when one expires: its
         executor knows the job is gone (its worker process died). False if it was not held so."""
-        query = update(RunRow).where(RunRow.id == run_id, RunRow.owner == owner, RunRow.status == "running")
+        query = update(RunRow).where(
+            RunRow.id == run_id, RunRow.owner == owner, RunRow.status == RunStatus.RUNNING
+        )
         return bool(self._end_leases(query, reason))
 
     def _end_leases(self, query: Any, reason: str) -> list[str]:
@@ -207,7 +215,7 @@ class RunStore:
         with self.db.write() as s:
             ended = s.execute(
                 query.values(
-                    status=case((cancelled, "cancelled"), else_="interrupted"),
+                    status=case((cancelled, RunStatus.CANCELLED.value), else_=RunStatus.INTERRUPTED.value),
                     stop_reason=case((cancelled, "cancelled"), else_=reason),
                     finished_at=case((cancelled, utcnow()), else_=None),
                     owner=None,
@@ -215,7 +223,7 @@ class RunStore:
                 ).returning(RunRow.id, RunRow.status)
             ).all()
             for run_id, status in ended:
-                if status == "cancelled":
+                if status == RunStatus.CANCELLED:
                     _drop_checkpoint(s, run_id)
             return [run_id for run_id, _ in ended]
 
@@ -229,7 +237,7 @@ class RunStore:
                 s.scalars(
                     select(RunRow.id)
                     .where(
-                        RunRow.status == "interrupted",
+                        RunRow.status == RunStatus.INTERRUPTED,
                         (RunRow.stop_reason == "shutdown") | (RunRow.attempts < max_attempts),
                         RunRow.id.in_(resumable),  # runs from before 0002 kept no data
                     )
@@ -251,9 +259,14 @@ class RunStore:
     def _fail_interrupted(self, run_id: str, reason: str, error: str) -> None:
         with self.db.write() as s:
             row = _row(s, run_id, for_update=True)
-            if row.status == "interrupted":
+            if row.status == RunStatus.INTERRUPTED:
                 _drop_checkpoint(s, run_id)
-                row.status, row.stop_reason, row.error, row.finished_at = "failed", reason, error, now()
+                row.status, row.stop_reason, row.error, row.finished_at = (
+                    RunStatus.FAILED,
+                    reason,
+                    error,
+                    now(),
+                )
 
     def resume(self, tenant: str, run_id: str, max_queued: int) -> RunRecord:
         """Queue an interrupted run of the tenant's again, to continue from its checkpoint. A run
@@ -265,15 +278,15 @@ class RunStore:
         try:
             with self.db.write() as s:
                 row = _row(s, run_id, tenant, for_update=True)
-                if row.status in ("queued", "running"):
+                if row.status in ACTIVE:
                     return _record(row, s)
-                if row.status != "interrupted":
+                if row.status != RunStatus.INTERRUPTED:
                     raise WrongState(
                         f"run {run_id} is {row.status}; only an interrupted run resumes", "run_id"
                     )
                 if row.cancel_requested:  # a cancel asked while it ran: it ends here
                     _drop_checkpoint(s, run_id)
-                    row.status, row.stop_reason, row.finished_at = "cancelled", "cancelled", now()
+                    row.status, row.stop_reason, row.finished_at = RunStatus.CANCELLED, "cancelled", now()
                     s.flush()
                     return _record(row, s)
                 if s.get(RunDatasetRow, (run_id, "inputs")) is None:
@@ -288,7 +301,7 @@ class RunStore:
                     )
                 self._check_queue(s, max_queued)
                 charge(s, row.tenant_id, {"max_active_runs": 1})
-                row.status, row.stop_reason, row.cancel_requested = "queued", "", False
+                row.status, row.stop_reason, row.cancel_requested = RunStatus.QUEUED, "", False
                 s.flush()
                 return _record(row, s)
         except exc.IntegrityError:
@@ -301,10 +314,10 @@ class RunStore:
         flag at its next heartbeat or commit). Finished: unchanged."""
         with self.db.write() as s:
             row = _row(s, run_id, tenant, for_update=True)
-            if row.status in ("queued", "interrupted"):
+            if row.status in (RunStatus.QUEUED, RunStatus.INTERRUPTED):
                 _drop_checkpoint(s, run_id)
-                row.status, row.stop_reason, row.finished_at = "cancelled", "cancelled", now()
-            elif row.status == "running":
+                row.status, row.stop_reason, row.finished_at = RunStatus.CANCELLED, "cancelled", now()
+            elif row.status == RunStatus.RUNNING:
                 row.cancel_requested = True
             s.flush()
             return _record(row, s)
@@ -397,7 +410,9 @@ class RunStore:
     def _check_queue(self, s: Session, max_queued: int) -> None:
         if self.db.dialect == "postgresql":
             s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": QUEUE_LOCK})
-        queued = s.scalar(select(func.count()).select_from(RunRow).where(RunRow.status == "queued")) or 0
+        queued = (
+            s.scalar(select(func.count()).select_from(RunRow).where(RunRow.status == RunStatus.QUEUED)) or 0
+        )
         if queued >= max_queued:
             raise QueueFull(f"{queued} runs are queued, the most this service keeps waiting; try again later")
 
@@ -411,7 +426,7 @@ class RunStore:
         """Renew the lease: whether a cancel was asked for, and the epochs committed so far."""
         renewed = s.execute(
             update(RunRow)
-            .where(RunRow.id == run_id, RunRow.owner == owner, RunRow.status == "running")
+            .where(RunRow.id == run_id, RunRow.owner == owner, RunRow.status == RunStatus.RUNNING)
             .values(heartbeat_at=utcnow())
             .returning(RunRow.cancel_requested, RunRow.epochs_done)
         ).all()
@@ -511,7 +526,7 @@ def _build(
 
 
 def _leased(row: RunRow) -> bool:
-    return row.status == "running" and row.heartbeat_at is not None
+    return row.status == RunStatus.RUNNING and row.heartbeat_at is not None
 
 
 def _silent_seconds(row: RunRow, clock: datetime | None) -> float:

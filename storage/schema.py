@@ -39,9 +39,9 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ACTIVE_STATUSES = ("queued", "running")
-"""A run in one of these holds its model: at most one such run per model (a partial unique index)."""
 ACTIVE = "status IN ('queued', 'running')"
+"""The vocabulary's ACTIVE statuses as the migrations wrote them: at most one such run per model
+(a partial unique index)."""
 
 DEFAULT_TENANT = "default"
 """The tenant of every call while authentication is off, and of everything stored before there

@@ -18,12 +18,14 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from gradwire.v1.vocabulary import ACTIVE
+
 from .database import Database
 from .errors import NotFound, QuotaExceeded
 from .lookup import one
 from .notices import KEYS, announce
 from .records import QUOTA_WORDS, KeyRecord, Quotas, TenantRecord
-from .schema import ACTIVE_STATUSES, ApiKeyRow, DatasetRow, ModelRow, RunRow, TenantRow, now
+from .schema import ApiKeyRow, DatasetRow, ModelRow, RunRow, TenantRow, now
 
 USAGE: dict[str, Callable[[str], Select[Any]]] = {
     "max_models": lambda tenant: select(func.count()).where(ModelRow.tenant_id == tenant),
@@ -34,7 +36,7 @@ USAGE: dict[str, Callable[[str], Select[Any]]] = {
         DatasetRow.tenant_id == tenant
     ),
     "max_active_runs": lambda tenant: select(func.count()).where(
-        RunRow.tenant_id == tenant, RunRow.status.in_(ACTIVE_STATUSES)
+        RunRow.tenant_id == tenant, RunRow.status.in_(ACTIVE)
     ),
 }
 """What each quota counts, for one tenant: one aggregate over that tenant's rows."""

@@ -30,9 +30,9 @@ from gradwire.service.errors import StartupError
 from gradwire.service.logformat import TextFormatter
 from gradwire.service.logs import REQUEST_ID, JsonFormatter
 from gradwire.service.server import AUTH_OFF, Operations, operations, trace_exporters
-from gradwire.storage import RUN_STATUSES
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
+from gradwire.v1.vocabulary import RunStatus
 
 SPEC: dict[str, Any] = {
     "input_dim": 3,
@@ -168,8 +168,8 @@ def test_runs_by_status_queue_depth_and_training_after_a_fit(serve: Callable[...
     with Client(served.address, timeout=60) as client:
         client.create_model(SPEC).fit(X, Y, epochs=4, batch_size=16)
     after = scrape(served)
-    assert {status: after[key("gradwire_runs", status=status)] for status in RUN_STATUSES} == {
-        status: 1 if status == "completed" else 0 for status in RUN_STATUSES
+    assert {status: after[key("gradwire_runs", status=status)] for status in RunStatus} == {
+        status: 1 if status == RunStatus.COMPLETED else 0 for status in RunStatus
     }
     assert after[key("gradwire_queue_depth")] == 0
     epochs, samples = "gradwire_epochs_trained_total", "gradwire_samples_trained_total"
