@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, fields
 from typing import Any
 
-from gradwire.storage import KeyRecord, Quotas, Store, TenantRecord
+from gradwire.storage import ANY_TENANT, KeyRecord, Quotas, Store, TenantRecord
 
 from .auth import new_key
 
@@ -71,7 +71,7 @@ def keys_create(args: argparse.Namespace, store: Store) -> int:
 
 
 def keys_list(args: argparse.Namespace, store: Store) -> int:
-    for key in store.tenants.keys(args.tenant):
+    for key in store.tenants.keys(args.tenant or ANY_TENANT):
         print(_key_line(key))
     return 0
 

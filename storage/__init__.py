@@ -22,6 +22,7 @@ from .errors import (
     VersionConflict,
     WrongState,
 )
+from .lookup import ANY_TENANT, TenantScope
 from .notices import KEYS as KEYS_CHANNEL
 from .records import (
     DATASET_ROLES,
@@ -42,6 +43,7 @@ from .schema import DEFAULT_TENANT
 from .store import Store, open_store
 
 __all__ = [
+    "ANY_TENANT",
     "CHUNK_BYTES",
     "DATASET_ROLES",
     "DEFAULT_TENANT",
@@ -70,6 +72,7 @@ __all__ = [
     "StorageError",
     "Store",
     "TenantRecord",
+    "TenantScope",
     "Unavailable",
     "VersionConflict",
     "VersionState",

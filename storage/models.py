@@ -16,7 +16,7 @@ from gradwire.v1.vocabulary import ACTIVE
 from . import blobs
 from .database import Database
 from .errors import ModelBusy, NotFound
-from .lookup import one
+from .lookup import ANY_TENANT, TenantScope, one
 from .records import ModelRecord, VersionState
 from .requests import once
 from .schema import (
@@ -37,7 +37,7 @@ CURRENT_VERSION = select(ModelRow.current_version).where(
 """Built once: Predict asks it on every call."""
 
 
-def model_row(s: Session, model_id: str, tenant: str | None, *, for_update: bool = False) -> ModelRow:
+def model_row(s: Session, model_id: str, tenant: TenantScope, *, for_update: bool = False) -> ModelRow:
     """The model; with ``tenant``, only if it is that tenant's (None: the service's own reads,
     for a run it already holds)."""
     return one(s, ModelRow, model_id, "model", "model_id", "update" if for_update else "", tenant)
@@ -177,7 +177,7 @@ class ModelStore:
         """A version of the model (the current one by default) with its optimiser state: for a
         run the service executes, whoever's it is."""
         with self.db.read() as s:
-            row = _version_row(s, model_id, None, version)
+            row = _version_row(s, model_id, ANY_TENANT, version)
             optimizer = None
             if row.optimizer_blob_id and row.optimizer_checksum:
                 optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
@@ -198,7 +198,7 @@ MAX_VERSION = (1 << 31) - 1
 reach a query, where PostgreSQL would refuse it as out of range)."""
 
 
-def _version_row(s: Session, model_id: str, tenant: str | None, version: int | None) -> WeightVersionRow:
+def _version_row(s: Session, model_id: str, tenant: TenantScope, version: int | None) -> WeightVersionRow:
     current = model_row(s, model_id, tenant).current_version
     wanted = current if version is None else version
     row = s.get(WeightVersionRow, (model_id, wanted)) if 0 < wanted <= MAX_VERSION else None

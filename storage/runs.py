@@ -34,7 +34,7 @@ from . import blobs
 from .database import Database, as_utc, seconds_ago, utcnow
 from .datasets import dataset_row
 from .errors import LeaseLost, ModelBusy, QueueFull, QuotaExceeded, VersionConflict, WrongState
-from .lookup import one
+from .lookup import ANY_TENANT, TenantScope, one
 from .models import active_run_id, add_version, model_row
 from .records import Checkpoint, EpochEntry, Outcome, RunRecord, json_safe
 from .requests import once
@@ -87,7 +87,14 @@ class RunStore:
             return row.id
 
         try:
-            return once(self.db, tenant, request_id, "run", create, lambda s, key: _record(_row(s, key), s))
+            return once(
+                self.db,
+                tenant,
+                request_id,
+                "run",
+                create,
+                lambda s, key: _record(_row(s, key, ANY_TENANT), s),
+            )
         except exc.IntegrityError:
             raise self._busy(new.model_id) from None
 
@@ -119,7 +126,7 @@ class RunStore:
             )
             if _count(claimed) != 1:
                 return None  # lost a race; the caller asks again
-            return _record(_row(s, run_id), s)
+            return _record(_row(s, run_id, ANY_TENANT), s)
 
     def heartbeat(self, run_id: str, owner: str) -> bool:
         """Renew the lease; returns whether a cancel was asked for. LeaseLost if it is not ours."""
@@ -248,7 +255,7 @@ class RunStore:
         queued = []
         for run_id in candidates:
             try:
-                self._resume(None, run_id, max_queued)
+                self._resume(ANY_TENANT, run_id, max_queued)
                 queued.append(run_id)
             except VersionConflict as exc:
                 self._fail_interrupted(run_id, "version_conflict", str(exc))
@@ -258,7 +265,7 @@ class RunStore:
 
     def _fail_interrupted(self, run_id: str, reason: str, error: str) -> None:
         with self.db.write() as s:
-            row = _row(s, run_id, for_update=True)
+            row = _row(s, run_id, ANY_TENANT, for_update=True)
             if row.status == RunStatus.INTERRUPTED:
                 _drop_checkpoint(s, run_id)
                 row.status, row.stop_reason, row.error, row.finished_at = (
@@ -273,7 +280,7 @@ class RunStore:
         queued or running already is returned as it is; a finished one cannot resume."""
         return self._resume(tenant, run_id, max_queued)
 
-    def _resume(self, tenant: str | None, run_id: str, max_queued: int) -> RunRecord:
+    def _resume(self, tenant: TenantScope, run_id: str, max_queued: int) -> RunRecord:
         """:meth:`resume`, for the tenant (None: the service's own requeue, whoever's run it is)."""
         try:
             with self.db.write() as s:
@@ -293,7 +300,7 @@ class RunStore:
                     raise WrongState(
                         f"run {run_id} was made before runs kept their data; start a new run", "run_id"
                     )
-                current = model_row(s, row.model_id, None, for_update=True).current_version
+                current = model_row(s, row.model_id, ANY_TENANT, for_update=True).current_version
                 if current != row.base_version:
                     raise VersionConflict(
                         f"run {run_id} started from version {row.base_version} of model {row.model_id}, "
@@ -332,7 +339,7 @@ class RunStore:
         """The run, whoever's it is: for the service's own work on it (executing it), never for
         an id a caller sent (:meth:`get` takes the caller's tenant)."""
         with self.db.read() as s:
-            return _record(_row(s, run_id), s)
+            return _record(_row(s, run_id, ANY_TENANT), s)
 
     def count_by_status(self) -> dict[str, int]:
         """How many runs each status has (a status with none is absent): one grouped count over
@@ -445,7 +452,7 @@ class RunStore:
             .values(current_version=version, updated_at=now())
         )
         if _count(moved) != 1:
-            current = model_row(s, run.model_id, None).current_version
+            current = model_row(s, run.model_id, ANY_TENANT).current_version
             raise VersionConflict(
                 f"run {run.id} started from version {run.base_version} of model {run.model_id}, "
                 f"which another run moved to version {current}; this run's weights were not published"
@@ -466,8 +473,8 @@ def _count(result: Any) -> int:
     return int(result.rowcount or 0)
 
 
-def _row(s: Session, run_id: str, tenant: str | None = None, *, for_update: bool = False) -> RunRow:
-    """The run; with ``tenant``, only if it is that tenant's."""
+def _row(s: Session, run_id: str, tenant: TenantScope, *, for_update: bool = False) -> RunRow:
+    """The run, if it is ``tenant``'s (or any, with :data:`.lookup.ANY_TENANT`)."""
     return one(s, RunRow, run_id, "run", "run_id", "update" if for_update else "", tenant)
 
 

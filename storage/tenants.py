@@ -22,7 +22,7 @@ from gradwire.v1.vocabulary import ACTIVE
 
 from .database import Database
 from .errors import NotFound, QuotaExceeded
-from .lookup import one
+from .lookup import ANY_TENANT, TenantScope, one
 from .notices import KEYS, announce
 from .records import QUOTA_WORDS, KeyRecord, Quotas, TenantRecord
 from .schema import ApiKeyRow, DatasetRow, ModelRow, RunRow, TenantRow, now
@@ -43,7 +43,7 @@ USAGE: dict[str, Callable[[str], Select[Any]]] = {
 
 
 def tenant_row(s: Session, tenant: str, *, for_update: bool = False) -> TenantRow:
-    return one(s, TenantRow, tenant, "tenant", "tenant", "update" if for_update else "")
+    return one(s, TenantRow, tenant, "tenant", "tenant", "update" if for_update else "", ANY_TENANT)
 
 
 def charge(s: Session, tenant: str, adds: Mapping[str, int], *, lock: bool = True) -> None:
@@ -130,10 +130,10 @@ class TenantStore:
             s.flush()
             return _key(row)
 
-    def keys(self, tenant: str | None = None) -> list[KeyRecord]:
-        """Every key (of one tenant, if given), revoked ones included, oldest first."""
+    def keys(self, tenant: TenantScope) -> list[KeyRecord]:
+        """The keys of ``tenant`` (or of every one), revoked ones included, oldest first."""
         query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
-        if tenant is not None:
+        if tenant is not ANY_TENANT:
             query = query.where(ApiKeyRow.tenant_id == tenant)
         with self.db.read() as s:
             return [_key(row) for row in s.scalars(query)]
