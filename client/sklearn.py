@@ -42,6 +42,8 @@ from sklearn.utils.validation import (  # type: ignore[import-untyped]
     validate_data,
 )
 
+from gradwire.v1.vocabulary import StopReason
+
 from .sdk import Client, History, Model
 
 __all__ = ["EXPECTED_FAILED_CHECKS", "GradwireClassifier", "GradwireRegressor"]
@@ -335,7 +337,7 @@ class _GradwireMLP(BaseEstimator):
         self.model_version_ = history.version
         self.stop_reason_ = history.stop_reason
         name = type(self).__name__
-        if history.stop_reason == "non_finite":
+        if history.stop_reason == StopReason.NON_FINITE:
             warnings.warn(
                 f"{name}: the loss became NaN or infinite at epoch {self.n_iter_}; the model keeps the "
                 f"weights of its best epoch ({history.best_epoch}). Scale the inputs or lower "
@@ -343,7 +345,7 @@ class _GradwireMLP(BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=4,
             )
-        elif history.stop_reason == "max_epochs" and not incremental:
+        elif history.stop_reason == StopReason.MAX_EPOCHS and not incremental:
             warnings.warn(
                 f"{name}: max_iter ({self.max_iter}) reached and the optimisation has not converged yet.",
                 ConvergenceWarning,

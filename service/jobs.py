@@ -49,7 +49,7 @@ from gradwire.storage import (
     VersionConflict,
 )
 from gradwire.v1.digest import weights_digest
-from gradwire.v1.vocabulary import RunStatus
+from gradwire.v1.vocabulary import RunStatus, StopReason
 
 from .metrics import TRAINED
 from .settings import Settings
@@ -58,12 +58,12 @@ from .tuning import BlasThreads
 
 log = logging.getLogger(__name__)
 
-FAILURE_KINDS: dict[type[BaseException], str] = {
-    VersionConflict: "version_conflict",
-    NotFound: "missing_data",
-    CorruptBlob: "corrupt_data",
-    InvalidArgument: "invalid",
-    MemoryError: "out_of_memory",
+FAILURE_KINDS: dict[type[BaseException], StopReason] = {
+    VersionConflict: StopReason.VERSION_CONFLICT,
+    NotFound: StopReason.MISSING_DATA,
+    CorruptBlob: StopReason.CORRUPT_DATA,
+    InvalidArgument: StopReason.INVALID,
+    MemoryError: StopReason.OUT_OF_MEMORY,
 }
 """A failed run's stop reason, by the class of what failed it; anything else is ``error``."""
 
@@ -75,21 +75,27 @@ database calls and waits to get it back, holding SQLite's write lock meanwhile, 
 writers time out. Only while writing: yielding always slows small runs (figures in
 docs/benchmarks.md, "Figures behind constants")."""
 
-STATUS_AT_STOP = {
-    "max_epochs": RunStatus.COMPLETED,
-    "loss_threshold": RunStatus.COMPLETED,
-    "early_stopping": RunStatus.COMPLETED,
-    "non_finite": RunStatus.COMPLETED,  # the best (finite) weights so far are kept
-    "stop_requested": RunStatus.CANCELLED,
-    "callback": RunStatus.INTERRUPTED,  # the process is shutting down; resumes from this epoch
+STATUS_AT_STOP: dict[str, RunStatus] = {
+    StopReason.MAX_EPOCHS: RunStatus.COMPLETED,
+    StopReason.LOSS_THRESHOLD: RunStatus.COMPLETED,
+    StopReason.EARLY_STOPPING: RunStatus.COMPLETED,
+    StopReason.NON_FINITE: RunStatus.COMPLETED,  # the best (finite) weights so far are kept
+    StopReason.STOP_REQUESTED: RunStatus.CANCELLED,
+    StopReason.CALLBACK: RunStatus.INTERRUPTED,  # the process is shutting down; resumes from this epoch
 }
 """A run's status by the engine's stop reason."""
+
+REASON_AT_STOP: dict[str, StopReason] = {
+    RunStatus.CANCELLED: StopReason.CANCELLED,
+    RunStatus.INTERRUPTED: StopReason.SHUTDOWN,
+}
+"""The stop reason a run keeps where its status says more than the engine's reason, by status."""
 
 Epochs = list[dict[str, Any]]
 
 
 def failure_kind(exc: BaseException) -> str:
-    return next((kind for cls, kind in FAILURE_KINDS.items() if isinstance(exc, cls)), "error")
+    return next((kind for cls, kind in FAILURE_KINDS.items() if isinstance(exc, cls)), StopReason.ERROR)
 
 
 def gradwire_version() -> str:
@@ -341,9 +347,7 @@ class RunJob:
         status = STATUS_AT_STOP[stop_reason]
         common: dict[str, Any] = {
             "status": status,
-            "stop_reason": {RunStatus.CANCELLED: "cancelled", RunStatus.INTERRUPTED: "shutdown"}.get(
-                status, stop_reason
-            ),
+            "stop_reason": REASON_AT_STOP.get(status, stop_reason),
             "best_epoch": trainer.best.epoch,
             "best_loss": trainer.best.loss,
         }
@@ -373,7 +377,7 @@ class RunJob:
         """How a run ends when something failed: the database away is no fault of the run's (it
         is interrupted, to resume from its checkpoint); anything else fails it, saying why."""
         if isinstance(exc, Unavailable):
-            return Outcome(RunStatus.INTERRUPTED, "database_unavailable", error=str(exc))
+            return Outcome(RunStatus.INTERRUPTED, StopReason.DATABASE_UNAVAILABLE, error=str(exc))
         return Outcome(RunStatus.FAILED, failure_kind(exc), error=f"{type(exc).__name__}: {exc}")
 
     def _finish(self, outcome: Outcome) -> None:
@@ -388,7 +392,9 @@ class RunJob:
                 break
             except VersionConflict as exc:
                 log.warning("run lost the race to publish", extra={"run": self.run_id})
-                outcome = Outcome(RunStatus.FAILED, "version_conflict", epochs=outcome.epochs, error=str(exc))
+                outcome = Outcome(
+                    RunStatus.FAILED, StopReason.VERSION_CONFLICT, epochs=outcome.epochs, error=str(exc)
+                )
             except LeaseLost:
                 log.warning("run lost its lease before it could finish", extra={"run": self.run_id})
                 return

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradwire.storage import StorageError, Store
+from gradwire.v1.vocabulary import StopReason
 
 from .logformat import logs_json
 from .metrics import TRAINED
@@ -246,7 +247,8 @@ class ProcessExecutor:
         self.on_done()
 
     def _release(self, run_id: str, lease: str) -> None:
-        reason = "shutdown" if self._closing else "worker_died"  # a stop's kill is no fault of the run's
+        # A stop's kill is no fault of the run's.
+        reason = StopReason.SHUTDOWN if self._closing else StopReason.WORKER_DIED
         try:
             if self.store.runs.release(run_id, lease, reason):
                 log.warning("run interrupted: its worker process ended", extra={"run": run_id})

@@ -276,7 +276,7 @@ class Runs:
                         raise RunFailed(event.stop_reason, event.error or f"run {event.id} failed")
                     if event.status == RunStatus.INTERRUPTED:
                         why = f"run {event.id} was interrupted ({event.stop_reason}); resume it to continue"
-                        raise RunFailed("interrupted", why)
+                        raise RunFailed(RunStatus.INTERRUPTED, why)
                 yield event
         except ShuttingDown:
             ended = True

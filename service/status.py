@@ -26,6 +26,7 @@ from gradwire.storage import (
     Unavailable,
     WrongState,
 )
+from gradwire.v1.vocabulary import RunStatus, StopReason
 
 from .errors import CannotAnswer, ClientStalled, LimitExceeded, RunFailed, ShuttingDown, Unauthenticated
 
@@ -50,13 +51,13 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
 }
 
 RUN_FAILURES: dict[str, grpc.StatusCode] = {
-    "version_conflict": grpc.StatusCode.ABORTED,
-    "missing_data": grpc.StatusCode.FAILED_PRECONDITION,
-    "corrupt_data": grpc.StatusCode.FAILED_PRECONDITION,
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "out_of_memory": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "database_unavailable": grpc.StatusCode.UNAVAILABLE,
-    "interrupted": grpc.StatusCode.UNAVAILABLE,
+    StopReason.VERSION_CONFLICT: grpc.StatusCode.ABORTED,
+    StopReason.MISSING_DATA: grpc.StatusCode.FAILED_PRECONDITION,
+    StopReason.CORRUPT_DATA: grpc.StatusCode.FAILED_PRECONDITION,
+    StopReason.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    StopReason.OUT_OF_MEMORY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StopReason.DATABASE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    RunStatus.INTERRUPTED: grpc.StatusCode.UNAVAILABLE,  # a run interrupted under its Train call
 }
 """The status a Train call ends with when its run failed, by the run's stop reason; INTERNAL else."""
 

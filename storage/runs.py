@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import case, delete, exc, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from gradwire.v1.vocabulary import ACTIVE, RunStatus
+from gradwire.v1.vocabulary import ACTIVE, RunStatus, StopReason
 
 from . import blobs
 from .database import Database, as_utc, seconds_ago, utcnow
@@ -174,7 +174,7 @@ class RunStore:
                 outcome.status == RunStatus.INTERRUPTED and row.cancel_requested
             ):  # cancelled meanwhile: it ends
                 outcome = replace(
-                    outcome, status=RunStatus.CANCELLED, stop_reason="cancelled", checkpoint=None
+                    outcome, status=RunStatus.CANCELLED, stop_reason=StopReason.CANCELLED, checkpoint=None
                 )
             if outcome.weights is not None:
                 row.version = self._publish(s, row, outcome)
@@ -205,7 +205,7 @@ class RunStore:
         )
         if executing:
             query = query.where(RunRow.id.not_in(list(executing)))
-        return self._end_leases(query, "lease_expired")
+        return self._end_leases(query, StopReason.LEASE_EXPIRED)
 
     def release(self, run_id: str, owner: str, reason: str) -> bool:
         """End ``owner``'s lease of a running run now, as :meth:`reap` does when one expires: its
@@ -223,7 +223,7 @@ class RunStore:
             ended = s.execute(
                 query.values(
                     status=case((cancelled, RunStatus.CANCELLED.value), else_=RunStatus.INTERRUPTED.value),
-                    stop_reason=case((cancelled, "cancelled"), else_=reason),
+                    stop_reason=case((cancelled, StopReason.CANCELLED.value), else_=reason),
                     finished_at=case((cancelled, utcnow()), else_=None),
                     owner=None,
                     heartbeat_at=None,
@@ -245,7 +245,7 @@ class RunStore:
                     select(RunRow.id)
                     .where(
                         RunRow.status == RunStatus.INTERRUPTED,
-                        (RunRow.stop_reason == "shutdown") | (RunRow.attempts < max_attempts),
+                        (RunRow.stop_reason == StopReason.SHUTDOWN) | (RunRow.attempts < max_attempts),
                         RunRow.id.in_(resumable),  # runs from before 0002 kept no data
                     )
                     .order_by(RunRow.created_at)
@@ -258,7 +258,7 @@ class RunStore:
                 self._resume(ANY_TENANT, run_id, max_queued)
                 queued.append(run_id)
             except VersionConflict as exc:
-                self._fail_interrupted(run_id, "version_conflict", str(exc))
+                self._fail_interrupted(run_id, StopReason.VERSION_CONFLICT, str(exc))
             except (ModelBusy, QueueFull, QuotaExceeded, WrongState):
                 continue  # the model, the queue or the tenant's quota is busy, or it moved on: later
         return queued
@@ -292,8 +292,7 @@ class RunStore:
                         f"run {run_id} is {row.status}; only an interrupted run resumes", "run_id"
                     )
                 if row.cancel_requested:  # a cancel asked while it ran: it ends here
-                    _drop_checkpoint(s, run_id)
-                    row.status, row.stop_reason, row.finished_at = RunStatus.CANCELLED, "cancelled", now()
+                    _cancelled(s, row)
                     s.flush()
                     return _record(row, s)
                 if s.get(RunDatasetRow, (run_id, "inputs")) is None:
@@ -322,8 +321,7 @@ class RunStore:
         with self.db.write() as s:
             row = _row(s, run_id, tenant, for_update=True)
             if row.status in (RunStatus.QUEUED, RunStatus.INTERRUPTED):
-                _drop_checkpoint(s, run_id)
-                row.status, row.stop_reason, row.finished_at = RunStatus.CANCELLED, "cancelled", now()
+                _cancelled(s, row)
             elif row.status == RunStatus.RUNNING:
                 row.cancel_requested = True
             s.flush()
@@ -586,6 +584,12 @@ def _save_checkpoint(s: Session, run_id: str, checkpoint: Checkpoint) -> None:
         checksum,
         json_safe(checkpoint.meta),
     )
+
+
+def _cancelled(s: Session, row: RunRow) -> None:
+    """A run that is not executing ends cancelled, its checkpoint dropped."""
+    _drop_checkpoint(s, row.id)
+    row.status, row.stop_reason, row.finished_at = RunStatus.CANCELLED, StopReason.CANCELLED, now()
 
 
 def _drop_checkpoint(s: Session, run_id: str) -> None:

@@ -41,3 +41,15 @@ def test_only_the_gradwire_namespace_is_installed(tmp_path: Path) -> None:
         [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_vocabulary_names_every_stop_reason_the_engine_and_the_service_give() -> None:
+    """The engine may not import the contract, so its stop reasons are spelled twice: here they
+    are held to one list, and every one of them has a run status."""
+    from gradwire.engine import STOP_REASONS
+    from gradwire.service.jobs import FAILURE_KINDS, STATUS_AT_STOP
+    from gradwire.v1.vocabulary import StopReason
+
+    assert set(STOP_REASONS) <= set(StopReason)
+    assert set(STATUS_AT_STOP) == set(STOP_REASONS)
+    assert set(FAILURE_KINDS.values()) <= set(StopReason)

@@ -1,8 +1,9 @@
-"""The contract's words that are not messages: the statuses of a run.
+"""The contract's words that are not messages: a run's status and why it stopped.
 
-A run's ``status`` travels as a string (gradwire.proto lists its values); :class:`RunStatus` is
-their one definition, for the service, the storage and the SDKs alike. The standard library only:
-the storage, which knows nothing of gRPC, imports it too.
+A run's ``status`` and ``stop_reason`` travel as strings (gradwire.proto lists their values);
+:class:`RunStatus` and :class:`StopReason` are their one definition, for the service, the storage
+and the SDKs alike. The standard library only: the storage, which knows nothing of gRPC, imports
+it too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,30 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"  # stopped because its caller asked
     FAILED = "failed"  # ended by an error (its stop reason says which)
     INTERRUPTED = "interrupted"  # stopped before its end (a shutdown, a lost lease): it resumes
+
+
+class StopReason(StrEnum):
+    """Why a run stopped (see ``Run.stop_reason`` in gradwire.proto). The first six are the
+    engine's own (``gradwire.engine.STOP_REASONS``, which may not import this); the service adds
+    why it stopped a run, and for a failed run what failed it."""
+
+    MAX_EPOCHS = "max_epochs"
+    LOSS_THRESHOLD = "loss_threshold"
+    EARLY_STOPPING = "early_stopping"
+    CALLBACK = "callback"
+    STOP_REQUESTED = "stop_requested"
+    NON_FINITE = "non_finite"
+    CANCELLED = "cancelled"  # its caller cancelled it before it ran, or while it was interrupted
+    SHUTDOWN = "shutdown"  # its server stopped: it is queued again at once, counting no attempt
+    LEASE_EXPIRED = "lease_expired"  # its server went silent
+    WORKER_DIED = "worker_died"  # its worker process ended under it
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    VERSION_CONFLICT = "version_conflict"  # its base version is no longer the model's current
+    MISSING_DATA = "missing_data"
+    CORRUPT_DATA = "corrupt_data"
+    INVALID = "invalid"
+    OUT_OF_MEMORY = "out_of_memory"
+    ERROR = "error"  # anything else: a bug, logged with its traceback
 
 
 ACTIVE: tuple[str, ...] = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
