@@ -55,7 +55,6 @@ from .errors import (
 from .sdk import (
     INLINE_LIMIT,
     INSECURE_VARIABLE,
-    PROTO_DTYPES,
     RETRIED,
     TLS,
     TLS_VARIABLES,
@@ -276,7 +275,7 @@ class AsyncClient:
             return existing
         header = pb.DatasetHeader(
             name=name,
-            dtype=PROTO_DTYPES[data.dtype.name],
+            dtype=codec.FLOAT_DTYPES[data.dtype.name],
             shape=data.shape,
             request_id=_request_id(request_id),
         )

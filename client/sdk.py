@@ -90,8 +90,6 @@ UPLOAD_CHUNK = MiB - 4096
 INLINE_LIMIT = 4 * MiB
 """Training data up to this size (all arrays together) travels inside StartRun; larger is uploaded."""
 PROGRESS_WIDTH = 20
-NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
-PROTO_DTYPES = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
 TLS_VARIABLES = {
     "ca_file": "GRADWIRE_TLS_CA_FILE",
     "cert_file": "GRADWIRE_CLIENT_CERT_FILE",
@@ -148,7 +146,7 @@ class DatasetInfo:
 
     @classmethod
     def from_proto(cls, d: pb.Dataset) -> DatasetInfo:
-        dtype = {v: k for k, v in PROTO_DTYPES.items()}.get(d.dtype, "")
+        dtype = codec.FLOAT_DTYPE_NAMES.get(d.dtype, "")
         return cls(d.dataset_id, d.name, dtype, tuple(d.shape), d.nbytes, d.created_at.ToDatetime())
 
 
@@ -302,7 +300,7 @@ def _array(name: str, value: Any, dtype: str) -> np.ndarray:
         array = array.reshape(-1, 1)
     if array.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (rows, columns), got shape {array.shape}")
-    return np.ascontiguousarray(array, NUMPY_DTYPES[dtype])
+    return np.ascontiguousarray(array, np.dtype(dtype))
 
 
 def print_progress(epoch: dict[str, Any], stream: Any = None) -> None:
@@ -700,7 +698,7 @@ class Client:
             return existing
         header = pb.DatasetHeader(
             name=name,
-            dtype=PROTO_DTYPES[data.dtype.name],
+            dtype=codec.FLOAT_DTYPES[data.dtype.name],
             shape=data.shape,
             request_id=_request_id(request_id),
         )

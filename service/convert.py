@@ -30,8 +30,6 @@ from .runs import DataSource, Stalled
 from .usecases import Export, Gradients, OnnxExport, Prediction
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)
-DTYPE_NAMES = {pb.FLOAT32: "float32", pb.FLOAT64: "float64"}
-PROTO_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 EXPORT_PIECE = 1 << 20
 """Bytes of array data per ExportModel message."""
 ONNX_NAME = "model.onnx"
@@ -193,7 +191,7 @@ def export_to_proto(export: Export) -> Iterator[pb.ExportModelResponse]:
 
 
 def header_from_proto(header: pb.DatasetHeader) -> Header:
-    dtype = DTYPE_NAMES.get(header.dtype, f"DType {header.dtype}")
+    dtype = codec.FLOAT_DTYPE_NAMES.get(header.dtype, f"DType {header.dtype}")
     return Header(header.name, dtype, tuple(header.shape), header.request_id)
 
 
@@ -216,7 +214,7 @@ def dataset_to_proto(dataset: DatasetRecord) -> pb.Dataset:
     return pb.Dataset(
         dataset_id=dataset.id,
         name=dataset.name,
-        dtype=PROTO_DTYPES[dataset.dtype],
+        dtype=codec.FLOAT_DTYPES[dataset.dtype],
         shape=[dataset.rows, dataset.columns],
         nbytes=dataset.nbytes,
         created_at=timestamp(dataset.created_at),

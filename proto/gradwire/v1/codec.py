@@ -31,7 +31,9 @@ PROTO_DTYPES = {
     np.dtype(np.float64): pb.FLOAT64,
     np.dtype(np.int64): pb.INT64,
 }
-SPEC_DTYPES = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
+FLOAT_DTYPES = {"float32": pb.FLOAT32, "float64": pb.FLOAT64}
+"""The dtypes a model or a dataset may have, by name: their wire values."""
+FLOAT_DTYPE_NAMES = {value: name for name, value in FLOAT_DTYPES.items()}
 
 
 class TensorError(ValueError):
@@ -162,7 +164,7 @@ def layer_from_dict(data: Mapping[str, Any]) -> pb.Layer:
 
 
 SPEC_KEYS = ("input_dim", "layers", "loss", "dtype", "seed")
-SPEC_DTYPE_NAMES = {pb.DTYPE_UNSPECIFIED: "float64"} | {v: k for k, v in SPEC_DTYPES.items()}
+SPEC_DTYPE_NAMES = {pb.DTYPE_UNSPECIFIED: "float64"} | FLOAT_DTYPE_NAMES
 """A spec's dtype by its wire value; unset means float64. Any other value keeps a name the
 engine's validation refuses (``int64``, ``DType 77``) instead of silently becoming float64."""
 
@@ -188,8 +190,8 @@ def spec_from_dict(spec: Mapping[str, Any]) -> pb.ModelSpec:
     if missing:
         raise ValueError(f"spec: missing keys {missing}")
     dtype = spec.get("dtype", "float64")
-    if not isinstance(dtype, str) or dtype not in SPEC_DTYPES:
-        raise ValueError(f"spec.dtype: unknown value {dtype!r:.40} (allowed: {', '.join(SPEC_DTYPES)})")
+    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
+        raise ValueError(f"spec.dtype: unknown value {dtype!r:.40} (allowed: {', '.join(FLOAT_DTYPES)})")
     layers = spec["layers"]
     if not isinstance(layers, list | tuple):
         raise ValueError("spec.layers: must be a list of layers")
@@ -198,7 +200,7 @@ def spec_from_dict(spec: Mapping[str, Any]) -> pb.ModelSpec:
             input_dim=spec["input_dim"],
             layers=[layer_from_dict(layer) for layer in layers],
             loss=spec["loss"],
-            dtype=SPEC_DTYPES[dtype],
+            dtype=FLOAT_DTYPES[dtype],
             seed=spec.get("seed", 0),
         )
 
