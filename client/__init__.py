@@ -3,7 +3,7 @@
 Depends on the generated contract only (import-linter holds it to that).
 """
 
-from gradwire.v1.codec import Gradients, Prediction
+from gradwire.v1.answers import Gradients, Prediction
 
 from .aio import AsyncClient
 from .errors import (

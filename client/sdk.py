@@ -46,7 +46,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
-from gradwire.v1.codec import Gradients, Prediction
+from gradwire.v1.answers import Gradients, Prediction
 from gradwire.v1.digest import array_id, little_endian, weights_digest
 from gradwire.v1.digest import raw as raw_bytes
 from gradwire.v1.vocabulary import FINISHED, RunStatus

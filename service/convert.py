@@ -21,13 +21,14 @@ from gradwire.engine.errors import Problems
 from gradwire.storage import DatasetRecord, EpochEntry, ModelRecord, RunRecord
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
+from gradwire.v1.answers import Gradients, Prediction
 from gradwire.v1.digest import raw as raw_bytes
 from gradwire.v1.vocabulary import RunStatus
 
 from .datasets import Header
 from .errors import LimitExceeded
 from .runs import DataSource, Stalled
-from .usecases import Export, Gradients, OnnxExport, Prediction
+from .usecases import Export, OnnxExport
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)
 EXPORT_PIECE = 1 << 20
@@ -355,12 +356,8 @@ def training_run_to_proto(run: RunRecord) -> pb.TrainingRun:
 
 
 def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
-    return codec.prediction_to_proto(
-        codec.Prediction(prediction.outputs, prediction.labels, prediction.version)
-    )
+    return codec.prediction_to_proto(prediction)
 
 
 def gradients_to_proto(result: Gradients) -> pb.GetGradientsResponse:
-    return codec.gradients_to_proto(
-        codec.Gradients(result.loss, result.gradients, result.version, result.max_relative_error)
-    )
+    return codec.gradients_to_proto(result)

@@ -32,6 +32,7 @@ from gradwire.engine.memory import (
     state_values,
 )
 from gradwire.storage import ModelRecord, RequestReused, RunRecord, Store
+from gradwire.v1.answers import Gradients, Prediction
 from gradwire.v1.digest import weights_digest
 
 from . import onnx_export
@@ -55,21 +56,6 @@ ANSWER_COPIES = 2
 """Copies of an answer's arrays on its way out, beside the arrays: the message's bytes, and the
 serialised message (the peak this gives is measured in docs/benchmarks.md, "Figures behind
 constants")."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    outputs: np.ndarray
-    labels: np.ndarray | None
-    version: int
-
-
-@dataclass(frozen=True)
-class Gradients:
-    loss: float
-    gradients: dict[str, np.ndarray]
-    version: int
-    max_relative_error: dict[str, float]
 
 
 @dataclass(frozen=True)

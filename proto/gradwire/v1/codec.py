@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from google.protobuf.message import Message
 
 from . import gradwire_pb2 as pb
+from .answers import Gradients, Prediction
 
 DTYPES: dict[int, np.dtype[Any]] = {
     pb.FLOAT32: np.dtype("<f4"),
@@ -284,25 +284,6 @@ def epoch_to_dict(progress: pb.EpochProgress) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ answers
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A PredictResponse as arrays: outputs, labels for classifiers, the version that answered."""
-
-    outputs: np.ndarray
-    labels: np.ndarray | None
-    version: int
-
-
-@dataclass(frozen=True)
-class Gradients:
-    """A GetGradientsResponse as arrays, by parameter name, with the version that answered."""
-
-    loss: float
-    gradients: dict[str, np.ndarray]
-    version: int
-    max_relative_error: dict[str, float]
 
 
 def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
