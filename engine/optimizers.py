@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .config import OptimizerConfig
+from .config import OPTIMIZER_NAMES, OptimizerConfig
 from .errors import InvalidArgument
 from .scalars import scalar
 
@@ -194,14 +194,10 @@ class RMSprop(Optimizer):
         return grad
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "sgd": SGD,
-    "momentum": Momentum,
-    "nesterov": Nesterov,
-    "adam": Adam,
-    "adamw": AdamW,
-    "rmsprop": RMSprop,
-}
+OPTIMIZERS: dict[str, type[Optimizer]] = dict(
+    zip(OPTIMIZER_NAMES, (SGD, Momentum, Nesterov, Adam, AdamW, RMSprop), strict=True)
+)
+"""Each optimiser by its name (the names :class:`.config.OptimizerConfig` accepts, in their order)."""
 
 
 def make_optimizer(config: OptimizerConfig, param: Array, decay_mask: Array | None = None) -> Optimizer:

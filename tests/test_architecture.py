@@ -53,3 +53,11 @@ def test_the_vocabulary_names_every_stop_reason_the_engine_and_the_service_give(
     assert set(STOP_REASONS) <= set(StopReason)
     assert set(STATUS_AT_STOP) == set(STOP_REASONS)
     assert set(FAILURE_KINDS.values()) <= set(StopReason)
+
+
+def test_the_estimators_offer_every_optimiser_the_engine_has() -> None:
+    """The SDK may not import the engine: its solver names are the engine's, held here."""
+    from gradwire.client.sklearn import SOLVERS
+    from gradwire.engine import OPTIMIZERS
+
+    assert tuple(OPTIMIZERS) == SOLVERS
