@@ -41,6 +41,7 @@ from gradwire.storage import (
     Checkpoint,
     CorruptBlob,
     LeaseLost,
+    NewEpoch,
     NotFound,
     Outcome,
     RunRecord,
@@ -91,7 +92,7 @@ REASON_AT_STOP: dict[str, StopReason] = {
 }
 """The stop reason a run keeps where its status says more than the engine's reason, by status."""
 
-Epochs = list[dict[str, Any]]
+Epochs = list[NewEpoch]
 
 
 def failure_kind(exc: BaseException) -> str:
@@ -120,6 +121,14 @@ class Loaded:
     data: dict[str, np.ndarray]
     seconds: float
     last_loss: float | None  # the training loss of the epoch the checkpoint ends, when resuming
+
+
+def new_epoch(record: EpochRecord, offset: float = 0.0) -> NewEpoch:
+    """An engine's epoch as the store keeps it: its loss columns, and the whole record, whose
+    ``elapsed`` counts from the run's start (``offset``: seconds trained by earlier attempts)."""
+    entry = asdict(record)
+    entry["elapsed"] += offset
+    return NewEpoch(record.epoch, record.train_loss, record.val_loss, entry)
 
 
 class Committer:
@@ -176,9 +185,7 @@ class Committer:
     def epoch_ended(self, record: EpochRecord) -> bool:
         """On the training thread, after every epoch; True asks the trainer to stop here."""
         TRAINED.add(record.samples)
-        entry = asdict(record)
-        entry["elapsed"] += self.offset
-        self.pending.append(entry)
+        self.pending.append(new_epoch(record, self.offset))
         due = time.monotonic() - self.last_commit >= self.settings.checkpoint_interval
         with self.wake:
             if due and self.in_flight is None and self.trainer is not None:
@@ -232,7 +239,8 @@ class Committer:
         if work is None:
             return runs.heartbeat(self.run_id, self.owner)
         epochs, checkpoint = work
-        seconds = epochs[-1]["elapsed"] if epochs else 0.0  # the run's clock, earlier attempts included
+        # The run's clock, earlier attempts included.
+        seconds = epochs[-1].record["elapsed"] if epochs else 0.0
         cancel = runs.commit(self.run_id, self.owner, epochs, checkpoint, seconds)
         with self.wake:
             self.in_flight, self.last_commit = None, time.monotonic()

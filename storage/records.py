@@ -142,6 +142,17 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class NewEpoch:
+    """One epoch as a run commits it: the columns the database keeps apart, given by the caller
+    (the storage reads nothing out of ``record``), and the whole record, kept as JSON."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a run ends, as the executor reports it.
 
@@ -154,7 +165,7 @@ class Outcome:
     stop_reason: str
     best_epoch: int | None = None  # None: not known (a failure), the run's record keeps its own
     best_loss: float | None = None
-    epochs: tuple[dict[str, Any], ...] = ()
+    epochs: tuple[NewEpoch, ...] = ()
     weights: dict[str, np.ndarray] | None = None
     optimizer: dict[str, np.ndarray] | None = None
     optimizer_meta: dict[str, Any] | None = None

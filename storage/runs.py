@@ -36,7 +36,7 @@ from .datasets import dataset_row
 from .errors import LeaseLost, ModelBusy, QueueFull, QuotaExceeded, VersionConflict, WrongState
 from .lookup import ANY_TENANT, TenantScope, one
 from .models import active_run_id, add_version, model_row
-from .records import Checkpoint, EpochEntry, Outcome, RunRecord, json_safe
+from .records import Checkpoint, EpochEntry, NewEpoch, Outcome, RunRecord, json_safe
 from .requests import once
 from .schema import CheckpointRow, EpochRow, ModelRow, RunDatasetRow, RunRow, now
 from .tenants import charge
@@ -137,7 +137,7 @@ class RunStore:
         self,
         run_id: str,
         owner: str,
-        epochs: Iterable[dict[str, Any]],
+        epochs: Iterable[NewEpoch],
         checkpoint: Checkpoint | None,
         train_seconds: float = 0.0,
     ) -> bool:
@@ -543,20 +543,20 @@ def _silent_seconds(row: RunRow, clock: datetime | None) -> float:
     return (as_utc(clock) - as_utc(row.heartbeat_at)).total_seconds()
 
 
-def _add_epochs(s: Session, run_id: str, epochs: Iterable[dict[str, Any]], after: int) -> int:
-    """Insert the epoch records numbered above ``after`` (those at or below it are committed
-    already: a retry of a commit whose answer was lost); the highest epoch number, or ``after``."""
+def _add_epochs(s: Session, run_id: str, epochs: Iterable[NewEpoch], after: int) -> int:
+    """Insert the epochs numbered above ``after`` (those at or below it are committed already: a
+    retry of a commit whose answer was lost); the highest epoch number, or ``after``."""
     rows = [
         {
             "run_id": run_id,
-            "epoch": int(r["epoch"]),
-            "train_loss": json_safe(r["train_loss"]),
-            "val_loss": json_safe(r.get("val_loss")),
-            "record": json_safe(r),
+            "epoch": e.epoch,
+            "train_loss": json_safe(e.train_loss),
+            "val_loss": json_safe(e.val_loss),
+            "record": json_safe(e.record),
             "created_at": now(),
         }
-        for r in epochs
-        if int(r["epoch"]) > after
+        for e in epochs
+        if e.epoch > after
     ]
     if rows:
         s.execute(insert(EpochRow), rows)

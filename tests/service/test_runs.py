@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from typing import Any
 
 import grpc
@@ -24,7 +23,7 @@ from gradwire.client import (
     RunFailedError,
 )
 from gradwire.engine import Network, NetworkSpec, TrainConfig, Trainer
-from gradwire.service.jobs import checkpoint_of
+from gradwire.service.jobs import checkpoint_of, new_epoch
 from gradwire.service.settings import LOCAL_EXECUTORS
 from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.v1 import codec
@@ -415,7 +414,7 @@ def test_a_run_resumed_from_the_checkpoint_of_its_stopping_epoch_stops_there(
         TrainConfig.from_dict(first.app.store.runs.get(T, crashed).options),
     )
     saved: list[Any] = []
-    trainer.fit(X, Y, callback=lambda r: saved.append((asdict(r), checkpoint_of(trainer))))
+    trainer.fit(X, Y, callback=lambda r: saved.append((new_epoch(r), checkpoint_of(trainer))))
     assert saved[-1][1].epoch == whole.epochs[-1]["epoch"]
     runs = first.app.store.runs
     lease = runs.claim_next("dead-server")

@@ -21,6 +21,7 @@ from gradwire.storage import (
     DatasetMeta,
     LeaseLost,
     ModelBusy,
+    NewEpoch,
     NewRun,
     NotFound,
     Outcome,
@@ -297,7 +298,13 @@ def test_a_dataset_in_use_cannot_be_deleted_until_its_runs_end(store: Store) -> 
 def finished(
     status: str = "completed", weights_: dict[str, np.ndarray] | None = None, **more: Any
 ) -> Outcome:
-    return Outcome(status, "max_epochs", 2, 0.5, ({"epoch": 2, "train_loss": 0.5},), weights_, **more)
+    return Outcome(status, "max_epochs", 2, 0.5, (epoch(2, 0.5),), weights_, **more)
+
+
+def epoch(number: int, train_loss: float, **more: Any) -> NewEpoch:
+    """An epoch to commit: its columns, and a record holding them and ``more``."""
+    record = {"epoch": number, "train_loss": train_loss, "val_loss": None, **more}
+    return NewEpoch(number, train_loss, None, record)
 
 
 def claim(store: Store, owner: str = "me") -> str:
@@ -319,7 +326,7 @@ def test_a_run_moves_through_its_states_by_guarded_updates(store: Store) -> None
     assert store.runs.claim_next("other") is None  # nothing else queued
     with pytest.raises(LeaseLost):
         store.runs.heartbeat(run.id, "me")  # the process's name alone is not the lease
-    record = {"epoch": 1, "train_loss": 1.0, "val_loss": None, "train_metric": float("nan")}
+    record = epoch(1, 1.0, train_metric=float("nan"))
     assert store.runs.commit(run.id, lease, [record], Checkpoint(1, weights(1), {"epoch": 1})) is False
     checkpoint = store.runs.load_checkpoint(run.id)
     assert checkpoint is not None
@@ -361,7 +368,7 @@ def test_a_page_of_runs_and_a_models_history_take_a_few_statements_however_many_
     for n in range(1, 50):  # ended runs, the odd ones with n epochs, then one running
         run = queued_run(store, model.id, max_queued=60)
         lease = claim(store)
-        epochs = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, n + 1)] if n % 2 else []
+        epochs = [epoch(e, 1.0 / e) for e in range(1, n + 1)] if n % 2 else []
         store.runs.commit(run.id, lease, epochs, None)
         store.runs.finish(run.id, lease, Outcome("cancelled", "stop_requested", epochs=tuple(epochs)))
         ended.append((run.id, len(epochs)))
@@ -385,9 +392,9 @@ def test_a_commit_whose_answer_was_lost_can_be_sent_again(store: Store) -> None:
     model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
-    epochs = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2)]
+    epochs = [epoch(e, 1.0 / e) for e in (1, 2)]
     store.runs.commit(run.id, lease, epochs, None)
-    store.runs.commit(run.id, lease, [*epochs, {"epoch": 3, "train_loss": 0.3}], None)  # 1, 2 again
+    store.runs.commit(run.id, lease, [*epochs, epoch(3, 0.3)], None)  # 1, 2 again
     done = store.runs.finish(run.id, lease, Outcome("completed", "max_epochs", epochs=tuple(epochs)))
     assert done.epochs_done == 3
     assert [e.epoch for e in store.runs.history(T, model.id)[0].epochs] == [1, 2, 3]
@@ -401,12 +408,12 @@ def test_a_runs_clock_moves_with_its_commits_and_never_back(store: Store) -> Non
     for status, seconds in (("failed", 0.0), ("completed", 6.0)):
         run = queued_run(store, model.id)
         lease = claim(store)
-        first, second = {"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}
+        first, second = epoch(1, 1.0), epoch(2, 0.5)
         store.runs.commit(run.id, lease, [first], None, 2.5)
         assert store.runs.read(run.id).train_seconds == 2.5
         store.runs.commit(run.id, lease, [first, second], None, 1.0)  # epoch 1 again, an older clock
         assert store.runs.read(run.id).train_seconds == 2.5
-        store.runs.commit(run.id, lease, [{"epoch": 3, "train_loss": 0.4}], None, 4.0)
+        store.runs.commit(run.id, lease, [epoch(3, 0.4)], None, 4.0)
         assert store.runs.read(run.id).train_seconds == 4.0
         ended[status] = store.runs.finish(run.id, lease, Outcome(status, "x", train_seconds=seconds))
     assert ended["failed"].train_seconds == 4.0
@@ -456,7 +463,7 @@ def test_a_cancel_asked_of_a_run_whose_server_went_away_is_not_lost(store: Store
     model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
-    store.runs.commit(run.id, lease, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {}))
+    store.runs.commit(run.id, lease, [epoch(1, 1.0)], Checkpoint(1, weights(1), {}))
     store.runs.cancel(T, run.id)
     if end == "reaped":
         assert store.runs.reap(lease_seconds=0) == [run.id]
@@ -515,9 +522,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_once(store: Store) -> No
     model = store.models.create(T, "m", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     dead = claim(store, "dead")
-    store.runs.commit(
-        run.id, dead, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(1), {"epoch": 1})
-    )
+    store.runs.commit(run.id, dead, [epoch(1, 1.0)], Checkpoint(1, weights(1), {"epoch": 1}))
     store.runs.reap(lease_seconds=0)
     resumed = store.runs.resume(T, run.id, max_queued=10)
     assert (resumed.status, resumed.epochs_done, resumed.stop_reason) == ("queued", 1, "")
@@ -597,7 +602,7 @@ def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
     other = store.models.create(T, "other", SPEC, weights(), 3)
     run = queued_run(store, model.id)
     lease = claim(store)
-    store.runs.commit(run.id, lease, [{"epoch": 1, "train_loss": 1.0}], Checkpoint(1, weights(), {}))
+    store.runs.commit(run.id, lease, [epoch(1, 1.0)], Checkpoint(1, weights(), {}))
     store.runs.finish(
         run.id, lease, finished(weights_=weights(3), optimizer=weights(4), optimizer_meta={"t": 1})
     )
