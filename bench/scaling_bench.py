@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ from bench.engine_bench import WORKLOADS, dataset, spec_for
 from bench.service_bench import Child, adam, engine_seconds, gradwire_server, judge, verdict
 from gradwire.client import Client, RunInfo
 from gradwire.engine import Network, TrainConfig, Trainer
+from gradwire.service.jobs import new_epoch
 from gradwire.service.settings import usable_cpus
-from gradwire.storage import DEFAULT_TENANT, DatasetMeta, NewRun, open_store
+from gradwire.storage import DEFAULT_TENANT, DatasetMeta, NewEpoch, NewRun, open_store
 from gradwire.v1.digest import array_id, raw
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
@@ -206,9 +207,9 @@ def commit_figures(url: str, seconds: float) -> dict[str, Any]:
         network = Network(spec)
         model = store.models.create(DEFAULT_TENANT, "commits", spec.to_dict(), network.state_arrays(), 1)
         X, Y = dataset(SMALL, 64)
-        records: list[dict[str, Any]] = []
+        records: list[NewEpoch] = []
         Trainer(network, TrainConfig(epochs=1, batch_size=32)).fit(
-            X, Y, callback=lambda r: records.append(asdict(r))
+            X, Y, callback=lambda r: records.append(new_epoch(r))
         )
         data = raw(X).tobytes()
         meta = DatasetMeta(array_id(X), hashlib.sha256(data).hexdigest(), "x", "float32", 64, 20, len(data))
@@ -221,8 +222,10 @@ def commit_figures(url: str, seconds: float) -> dict[str, Any]:
         done, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             done += 1
-            store.runs.commit(run.id, run.owner, [{**records[0], "epoch": done}], None, float(done))
-        return {"commits": done, "commits_per_s": done / seconds, "record_bytes": len(json.dumps(records[0]))}
+            epoch = replace(records[0], epoch=done, record={**records[0].record, "epoch": done})
+            store.runs.commit(run.id, run.owner, [epoch], None, float(done))
+        size = len(json.dumps(records[0].record))
+        return {"commits": done, "commits_per_s": done / seconds, "record_bytes": size}
     finally:
         store.close()
 
