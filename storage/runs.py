@@ -93,7 +93,7 @@ class RunStore:
                 request_id,
                 "run",
                 create,
-                lambda s, key: _record(_row(s, key, ANY_TENANT), s),
+                lambda s, key: _record(_row(s, key, tenant), s),
             )
         except exc.IntegrityError:
             raise self._busy(new.model_id) from None
@@ -170,9 +170,7 @@ class RunStore:
             if row is None or row.status != RunStatus.RUNNING or row.owner != owner:
                 raise LeaseLost(f"run {run_id} is no longer held by {owner}")
             last = _add_epochs(s, run_id, outcome.epochs, after=row.epochs_done)
-            if (
-                outcome.status == RunStatus.INTERRUPTED and row.cancel_requested
-            ):  # cancelled meanwhile: it ends
+            if outcome.status == RunStatus.INTERRUPTED and row.cancel_requested:  # cancelled meanwhile
                 outcome = replace(
                     outcome, status=RunStatus.CANCELLED, stop_reason=StopReason.CANCELLED, checkpoint=None
                 )
@@ -281,7 +279,7 @@ class RunStore:
         return self._resume(tenant, run_id, max_queued)
 
     def _resume(self, tenant: TenantScope, run_id: str, max_queued: int) -> RunRecord:
-        """:meth:`resume`, for the tenant (None: the service's own requeue, whoever's run it is)."""
+        """:meth:`resume`, for the tenant (:data:`.lookup.ANY_TENANT`: the service's own requeue)."""
         try:
             with self.db.write() as s:
                 row = _row(s, run_id, tenant, for_update=True)
