@@ -33,7 +33,7 @@ from bench.scaling_bench import Sizes as ScalingSizes
 from bench.scaling_bench import concurrent_runs
 from bench.service_bench import adam, engine_seconds, gradwire_server, judge, service_run, verdict
 from gradwire.client import Client
-from gradwire.service.settings import usable_cpus
+from gradwire.service.core.settings import usable_cpus
 
 RESULTS = Path(__file__).parent / "results" / "ray.json"
 RAY_TARGET = 0.9  # the 784 run on Ray over the same run in a local worker, at least

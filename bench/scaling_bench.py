@@ -43,8 +43,8 @@ from bench.engine_bench import WORKLOADS, dataset, spec_for
 from bench.service_bench import Child, adam, engine_seconds, gradwire_server, judge, verdict
 from gradwire.client import Client, RunInfo
 from gradwire.engine import Network, TrainConfig, Trainer
-from gradwire.service.jobs import new_epoch
-from gradwire.service.settings import usable_cpus
+from gradwire.service.core.settings import usable_cpus
+from gradwire.service.execution.jobs import new_epoch
 from gradwire.storage import DEFAULT_TENANT, DatasetMeta, NewEpoch, NewRun, open_store
 from gradwire.v1.digest import array_id, raw
 

@@ -6,7 +6,7 @@ transaction that adds what they count, with the tenant's row locked (``FOR UPDAT
 PostgreSQL; SQLite serialises writers), so two requests racing cannot both take the last unit.
 
 Keys are stored as the SHA-256 of their secret; making and checking secrets is the service's
-business (:mod:`gradwire.service.auth`), the store only keeps and finds hashes.
+business (:mod:`gradwire.service.transport.auth`), the store only keeps and finds hashes.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +44,26 @@ def test_only_the_gradwire_namespace_is_installed(tmp_path: Path) -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_every_module_of_the_service_sits_in_a_layer_of_its_contract() -> None:
+    """import-linter's layers bind only the modules inside them: a module dropped loose into
+    service/ would escape every arrow, so each must live in a layer the contract names, and each
+    layer must be a package of setuptools'."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    (layered,) = [c for c in contracts if c["type"] == "layers" and c["containers"] == ["gradwire.service"]]
+    folders = {p.name for p in (ROOT / "service").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    loose = {p.name for p in (ROOT / "service").glob("*.py")} - {"__init__.py"}
+    assert loose == set()
+    assert folders == set(layered["layers"])
+    packages = set(config["tool"]["setuptools"]["packages"])
+    assert {f"gradwire.service.{layer}" for layer in layered["layers"]} <= packages
+
+
 def test_the_vocabulary_names_every_stop_reason_the_engine_and_the_service_give() -> None:
     """The engine may not import the contract, so its stop reasons are spelled twice: here they
     are held to one list, and every one of them has a run status."""
     from gradwire.engine import STOP_REASONS
-    from gradwire.service.jobs import FAILURE_KINDS, STATUS_AT_STOP
+    from gradwire.service.execution.jobs import FAILURE_KINDS, STATUS_AT_STOP
     from gradwire.v1.vocabulary import StopReason
 
     assert set(STOP_REASONS) <= set(StopReason)

@@ -54,7 +54,7 @@ from sqlalchemy.engine import URL, make_url
 
 from gradwire.client import Client
 from gradwire.client.errors import UnauthenticatedError
-from gradwire.service.settings import Settings
+from gradwire.service.core.settings import Settings
 from gradwire.storage.database import normalise_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,8 +312,8 @@ def test_the_image_checks_its_health_with_gradwire_probe_in_exec_form() -> None:
 
 def test_the_probe_is_a_console_script_that_imports_grpc_only() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["gradwire-probe"] == "gradwire.service.probe:main"
-    tree = ast.parse((ROOT / "service" / "probe.py").read_text())
+    assert scripts["gradwire-probe"] == "gradwire.service.ops.probe:main"
+    tree = ast.parse((ROOT / "service" / "ops" / "probe.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     outside = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
@@ -363,7 +363,8 @@ def test_the_probe_says_serving_with_0_and_anything_else_with_1() -> None:
 
 def test_the_installed_probe_leaves_numpy_and_sqlalchemy_unimported() -> None:
     heavy = (
-        "import sys, gradwire.service.probe; print([m for m in ('numpy', 'sqlalchemy') if m in sys.modules])"
+        "import sys, gradwire.service.ops.probe; "
+        "print([m for m in ('numpy', 'sqlalchemy') if m in sys.modules])"
     )
     done = subprocess.run(
         [sys.executable, "-c", heavy], capture_output=True, text=True, check=True, timeout=60

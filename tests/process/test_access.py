@@ -14,7 +14,7 @@ import pytest
 from helpers import ServerProcess
 
 from gradwire.client import Client, UnauthenticatedError
-from gradwire.service.server import AUTH_OFF
+from gradwire.service.transport.server import AUTH_OFF
 
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
 SPEC = {"input_dim": 2, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}

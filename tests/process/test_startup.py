@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
-LAUNCHERS = {"command": [GRADWIRE], "module": [sys.executable, "-m", "gradwire.service.cli"]}
+LAUNCHERS = {"command": [GRADWIRE], "module": [sys.executable, "-m", "gradwire.service.ops.cli"]}
 """The installed command, and its module run with ``python -m``: the two must behave alike."""
 PASSWORD = "pw-never-shown"
 

@@ -28,7 +28,7 @@ from reference_run import (
 )
 
 from gradwire.client import Client
-from gradwire.service.settings import usable_cpus
+from gradwire.service.core.settings import usable_cpus
 
 SETTINGS = TAKEOVER
 

@@ -35,7 +35,7 @@ from gradwire.client import (
 )
 from gradwire.client.aio import AsyncModel, AsyncRun
 from gradwire.client.sdk import TLS_VARIABLES, TOKEN_VARIABLE
-from gradwire.service.auth import new_key
+from gradwire.service.transport.auth import new_key
 from gradwire.storage import DEFAULT_TENANT
 from gradwire.v1 import gradwire_pb2 as pb
 

@@ -32,7 +32,7 @@ from sqlalchemy import func, select, text
 
 from gradwire.client import Client
 from gradwire.client.sdk import TLS_VARIABLES, TOKEN_VARIABLE
-from gradwire.service.auth import BAD_KEY, KEY, NO_KEY, OPEN_SERVICES, NewKey, key_hash, new_key
+from gradwire.service.transport.auth import BAD_KEY, KEY, NO_KEY, OPEN_SERVICES, NewKey, key_hash, new_key
 from gradwire.storage import DEFAULT_TENANT, Store
 from gradwire.storage.schema import Base
 from gradwire.v1 import codec
@@ -722,7 +722,7 @@ def test_on_postgresql_a_revocation_reaches_every_replica_at_once(
     announced as it commits (LISTEN/NOTIFY) and both forget it, long before their caches expire."""
     if database_url.startswith("sqlite"):
         pytest.skip("SQLite has no notices: the cache's time bound is all (the test above)")
-    heard, logger = KeysCleared(), logging.getLogger("gradwire.service.auth")
+    heard, logger = KeysCleared(), logging.getLogger("gradwire.service.transport.auth")
     closing.callback(logger.setLevel, logger.level)
     closing.callback(logger.removeHandler, heard)
     logger.addHandler(heard)

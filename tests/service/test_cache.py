@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gradwire.engine import Network, NetworkSpec
 from gradwire.engine.spec import BatchNorm, Dense
-from gradwire.service.cache import NetworkCache
+from gradwire.service.usecases.cache import NetworkCache
 
 
 def network(units: int, dtype: str = "float64") -> tuple[NetworkSpec, Network]:

@@ -20,7 +20,8 @@ from sqlalchemy import text
 
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
-from gradwire.service.cli import (
+from gradwire.service.core.settings import Limits
+from gradwire.service.ops.cli import (
     SHOWN_DEFAULTS,
     build_parser,
     load_array,
@@ -28,7 +29,6 @@ from gradwire.service.cli import (
     training_arguments,
     training_data,
 )
-from gradwire.service.settings import Limits
 from gradwire.storage import make_engine, open_store
 from gradwire.storage.database import current_revision, head_revision
 from gradwire.v1.digest import array_id

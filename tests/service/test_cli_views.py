@@ -26,7 +26,7 @@ from helpers import Running
 
 from gradwire.client import Client, History
 from gradwire.client.views import DPI, FIGURE_INCHES
-from gradwire.service.cli import build_parser, main
+from gradwire.service.ops.cli import build_parser, main
 
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
 SPEC: dict[str, Any] = {
@@ -169,7 +169,7 @@ def test_history_plot_and_to_frame_in_the_sdk(trained: tuple[str, list[History]]
 
 def test_the_sdk_and_the_command_import_neither_matplotlib_nor_pandas() -> None:
     probe = (
-        "import sys, gradwire.client, gradwire.service.cli; "
+        "import sys, gradwire.client, gradwire.service.ops.cli; "
         "print([m for m in ('matplotlib', 'pandas') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ from helpers import Running, two_spirals
 
 from gradwire.client import Client, DeadlineExceededError, ModelBusyError, NotFoundError
 from gradwire.engine import Network, NetworkSpec, numerical_gradients, one_hot
-from gradwire.service.settings import LOCAL_EXECUTORS
+from gradwire.service.core.settings import LOCAL_EXECUTORS
 
 SPIRAL_SPEC: dict[str, Any] = {
     "input_dim": 2,

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
-from gradwire.service.errors import StartupError
+from gradwire.service.core.errors import StartupError
 
 SERVICES = ("", "gradwire.v1.Trainer")
 SERVING = health_pb2.HealthCheckResponse.SERVING

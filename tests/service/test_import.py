@@ -28,9 +28,9 @@ from gradwire.client import (
     ResourceExhaustedError,
 )
 from gradwire.service import Settings, create_server, stop_server
-from gradwire.service.auth import new_key
-from gradwire.service.cli import main
-from gradwire.service.settings import Limits
+from gradwire.service.core.settings import Limits
+from gradwire.service.ops.cli import main
+from gradwire.service.transport.auth import new_key
 from gradwire.storage.database import normalise_url
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
@@ -341,7 +341,7 @@ def _shapes() -> dict[str, tuple[int, ...]]:
 
 def test_import_spec_files_in_either_form(tmp_path: Path) -> None:
     """``gradwire import --spec`` reads a spec, or the JSON ``models show`` prints (which holds one)."""
-    from gradwire.service.cli import read_spec
+    from gradwire.service.ops.cli import read_spec
 
     (tmp_path / "spec.json").write_text(json.dumps(SPEC))
     (tmp_path / "show.json").write_text(json.dumps({"id": "m", "name": "n", "spec": SPEC}))

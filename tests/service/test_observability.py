@@ -26,10 +26,10 @@ from sqlalchemy import text
 
 from gradwire.client import Client, InvalidArgumentError
 from gradwire.service import Settings, create_server, stop_server
-from gradwire.service.errors import StartupError
-from gradwire.service.logformat import TextFormatter
-from gradwire.service.logs import REQUEST_ID, JsonFormatter
-from gradwire.service.server import AUTH_OFF, Operations, operations, trace_exporters
+from gradwire.service.core.errors import StartupError
+from gradwire.service.core.logformat import TextFormatter
+from gradwire.service.transport.logs import REQUEST_ID, JsonFormatter
+from gradwire.service.transport.server import AUTH_OFF, Operations, operations, trace_exporters
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.vocabulary import RunStatus
@@ -390,12 +390,14 @@ def test_tracing_asked_for_but_not_installed_is_one_warning(
     monkeypatch.setitem(
         sys.modules, "opentelemetry.sdk.trace", None
     )  # imports of it now fail, as uninstalled
-    with caplog.at_level(logging.WARNING, logger="gradwire.service.server"):
+    with caplog.at_level(logging.WARNING, logger="gradwire.service.transport.server"):
         served = serve()
     warnings = [
         r
         for r in caplog.records
-        if r.name == "gradwire.service.server" and r.levelno >= logging.WARNING and r.msg != AUTH_OFF
+        if r.name == "gradwire.service.transport.server"
+        and r.levelno >= logging.WARNING
+        and r.msg != AUTH_OFF
     ]
     assert [r.getMessage().split(":")[0] for r in warnings] == ["tracing is off"]
     assert "gradwire[otel]" in warnings[0].getMessage()

@@ -10,7 +10,7 @@ rtol·max|predict|``, because outputs near 0 (a saturated sigmoid, a sum that ca
 absolute rounding of the values they came from, not a relative one.
 
 Every operator the graph uses has a float64 kernel in onnxruntime but ``LeakyRelu``: float64
-graphs compute leaky relu as ``Max(z, 0.01·z)`` (see :mod:`gradwire.service.onnx_export`).
+graphs compute leaky relu as ``Max(z, 0.01·z)`` (see :mod:`gradwire.service.usecases.onnx_export`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from gradwire.client import Client, InvalidArgumentError
 from gradwire.engine import ACTIVATIONS
 from gradwire.engine.activations import HIDDEN_ACTIVATIONS
 from gradwire.engine.spec import NetworkSpec
-from gradwire.service import onnx_export
-from gradwire.service.cli import main
-from gradwire.service.weights import spec_arrays
+from gradwire.service.ops.cli import main
+from gradwire.service.usecases import onnx_export
+from gradwire.service.usecases.weights import spec_arrays
 from gradwire.v1 import gradwire_pb2 as pb
 
 RTOL = {"float32": 1e-5, "float64": 1e-10}

@@ -23,8 +23,8 @@ from gradwire.client import (
     RunFailedError,
 )
 from gradwire.engine import Network, NetworkSpec, TrainConfig, Trainer
-from gradwire.service.jobs import checkpoint_of, new_epoch
-from gradwire.service.settings import LOCAL_EXECUTORS
+from gradwire.service.core.settings import LOCAL_EXECUTORS
+from gradwire.service.execution.jobs import checkpoint_of, new_epoch
 from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb

@@ -38,7 +38,7 @@ def test_fractional_seconds_parse_from_the_environment() -> None:
 
 
 def test_every_executor_named_in_the_settings_has_its_executor() -> None:
-    from gradwire.service.settings import EXECUTORS
-    from gradwire.service.usecases import EXECUTORS as BUILT
+    from gradwire.service.core.settings import EXECUTORS
+    from gradwire.service.usecases.app import EXECUTORS as BUILT
 
     assert set(BUILT) == set(EXECUTORS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from gradwire.service.signals import Changes
+from gradwire.service.execution.signals import Changes
 
 FOREVER = 60.0  # a bound no passing test comes near: waiting it out is the failure
 

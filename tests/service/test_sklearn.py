@@ -27,8 +27,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from gradwire.client import Client, UnauthenticatedError
 from gradwire.client.sdk import TOKEN_VARIABLE
 from gradwire.client.sklearn import EXPECTED_FAILED_CHECKS, GradwireClassifier, GradwireRegressor
-from gradwire.service.server import create_server, stop_server
-from gradwire.service.settings import Settings
+from gradwire.service.core.settings import Settings
+from gradwire.service.transport.server import create_server, stop_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 """Most fits here stop at a small max_iter on purpose; the warning is tested on its own."""
@@ -198,7 +198,7 @@ def test_a_pickle_made_again_sends_its_token(
     start_server: Callable[..., Running], iris: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """The client made after unpickling uses the estimator's token (a server with keys)."""
-    from gradwire.service.auth import new_key
+    from gradwire.service.transport.auth import new_key
 
     server = start_server(auth=True, checkpoint_interval=1.0)
     key = new_key()

@@ -22,9 +22,10 @@ from helpers import Running
 
 from gradwire.client import TLS, Client, UnavailableError
 from gradwire.client.sdk import TLS_VARIABLES, TOKEN_VARIABLE
-from gradwire.service import Settings, create_server, probe
-from gradwire.service.cli import main
-from gradwire.service.errors import StartupError
+from gradwire.service import Settings, create_server
+from gradwire.service.core.errors import StartupError
+from gradwire.service.ops import probe
+from gradwire.service.ops.cli import main
 from gradwire.v1 import gradwire_pb2 as pb
 
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))

@@ -91,7 +91,7 @@ from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.vocabulary import RunStatus
 
-from .settings import PARSERS, Limits, Settings, variable
+from ..core.settings import PARSERS, Limits, Settings, variable
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -1100,6 +1100,6 @@ def _stdout_gone() -> int:
 if __name__ == "__main__":
     # Run as ``python -m``, this file is a second module, ``__main__``, beside the package's own:
     # the other modules raise the package's CommandError, so the package's main must catch it.
-    from gradwire.service.cli import main as command
+    from gradwire.service.ops.cli import main as command
 
     sys.exit(command())

@@ -33,12 +33,12 @@ from gradwire.storage import RunRecord
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 
+from ..core.errors import ClientStalled, LimitExceeded
+from ..usecases.app import Gradwire, is_classifier
+from ..usecases.runs import StartRequest
 from . import convert
 from .auth import caller_of
-from .errors import ClientStalled, LimitExceeded
-from .runs import StartRequest
 from .status import abort
-from .usecases import Gradwire, is_classifier
 
 log = logging.getLogger(__name__)
 

@@ -35,17 +35,17 @@ from gradwire.storage import ModelRecord, RequestReused, RunRecord, Store
 from gradwire.v1.answers import Gradients, Prediction
 from gradwire.v1.digest import weights_digest
 
+from ..core.errors import CannotAnswer, LimitExceeded
+from ..core.settings import MiB, Settings
+from ..execution.executor import Executor, Supervisor, ThreadExecutor, owner_id
+from ..execution.process_executor import ProcessExecutor
+from ..execution.ray_executor import RayExecutor
+from ..execution.signals import Changes
 from . import onnx_export
 from .cache import NetworkCache
 from .datasets import Datasets, check_request_id
-from .errors import CannotAnswer, LimitExceeded
-from .executor import Executor, Supervisor, ThreadExecutor, owner_id
 from .paging import paged
-from .process_executor import ProcessExecutor
-from .ray_executor import RayExecutor
 from .runs import Runs, check_memory
-from .settings import MiB, Settings
-from .signals import Changes
 from .weights import read_npz
 
 log = logging.getLogger(__name__)

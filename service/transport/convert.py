@@ -25,10 +25,10 @@ from gradwire.v1.answers import Gradients, Prediction
 from gradwire.v1.digest import raw as raw_bytes
 from gradwire.v1.vocabulary import RunStatus
 
-from .datasets import Header
-from .errors import LimitExceeded
-from .runs import DataSource, Stalled
-from .usecases import Export, OnnxExport
+from ..core.errors import LimitExceeded
+from ..usecases.app import Export, OnnxExport
+from ..usecases.datasets import Header
+from ..usecases.runs import DataSource, Stalled
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)
 EXPORT_PIECE = 1 << 20

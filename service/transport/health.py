@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from .errors import LimitExceeded
+from ..core.errors import LimitExceeded
 from .servicer import Streams
 
 log = logging.getLogger(__name__)

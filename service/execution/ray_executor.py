@@ -36,12 +36,12 @@ from typing import Any
 
 from gradwire.storage import Store, open_store
 
-from .errors import StartupError
+from ..core.errors import StartupError
+from ..core.settings import Settings
+from ..core.tuning import BlasThreads
 from .executor import owner_id
 from .jobs import RunJob
-from .settings import Settings
 from .signals import StopFlags
-from .tuning import BlasThreads
 from .worker import BLAS_VARIABLES, Setup
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from gradwire.storage import (
 )
 from gradwire.v1.vocabulary import RunStatus, StopReason
 
-from .errors import CannotAnswer, ClientStalled, LimitExceeded, RunFailed, ShuttingDown, Unauthenticated
+from ..core.errors import CannotAnswer, ClientStalled, LimitExceeded, RunFailed, ShuttingDown, Unauthenticated
 
 log = logging.getLogger(__name__)
 

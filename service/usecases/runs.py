@@ -34,11 +34,11 @@ from gradwire.storage import (
 )
 from gradwire.v1.vocabulary import FINISHED, RunStatus
 
+from ..core.errors import LimitExceeded, RunFailed, ShuttingDown
+from ..core.settings import Limits, MiB, Settings
+from ..execution.signals import Changes
 from .datasets import Datasets, Inline, check_request_id
-from .errors import LimitExceeded, RunFailed, ShuttingDown
 from .paging import paged
-from .settings import Limits, MiB, Settings
-from .signals import Changes
 
 log = logging.getLogger(__name__)
 

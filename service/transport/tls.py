@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from .errors import StartupError
-from .settings import Settings, variable
+from ..core.errors import StartupError
+from ..core.settings import Settings, variable
 
 PLAINTEXT, TLS, MUTUAL_TLS = "plaintext", "TLS", "mutual TLS"
 FILES = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")

@@ -27,8 +27,8 @@ from typing import Protocol
 
 from gradwire.storage import StorageError, Store
 
+from ..core.settings import Settings
 from .jobs import RunJob
-from .settings import Settings
 from .signals import Changes, StopFlags
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ from typing import Any
 from gradwire.storage import StorageError, Store
 from gradwire.v1.vocabulary import StopReason
 
-from .logformat import logs_json
-from .metrics import TRAINED
-from .settings import Settings, usable_cpus
+from ..core.logformat import logs_json
+from ..core.metrics import TRAINED
+from ..core.settings import Settings, usable_cpus
 from .signals import Changes
 from .worker import BLAS_VARIABLES, MODULE, Setup
 

@@ -36,7 +36,7 @@ from grpc_health.v1 import health
 
 from gradwire.storage import DEFAULT_TENANT, Store
 
-from .errors import Unauthenticated
+from ..core.errors import Unauthenticated
 from .interceptors import Wrapped, note, rewrap
 from .status import abort
 

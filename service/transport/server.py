@@ -41,16 +41,16 @@ from gradwire.storage import DEFAULT_TENANT, KEYS_CHANNEL, Store, open_store
 from gradwire.storage.notices import Listener
 from gradwire.v1 import gradwire_pb2 as pb
 
+from ..core.errors import StartupError
+from ..core.metrics import Metrics
+from ..core.settings import Settings
+from ..core.tuning import GIL_SWITCH_SECONDS
+from ..usecases.app import Gradwire
 from .auth import AuthInterceptor, Keys, anonymous
-from .errors import StartupError
 from .health import DatabaseHealth, HealthServicer
 from .logs import AccessInterceptor
-from .metrics import Metrics
 from .servicer import Streams, TrainerServicer, add_to_server
-from .settings import Settings
 from .tls import server_credentials
-from .tuning import GIL_SWITCH_SECONDS
-from .usecases import Gradwire
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
+from ..core.logformat import JsonFormatter as JsonFormatter
 from .interceptors import Noted, rewrap
-from .logformat import JsonFormatter as JsonFormatter
 
 log = logging.getLogger("gradwire.rpc")
 

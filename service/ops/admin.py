@@ -24,7 +24,7 @@ from typing import Any
 
 from gradwire.storage import ANY_TENANT, KeyRecord, Quotas, Store, TenantRecord
 
-from .auth import new_key
+from ..transport.auth import new_key
 
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 """What a tenant may be called: it is an id, and appears in logs and error messages."""

@@ -1,6 +1,6 @@
 """A worker process: executes the runs its server hands it, one at a time.
 
-Started by :class:`.process_executor.ProcessExecutor` as ``python -m gradwire.service.worker``.
+Started by :class:`.process_executor.ProcessExecutor` as ``python -m gradwire.service.execution.worker``.
 The server and the worker speak JSON lines over the worker's stdin and stdout (never pickles).
 The first line the server writes is the worker's :class:`Setup`; every later one is an order:
 
@@ -37,19 +37,19 @@ from threadpoolctl import threadpool_info
 
 from gradwire.storage import StorageError, open_store
 
+from ..core.logformat import log_to_stderr
+from ..core.metrics import TRAINED
+from ..core.settings import Limits, Settings
+from ..core.tuning import tune_worker
 from .jobs import RunJob
-from .logformat import log_to_stderr
-from .metrics import TRAINED
-from .settings import Limits, Settings
 from .signals import StopFlags
-from .tuning import tune_worker
 
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """Set for a worker before it starts, so that BLAS starts no more threads than its share."""
 
 log = logging.getLogger(__name__)
 
-MODULE = "gradwire.service.worker"
+MODULE = "gradwire.service.execution.worker"
 EXIT_SERVER_GONE = 3
 EXIT_NO_DATABASE = 4
 

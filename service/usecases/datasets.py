@@ -23,9 +23,9 @@ from gradwire.engine.spec import DTYPES
 from gradwire.storage import CHUNK_BYTES, DatasetMeta, DatasetRecord, RequestReused, StorageError, Store
 from gradwire.v1.digest import dataset_id, raw
 
-from .errors import LimitExceeded
+from ..core.errors import LimitExceeded
+from ..core.settings import Limits, MiB
 from .paging import paged
-from .settings import Limits, MiB
 
 log = logging.getLogger(__name__)
 

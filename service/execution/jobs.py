@@ -52,10 +52,10 @@ from gradwire.storage import (
 from gradwire.v1.digest import weights_digest
 from gradwire.v1.vocabulary import RunStatus, StopReason
 
-from .metrics import TRAINED
-from .settings import Settings
+from ..core.metrics import TRAINED
+from ..core.settings import Settings
+from ..core.tuning import BlasThreads
 from .signals import RunEvents, StopFlags
-from .tuning import BlasThreads
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from sqlalchemy.engine import make_url
 
 from gradwire.storage import NotFound, SchemaOutOfDate, Unavailable, make_engine, open_store, upgrade
 
-from . import tls as listener
+from ..core.errors import StartupError
+from ..core.logformat import log_to_stderr
+from ..core.settings import Limits, SettingError, Settings, variable
+from ..core.tuning import return_freed_memory
+from ..transport import tls as listener
+from ..transport.server import create_server, stop_server
 from .admin import ADMIN_COMMANDS
 from .cli import EXIT_FAILED, EXIT_USAGE, LOG_LEVELS, CommandError, _flag, _reason
-from .errors import StartupError
-from .logformat import log_to_stderr
-from .server import create_server, stop_server
-from .settings import Limits, SettingError, Settings, variable
-from .tuning import return_freed_memory
 
 LISTENING = {
     listener.PLAINTEXT: "in plaintext",
