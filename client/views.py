@@ -7,14 +7,15 @@ exploding) gradients: the rows of the first layers fade when gradients vanish on
 matplotlib is the optional extra ``gradwire[plot]``; it is imported when a plot is drawn, and
 drawn on a figure of its own (no pyplot, no global state: safe in servers and threads).
 
-:func:`history_frame` turns the history into a pandas DataFrame, one row per epoch, when pandas is
-installed (it is never required).
+:func:`history_table` writes it as aligned text, one epoch a line; :func:`history_frame` turns
+the history into a pandas DataFrame, one row per epoch, when pandas is installed (it is never
+required).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,3 +138,16 @@ def history_frame(history: History) -> Any:
         row |= {f"update_ratio:{k}": v for k, v in epoch.get("update_ratios", {}).items()}
         rows.append(row)
     return pd.DataFrame(rows).set_index("epoch") if rows else pd.DataFrame()
+
+
+def history_table(epochs: Sequence[Mapping[str, Any]]) -> str:
+    """A run's epochs (as :attr:`History.epochs` holds them) as an aligned text table."""
+    lines = [f"{'epoch':>5} {'train_loss':>11} {'val_loss':>11} {'metric':>8} {'lr':>9} {'seconds':>8}"]
+    for r in epochs:
+        val = f"{r['val_loss']:11.5f}" if r["val_loss"] is not None else f"{'-':>11}"
+        metric = r["val_metric"] if r["val_metric"] is not None else r["train_metric"]
+        lines.append(
+            f"{r['epoch']:5d} {r['train_loss']:11.5f} {val} {metric:8.4f} "
+            f"{r['learning_rate']:9.2e} {r['elapsed']:8.2f}"
+        )
+    return "\n".join(lines)

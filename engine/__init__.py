@@ -22,7 +22,7 @@ from .optimizers import OPTIMIZERS, OptimizerState
 from .schedules import FORMULAS
 from .spec import BatchNorm, Dense, NetworkSpec, Residual
 from .state import TrainingState, carry_optimizer_state, export_state, final_state, restore_trainer
-from .training import STOP_REASONS, EpochRecord, FitResult, Trainer, fit, history_table
+from .training import STOP_REASONS, EpochRecord, FitResult, Trainer, fit
 
 __all__ = [
     "ACTIVATIONS",
@@ -53,7 +53,6 @@ __all__ = [
     "export_state",
     "final_state",
     "fit",
-    "history_table",
     "numerical_gradients",
     "one_hot",
     "restore_trainer",

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -440,20 +439,3 @@ def fit(
     if config.restore_best:
         network.load_state_arrays(result.best_weights)
     return result
-
-
-def history_table(history: Sequence[EpochRecord | Mapping[str, Any]]) -> str:
-    """The history as an aligned text table, one epoch a line.
-
-    Takes records or their dict form (``asdict(record)``, or records read back from JSON).
-    """
-    lines = [f"{'epoch':>5} {'train_loss':>11} {'val_loss':>11} {'metric':>8} {'lr':>9} {'seconds':>8}"]
-    for row in history:
-        r = asdict(row) if isinstance(row, EpochRecord) else row
-        val = f"{r['val_loss']:11.5f}" if r["val_loss"] is not None else f"{'-':>11}"
-        metric = r["val_metric"] if r["val_metric"] is not None else r["train_metric"]
-        lines.append(
-            f"{r['epoch']:5d} {r['train_loss']:11.5f} {val} {metric:8.4f} "
-            f"{r['learning_rate']:9.2e} {r['elapsed']:8.2f}"
-        )
-    return "\n".join(lines)

@@ -71,9 +71,11 @@ def test_the_vocabulary_names_every_stop_reason_the_engine_and_the_service_give(
     assert set(FAILURE_KINDS.values()) <= set(StopReason)
 
 
-def test_the_estimators_offer_every_optimiser_the_engine_has() -> None:
-    """The SDK may not import the engine: its solver names are the engine's, held here."""
+def test_the_contract_and_the_estimators_name_every_optimiser_the_engine_has() -> None:
+    """The SDK may not import the engine: the contract's optimiser names (which the command
+    line offers) and the estimators' solvers are the engine's, held here."""
     from gradwire.client.sklearn import SOLVERS
-    from gradwire.engine import OPTIMIZERS
+    from gradwire.engine import OPTIMIZERS as ENGINE_OPTIMIZERS
+    from gradwire.v1.vocabulary import OPTIMIZERS
 
-    assert tuple(OPTIMIZERS) == SOLVERS
+    assert tuple(ENGINE_OPTIMIZERS) == OPTIMIZERS == SOLVERS

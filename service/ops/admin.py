@@ -25,6 +25,7 @@ from typing import Any
 from gradwire.storage import ANY_TENANT, KeyRecord, Quotas, Store, TenantRecord
 
 from ..transport.auth import new_key
+from .cli import flag
 
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 """What a tenant may be called: it is an id, and appears in logs and error messages."""
@@ -98,7 +99,7 @@ def tenants_show(args: argparse.Namespace, store: Store) -> int:
 def tenants_quota(args: argparse.Namespace, store: Store) -> int:
     changes = {name: getattr(args, name) for name in QUOTAS if getattr(args, name) is not None}
     if not changes:
-        raise ValueError(f"tenants quota needs one of {', '.join(_flag(name) for name in QUOTAS)}")
+        raise ValueError(f"tenants quota needs one of {', '.join(flag(name) for name in QUOTAS)}")
     print(json.dumps(_tenant(store.tenants.set_quotas(args.tenant, changes)), indent=2))
     return 0
 
@@ -112,10 +113,6 @@ ADMIN_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], int]] = {
     "tenants quota": tenants_quota,
 }
 """Every operator command by its words on the command line (each parser sets its own key)."""
-
-
-def _flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
 
 
 def add_parsers(sub: Any, database_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -146,5 +143,5 @@ def add_parsers(sub: Any, database_flags: Callable[[argparse.ArgumentParser], No
     quota.add_argument("tenant", type=tenant_name)
     for name in QUOTAS:
         quota.add_argument(
-            _flag(name), type=non_negative, metavar="N", help=f"default {getattr(Quotas(), name)}"
+            flag(name), type=non_negative, metavar="N", help=f"default {getattr(Quotas(), name)}"
         )

@@ -19,6 +19,7 @@ from dataclasses import fields
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from gradwire.client.cli import EXIT_FAILED, EXIT_USAGE, CommandError, reason
 from gradwire.storage import NotFound, SchemaOutOfDate, Unavailable, make_engine, open_store, upgrade
 
 from ..core.errors import StartupError
@@ -28,7 +29,7 @@ from ..core.tuning import return_freed_memory
 from ..transport import tls as listener
 from ..transport.server import create_server, stop_server
 from .admin import ADMIN_COMMANDS
-from .cli import EXIT_FAILED, EXIT_USAGE, LOG_LEVELS, CommandError, _flag, _reason
+from .cli import LOG_LEVELS, flag
 
 LISTENING = {
     listener.PLAINTEXT: "in plaintext",
@@ -76,19 +77,19 @@ def _database(url: str) -> Iterator[str]:
         yield database
     except tuple(START_FAILURES) as exc:
         status, line = next(START_FAILURES[c] for c in type(exc).__mro__ if c in START_FAILURES)
-        reason = _reason(exc)
+        why = reason(exc)
         if password:  # drivers do not repeat it, as a rule; this line never shows it, by rule
-            reason = reason.replace(password, "***")
-        raise CommandError(line.format(database=database, reason=reason), status) from None
+            why = why.replace(password, "***")
+        raise CommandError(line.format(database=database, reason=why), status) from None
 
 
 def _given_as(name: str, args: argparse.Namespace) -> str:
     """Where a setting's value came from, written as it was given: flag, variable, or default."""
     if getattr(args, name, None) is not None:
-        return f"{_flag(name)} {getattr(args, name)}"
+        return f"{flag(name)} {getattr(args, name)}"
     if variable(name) in os.environ:
         return f"{variable(name)}={os.environ[variable(name)]!r:.60}"
-    return f"{name} (the default; set {_flag(name)} or {variable(name)})"
+    return f"{name} (the default; set {flag(name)} or {variable(name)})"
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -19,16 +19,10 @@ from helpers import Running
 from sqlalchemy import text
 
 from gradwire.client import Client
+from gradwire.client.cli import load_array, training_arguments, training_data
 from gradwire.service import Settings, create_server, stop_server
 from gradwire.service.core.settings import Limits
-from gradwire.service.ops.cli import (
-    SHOWN_DEFAULTS,
-    build_parser,
-    load_array,
-    main,
-    training_arguments,
-    training_data,
-)
+from gradwire.service.ops.cli import SHOWN_DEFAULTS, build_parser, main
 from gradwire.storage import make_engine, open_store
 from gradwire.storage.database import current_revision, head_revision
 from gradwire.v1.digest import array_id

@@ -341,7 +341,7 @@ def _shapes() -> dict[str, tuple[int, ...]]:
 
 def test_import_spec_files_in_either_form(tmp_path: Path) -> None:
     """``gradwire import --spec`` reads a spec, or the JSON ``models show`` prints (which holds one)."""
-    from gradwire.service.ops.cli import read_spec
+    from gradwire.client.cli import read_spec
 
     (tmp_path / "spec.json").write_text(json.dumps(SPEC))
     (tmp_path / "show.json").write_text(json.dumps({"id": "m", "name": "n", "spec": SPEC}))

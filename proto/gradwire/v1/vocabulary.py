@@ -1,4 +1,4 @@
-"""The contract's words that are not messages: a run's status and why it stopped.
+"""The contract's words that are not messages: a run's status, why it stopped, the optimisers.
 
 A run's ``status`` and ``stop_reason`` travel as strings (gradwire.proto lists their values);
 :class:`RunStatus` and :class:`StopReason` are their one definition, for the service, the storage
@@ -9,6 +9,10 @@ it too.
 from __future__ import annotations
 
 from enum import StrEnum
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+"""The names ``OptimizerOptions.name`` takes (the engine's own table, which may not import this,
+is held to it by a test)."""
 
 
 class RunStatus(StrEnum):
