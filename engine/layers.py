@@ -21,7 +21,7 @@ Shapes: ``x`` is ``(n, fan_in)``, outputs ``(n, fan_out)``, ``W`` ``(fan_in, fan
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -29,8 +29,39 @@ from .activations import Activation
 from .spec import BatchNorm
 
 Array = np.ndarray
-Cache = Any
 Named = list[tuple[str, Array]]
+
+
+class DenseCache(NamedTuple):
+    """What a dense layer's backward needs: its input, its output and, for an output layer whose
+    loss is computed from the logits, its pre-activation."""
+
+    x: Array
+    a: Array
+    z: Array | None = None
+
+
+class BatchNormCache(NamedTuple):
+    """What a batch-norm layer's backward and :meth:`BatchNormLayer.commit` need."""
+
+    training: bool
+    xhat: Array
+    inv_std: Array
+    a: Array
+    mean: Array
+    var: Array
+
+
+class ResidualCache(NamedTuple):
+    """Each inner layer's cache, and the block's output."""
+
+    caches: list[LayerCache]
+    a: Array
+
+
+LayerCache = DenseCache | BatchNormCache | ResidualCache
+"""Any layer's cache; each layer's own type is its :class:`Layer` parameter."""
+C = TypeVar("C", DenseCache, BatchNormCache, ResidualCache)
 
 
 def column_sums(x: Array, out: Array) -> None:
@@ -41,14 +72,14 @@ def column_sums(x: Array, out: Array) -> None:
         np.add.reduce(x, axis=0, out=out)
 
 
-class Layer(ABC):
-    """A differentiable function of a batch with named parameters."""
+class Layer(ABC, Generic[C]):
+    """A differentiable function of a batch with named parameters; ``C`` is its cache's type."""
 
     @abstractmethod
-    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]: ...
+    def forward(self, x: Array, training: bool) -> tuple[Array, C]: ...
 
     @abstractmethod
-    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
+    def backward(self, cache: C, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
         """Write parameter gradients into ``out``; return ``∂L/∂input`` (``None`` if not needed)."""
 
     param_attrs: tuple[str, ...] = ()
@@ -56,7 +87,7 @@ class Layer(ABC):
     min_training_rows = 1
     """The fewest rows a training-mode batch may have for the layer's gradient to mean anything."""
 
-    def parameter_slots(self, prefix: str) -> list[tuple[str, Layer, str]]:
+    def parameter_slots(self, prefix: str) -> list[tuple[str, AnyLayer, str]]:
         """``(name, owner, attribute)`` of every trainable array, in the order of ``out``."""
         return [(f"{prefix}{attr}", self, attr) for attr in self.param_attrs]
 
@@ -68,11 +99,15 @@ class Layer(ABC):
         """Non-trainable state (running averages), saved and restored with the weights."""
         return []
 
-    def commit(self, cache: Cache) -> None:  # noqa: B027 (an optional hook, not abstract)
+    def commit(self, cache: C) -> None:
         """Apply the state update implied by a training-mode forward pass (default: none)."""
 
 
-class DenseLayer(Layer):
+AnyLayer = Layer[Any]
+"""A layer of any kind, as a network or a block holds them."""
+
+
+class DenseLayer(Layer[DenseCache]):
     """``a = g(x W + b)``; backward: ``Δ = g′ ⊙ ∂L/∂a``, ``∂W = xᵀΔ``, ``∂b = Σ_n Δ``, ``∂x = ΔWᵀ``."""
 
     param_attrs = ("W", "b")
@@ -95,39 +130,41 @@ class DenseLayer(Layer):
         z += self._b_row
         return z
 
-    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+    def forward(self, x: Array, training: bool) -> tuple[Array, DenseCache]:
         z = self._pre_activation(x)
         a = self.activation.forward(z)
-        return a, (x, a)
+        return a, DenseCache(x, a)
 
-    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
-        delta = self.activation.backward(cache[1], grad)
+    def backward(
+        self, cache: DenseCache, grad: Array, need_input_grad: bool, out: list[Array]
+    ) -> Array | None:
+        delta = self.activation.backward(cache.a, grad)
         return self.backward_from_delta(cache, delta, need_input_grad, out)
 
     def backward_from_delta(
-        self, cache: Cache, delta: Array, need_input_grad: bool, out: list[Array]
+        self, cache: DenseCache, delta: Array, need_input_grad: bool, out: list[Array]
     ) -> Array | None:
         """Backward from ``Δ = ∂L/∂in`` (the pre-activation), e.g. a fused output error."""
-        cache[0].T.dot(delta, out=out[0])
+        cache.x.T.dot(delta, out=out[0])
         column_sums(delta, out[1])
         return delta.dot(self.W.T) if need_input_grad else None
 
 
 class LogitDenseLayer(DenseLayer):
     """An output layer that also keeps its pre-activation ``z`` (the logits): its cache is
-    ``(x, a, z)``, from which a cross-entropy is exact at any logit gap.
+    ``z`` too, from which a cross-entropy is exact at any logit gap.
 
     The activation may overwrite its input, so it gets a copy: ``(n, k)`` values, against the
     ``n·fan_in·k`` multiply-adds of ``x W``.
     """
 
-    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+    def forward(self, x: Array, training: bool) -> tuple[Array, DenseCache]:
         z = self._pre_activation(x)
         a = self.activation.forward(z.copy())
-        return a, (x, a, z)
+        return a, DenseCache(x, a, z)
 
 
-class BatchNormLayer(Layer):
+class BatchNormLayer(Layer[BatchNormCache]):
     """``a = g(γ x̂ + β)`` with ``x̂ = (x − μ)/√(σ² + ε)`` (Ioffe & Szegedy 2015).
 
     Training uses the batch's mean and (biased) variance and, on :meth:`commit`, moves the
@@ -151,14 +188,16 @@ class BatchNormLayer(Layer):
         self.gamma, self.beta, self.running_mean, self.running_var = gamma, beta, mean, var
         self.activation, self.momentum, self.epsilon = activation, momentum, epsilon
 
-    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+    def forward(self, x: Array, training: bool) -> tuple[Array, BatchNormCache]:
         mean, var = (x.mean(axis=0), x.var(axis=0)) if training else (self.running_mean, self.running_var)
         inv_std = 1.0 / np.sqrt(var + self.epsilon)
         xhat = (x - mean) * inv_std
         a = self.activation.forward(xhat * self.gamma + self.beta)
-        return a, (training, xhat, inv_std, a, mean, var)
+        return a, BatchNormCache(training, xhat, inv_std, a, mean, var)
 
-    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
+    def backward(
+        self, cache: BatchNormCache, grad: Array, need_input_grad: bool, out: list[Array]
+    ) -> Array | None:
         training, xhat, inv_std, a, _, _ = cache
         dy = self.activation.backward(a, grad)
         dgamma = np.einsum("ij,ij->j", dy, xhat, out=out[0])
@@ -173,7 +212,7 @@ class BatchNormLayer(Layer):
         dx *= inv_std
         return dx
 
-    def commit(self, cache: Cache) -> None:
+    def commit(self, cache: BatchNormCache) -> None:
         training, xhat, _, _, mean, var = cache
         if not training:
             return
@@ -191,24 +230,26 @@ class BatchNormLayer(Layer):
         ]
 
 
-class ResidualLayer(Layer):
+class ResidualLayer(Layer[ResidualCache]):
     """``a = g(x + f(x))``: the gradient reaches ``x`` both through ``f`` and directly."""
 
-    def __init__(self, layers: list[Layer], activation: Activation) -> None:
+    def __init__(self, layers: list[AnyLayer], activation: Activation) -> None:
         self.layers, self.activation = layers, activation
         self.min_training_rows = max(layer.min_training_rows for layer in layers)
         counts = [len(layer.parameter_slots("")) for layer in layers]
         self._out_slices = [slice(sum(counts[:i]), sum(counts[: i + 1])) for i in range(len(layers))]
 
-    def forward(self, x: Array, training: bool) -> tuple[Array, Cache]:
+    def forward(self, x: Array, training: bool) -> tuple[Array, ResidualCache]:
         h, caches = x, []
         for layer in self.layers:
             h, cache = layer.forward(h, training)
             caches.append(cache)
         a = self.activation.forward(x + h)
-        return a, (caches, a)
+        return a, ResidualCache(caches, a)
 
-    def backward(self, cache: Cache, grad: Array, need_input_grad: bool, out: list[Array]) -> Array | None:
+    def backward(
+        self, cache: ResidualCache, grad: Array, need_input_grad: bool, out: list[Array]
+    ) -> Array | None:
         caches, a = cache
         skip = self.activation.backward(a, grad)  # ∂L/∂(x + f(x))
         g: Array | None = skip.copy()  # the block's backward overwrites what it is given
@@ -221,11 +262,11 @@ class ResidualLayer(Layer):
         g += skip
         return g
 
-    def commit(self, cache: Cache) -> None:
-        for layer, layer_cache in zip(self.layers, cache[0], strict=True):
+    def commit(self, cache: ResidualCache) -> None:
+        for layer, layer_cache in zip(self.layers, cache.caches, strict=True):
             layer.commit(layer_cache)
 
-    def parameter_slots(self, prefix: str) -> list[tuple[str, Layer, str]]:
+    def parameter_slots(self, prefix: str) -> list[tuple[str, AnyLayer, str]]:
         return [s for i, layer in enumerate(self.layers) for s in layer.parameter_slots(f"{prefix}{i}.")]
 
     def named_buffers(self, prefix: str) -> Named:

@@ -24,7 +24,15 @@ from .activations import get_activation
 from .data import as_features, as_targets
 from .errors import InvalidArgument
 from .initializers import initial_weights
-from .layers import BatchNormLayer, Cache, DenseLayer, Layer, LogitDenseLayer, ResidualLayer
+from .layers import (
+    AnyLayer,
+    BatchNormLayer,
+    DenseCache,
+    DenseLayer,
+    LayerCache,
+    LogitDenseLayer,
+    ResidualLayer,
+)
 from .losses import FUSED_DELTAS, LOGIT_LOSSES, get_loss
 from .metrics import METRICS
 from .spec import BatchNorm, Dense, LayerSpec, NetworkSpec, Residual
@@ -35,7 +43,7 @@ PREDICT_CHUNK = 8192
 """Rows per forward pass in :meth:`Network.predict`: bounds its working memory."""
 
 
-def _build(spec: LayerSpec, width: int, rng: np.random.Generator, dtype: np.dtype) -> tuple[Layer, int]:
+def _build(spec: LayerSpec, width: int, rng: np.random.Generator, dtype: np.dtype) -> tuple[AnyLayer, int]:
     if isinstance(spec, Dense):
         W = initial_weights(spec.init, rng, width, spec.units, dtype)
         return DenseLayer(W, np.zeros(spec.units, dtype), get_activation(spec.activation)), spec.units
@@ -58,7 +66,21 @@ def _build(spec: LayerSpec, width: int, rng: np.random.Generator, dtype: np.dtyp
     return ResidualLayer(block, get_activation(spec.activation)), width
 
 
-def _pack_parameters(layers: list[Layer], dtype: np.dtype) -> tuple[Array, list[str], list[Array]]:
+def _output(caches: list[LayerCache]) -> DenseCache:
+    """The output layer's cache: a dense layer's, always (see :class:`Network`)."""
+    last = caches[-1]
+    assert isinstance(last, DenseCache)
+    return last
+
+
+def _logits(caches: list[LayerCache]) -> Array:
+    """The output layer's pre-activation, which it keeps where the loss is computed from it."""
+    z = _output(caches).z
+    assert z is not None
+    return z
+
+
+def _pack_parameters(layers: list[AnyLayer], dtype: np.dtype) -> tuple[Array, list[str], list[Array]]:
     """Move every parameter into one flat buffer, layer by layer; re-point the layers at views."""
     slots = [s for i, layer in enumerate(layers) for s in layer.parameter_slots(f"{i}.")]
     sizes = [getattr(owner, attr).size for _, owner, attr in slots]
@@ -102,7 +124,7 @@ class Network:
         self.fused_delta = FUSED_DELTAS.get(pair)
         self.logit_loss = LOGIT_LOSSES.get(pair)
         rng = np.random.default_rng(spec.seed)
-        self.layers: list[Layer] = []
+        self.layers: list[AnyLayer] = []
         width = spec.input_dim
         for layer_spec in spec.layers:
             layer, width = _build(layer_spec, width, rng, self.dtype)
@@ -122,7 +144,7 @@ class Network:
 
     # ------------------------------------------------------------------ passes
 
-    def forward(self, X: Array, training: bool = False) -> tuple[Array, list[Cache]]:
+    def forward(self, X: Array, training: bool = False) -> tuple[Array, list[LayerCache]]:
         """Outputs ``(n, output_dim)`` for inputs ``(n, input_dim)`` in the network's dtype, C-contiguous
         (the public methods make them so: a strided input may round its products differently)."""
         caches = []
@@ -132,7 +154,7 @@ class Network:
             caches.append(cache)
         return a, caches
 
-    def output_error(self, a: Array, caches: list[Cache], Y: Array) -> tuple[float, Array]:
+    def output_error(self, a: Array, caches: list[LayerCache], Y: Array) -> tuple[float, Array]:
         """The mean loss of a forward pass that gave outputs ``a``, and the output layer's error
         ``Δ = ∂L/∂in``; the two share the passes they have in common.
 
@@ -142,15 +164,15 @@ class Network:
         """
         if self.logit_loss is not None:
             assert self.fused_delta is not None
-            return self.logit_loss(caches[-1][2], Y), self.fused_delta(a, Y)
+            return self.logit_loss(_logits(caches), Y), self.fused_delta(a, Y)
         loss, grad = self.loss.value_and_gradient(a, Y)
         return loss, self.output_layer.activation.backward(a, grad)
 
-    def backward(self, caches: list[Cache], delta: Array, out: list[list[Array]]) -> None:
+    def backward(self, caches: list[LayerCache], delta: Array, out: list[list[Array]]) -> None:
         """From the output error ``delta`` (:meth:`output_error`), write the gradients of the mean
         batch loss into ``out``: arrays shaped and ordered as :attr:`params`, grouped by layer
         (:meth:`gradient_views`)."""
-        g = self.output_layer.backward_from_delta(caches[-1], delta, len(self.layers) > 1, out[-1])
+        g = self.output_layer.backward_from_delta(_output(caches), delta, len(self.layers) > 1, out[-1])
         for i, layer in self._hidden_reversed:
             assert g is not None
             g = layer.backward(caches[i], g, i > 0, out[i])
@@ -172,14 +194,14 @@ class Network:
             start += count
         return shares
 
-    def loss_value(self, a: Array, caches: list[Cache], Y: Array) -> float:
+    def loss_value(self, a: Array, caches: list[LayerCache], Y: Array) -> float:
         """The mean loss of a forward pass that gave outputs ``a``; for a cross-entropy, from the
         logits the output layer kept (exact where ``a`` has rounded to 0 or 1)."""
         if self.logit_loss is not None:
-            return self.logit_loss(caches[-1][2], Y)
+            return self.logit_loss(_logits(caches), Y)
         return self.loss.value(a, Y)
 
-    def commit(self, caches: list[Cache]) -> None:
+    def commit(self, caches: list[LayerCache]) -> None:
         """Apply the state updates of a training-mode forward pass (batch-norm averages)."""
         if self._buffers:
             for layer, cache in zip(self.layers, caches, strict=True):

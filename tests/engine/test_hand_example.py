@@ -35,7 +35,8 @@ def network() -> Network:
 
 
 def test_forward_pass_matches_the_hand_computation() -> None:
-    hidden, output = network().forward(X)[1][1]  # the output layer's cache: (its input, its output)
+    cache = network().forward(X)[1][1]  # the output layer's: its input and its output
+    hidden, output = cache.x, cache.a
     np.testing.assert_allclose(hidden, [[0.68997448, 0.43782350]], atol=5e-9)
     np.testing.assert_allclose(output, [[0.61102792]], atol=5e-9)
     assert network().loss_and_gradients(X, Y)[0] == pytest.approx(0.07564964, abs=5e-9)
