@@ -56,7 +56,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import Field, fields
 from importlib import metadata
 from typing import Any
@@ -107,6 +107,36 @@ def _database_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _value_flag(parser: argparse.ArgumentParser, setting: Field[Any]) -> None:
+    """``--batch-limit N``: a setting that takes a value."""
+    parser.add_argument(flag(setting.name), type=PARSERS[str(setting.type)], help=_variable_default(setting))
+
+
+def _switch_flag(parser: argparse.ArgumentParser, setting: Field[Any]) -> None:
+    """A switch: ``--insecure`` alone turns it on, ``--no-insecure`` off, and ``--auth off`` (or
+    on, true, false) says which in words, as its variable does."""
+    name = flag(setting.name)
+    parser.add_argument(
+        name, type=PARSERS["bool"], nargs="?", const=True, metavar="on|off", help=_variable_default(setting)
+    )
+    parser.add_argument(
+        f"--no-{name[2:]}",
+        dest=setting.name,
+        action="store_const",
+        const=False,
+        help=f"the same as {name} off",
+    )
+
+
+SETTING_FLAGS: dict[str, Callable[[argparse.ArgumentParser, Field[Any]], None]] = {
+    "int": _value_flag,
+    "float": _value_flag,
+    "str": _value_flag,
+    "bool": _switch_flag,
+}
+"""How each kind of setting is given on the command line."""
+
+
 def _server_parsers(sub: Subparsers) -> None:
     serve = sub.add_parser(
         "serve",
@@ -120,8 +150,7 @@ def _server_parsers(sub: Subparsers) -> None:
     _database_flags(serve)
     for setting in (*fields(Settings), *fields(Limits)):  # every setting, each its flag (see docs/service.md)
         if setting.name not in SETTINGS_NOT_FLAGS:
-            parse = PARSERS[str(setting.type)]
-            serve.add_argument(flag(setting.name), type=parse, help=_variable_default(setting))
+            SETTING_FLAGS[str(setting.type)](serve, setting)
     serve.add_argument(
         "--log-level",
         type=str.lower,

@@ -89,6 +89,6 @@ def test_listening_beyond_loopback_unprotected_is_refused_unless_insecure(
     assert refused.returncode == 2
     (line,) = refused.stderr.splitlines()
     assert line.startswith(f"gradwire: refusing to listen on 0.0.0.0:0 without {missing}: ")
-    assert "--insecure" in line
+    assert "pass --insecure " in line
     with ServerProcess(database_url, address="0.0.0.0:0", auth=auth, insecure="true") as server:
         assert server.wait_for_log("server started")["address"].startswith("0.0.0.0:")

@@ -581,6 +581,22 @@ SETTING_REFUSALS = [
 """(environment, flags, the line): each refused before anything starts, naming where it came from."""
 
 
+SWITCHES = [
+    ([], {"auth": None, "insecure": None}),  # not given: the variable, else the default, decides
+    (["--insecure"], {"insecure": True}),  # as the refusal to listen unprotected says to pass it
+    (["--no-auth"], {"auth": False}),
+    (["--auth", "off"], {"auth": False}),  # make run's words
+    (["--auth"], {"auth": True}),
+    (["--insecure", "false", "--auth", "on"], {"insecure": False, "auth": True}),
+]
+
+
+@pytest.mark.parametrize(("flags", "parsed"), SWITCHES)
+def test_a_switch_is_a_flag_alone_and_takes_on_or_off_too(flags: list[str], parsed: dict[str, bool]) -> None:
+    args = build_parser().parse_args(["serve", *flags])
+    assert {name: getattr(args, name) for name in parsed} == parsed
+
+
 @pytest.mark.parametrize(("env", "flags", "line"), SETTING_REFUSALS)
 def test_a_refused_setting_names_its_variable_or_flag(
     env: dict[str, str],
