@@ -57,7 +57,7 @@ import signal
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
@@ -79,7 +79,6 @@ from .sdk import (
     TLS_VARIABLES,
     TOKEN_VARIABLE,
     Client,
-    DatasetInfo,
     History,
     ModelInfo,
     RunInfo,
@@ -217,12 +216,29 @@ def _writing(path: str) -> Iterator[None]:
         raise CommandError(f"cannot write {path}: {reason(exc)}") from None
 
 
+def _save_csv(path: str, array: np.ndarray) -> None:
+    np.savetxt(path, array, delimiter=",", fmt="%.8g")
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as file:  # np.save would add .npy to a name without it
+        np.save(file, array, allow_pickle=False)
+
+
+def _save_npz(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        np.savez(file, outputs=array)
+
+
+WRITERS = {".npy": _save_npy, ".npz": _save_npz}
+"""How an output file is written, by its suffix; any other name is CSV, as the readers read it."""
+
+
 def save_array(path: str, array: np.ndarray) -> None:
+    """``array`` written in the format the file's name says (``.npy``, ``.npz``: array
+    ``outputs``), else as CSV."""
     with _writing(path):
-        if path.endswith(".npz"):
-            np.savez(path, outputs=array)
-        else:
-            np.savetxt(path, array, delimiter=",", fmt="%.8g")
+        WRITERS.get(Path(path).suffix, _save_csv)(path, array)
 
 
 def json_object(text: str, where: str, status: int) -> dict[str, Any]:
@@ -268,22 +284,51 @@ def _json(value: Any) -> str:
 # ------------------------------------------------------------------------------------ models
 
 
-def _describe(info: ModelInfo) -> str:
+def _shape(info: ModelInfo) -> str:
     layers = ", ".join(
         f"{layer['kind']}:{layer.get('units', '')}{layer.get('activation', '')}"
         for layer in info.spec["layers"]
     )
-    return (
-        f"{info.id}  {info.name or '-'}  v{info.version}  {info.parameter_count} params  "
-        f"{info.spec['input_dim']} -> [{layers}]  loss {info.spec['loss']}"
-        + ("  (training)" if info.training else "")
+    return f"{info.spec['input_dim']} -> [{layers}]"
+
+
+Column = tuple[str, Callable[[Any], object]]
+"""A listing's column: its header, and its cell of a record."""
+MODEL_COLUMNS: tuple[Column, ...] = (
+    ("ID", lambda m: m.id),
+    ("NAME", lambda m: m.name or "-"),
+    ("VERSION", lambda m: m.version),
+    ("PARAMS", lambda m: m.parameter_count),
+    ("LOSS", lambda m: m.spec["loss"]),
+    ("TRAINING", lambda m: "yes" if m.training else "no"),
+    ("LAYERS", _shape),
+)
+
+
+def print_listing(records: Iterable[Any], columns: Sequence[Column], what: str, quiet: bool) -> None:
+    """Records as an aligned table under a header (``--quiet``: their ids alone, one a line, for
+    ``$(...)``); where there is none, stdout stays empty and stderr says so."""
+    rows = [[str(cell(record)) for _, cell in columns] for record in records]
+    if quiet:
+        for row in rows:
+            print(row[0])
+        return
+    if not rows:
+        print(f"no {what}", file=sys.stderr)
+        return
+    table = [[header for header, _ in columns], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    print(
+        "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in table
+        )
     )
 
 
 def cmd_models(args: argparse.Namespace, client: Client) -> int:
     if args.action == "list":
-        for info in client.list_models():
-            print(_describe(info))
+        print_listing(client.list_models(), MODEL_COLUMNS, "models", args.quiet)
     elif args.action == "show":
         info = client.model(args.model_id).info
         print(
@@ -611,12 +656,14 @@ def _as_dataset(array: np.ndarray, dtype: str | None) -> np.ndarray:
     return array.astype(dtype or own, copy=False)
 
 
-def _dataset_line(info: DatasetInfo) -> str:
-    shape = "x".join(str(n) for n in info.shape)
-    return (
-        f"{info.id}  {info.name or '-'}  {info.dtype}  {shape}  {info.nbytes} bytes  "
-        f"{info.created_at:%Y-%m-%d %H:%M:%S}"
-    )
+DATASET_COLUMNS: tuple[Column, ...] = (
+    ("ID", lambda d: d.id),
+    ("NAME", lambda d: d.name or "-"),
+    ("DTYPE", lambda d: d.dtype),
+    ("SHAPE", lambda d: "x".join(str(n) for n in d.shape)),
+    ("BYTES", lambda d: d.nbytes),
+    ("CREATED", lambda d: f"{d.created_at:%Y-%m-%d %H:%M:%S}"),
+)
 
 
 def cmd_datasets_upload(args: argparse.Namespace, client: Client) -> int:
@@ -626,8 +673,7 @@ def cmd_datasets_upload(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_datasets_list(args: argparse.Namespace, client: Client) -> int:
-    for info in client.list_datasets():
-        print(_dataset_line(info))
+    print_listing(client.list_datasets(), DATASET_COLUMNS, "datasets", args.quiet)
     return 0
 
 
@@ -645,12 +691,15 @@ def cmd_datasets_delete(args: argparse.Namespace, client: Client) -> int:
 # ------------------------------------------------------------------------------------ runs
 
 
-def _run_line(info: RunInfo) -> str:
-    return (
-        f"{info.id}  model {info.model_id}  {info.status}  {info.stop_reason or '-'}  "
-        f"epoch {info.epochs_done}/{info.epochs_planned}  best epoch {info.best_epoch}  "
-        f"version {info.version or '-'}"
-    )
+RUN_COLUMNS: tuple[Column, ...] = (
+    ("ID", lambda r: r.id),
+    ("MODEL", lambda r: r.model_id),
+    ("STATUS", lambda r: r.status),
+    ("STOP REASON", lambda r: r.stop_reason or "-"),
+    ("EPOCH", lambda r: f"{r.epochs_done}/{r.epochs_planned}"),
+    ("BEST EPOCH", lambda r: r.best_epoch),
+    ("VERSION", lambda r: r.version or "-"),
+)
 
 
 def _run_summary(info: RunInfo) -> str:
@@ -671,8 +720,8 @@ def cmd_runs_start(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_runs_list(args: argparse.Namespace, client: Client) -> int:
-    for info in client.list_runs(model_id=args.model, statuses=tuple(args.status or ())):
-        print(_run_line(info))
+    runs = client.list_runs(model_id=args.model, statuses=tuple(args.status or ()))
+    print_listing(runs, RUN_COLUMNS, "runs", args.quiet)
     return 0
 
 
@@ -760,6 +809,10 @@ def _client_command(sub: Subparsers, path: str, help_text: str) -> argparse.Argu
     return command
 
 
+def _quiet_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="list: the ids alone, one a line")
+
+
 def _group(sub: Subparsers, name: str, help_text: str) -> Subparsers:
     """A command whose actions are commands of their own (``runs start``, ``runs watch``, ...)."""
     return sub.add_parser(name, help=help_text).add_subparsers(dest="action", required=True)
@@ -771,6 +824,7 @@ def _model_parsers(sub: Subparsers) -> None:
     models.add_argument("model_id", nargs="?")
     models.add_argument("--spec", help="create: a JSON file with the spec (required)")
     models.add_argument("--name", default="")
+    _quiet_flag(models)
 
     train = _client_command(
         sub, "train", "train a model, showing its progress (a line updated on a terminal, else one an epoch)"
@@ -826,7 +880,7 @@ def _dataset_parsers(sub: Subparsers) -> None:
     upload.add_argument("--key", help="the .npz array to upload (default x, or the file's only array)")
     upload.add_argument("--name", default="")
     upload.add_argument("--dtype", choices=DATASET_DTYPES, help="default: the file's, else float64")
-    _client_command(datasets, "datasets list", "every dataset, oldest first")
+    _quiet_flag(_client_command(datasets, "datasets list", "every dataset, oldest first"))
     for action, help_text in (("show", "one dataset as JSON"), ("delete", "delete a dataset")):
         _client_command(datasets, f"datasets {action}", help_text).add_argument("dataset_id")
 
@@ -839,6 +893,7 @@ def _run_parsers(sub: Subparsers) -> None:
     _training_flags(start)
     start.add_argument("--request-id", help="starting again with the same id gives the same run")
     listing = _client_command(runs, "runs list", "runs, oldest first")
+    _quiet_flag(listing)
     listing.add_argument("--model", default="", metavar="ID", help="only this model's runs")
     listing.add_argument(
         "--status", nargs="+", action="extend", metavar="STATUS", help="only these (queued, running, ...)"

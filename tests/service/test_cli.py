@@ -106,7 +106,25 @@ def test_client_commands(server: Running, tmp_path: Path, capsys: pytest.Capture
     )
     with np.load(tmp_path / "out.npz", allow_pickle=False) as out:
         assert out["outputs"].shape == (64, 3)
+        outputs = out["outputs"]
+    for name, read in OUTPUT_READERS.items():  # each file in the format its name says
+        predict = [
+            "predict",
+            model_id,
+            "--inputs",
+            str(tmp_path / "data.npz"),
+            "--output",
+            str(tmp_path / name),
+        ]
+        assert main([*predict, *at]) == 0
+        np.testing.assert_allclose(read(tmp_path / name), outputs, rtol=1e-7)
     capsys.readouterr()
+    assert main(["models", "list", *at]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ID", "NAME", "VERSION", "PARAMS", "LOSS", "TRAINING", "LAYERS"]
+    assert row.split()[:6] == [model_id, "linear", "2", "9", "squared_error", "no"]
+    assert main(["models", "list", "--quiet", *at]) == 0
+    assert capsys.readouterr().out == f"{model_id}\n"  # for MODEL_ID=$(...)
     assert main(["models", "show", model_id, *at]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["name"], shown["version"], shown["spec"]["loss"]) == ("linear", 2, "squared_error")
@@ -210,8 +228,15 @@ def _epochs_printed(err: str) -> list[int]:
 
 
 def _listed(capsys: pytest.CaptureFixture[str]) -> list[str]:
-    """The ids (first column) of a listing."""
-    return [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    """The ids (first column) of a listing: a header and a row each, or, empty, nothing on stdout
+    and what is not there on stderr."""
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    if not lines:
+        assert re.fullmatch(r"no (models|datasets|runs)\n", captured.err)
+        return []
+    assert lines[0].split()[0] == "ID"
+    return [line.split()[0] for line in lines[1:]]
 
 
 def _model(tmp_path: Path, at: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -579,6 +604,13 @@ SETTING_REFUSALS = [
     ),
 ]  # fmt: skip
 """(environment, flags, the line): each refused before anything starts, naming where it came from."""
+
+
+OUTPUT_READERS = {
+    "out.npy": lambda path: np.load(path, allow_pickle=False),
+    "out.csv": lambda path: np.loadtxt(path, delimiter=",", ndmin=2),
+    "out.txt": lambda path: np.loadtxt(path, delimiter=",", ndmin=2),  # any other name: CSV
+}
 
 
 SWITCHES = [
