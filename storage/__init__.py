@@ -5,7 +5,7 @@ gRPC or of the engine's classes: specs and options are JSON, weights are named N
 """
 
 from .blobs import CHUNK_BYTES
-from .database import Database, check_schema, make_engine, open_database, upgrade
+from .database import Database, check_schema, make_engine, missing_file, open_database, upgrade
 from .datasets import DatasetMeta
 from .errors import (
     Conflict,
@@ -81,6 +81,7 @@ __all__ = [
     "WrongState",
     "check_schema",
     "make_engine",
+    "missing_file",
     "open_database",
     "open_store",
     "upgrade",

@@ -107,6 +107,16 @@ def make_engine(url: str, statement_timeout: float | None = None) -> Engine:
     return engine
 
 
+def missing_file(url: str) -> Path | None:
+    """The file of a SQLite URL where there is none yet (connecting would create it, empty);
+    None where the database is a server's, in memory, or there."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database).absolute()
+    return None if path.exists() else path
+
+
 def _postgres_connect(url: URL, statement_timeout: float | None) -> dict[str, Any]:
     """libpq parameters: :data:`POSTGRES_CONNECT`, and the statement timeout as a server option
     beside any the URL gives (``?options=-csearch_path=...``), which it must not replace."""

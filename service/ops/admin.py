@@ -72,8 +72,11 @@ def keys_create(args: argparse.Namespace, store: Store) -> int:
 
 
 def keys_list(args: argparse.Namespace, store: Store) -> int:
-    for key in store.tenants.keys(args.tenant or ANY_TENANT):
+    keys = store.tenants.keys(args.tenant or ANY_TENANT)
+    for key in keys:
         print(_key_line(key))
+    if not keys:
+        print("no keys", file=sys.stderr)
     return 0
 
 
@@ -113,6 +116,8 @@ ADMIN_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], int]] = {
     "tenants quota": tenants_quota,
 }
 """Every operator command by its words on the command line (each parser sets its own key)."""
+READ_ONLY = frozenset({"keys list", "tenants list", "tenants show"})
+"""Commands that only read: they never create a database, and say which one they read."""
 
 
 def add_parsers(sub: Any, database_flags: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -189,7 +189,11 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="gradwire", description="Backpropagation as a training service.")
+    parser = Parser(
+        prog="gradwire",
+        description="Backpropagation as a training service.",
+        epilog="Each command's flags and their defaults: gradwire COMMAND --help (gradwire serve --help).",
+    )
     parser.add_argument("--version", action="version", version=f"gradwire {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _server_parsers(sub)

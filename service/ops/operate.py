@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from gradwire.client.cli import EXIT_FAILED, EXIT_USAGE, CommandError, reason
-from gradwire.storage import NotFound, SchemaOutOfDate, Unavailable, make_engine, open_store, upgrade
+from gradwire.storage import (
+    NotFound,
+    SchemaOutOfDate,
+    Unavailable,
+    make_engine,
+    missing_file,
+    open_store,
+    upgrade,
+)
 
 from ..core.errors import StartupError
 from ..core.logformat import log_to_stderr
@@ -28,7 +37,7 @@ from ..core.settings import Limits, SettingError, Settings, variable
 from ..core.tuning import return_freed_memory
 from ..transport import tls as listener
 from ..transport.server import create_server, stop_server
-from .admin import ADMIN_COMMANDS
+from .admin import ADMIN_COMMANDS, READ_ONLY
 from .cli import LOG_LEVELS, flag
 
 LISTENING = {
@@ -134,10 +143,16 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    """A ``keys`` or ``tenants`` command, on the database the settings name."""
+    """A ``keys`` or ``tenants`` command, on the database the settings name; one that only reads
+    says which database it read (on stderr), and creates none."""
     settings = _settings(args)
-    with _database(settings.database_url):
-        store = open_store(settings.database_url)
+    read_only = args.admin_command in READ_ONLY
+    with _database(settings.database_url) as database:
+        if read_only:
+            _must_exist(settings.database_url, database)
+        store = open_store(settings.database_url, create=not read_only)
+    if read_only:
+        print(f"database {database}", file=sys.stderr)
     try:
         return ADMIN_COMMANDS[args.admin_command](args, store)
     except NotFound as exc:
@@ -146,6 +161,15 @@ def run_admin(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_USAGE) from None
     finally:
         store.close()
+
+
+def _must_exist(url: str, database: str) -> None:
+    path = missing_file(url)
+    if path is not None:
+        raise CommandError(
+            f"database {database}: there is no {path} (run the command where the server keeps its data, "
+            "or give --database-url or GRADWIRE_DATABASE_URL); nothing was created"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

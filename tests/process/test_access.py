@@ -5,6 +5,7 @@ to start unless told ``--insecure``."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -92,3 +93,34 @@ def test_listening_beyond_loopback_unprotected_is_refused_unless_insecure(
     assert "pass --insecure " in line
     with ServerProcess(database_url, address="0.0.0.0:0", auth=auth, insecure="true") as server:
         assert server.wait_for_log("server started")["address"].startswith("0.0.0.0:")
+
+
+def test_commands_that_only_read_create_no_database_and_name_the_one_they_read(tmp_path: Path) -> None:
+    """Run from a folder where no server keeps its data, ``keys list`` once made an empty
+    ``./data/gradwire.db`` and printed nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}  # the default database
+    argv = {name: [GRADWIRE, *name.split()] for name in ("keys list", "tenants list")}
+    for name, command in argv.items():
+        refused = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert refused.returncode == 1, name
+        assert f"there is no {tmp_path / 'data' / 'gradwire.db'}" in refused.stderr
+        assert "nothing was created" in refused.stderr
+        assert list(tmp_path.iterdir()) == []
+    made = subprocess.run(
+        [GRADWIRE, "keys", "create", "--tenant", "acme"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr  # a command that writes makes the database
+    listed = subprocess.run(
+        argv["keys list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert listed.returncode == 0
+    assert listed.stdout.split("\t")[1] == "acme"
+    assert listed.stderr == f"database sqlite:///{tmp_path / 'data' / 'gradwire.db'}\n"
