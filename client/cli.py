@@ -453,7 +453,10 @@ def cmd_history(args: argparse.Namespace, client: Client) -> int:
         raise CommandError(f"--plot needs matplotlib: {PLOT_INSTALL}", EXIT_USAGE)
     if args.plot and args.format != "table":
         raise CommandError("--plot draws the run, --format prints it: give one", EXIT_USAGE)
-    runs = client.model(args.model_id).history()
+    if args.together and not args.plot:
+        raise CommandError("--together draws runs together: give --plot FILE too", EXIT_USAGE)
+    model = client.model(args.model_id)
+    runs = model.history()
     if args.run:
         runs = [run for run in runs if run.run_id == args.run]
         if not runs:
@@ -463,10 +466,15 @@ def cmd_history(args: argparse.Namespace, client: Client) -> int:
         return 0
     if not runs:
         raise CommandError(f"model {args.model_id} has no runs to plot")
-    run = runs[-1]
+    from .views import plot_history, plot_runs  # matplotlib is imported there, when a plot is drawn
+
     with _writing(args.plot):
-        run.plot(args.plot)
-    print(f"run {run.run_id} ({len(run.epochs)} epochs) drawn in {args.plot}")
+        if args.together:
+            plot_runs(runs, args.plot)
+        else:
+            plot_history(runs[-1], args.plot, model.info.spec)
+    drawn = f"{len(runs)} runs" if args.together else f"run {runs[-1].run_id} ({len(runs[-1].epochs)} epochs)"
+    print(f"{drawn} drawn in {args.plot}")
     return 0
 
 
@@ -851,6 +859,11 @@ def _model_parsers(sub: Subparsers) -> None:
         metavar="FILE",
         help="draw the last run (or --run's) into FILE, a .png, .svg or .pdf, instead of printing it: "
         f"the losses, the metric, the learning rate and each layer's gradient norm ({PLOT_INSTALL})",
+    )
+    history.add_argument(
+        "--together",
+        action="store_true",
+        help="--plot: every run (or --run's) in one picture, loss and metric",
     )
 
     export = _client_command(

@@ -25,7 +25,7 @@ import pytest
 from helpers import Running
 
 from gradwire.client import Client, History
-from gradwire.client.views import DPI, FIGURE_INCHES
+from gradwire.client.views import DPI, FIGURE_INCHES, RUN_ID_SHOWN, plot_runs
 from gradwire.service.ops.cli import build_parser, main
 
 GRADWIRE = str(Path(sys.executable).with_name("gradwire"))
@@ -82,6 +82,25 @@ def test_history_plot_draws_the_last_run_or_the_one_named(
     assert f"run {first.run_id} ({RUN_EPOCHS[0]} epochs)" in capsys.readouterr().out
     assert _png_size(named) == PLOT_PIXELS
     assert path.read_bytes() != named.read_bytes()  # another run, another picture
+
+
+def test_history_plot_together_draws_every_run_in_one_picture(
+    server: Running, trained: tuple[str, list[History]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_id, runs = trained
+    path = tmp_path / "together.png"
+    assert _history(server, model_id, "--plot", str(path), "--together") == 0
+    assert capsys.readouterr().out == f"2 runs drawn in {path}\n"
+    assert _png_size(path) == PLOT_PIXELS
+    figure = plot_runs(runs)
+    loss = figure.axes[0]
+    labels = [line.get_label() for line in loss.get_lines()]
+    first, last = (run.run_id[:RUN_ID_SHOWN] for run in runs)
+    assert labels == [f"{first} train", f"{first} validation", f"{last} train"]  # the last had no validation
+    assert len({line.get_color() for line in loss.get_lines()}) == 2  # a colour a run
+    with pytest.raises(SystemExit) as done:
+        _history(server, model_id, "--together")
+    assert done.value.code == 2
 
 
 def test_history_refuses_a_run_it_does_not_have_and_plot_with_format(

@@ -35,7 +35,15 @@ WHITE = 0.98
 @pytest.fixture
 def history(client: Client) -> Any:
     model = client.create_model(SPEC)
-    fitted = model.fit(X, Y, epochs=EPOCHS, batch_size=16, validation_split=0.25, optimizer="adam")
+    fitted = model.fit(
+        X,
+        Y,
+        epochs=EPOCHS,
+        batch_size=16,
+        validation_split=0.25,
+        optimizer="adam",
+        schedule={"name": "cosine"},
+    )
     (stored,) = model.history()  # as `gradwire history` reads it: from the server
     assert len(stored.epochs) == len(fitted.history["loss"]) == EPOCHS
     return stored
@@ -64,6 +72,41 @@ def test_the_plot_has_its_size_and_four_panels_each_with_something_drawn(
         drawn = (inside[..., :3] < WHITE).any(axis=-1).mean()
         assert drawn > 0.002, f"panel {axes.get_title()!r} is empty ({drawn:.4f} of it drawn)"
     assert len(panels[0].get_lines()) == 2  # training and validation
+    for axes in panels:  # epochs are whole numbers, and so are their ticks
+        ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+        assert ticks, axes.get_title()
+        assert all(float(t).is_integer() for t in ticks), axes.get_title()
+
+
+def test_the_best_epoch_is_marked_and_the_layers_are_named_by_kind(client: Client) -> None:
+    """Early stopping keeps an earlier epoch's weights: the plot marks that epoch; a constant
+    learning rate gets no panel of its own (the title says it)."""
+    model = client.create_model(SPEC)
+    noise = RNG.normal(size=(240, 3))  # labels that cannot be learnt: validation stops improving
+    labels = np.eye(2)[RNG.integers(0, 2, 240)]
+    model.fit(noise, labels, epochs=60, batch_size=16, validation_split=0.5, optimizer="adam", patience=3)
+    (run,) = model.history()
+    assert run.stop_reason == "early_stopping"
+    assert run.best_epoch < run.epochs[-1]["epoch"]
+    figure = plot_history(run, spec=SPEC)
+    loss, metric, norms = figure.axes[:3]
+    assert [axes.get_title() for axes in (loss, metric, norms)] == [
+        "loss",
+        "accuracy",
+        "gradient norm per layer (log10)",
+    ]
+    for axes in (loss, metric):
+        marks = [line for line in axes.get_lines() if line.get_label() == f"best epoch {run.best_epoch}"]
+        assert len(marks) == 1
+        assert list(marks[0].get_xdata()) == [run.best_epoch, run.best_epoch]
+    title = figure.get_suptitle()
+    assert title.endswith(f"early_stopping, learning rate {run.history['lr'][0]:g}"), title
+    assert [label.get_text() for label in norms.get_yticklabels()] == [
+        "0 dense 16 tanh",
+        "1 batchnorm",
+        "2 dense 8 relu",
+        "3 dense 2 softmax",
+    ]
 
 
 def test_the_heatmap_holds_every_layers_gradient_norm_of_every_epoch(history: Any) -> None:
