@@ -10,8 +10,14 @@ a gradwire server: ``fit`` creates a model there (its id is ``model_id_``) and t
 run, ``partial_fit`` trains that same model one epoch more per call, and ``predict`` asks the
 server. They work in ``Pipeline``, ``GridSearchCV``, ``clone`` and ``pickle``: a pickle holds the
 parameters and the fitted attributes, never the connection, which is made again from ``address``
-and ``token`` on first use. Each ``fit`` leaves a model on the server (named after the estimator's
-class); :meth:`remote_model` gives the SDK's handle on it (export, history, delete).
+and ``token`` on first use. :meth:`remote_model` gives the SDK's handle on the model (export,
+history, delete).
+
+An estimator cleans up the model it made (named after its class): a second ``fit`` deletes the
+first's, and an estimator that is garbage-collected (or alive when the interpreter exits) deletes
+its own, so a ``GridSearchCV`` leaves one model, its ``best_estimator_``'s, not one a fit. With
+``keep_model=True`` every model stays; a pickled (or deep-copied) estimator's model stays too: it
+now belongs to the copy, which may outlive the original.
 
 scikit-learn is an optional extra (``pip install 'gradwire[sklearn]'``, scikit-learn 1.6 or newer):
 ``gradwire.client`` itself never imports it.
@@ -26,9 +32,11 @@ stands in for them: the server's losses take no per-row weights, so ``fit`` has 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +50,8 @@ from sklearn.utils.validation import (  # type: ignore[import-untyped]
     validate_data,
 )
 
-from gradwire.v1.vocabulary import StopReason
+from gradwire.v1 import gradwire_pb2 as pb
+from gradwire.v1.vocabulary import OPTIMIZERS, StopReason
 
 from .sdk import Client, History, Model
 
@@ -57,7 +66,7 @@ ACTIVATIONS = {
     "leaky_relu": "leaky_relu",
 }
 """Hidden activations: scikit-learn's names (``logistic``) and gradwire's (``sigmoid``, ``leaky_relu``)."""
-SOLVERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+SOLVERS = OPTIMIZERS
 """gradwire's optimisers (docs/engine.md); ``sgd`` is plain SGD, ``momentum``/``nesterov`` add momentum."""
 SCHEDULES = {
     "constant": "constant",
@@ -76,12 +85,21 @@ INIT = "xavier_uniform"
 AUTO_BATCH = 200
 """``batch_size="auto"``: min(200, rows), scikit-learn's rule."""
 MAX_SEED = 2**31 - 1
+FORGET_SECONDS = 5.0
+"""The longest an estimator waits, when it is discarded, for the server to delete its model."""
 
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 """scikit-learn estimator checks that fail for a reason intrinsic to a remote trainer, by name, with
 the reason (the module's docstring lists them too): none."""
 
 _Rule = tuple[Callable[[Any], bool], str]
+
+
+def _forget(client: Client, model_id: str) -> None:
+    """Delete a model an estimator made and no longer needs; whatever fails (the server gone, the
+    client closed, the model deleted already) leaves it, as a discarded estimator cannot raise."""
+    with contextlib.suppress(Exception):
+        client.call("DeleteModel", pb.DeleteModelRequest(model_id=model_id), timeout=FORGET_SECONDS)
 
 
 def _number(v: Any) -> float | None:
@@ -138,6 +156,7 @@ RULES: dict[str, _Rule] = {
     "n_iter_no_change": _integer(1),
     "dtype": _one_of(DTYPES),
     "timeout": (lambda v: v is None or (_number(v) or 0.0) > 0, "None or a number > 0"),
+    "keep_model": _FLAG,
 }
 """Each parameter's check and what it expects, applied by ``fit`` and ``partial_fit`` (``__init__``
 only stores, as scikit-learn requires), before anything reaches the server."""
@@ -187,6 +206,7 @@ class _GradwireMLP(BaseEstimator):
         address: str | None = None,
         token: str | None = None,
         timeout: float | None = None,
+        keep_model: bool = False,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -211,6 +231,7 @@ class _GradwireMLP(BaseEstimator):
         self.address = address
         self.token = token
         self.timeout = timeout
+        self.keep_model = keep_model
 
     # ------------------------------------------------------------------ the connection
 
@@ -240,10 +261,24 @@ class _GradwireMLP(BaseEstimator):
         return model
 
     def __getstate__(self) -> dict[str, Any]:
+        """The parameters and fitted attributes. The model now belongs to the copy: this estimator
+        no longer deletes it when discarded."""
+        self._disown()
         state = dict(super().__getstate__())
-        state.pop("_grpc_client", None)
-        state.pop("_grpc_model", None)
+        for name in ("_grpc_client", "_grpc_model", "_owned"):
+            state.pop(name, None)
         return state
+
+    def _own(self, client: Client, model_id: str) -> None:
+        """Delete ``model_id`` when this estimator is discarded or makes another, unless kept."""
+        self._disown(delete=True)
+        if not self.keep_model:
+            self._owned = weakref.finalize(self, _forget, client, model_id)
+
+    def _disown(self, delete: bool = False) -> None:
+        owned: weakref.finalize[Any, Any] | None = self.__dict__.pop("_owned", None)
+        if owned is not None:
+            owned() if delete else owned.detach()
 
     # ------------------------------------------------------------------ training
 
@@ -286,6 +321,7 @@ class _GradwireMLP(BaseEstimator):
         model = client.create_model(
             self._spec(hidden, n_features, n_outputs, spec_seed), name=type(self).__name__
         )
+        self._own(client, model.id)
         self._grpc_model = model
         self.model_id_ = model.id
         self.model_version_ = model.info.version
@@ -591,6 +627,9 @@ _PARAMETERS = """
     timeout : float or None, default=None
         Seconds one training run may take; past them it is cancelled and
         :class:`gradwire.client.DeadlineExceededError` raised.
+    keep_model : bool, default=False
+        Keep the model on the server when this estimator is discarded or fitted again (by
+        default it deletes what it made; see the module's docstring).
 """
 _ATTRIBUTES = """
     n_features_in_ : int

@@ -4,6 +4,7 @@ Pipeline, GridSearchCV, clone, pickle and partial_fit, each training on the serv
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
 import subprocess
 import sys
@@ -148,13 +149,20 @@ def test_in_a_pipeline_with_a_scaler(address: str, iris: tuple[np.ndarray, np.nd
     assert pipeline.predict_proba(X[:5]).shape == (5, 3)
 
 
-def test_grid_search_fits_a_model_per_candidate_and_fold(
-    address: str, client: Client, iris: tuple[np.ndarray, np.ndarray]
+def _model_ids(client: Client) -> set[str]:
+    return {model.id for model in client.list_models()}
+
+
+@pytest.mark.parametrize(("keep_model", "left"), [(False, 1), (True, 4 * 2 + 1)])
+def test_grid_search_leaves_the_best_estimators_model_unless_told_to_keep_them(
+    address: str, client: Client, iris: tuple[np.ndarray, np.ndarray], keep_model: bool, left: int
 ) -> None:
+    """A model a fit (4 candidates, 2 folds, then the refit); the folds' estimators are discarded
+    and delete theirs, unless kept. A search of 36 fits left 36 models."""
     X, y = iris
-    before = len(list(client.list_models()))
+    before = _model_ids(client)
     search = GridSearchCV(
-        make_pipeline(StandardScaler(), GradwireClassifier(**SMALL, address=address)),
+        make_pipeline(StandardScaler(), GradwireClassifier(**SMALL, address=address, keep_model=keep_model)),
         {
             "gradwireclassifier__hidden_layer_sizes": [(4,), (16,)],
             "gradwireclassifier__learning_rate_init": [0.01, 0.05],
@@ -165,7 +173,28 @@ def test_grid_search_fits_a_model_per_candidate_and_fold(
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
     assert search.best_score_ > 0.8
     assert search.predict(X).shape == (150,)
-    assert len(list(client.list_models())) - before == 4 * 2 + 1  # every fold, then the refit
+    made = _model_ids(client) - before
+    assert len(made) == left
+    assert search.best_estimator_[-1].model_id_ in made
+    del search
+    gc.collect()
+    assert len(_model_ids(client) - before) == left - (0 if keep_model else 1)
+
+
+def test_a_second_fit_deletes_the_first_model_and_a_pickle_takes_the_model_over(
+    address: str, client: Client, iris: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = iris
+    estimator = GradwireClassifier(**SMALL, address=address).fit(X, y)
+    first = estimator.model_id_
+    estimator.fit(X, y)
+    assert first not in _model_ids(client)
+    assert estimator.model_id_ in _model_ids(client)
+    loaded = pickle.loads(pickle.dumps(estimator))
+    del estimator
+    gc.collect()
+    assert loaded.model_id_ in _model_ids(client)  # the pickle's now: the original left it
+    assert loaded.predict(X).shape == (150,)
 
 
 def test_clone_keeps_the_parameters_and_none_of_the_fit(
