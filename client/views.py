@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .sdk import History
+    from .records import History
 
 FIGURE_INCHES = (12.0, 8.0)
 DPI = 100
