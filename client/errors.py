@@ -1,12 +1,16 @@
 """Typed exceptions for the status codes the service returns, keyed by code (one table).
 
-Every exception keeps the gRPC error as its ``__cause__``, the status code, the server's
-message and, for INVALID_ARGUMENT, the field violations (``(field, description)`` pairs).
+Both SDK shells (:mod:`.sdk`, :mod:`.aio`) meet ``grpc.RpcError`` through :func:`typed_errors`
+and :func:`raise_typed` only, so a failed call raises the same exception in either. Every
+exception keeps the gRPC error as its ``__cause__``, the status code, the server's message and,
+for INVALID_ARGUMENT, the field violations (``(field, description)`` pairs).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 import grpc
 from google.rpc import error_details_pb2
@@ -109,3 +113,18 @@ def from_rpc_error(error: grpc.RpcError) -> GradwireError:
     code = error.code()
     cls = ERRORS.get(code, GradwireError)
     return cls(code, error.details() or "", _violations(error))
+
+
+def raise_typed(error: grpc.RpcError) -> NoReturn:
+    """Raise the typed exception for ``error``, with ``error`` as its cause."""
+    raise from_rpc_error(error) from error
+
+
+@contextmanager
+def typed_errors() -> Iterator[None]:
+    """Any ``grpc.RpcError`` raised inside becomes its typed exception (sync and async code alike:
+    the calls awaited inside an ``async def`` raise where they are awaited)."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise_typed(error)

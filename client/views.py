@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .sdk import History
+    from .records import History
 
 RUN_ID_SHOWN = 12
 """Leading characters of a run id that name it in a legend (ids are 32 hex digits)."""
