@@ -26,8 +26,8 @@ from gradwire.v1.digest import raw as raw_bytes
 from gradwire.v1.vocabulary import RunStatus
 
 from ..core.errors import LimitExceeded
-from ..usecases.app import Export, OnnxExport
 from ..usecases.datasets import Header
+from ..usecases.models import Export, OnnxExport
 from ..usecases.runs import DataSource, Stalled
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)

@@ -34,7 +34,8 @@ from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1 import gradwire_pb2_grpc as pb_grpc
 
 from ..core.errors import ClientStalled, LimitExceeded
-from ..usecases.app import Gradwire, is_classifier
+from ..usecases.app import Gradwire
+from ..usecases.inference import is_classifier
 from ..usecases.runs import StartRequest
 from . import convert
 from .auth import caller_of
@@ -207,7 +208,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         return ended.is_set
 
     def _model(self, tenant: str, model_id: str) -> pb.Model:
-        model = self.app.get_model(tenant, model_id)
+        model = self.app.models.get(tenant, model_id)
         return convert.model_to_proto(model, is_classifier(NetworkSpec.from_dict(model.spec)))
 
     # ------------------------------------------------------------------ models
@@ -216,7 +217,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def CreateModel(self, request: pb.CreateModelRequest, context: grpc.ServicerContext) -> pb.Model:
         spec = convert.spec_from_proto(request.spec, self.app.limits.max_layers)
         tenant = caller_of(context).tenant
-        return self._model(tenant, self.app.create_model(tenant, request.name, spec, request.request_id).id)
+        return self._model(tenant, self.app.models.create(tenant, request.name, spec, request.request_id).id)
 
     @handled
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
@@ -226,7 +227,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        models, token = self.app.list_models(caller_of(context).tenant, request.page_size, request.page_token)
+        models, token = self.app.models.page(caller_of(context).tenant, request.page_size, request.page_token)
         packed = [convert.model_to_proto(m, is_classifier(NetworkSpec.from_dict(m.spec))) for m in models]
         return pb.ListModelsResponse(models=packed, next_page_token=token)
 
@@ -234,7 +235,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def DeleteModel(
         self, request: pb.DeleteModelRequest, context: grpc.ServicerContext
     ) -> pb.DeleteModelResponse:
-        self.app.delete_model(caller_of(context).tenant, request.model_id)
+        self.app.models.delete(caller_of(context).tenant, request.model_id)
         return pb.DeleteModelResponse()
 
     @handled_stream
@@ -246,16 +247,18 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             tenant = caller_of(context).tenant
             if export_format == pb.ONNX:
                 yield from convert.onnx_to_proto(
-                    self.app.export_onnx(tenant, request.model_id, request.version)
+                    self.app.models.export_onnx(tenant, request.model_id, request.version)
                 )
             else:
-                yield from convert.export_to_proto(self.app.export(tenant, request.model_id, request.version))
+                yield from convert.export_to_proto(
+                    self.app.models.export(tenant, request.model_id, request.version)
+                )
 
     @handled
     def ImportModel(self, request: pb.ImportModelRequest, context: grpc.ServicerContext) -> pb.Model:
         spec = convert.spec_from_proto(request.spec, self.app.limits.max_layers)
         tenant = caller_of(context).tenant
-        model = self.app.import_model(tenant, request.name, spec, request.weights, request.request_id)
+        model = self.app.models.import_(tenant, request.name, spec, request.weights, request.request_id)
         return self._model(tenant, model.id)
 
     # ------------------------------------------------------------------ datasets
@@ -363,7 +366,9 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @handled
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         X = convert.tensor_from_proto(request.inputs, "inputs")
-        prediction = self.app.predict(caller_of(context).tenant, request.model_id, X, request.version)
+        prediction = self.app.inference.predict(
+            caller_of(context).tenant, request.model_id, X, request.version
+        )
         return convert.prediction_to_proto(prediction)
 
     @handled
@@ -372,7 +377,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     ) -> pb.GetGradientsResponse:
         X = convert.tensor_from_proto(request.inputs, "inputs")
         Y = convert.tensor_from_proto(request.targets, "targets")
-        result = self.app.gradients(
+        result = self.app.inference.gradients(
             caller_of(context).tenant,
             request.model_id,
             X,
@@ -390,6 +395,6 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         return pb.GetTrainingHistoryResponse(
             runs=[
                 convert.training_run_to_proto(r)
-                for r in self.app.history(caller_of(context).tenant, request.model_id)
+                for r in self.app.models.history(caller_of(context).tenant, request.model_id)
             ]
         )

@@ -21,7 +21,7 @@ from helpers import WIDE, Running
 from gradwire.client import Client, GradwireError, ResourceExhaustedError
 from gradwire.engine import NetworkSpec
 from gradwire.service import Limits
-from gradwire.service.usecases.app import gradients_bytes, predict_bytes
+from gradwire.service.usecases.memory import gradients_bytes, predict_bytes
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
 
