@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from .errors import CorruptBlob
@@ -63,11 +63,21 @@ def write_chunk(s: Session, blob_id: str, seq: int, data: bytes | memoryview) ->
 
 def write(s: Session, data: bytes | memoryview) -> tuple[str, str]:
     """Store ``data`` as a new blob: ``(blob id, sha256)``."""
-    blob_id = new_id()
-    view = memoryview(data)
-    for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
-        write_chunk(s, blob_id, seq, view[start : start + CHUNK_BYTES])
-    return blob_id, sha256(data)
+    return write_many(s, [data])[0]
+
+
+def write_many(s: Session, datas: Sequence[bytes | memoryview]) -> list[tuple[str, str]]:
+    """Store each of ``datas`` as a new blob, the chunks of them all in one statement (views of
+    the data, not copies): ``(blob id, sha256)`` of each."""
+    chunks, written = [], []
+    for data in datas:
+        blob_id, view = new_id(), memoryview(data)
+        for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
+            chunks.append({"blob_id": blob_id, "seq": seq, "data": view[start : start + CHUNK_BYTES]})
+        written.append((blob_id, sha256(data)))
+    if chunks:
+        s.execute(insert(ChunkRow).values(chunks))
+    return written
 
 
 def chunks(s: Session, blob_id: str) -> Iterator[bytes]:
