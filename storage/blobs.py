@@ -80,9 +80,10 @@ def write_many(s: Session, datas: Sequence[bytes | memoryview]) -> list[tuple[st
     return written
 
 
-def chunks(s: Session, blob_id: str) -> Iterator[bytes]:
-    """The blob's chunks in order, one query each (only one chunk in memory at a time)."""
-    for seq in range(2**31):
+def chunks(s: Session, blob_id: str, count: int = 2**31) -> Iterator[bytes]:
+    """The blob's chunks in order, one query each (only one chunk in memory at a time): up to
+    ``count`` of them, where the caller knows how many (else one more query finds the end)."""
+    for seq in range(count):
         data = s.scalar(select(ChunkRow.data).where(ChunkRow.blob_id == blob_id, ChunkRow.seq == seq))
         if data is None:
             return

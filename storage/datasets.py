@@ -97,6 +97,23 @@ def add_datasets(
     return records
 
 
+def load_dataset(s: Session, row: DatasetRow) -> np.ndarray:
+    """A stored dataset's array: one allocation, filled a chunk at a time (as many queries as it
+    has chunks) and checked against its checksum."""
+    out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
+    target = out.reshape(-1).view(np.uint8).data
+    digest, filled = hashlib.sha256(), 0
+    for chunk in blobs.chunks(s, row.blob_id, -(-row.nbytes // blobs.CHUNK_BYTES) or 1):
+        if filled + len(chunk) > row.nbytes:
+            raise CorruptBlob(f"dataset {row.id} has more bytes stored than its shape holds")
+        target[filled : filled + len(chunk)] = chunk
+        digest.update(chunk)
+        filled += len(chunk)
+    if filled != row.nbytes or digest.hexdigest() != row.checksum:
+        raise CorruptBlob(f"dataset {row.id}: stored bytes do not match their checksum")
+    return out
+
+
 class DatasetStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -234,19 +251,7 @@ class DatasetStore:
         """The tenant's dataset as a ``(rows, columns)`` array: one allocation, filled a chunk at a
         time and checked against its checksum."""
         with self.db.read() as s:
-            row = dataset_row(s, tenant, dataset_id, field)
-            out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
-            target = out.reshape(-1).view(np.uint8).data
-            digest, filled = hashlib.sha256(), 0
-            for chunk in blobs.chunks(s, row.blob_id):
-                if filled + len(chunk) > row.nbytes:
-                    raise CorruptBlob(f"dataset {dataset_id} has more bytes stored than its shape holds")
-                target[filled : filled + len(chunk)] = chunk
-                digest.update(chunk)
-                filled += len(chunk)
-            if filled != row.nbytes or digest.hexdigest() != row.checksum:
-                raise CorruptBlob(f"dataset {dataset_id}: stored bytes do not match their checksum")
-            return out
+            return load_dataset(s, dataset_row(s, tenant, dataset_id, field))
 
     # ------------------------------------------------------------------ deleting
 

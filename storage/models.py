@@ -97,6 +97,15 @@ def add_version(
     s.add(row)
 
 
+def version_state(s: Session, row: WeightVersionRow) -> VersionState:
+    """A stored version's weights, and the optimiser state that belongs to them if any."""
+    optimizer = None
+    if row.optimizer_blob_id and row.optimizer_checksum:
+        optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
+    weights = blobs.read_arrays(s, row.blob_id, row.checksum)
+    return VersionState(row.version, weights, optimizer, row.optimizer_meta)
+
+
 class ModelStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -202,12 +211,7 @@ class ModelStore:
         """A version of the model (the current one by default) with its optimiser state: for a
         run the service executes, whoever's it is."""
         with self.db.read() as s:
-            row = _version_row(s, model_id, ANY_TENANT, version)
-            optimizer = None
-            if row.optimizer_blob_id and row.optimizer_checksum:
-                optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
-            weights = blobs.read_arrays(s, row.blob_id, row.checksum)
-            return VersionState(row.version, weights, optimizer, row.optimizer_meta)
+            return version_state(s, _version_row(s, model_id, ANY_TENANT, version))
 
     def load_weights(
         self, tenant: str, model_id: str, version: int | None = None

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import case, delete, exc, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -32,10 +33,10 @@ from gradwire.v1.vocabulary import ACTIVE, RunStatus, StopReason
 
 from . import blobs
 from .database import Database, as_utc, maybe_utc, seconds_ago, utcnow
-from .datasets import DatasetMeta, add_datasets, dataset_record
+from .datasets import DatasetMeta, add_datasets, dataset_record, load_dataset
 from .errors import LeaseLost, ModelBusy, NotFound, QueueFull, QuotaExceeded, VersionConflict, WrongState
 from .lookup import ANY_TENANT, TenantScope, one
-from .models import active_run_id, add_version, model_record, model_row
+from .models import active_run_id, add_version, model_record, model_row, version_state
 from .records import (
     Checkpoint,
     DatasetRecord,
@@ -44,10 +45,20 @@ from .records import (
     NewEpoch,
     Outcome,
     RunRecord,
+    VersionState,
     json_safe,
 )
 from .requests import known, once, recalled, remember, settled
-from .schema import CheckpointRow, DatasetRow, EpochRow, ModelRow, RunDatasetRow, RunRow, now
+from .schema import (
+    CheckpointRow,
+    DatasetRow,
+    EpochRow,
+    ModelRow,
+    RunDatasetRow,
+    RunRow,
+    WeightVersionRow,
+    now,
+)
 from .tenants import charge
 
 QUEUE_LOCK = 0x67726477  # "grdw": serialises the queue-length check across PostgreSQL sessions
@@ -74,6 +85,20 @@ class RunStart:
 
 StartCheck = Callable[[ModelRecord, Mapping[str, DatasetRecord]], None]
 """Raises if a run cannot start on the model and the named datasets (by role) it is shown."""
+
+
+@dataclass(frozen=True)
+class RunLoad:
+    """What a job reads before it trains (:meth:`RunStore.load`): the run, its model's spec, its
+    checkpoint and the training loss of the epoch that ends it (a resume), or else the base
+    version it starts from, and its data by role (a dataset in two roles is one array)."""
+
+    run: RunRecord
+    spec: dict[str, Any]
+    checkpoint: Checkpoint | None
+    last_loss: float | None
+    base: VersionState | None
+    data: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -197,7 +222,7 @@ class RunStore:
             )
             if _count(claimed) != 1:
                 return None  # lost a race; the caller asks again
-            return _record(_row(s, run_id, ANY_TENANT), s)
+            return _fetch(s, run_id, ANY_TENANT)
 
     def heartbeat(self, run_id: str, owner: str) -> bool:
         """Renew the lease; returns whether a cancel was asked for. LeaseLost if it is not ours."""
@@ -473,12 +498,41 @@ class RunStore:
                 epochs[run_id].append(EpochEntry(epoch, record))
             return _records(s, runs, {run_id: tuple(entries) for run_id, entries in epochs.items()})
 
+    def load(self, run_id: str) -> RunLoad:
+        """Everything a job reads before it trains the run, whoever's it is, in one read
+        transaction: the run, its model's spec, its checkpoint (with the training loss of the
+        epoch it ends) or else its base version, and its datasets, each array once."""
+        with self.db.read() as s:
+            run = _fetch(s, run_id, ANY_TENANT)
+            spec = model_row(s, run.model_id, ANY_TENANT).spec
+            checkpoint, last_loss, base = _checkpoint(s, run_id), None, None
+            if checkpoint is not None:
+                last = s.scalar(
+                    select(EpochRow.record).where(
+                        EpochRow.run_id == run_id, EpochRow.epoch == checkpoint.epoch
+                    )
+                )
+                last_loss = None if last is None else last["train_loss"]
+            else:
+                version = s.get(WeightVersionRow, (run.model_id, run.base_version))
+                if version is None:
+                    raise NotFound("version", run.base_version, "version")
+                base = version_state(s, version)
+            rows = s.scalars(
+                select(DatasetRow).where(
+                    DatasetRow.tenant_id == run.tenant, DatasetRow.id.in_(set(run.datasets.values()))
+                )
+            )
+            arrays = {row.id: load_dataset(s, row) for row in rows}
+            missing = sorted(set(run.datasets.values()) - set(arrays))
+            if missing:
+                raise NotFound("dataset", missing[0], "dataset_id")
+            data = {role: arrays[dataset_id] for role, dataset_id in run.datasets.items()}
+            return RunLoad(run, spec, checkpoint, last_loss, base, data)
+
     def load_checkpoint(self, run_id: str) -> Checkpoint | None:
         with self.db.read() as s:
-            row = s.get(CheckpointRow, run_id)
-            if row is None:
-                return None
-            return Checkpoint(row.epoch, blobs.read_arrays(s, row.blob_id, row.checksum), row.meta)
+            return _checkpoint(s, run_id)
 
     # ------------------------------------------------------------------ helpers
 
@@ -558,6 +612,13 @@ def _queue(s: Session, tenant: str, model: ModelRow, new: NewRun) -> tuple[str, 
     if roles:
         s.execute(insert(RunDatasetRow).values(roles))
     return row.id, _build(row, dict(new.datasets), None, ())
+
+
+def _checkpoint(s: Session, run_id: str) -> Checkpoint | None:
+    row = s.get(CheckpointRow, run_id)
+    if row is None:
+        return None
+    return Checkpoint(row.epoch, blobs.read_arrays(s, row.blob_id, row.checksum), row.meta)
 
 
 def _at_least(column: Any, value: float) -> Any:
