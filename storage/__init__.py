@@ -39,7 +39,7 @@ from .records import (
     TenantRecord,
     VersionState,
 )
-from .runs import NewRun
+from .runs import InlineData, NewRun, RunStart, StartCheck
 from .schema import DEFAULT_TENANT
 from .store import Store, open_store
 
@@ -57,6 +57,7 @@ __all__ = [
     "DatasetMeta",
     "DatasetRecord",
     "EpochEntry",
+    "InlineData",
     "KeyRecord",
     "LeaseLost",
     "ModelBusy",
@@ -70,7 +71,9 @@ __all__ = [
     "Quotas",
     "RequestReused",
     "RunRecord",
+    "RunStart",
     "SchemaOutOfDate",
+    "StartCheck",
     "StorageError",
     "Store",
     "TenantRecord",

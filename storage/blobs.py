@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from .errors import CorruptBlob
@@ -63,16 +63,27 @@ def write_chunk(s: Session, blob_id: str, seq: int, data: bytes | memoryview) ->
 
 def write(s: Session, data: bytes | memoryview) -> tuple[str, str]:
     """Store ``data`` as a new blob: ``(blob id, sha256)``."""
-    blob_id = new_id()
-    view = memoryview(data)
-    for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
-        write_chunk(s, blob_id, seq, view[start : start + CHUNK_BYTES])
-    return blob_id, sha256(data)
+    return write_many(s, [data])[0]
 
 
-def chunks(s: Session, blob_id: str) -> Iterator[bytes]:
-    """The blob's chunks in order, one query each (only one chunk in memory at a time)."""
-    for seq in range(2**31):
+def write_many(s: Session, datas: Sequence[bytes | memoryview]) -> list[tuple[str, str]]:
+    """Store each of ``datas`` as a new blob, the chunks of them all in one statement (views of
+    the data, not copies): ``(blob id, sha256)`` of each."""
+    chunks, written = [], []
+    for data in datas:
+        blob_id, view = new_id(), memoryview(data)
+        for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
+            chunks.append({"blob_id": blob_id, "seq": seq, "data": view[start : start + CHUNK_BYTES]})
+        written.append((blob_id, sha256(data)))
+    if chunks:
+        s.execute(insert(ChunkRow).values(chunks))
+    return written
+
+
+def chunks(s: Session, blob_id: str, count: int = 2**31) -> Iterator[bytes]:
+    """The blob's chunks in order, one query each (only one chunk in memory at a time): up to
+    ``count`` of them, where the caller knows how many (else one more query finds the end)."""
+    for seq in range(count):
         data = s.scalar(select(ChunkRow.data).where(ChunkRow.blob_id == blob_id, ChunkRow.seq == seq))
         if data is None:
             return

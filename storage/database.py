@@ -7,8 +7,11 @@ that take the write lock when they begin (``BEGIN IMMEDIATE``), so a transaction
 writes never fails half-way on another writer's commit. PostgreSQL URLs (``postgresql://...``)
 use psycopg 3, with a bounded connect timeout.
 
-:class:`Database` hands out sessions: :meth:`Database.read` and :meth:`Database.write` (one
-transaction). A database that cannot be reached raises :class:`Unavailable` from either.
+:class:`Database` hands out sessions: :meth:`Database.write` (one transaction: a use case's unit
+of work, committed once), :meth:`Database.read` (a transaction that never commits: reads that
+must agree with each other) and :meth:`Database.single` (no transaction: a read of one
+statement, consistent by itself, spared the round trips that open and end one). A database that
+cannot be reached raises :class:`Unavailable` from any of them.
 
 Leases are measured on the database's clock (:class:`utcnow`, :func:`seconds_ago`), never on a
 server's, so processes on different machines agree on who holds what.
@@ -24,13 +27,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import ClauseElement, Connection, DateTime, Engine, create_engine, event, exc, inspect, text
+from sqlalchemy import Connection, DateTime, Engine, Executable, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,6 +56,8 @@ POSTGRES_CONNECT = {
 }
 """libpq parameters: every wait on the database has a bound."""
 WRITE_OPTION = "gradwire_write"
+SINGLE_OPTION = "gradwire_single"
+"""Execution options: a write transaction (SQLite: ``BEGIN IMMEDIATE``); no transaction at all."""
 PING = text("SELECT 1")
 """The cheapest question a database answers: is it there."""
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
@@ -72,9 +77,12 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    """Writers take the write lock at BEGIN; readers take none until they read."""
-    write = connection.get_execution_options().get(WRITE_OPTION, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    """Writers take the write lock at BEGIN; readers take none until they read; a single
+    statement needs no BEGIN (the connection is in autocommit: see :func:`_sqlite_connect`)."""
+    options = connection.get_execution_options()
+    if options.get(SINGLE_OPTION, False):
+        return
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN")
 
 
 def normalise_url(url: str) -> str:
@@ -150,7 +158,8 @@ class Database:
         self.dialect = engine.dialect.name
         self._reads = sessionmaker(engine, expire_on_commit=False)
         self._writes = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
-        self._compiled: dict[ClauseElement, SQLCompiler] = {}
+        self._single = engine.execution_options(**SINGLE.get(self.dialect, {}))
+        self._singles = sessionmaker(self._single, expire_on_commit=False)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -158,31 +167,21 @@ class Database:
         with unavailable_on_connection_errors(), self._reads() as session:
             yield session
 
-    def scalar(self, statement: ClauseElement, **params: Any) -> Any:
-        """The first value of one read, for hot paths (Predict asks one on every call).
+    @contextmanager
+    def single(self) -> Iterator[Session]:
+        """A session for a read of one statement, outside any transaction: no BEGIN before it,
+        no ROLLBACK after (PostgreSQL in autocommit; SQLite's connections are, but for the BEGIN
+        :func:`_sqlite_begin` leaves out here). One statement sees one consistent state by
+        itself; reads that must agree with each other take :meth:`read`."""
+        with unavailable_on_connection_errors(), self._singles() as session:
+            yield session
 
-        It runs on a raw driver connection from the pool, the statement compiled once: a tenth of
-        the cost of a session on SQLite, where the query itself takes microseconds.
-        """
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            compiled = self._compiled[statement] = cast(
-                SQLCompiler, statement.compile(dialect=self.engine.dialect)
-            )
-        positional = compiled.positiontup or ()
-        args = [params[name] for name in positional] if compiled.positional else params
-        dbapi = self.engine.dialect.loaded_dbapi
-        try:
-            connection = self.engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                cursor.execute(compiled.string, args)
-                row = cursor.fetchone()
-            finally:
-                connection.close()  # back to the pool, rolled back
-        except (dbapi.OperationalError, dbapi.InterfaceError) as error:
-            raise Unavailable(f"the database is unavailable: {error}") from error
-        return None if row is None else row[0]
+    def scalar(self, statement: Executable, **params: Any) -> Any:
+        """The first value of one read, for hot paths (Predict asks one on every call): a
+        connection without a session or a transaction, the statement compiled once (SQLAlchemy's
+        cache), and seen by its events like every other."""
+        with unavailable_on_connection_errors(), self._single.connect() as connection:
+            return connection.execute(statement, params).scalar()
 
     def ping(self) -> None:
         """Raises :class:`Unavailable` unless the database answers :data:`PING` now; waits no
@@ -197,9 +196,23 @@ class Database:
             yield session
 
 
+SINGLE: dict[str, dict[str, Any]] = {
+    "postgresql": {"isolation_level": "AUTOCOMMIT"},
+    "sqlite": {SINGLE_OPTION: True},
+}
+"""How each database reads one statement without a transaction. (SQLite's own AUTOCOMMIT level
+would reset its connections on their way back to the pool, which undoes :func:`_sqlite_connect`.)"""
+
+
 def as_utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC datetime (SQLite's come back naive, in UTC)."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def maybe_utc(moment: datetime | None) -> datetime | None:
+    """:func:`as_utc`, for a time that may be absent: what records hold, read back or built from
+    what was just written alike."""
+    return None if moment is None else as_utc(moment)
 
 
 class utcnow(FunctionElement[Any]):  # noqa: N801 (a SQL function, named like one)

@@ -13,20 +13,22 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, exc, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import HOLDING
 
 from . import blobs
-from .database import Database, seconds_ago, utcnow
+from .database import Database, as_utc, seconds_ago, utcnow
 from .errors import CorruptBlob, WrongState
 from .lookup import one
 from .records import DatasetRecord
 from .requests import once
-from .schema import ChunkRow, DatasetRow, RunDatasetRow, RunRow, UploadRow
+from .schema import ChunkRow, DatasetRow, RunDatasetRow, RunRow, UploadRow, now
 from .tenants import charge
 
 
@@ -43,8 +45,18 @@ class DatasetMeta:
     nbytes: int
 
 
-def _record(row: DatasetRow) -> DatasetRecord:
-    return DatasetRecord(row.id, row.name, row.dtype, row.rows, row.columns, row.nbytes, row.created_at)
+COLUMNS = tuple(DatasetRow.__table__.columns)
+SKIPPING_INSERTS: dict[str, Callable[[type[DatasetRow]], Any]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
+"""Each database's INSERT that can skip a row whose key is taken (``ON CONFLICT DO NOTHING``)."""
+
+
+def dataset_record(row: DatasetRow) -> DatasetRecord:
+    return DatasetRecord(
+        row.id, row.name, row.dtype, row.rows, row.columns, row.nbytes, as_utc(row.created_at)
+    )
 
 
 def dataset_row(
@@ -52,6 +64,54 @@ def dataset_row(
 ) -> DatasetRow:
     """The tenant's dataset, locked against a concurrent delete with ``shared``."""
     return one(s, DatasetRow, dataset_id, "dataset", field, "share" if shared else "", tenant)
+
+
+def add_datasets(
+    s: Session, tenant: str, items: Sequence[tuple[DatasetMeta, bytes | memoryview]]
+) -> dict[str, DatasetRecord]:
+    """Store new datasets of the tenant's (their ids not stored yet: the caller asked), their
+    chunks in one statement and their rows in another, however many; their records by id. The
+    same content stored meanwhile by a transaction that committed first (PostgreSQL: it was not
+    there to see) is taken as it is, the chunks written here for it dropped."""
+    if not items:
+        return {}
+    written = blobs.write_many(s, [data for _, data in items])
+    rows = [_row(tenant, meta, blob_id) for (meta, _), (blob_id, _) in zip(items, written, strict=True)]
+    stamp = now()
+    for row in rows:
+        row.created_at = stamp
+    values = [{column.key: getattr(row, column.key) for column in COLUMNS} for row in rows]
+    insert_skipping = SKIPPING_INSERTS[s.get_bind().dialect.name]
+    added = set(
+        s.scalars(
+            insert_skipping(DatasetRow).values(values).on_conflict_do_nothing().returning(DatasetRow.id)
+        )
+    )
+    records = {row.id: dataset_record(row) for row in rows if row.id in added}
+    if lost := [row for row in rows if row.id not in added]:
+        blobs.drop(s, [row.blob_id for row in lost])
+        query = select(DatasetRow).where(
+            DatasetRow.tenant_id == tenant, DatasetRow.id.in_([r.id for r in lost])
+        )
+        records |= {row.id: dataset_record(row) for row in s.scalars(query)}
+    return records
+
+
+def load_dataset(s: Session, row: DatasetRow) -> np.ndarray:
+    """A stored dataset's array: one allocation, filled a chunk at a time (as many queries as it
+    has chunks) and checked against its checksum."""
+    out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
+    target = out.reshape(-1).view(np.uint8).data
+    digest, filled = hashlib.sha256(), 0
+    for chunk in blobs.chunks(s, row.blob_id, -(-row.nbytes // blobs.CHUNK_BYTES) or 1):
+        if filled + len(chunk) > row.nbytes:
+            raise CorruptBlob(f"dataset {row.id} has more bytes stored than its shape holds")
+        target[filled : filled + len(chunk)] = chunk
+        digest.update(chunk)
+        filled += len(chunk)
+    if filled != row.nbytes or digest.hexdigest() != row.checksum:
+        raise CorruptBlob(f"dataset {row.id}: stored bytes do not match their checksum")
+    return out
 
 
 class DatasetStore:
@@ -88,12 +148,12 @@ class DatasetStore:
         byte of it is stored, within the tenant's dataset quota; if the tenant has that content
         stored already, the existing dataset is returned and the blob deleted."""
 
-        def create(s: Session) -> str:
+        def create(s: Session) -> tuple[str, DatasetRecord]:
             _touch(s, blob_id)
             s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
-            if s.get(DatasetRow, (tenant, meta.id)) is not None:
+            if (kept := s.get(DatasetRow, (tenant, meta.id))) is not None:
                 blobs.drop(s, [blob_id])
-                return meta.id
+                return meta.id, dataset_record(kept)
             charge(s, tenant, {"max_dataset_bytes": meta.nbytes})
             stored = s.execute(
                 select(func.count(), func.coalesce(func.sum(func.length(ChunkRow.data)), 0)).where(
@@ -104,8 +164,10 @@ class DatasetStore:
                 raise CorruptBlob(
                     f"the upload stored {stored[1]} bytes in {stored[0]} chunks, not {meta.nbytes}"
                 )
-            s.add(_row(tenant, meta, blob_id))
-            return meta.id
+            row = _row(tenant, meta, blob_id)
+            s.add(row)
+            s.flush()
+            return meta.id, dataset_record(row)
 
         record = self._once(tenant, meta, request_id, create)
         with self.db.read() as s:
@@ -119,23 +181,26 @@ class DatasetStore:
     ) -> DatasetRecord:
         """Store a small dataset of the tenant's in one transaction (or find it stored already)."""
 
-        def create(s: Session) -> str:
-            if s.get(DatasetRow, (tenant, meta.id)) is None:
-                charge(s, tenant, {"max_dataset_bytes": meta.nbytes})
-                blob_id, _ = blobs.write(s, data)
-                s.add(_row(tenant, meta, blob_id))
-            return meta.id
+        def create(s: Session) -> tuple[str, DatasetRecord]:
+            if (stored := s.get(DatasetRow, (tenant, meta.id))) is not None:
+                return meta.id, dataset_record(stored)
+            charge(s, tenant, {"max_dataset_bytes": meta.nbytes})
+            return meta.id, add_datasets(s, tenant, [(meta, data)])[meta.id]
 
         return self._once(tenant, meta, request_id, create)
 
     def _once(
-        self, tenant: str, meta: DatasetMeta, request_id: str, create: Callable[[Session], str]
+        self,
+        tenant: str,
+        meta: DatasetMeta,
+        request_id: str,
+        create: Callable[[Session], tuple[str, DatasetRecord]],
     ) -> DatasetRecord:
         """``create`` once per request id; two stores of the same content racing both get the one
         that committed first."""
 
         def fetch(s: Session, key: str) -> DatasetRecord:
-            return _record(dataset_row(s, tenant, key))
+            return dataset_record(dataset_row(s, tenant, key))
 
         try:
             return once(self.db, tenant, request_id, "dataset", create, fetch)
@@ -162,7 +227,7 @@ class DatasetStore:
 
     def get(self, tenant: str, dataset_id: str, field: str = "dataset_id") -> DatasetRecord:
         with self.db.read() as s:
-            return _record(dataset_row(s, tenant, dataset_id, field))
+            return dataset_record(dataset_row(s, tenant, dataset_id, field))
 
     def page(self, tenant: str, limit: int, after: tuple[datetime, str] | None = None) -> list[DatasetRecord]:
         """Up to ``limit`` of the tenant's datasets in creation order, after the given
@@ -180,25 +245,13 @@ class DatasetStore:
                 | ((DatasetRow.created_at == created) & (DatasetRow.id > key))
             )
         with self.db.read() as s:
-            return [_record(row) for row in s.scalars(query)]
+            return [dataset_record(row) for row in s.scalars(query)]
 
     def load(self, tenant: str, dataset_id: str, field: str = "dataset_id") -> np.ndarray:
         """The tenant's dataset as a ``(rows, columns)`` array: one allocation, filled a chunk at a
         time and checked against its checksum."""
         with self.db.read() as s:
-            row = dataset_row(s, tenant, dataset_id, field)
-            out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
-            target = out.reshape(-1).view(np.uint8).data
-            digest, filled = hashlib.sha256(), 0
-            for chunk in blobs.chunks(s, row.blob_id):
-                if filled + len(chunk) > row.nbytes:
-                    raise CorruptBlob(f"dataset {dataset_id} has more bytes stored than its shape holds")
-                target[filled : filled + len(chunk)] = chunk
-                digest.update(chunk)
-                filled += len(chunk)
-            if filled != row.nbytes or digest.hexdigest() != row.checksum:
-                raise CorruptBlob(f"dataset {dataset_id}: stored bytes do not match their checksum")
-            return out
+            return load_dataset(s, dataset_row(s, tenant, dataset_id, field))
 
     # ------------------------------------------------------------------ deleting
 

@@ -8,17 +8,17 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import ACTIVE
 
 from . import blobs
-from .database import Database
+from .database import Database, as_utc
 from .errors import ModelBusy, NotFound
 from .lookup import ANY_TENANT, TenantScope, one
 from .records import ModelRecord, VersionState
-from .requests import once
+from .requests import remember, settled
 from .schema import (
     CheckpointRow,
     EpochRow,
@@ -47,15 +47,32 @@ def active_run_id(s: Session, model_id: str) -> str | None:
     return s.scalar(select(RunRow.id).where(RunRow.model_id == model_id, RunRow.status.in_(ACTIVE)))
 
 
-def _record(row: ModelRow, active: str | None) -> ModelRecord:
+def _with_active_run() -> Select[ModelRow, str]:
+    """Models, each beside the id of its queued or running run (None if it has none)."""
+    return select(ModelRow, RunRow.id).outerjoin(
+        RunRow, (RunRow.model_id == ModelRow.id) & RunRow.status.in_(ACTIVE)
+    )
+
+
+def _model(s: Session, tenant: str, model_id: str) -> ModelRecord:
+    """The tenant's model and its active run, in one statement."""
+    query = _with_active_run().where(ModelRow.id == model_id, ModelRow.tenant_id == tenant)
+    found = s.execute(query).first()
+    if found is None:
+        raise NotFound("model", model_id, "model_id")
+    row, active = found
+    return model_record(row, active)
+
+
+def model_record(row: ModelRow, active: str | None = None) -> ModelRecord:
     return ModelRecord(
         row.id,
         row.name,
         row.spec,
         row.parameter_count,
         row.current_version,
-        row.created_at,
-        row.updated_at,
+        as_utc(row.created_at),
+        as_utc(row.updated_at),
         active,
     )
 
@@ -80,6 +97,15 @@ def add_version(
     s.add(row)
 
 
+def version_state(s: Session, row: WeightVersionRow) -> VersionState:
+    """A stored version's weights, and the optimiser state that belongs to them if any."""
+    optimizer = None
+    if row.optimizer_blob_id and row.optimizer_checksum:
+        optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
+    weights = blobs.read_arrays(s, row.blob_id, row.checksum)
+    return VersionState(row.version, weights, optimizer, row.optimizer_meta)
+
+
 class ModelStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -94,10 +120,17 @@ class ModelStore:
         request_id: str = "",
     ) -> ModelRecord:
         """A new model of ``tenant``'s at version 1 holding ``weights`` (``parameter_count`` of them
-        trainable), within the tenant's model and parameter quotas."""
+        trainable), within the tenant's model and parameter quotas. A request id used before
+        returns what it made. One transaction: the request id is asked beside the quotas."""
+        adds = {"max_models": 1, "max_parameters": parameter_count}
 
-        def create(s: Session) -> str:
-            charge(s, tenant, {"max_models": 1, "max_parameters": parameter_count})
+        def fetch(s: Session, key: str) -> ModelRecord:
+            return _model(s, tenant, key)
+
+        def create(s: Session) -> ModelRecord:
+            made = charge(s, tenant, adds, request=(request_id, "model") if request_id else None)
+            if made is not None:
+                return fetch(s, made)
             row = ModelRow(
                 id=blobs.new_id(),
                 tenant_id=tenant,
@@ -109,20 +142,22 @@ class ModelStore:
             s.add(row)
             s.flush()
             add_version(s, row.id, 1, weights)
-            return row.id
+            remember(s, tenant, request_id, "model", row.id)
+            return model_record(row, None)
 
-        return once(
+        return settled(
             self.db,
             tenant,
             request_id,
             "model",
             create,
-            lambda s, key: _record(model_row(s, key, tenant), None),
+            lambda s, key: model_record(model_row(s, key, tenant), None),
         )
 
     def get(self, tenant: str, model_id: str) -> ModelRecord:
-        with self.db.read() as s:
-            return _record(model_row(s, model_id, tenant), active_run_id(s, model_id))
+        """The tenant's model and its active run, in one statement."""
+        with self.db.single() as s:
+            return _model(s, tenant, model_id)
 
     def current_version(self, tenant: str, model_id: str) -> int:
         """The version that answers now: one indexed read, so that no process serves a stale one
@@ -135,8 +170,7 @@ class ModelStore:
     def page(self, tenant: str, limit: int, after: tuple[datetime, str] | None = None) -> list[ModelRecord]:
         """Up to ``limit`` of the tenant's models in creation order, after the ``(created_at, id)`` given."""
         query = (
-            select(ModelRow, RunRow.id)
-            .outerjoin(RunRow, (RunRow.model_id == ModelRow.id) & RunRow.status.in_(ACTIVE))
+            _with_active_run()
             .where(ModelRow.tenant_id == tenant)
             .order_by(ModelRow.created_at, ModelRow.id)
             .limit(limit)
@@ -147,7 +181,7 @@ class ModelStore:
                 (ModelRow.created_at > created) | ((ModelRow.created_at == created) & (ModelRow.id > key))
             )
         with self.db.read() as s:
-            return [_record(row, active) for row, active in s.execute(query)]
+            return [model_record(row, active) for row, active in s.execute(query)]
 
     def delete(self, tenant: str, model_id: str) -> None:
         """Delete a model with its versions, runs and history; refused while a run is queued or running."""
@@ -177,12 +211,7 @@ class ModelStore:
         """A version of the model (the current one by default) with its optimiser state: for a
         run the service executes, whoever's it is."""
         with self.db.read() as s:
-            row = _version_row(s, model_id, ANY_TENANT, version)
-            optimizer = None
-            if row.optimizer_blob_id and row.optimizer_checksum:
-                optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
-            weights = blobs.read_arrays(s, row.blob_id, row.checksum)
-            return VersionState(row.version, weights, optimizer, row.optimizer_meta)
+            return version_state(s, _version_row(s, model_id, ANY_TENANT, version))
 
     def load_weights(
         self, tenant: str, model_id: str, version: int | None = None

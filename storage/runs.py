@@ -20,28 +20,85 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import case, delete, exc, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import ACTIVE, RunStatus, StopReason
 
 from . import blobs
-from .database import Database, as_utc, seconds_ago, utcnow
-from .datasets import dataset_row
-from .errors import LeaseLost, ModelBusy, QueueFull, QuotaExceeded, VersionConflict, WrongState
+from .database import Database, as_utc, maybe_utc, seconds_ago, utcnow
+from .datasets import DatasetMeta, add_datasets, dataset_record, load_dataset
+from .errors import LeaseLost, ModelBusy, NotFound, QueueFull, QuotaExceeded, VersionConflict, WrongState
 from .lookup import ANY_TENANT, TenantScope, one
-from .models import active_run_id, add_version, model_row
-from .records import Checkpoint, EpochEntry, NewEpoch, Outcome, RunRecord, json_safe
-from .requests import once
-from .schema import CheckpointRow, EpochRow, ModelRow, RunDatasetRow, RunRow, now
+from .models import active_run_id, add_version, model_record, model_row, version_state
+from .records import (
+    Checkpoint,
+    DatasetRecord,
+    EpochEntry,
+    ModelRecord,
+    NewEpoch,
+    Outcome,
+    RunRecord,
+    VersionState,
+    json_safe,
+)
+from .requests import known, once, recalled, remember, settled
+from .schema import (
+    CheckpointRow,
+    DatasetRow,
+    EpochRow,
+    ModelRow,
+    RunDatasetRow,
+    RunRow,
+    WeightVersionRow,
+    now,
+)
 from .tenants import charge
 
 QUEUE_LOCK = 0x67726477  # "grdw": serialises the queue-length check across PostgreSQL sessions
+
+
+@dataclass(frozen=True)
+class InlineData:
+    """An array a request brought, as it would be stored: what it is, and its bytes."""
+
+    meta: DatasetMeta
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run StartRun asks for: the model, its options (the engine's JSON), the stored datasets
+    it names and the data it brings, each by role."""
+
+    model_id: str
+    options: dict[str, Any]
+    stored: Mapping[str, str]
+    inline: Mapping[str, InlineData]
+
+
+StartCheck = Callable[[ModelRecord, Mapping[str, DatasetRecord]], None]
+"""Raises if a run cannot start on the model and the named datasets (by role) it is shown."""
+
+
+@dataclass(frozen=True)
+class RunLoad:
+    """What a job reads before it trains (:meth:`RunStore.load`): the run, its model's spec, its
+    checkpoint and the training loss of the epoch that ends it (a resume), or else the base
+    version it starts from, and its data by role (a dataset in two roles is one array)."""
+
+    run: RunRecord
+    spec: dict[str, Any]
+    checkpoint: Checkpoint | None
+    last_loss: float | None
+    base: VersionState | None
+    data: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -65,38 +122,77 @@ class RunStore:
         if the model has one queued or running, QueueFull if ``max_queued`` runs wait already,
         QuotaExceeded if the tenant has as many runs queued or running as it may."""
 
-        def create(s: Session) -> str:
+        def create(s: Session) -> tuple[str, RunRecord]:
             model = model_row(s, new.model_id, tenant, for_update=True)
+            found = _datasets(s, tenant, new.datasets.values())
             for role, dataset_id in new.datasets.items():
-                dataset_row(s, tenant, dataset_id, role, shared=True)
+                if dataset_id not in found:
+                    raise NotFound("dataset", dataset_id, role)
             self._check_queue(s, max_queued)
             charge(s, tenant, {"max_active_runs": 1})
-            row = RunRow(
-                id=blobs.new_id(),
-                tenant_id=tenant,
-                model_id=new.model_id,
-                status=RunStatus.QUEUED,
-                options=json_safe(new.options),
-                rows=new.rows,
-                base_version=model.current_version,
-                version=None,
-            )
-            s.add(row)
-            s.flush()
-            s.add_all(RunDatasetRow(run_id=row.id, role=r, dataset_id=d) for r, d in new.datasets.items())
-            return row.id
+            return _queue(s, tenant, model, new)
 
         try:
-            return once(
-                self.db,
-                tenant,
-                request_id,
-                "run",
-                create,
-                lambda s, key: _record(_row(s, key, tenant), s),
-            )
+            return once(self.db, tenant, request_id, "run", create, lambda s, key: _fetch(s, key, tenant))
         except exc.IntegrityError:
             raise self._busy(new.model_id) from None
+
+    def start(
+        self, tenant: str, start: RunStart, check: StartCheck, max_queued: int, request_id: str = ""
+    ) -> RunRecord:
+        """StartRun's unit of work, in one transaction: the tenant's model and the datasets the
+        run names are read (locked against a change, or a delete), ``check`` is shown them and
+        raises if the run does not fit them; the data the request brought is stored (unless the
+        tenant has that content already), and the run queued, within the queue's bound and the
+        tenant's quotas (the new data's bytes and one more active run). Whatever refuses it,
+        nothing is stored. ModelBusy if the model has a run queued or running. A request id
+        used before returns that run, unchecked."""
+
+        def create(s: Session) -> RunRecord:
+            asked = recalled(tenant, request_id) if request_id else ()
+            found = s.execute(
+                select(ModelRow, *asked)
+                .where(ModelRow.id == start.model_id, ModelRow.tenant_id == tenant)
+                .with_for_update(of=ModelRow)
+            ).first()
+            if found is None:
+                raise NotFound("model", start.model_id, "model_id")
+            model = found[0]
+            if request_id and (made := known(found[1], found[2], request_id, "run")) is not None:
+                return _fetch(s, made, tenant)
+            datasets = self._start_datasets(s, tenant, start, check, model)
+            self._check_queue(s, max_queued)
+            fresh = {item.meta.id: item for item in start.inline.values() if item.meta.id not in datasets}
+            charge(
+                s,
+                tenant,
+                {"max_active_runs": 1, "max_dataset_bytes": sum(i.meta.nbytes for i in fresh.values())},
+            )
+            datasets |= add_datasets(s, tenant, [(item.meta, item.data) for item in fresh.values()])
+            roles = {**start.stored, **{role: item.meta.id for role, item in start.inline.items()}}
+            rows = datasets[roles["inputs"]].rows
+            run_id, run = _queue(s, tenant, model, NewRun(start.model_id, start.options, roles, rows))
+            remember(s, tenant, request_id, "run", run_id)
+            return run
+
+        try:
+            return settled(self.db, tenant, request_id, "run", create, lambda s, key: _fetch(s, key, tenant))
+        except exc.IntegrityError:
+            raise self._busy(start.model_id) from None
+
+    @staticmethod
+    def _start_datasets(
+        s: Session, tenant: str, start: RunStart, check: StartCheck, model: ModelRow
+    ) -> dict[str, DatasetRecord]:
+        """The tenant's datasets a start names or brings, by id (one statement, the named ones
+        locked against a delete), once ``check`` passed the model and the named ones."""
+        ids = [*start.stored.values(), *(item.meta.id for item in start.inline.values())]
+        found = _datasets(s, tenant, ids)
+        for role, dataset_id in start.stored.items():
+            if dataset_id not in found:
+                raise NotFound("dataset", dataset_id, f"{role}.dataset_id")
+        check(model_record(model), {role: found[dataset_id] for role, dataset_id in start.stored.items()})
+        return found
 
     def claim_next(self, owner: str) -> RunRecord | None:
         """The oldest queued run, now running under a lease of ``owner``'s; None if none waits.
@@ -126,7 +222,7 @@ class RunStore:
             )
             if _count(claimed) != 1:
                 return None  # lost a race; the caller asks again
-            return _record(_row(s, run_id, ANY_TENANT), s)
+            return _fetch(s, run_id, ANY_TENANT)
 
     def heartbeat(self, run_id: str, owner: str) -> bool:
         """Renew the lease; returns whether a cancel was asked for. LeaseLost if it is not ours."""
@@ -328,14 +424,15 @@ class RunStore:
     # ------------------------------------------------------------------ reading
 
     def get(self, tenant: str, run_id: str) -> RunRecord:
-        with self.db.read() as s:
-            return _record(_row(s, run_id, tenant), s)
+        """The tenant's run, in one statement (GetRun, and every look of a watcher)."""
+        with self.db.single() as s:
+            return _fetch(s, run_id, tenant)
 
     def read(self, run_id: str) -> RunRecord:
         """The run, whoever's it is: for the service's own work on it (executing it), never for
         an id a caller sent (:meth:`get` takes the caller's tenant)."""
-        with self.db.read() as s:
-            return _record(_row(s, run_id, ANY_TENANT), s)
+        with self.db.single() as s:
+            return _fetch(s, run_id, ANY_TENANT)
 
     def count_by_status(self) -> dict[str, int]:
         """How many runs each status has (a status with none is absent): one grouped count over
@@ -401,12 +498,41 @@ class RunStore:
                 epochs[run_id].append(EpochEntry(epoch, record))
             return _records(s, runs, {run_id: tuple(entries) for run_id, entries in epochs.items()})
 
+    def load(self, run_id: str) -> RunLoad:
+        """Everything a job reads before it trains the run, whoever's it is, in one read
+        transaction: the run, its model's spec, its checkpoint (with the training loss of the
+        epoch it ends) or else its base version, and its datasets, each array once."""
+        with self.db.read() as s:
+            run = _fetch(s, run_id, ANY_TENANT)
+            spec = model_row(s, run.model_id, ANY_TENANT).spec
+            checkpoint, last_loss, base = _checkpoint(s, run_id), None, None
+            if checkpoint is not None:
+                last = s.scalar(
+                    select(EpochRow.record).where(
+                        EpochRow.run_id == run_id, EpochRow.epoch == checkpoint.epoch
+                    )
+                )
+                last_loss = None if last is None else last["train_loss"]
+            else:
+                version = s.get(WeightVersionRow, (run.model_id, run.base_version))
+                if version is None:
+                    raise NotFound("version", run.base_version, "version")
+                base = version_state(s, version)
+            rows = s.scalars(
+                select(DatasetRow).where(
+                    DatasetRow.tenant_id == run.tenant, DatasetRow.id.in_(set(run.datasets.values()))
+                )
+            )
+            arrays = {row.id: load_dataset(s, row) for row in rows}
+            missing = sorted(set(run.datasets.values()) - set(arrays))
+            if missing:
+                raise NotFound("dataset", missing[0], "dataset_id")
+            data = {role: arrays[dataset_id] for role, dataset_id in run.datasets.items()}
+            return RunLoad(run, spec, checkpoint, last_loss, base, data)
+
     def load_checkpoint(self, run_id: str) -> Checkpoint | None:
         with self.db.read() as s:
-            row = s.get(CheckpointRow, run_id)
-            if row is None:
-                return None
-            return Checkpoint(row.epoch, blobs.read_arrays(s, row.blob_id, row.checksum), row.meta)
+            return _checkpoint(s, run_id)
 
     # ------------------------------------------------------------------ helpers
 
@@ -460,6 +586,41 @@ class RunStore:
         return version
 
 
+def _datasets(s: Session, tenant: str, ids: Iterable[str]) -> dict[str, DatasetRecord]:
+    """Those of the tenant's datasets ``ids`` names that exist, by id, in one statement; locked
+    against a delete until the transaction ends (``FOR SHARE`` on PostgreSQL)."""
+    query = select(DatasetRow).where(DatasetRow.tenant_id == tenant, DatasetRow.id.in_(set(ids)))
+    return {row.id: dataset_record(row) for row in s.scalars(query.with_for_update(read=True))}
+
+
+def _queue(s: Session, tenant: str, model: ModelRow, new: NewRun) -> tuple[str, RunRecord]:
+    """Insert a queued run of ``model`` from its current version (the partial unique index
+    refuses a second active run of it); its id and record, built from what was inserted."""
+    row = RunRow(
+        id=blobs.new_id(),
+        tenant_id=tenant,
+        model_id=new.model_id,
+        status=RunStatus.QUEUED,
+        options=json_safe(new.options),
+        rows=new.rows,
+        base_version=model.current_version,
+        version=None,
+    )
+    s.add(row)
+    s.flush()
+    roles = [{"run_id": row.id, "role": role, "dataset_id": d} for role, d in new.datasets.items()]
+    if roles:
+        s.execute(insert(RunDatasetRow).values(roles))
+    return row.id, _build(row, dict(new.datasets), None, ())
+
+
+def _checkpoint(s: Session, run_id: str) -> Checkpoint | None:
+    row = s.get(CheckpointRow, run_id)
+    if row is None:
+        return None
+    return Checkpoint(row.epoch, blobs.read_arrays(s, row.blob_id, row.checksum), row.meta)
+
+
 def _at_least(column: Any, value: float) -> Any:
     """``column``, or ``value`` where that is larger: a clock that never goes back."""
     return case((column < value, value), else_=column)
@@ -472,6 +633,23 @@ def _count(result: Any) -> int:
 def _row(s: Session, run_id: str, tenant: TenantScope, *, for_update: bool = False) -> RunRow:
     """The run, if it is ``tenant``'s (or any, with :data:`.lookup.ANY_TENANT`)."""
     return one(s, RunRow, run_id, "run", "run_id", "update" if for_update else "", tenant)
+
+
+def _fetch(s: Session, run_id: str, tenant: TenantScope) -> RunRecord:
+    """The run (if it is ``tenant``'s), its datasets and the database's clock, in one statement:
+    a row per dataset, the run's columns repeated."""
+    query = (
+        select(RunRow, RunDatasetRow.role, RunDatasetRow.dataset_id, utcnow())
+        .outerjoin(RunDatasetRow, RunDatasetRow.run_id == RunRow.id)
+        .where(RunRow.id == run_id)
+    )
+    if tenant is not ANY_TENANT:
+        query = query.where(RunRow.tenant_id == tenant)
+    rows = s.execute(query).all()
+    if not rows:
+        raise NotFound("run", run_id, "run_id")
+    row, clock = rows[0][0], rows[0][3]
+    return _build(row, {role: dataset for _, role, dataset, _ in rows if role is not None}, clock, ())
 
 
 def _record(row: RunRow, s: Session) -> RunRecord:
@@ -519,10 +697,10 @@ def _build(
         attempts=row.attempts,
         load_seconds=row.load_seconds,
         train_seconds=row.train_seconds,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        heartbeat_at=row.heartbeat_at,
+        created_at=as_utc(row.created_at),
+        started_at=maybe_utc(row.started_at),
+        finished_at=maybe_utc(row.finished_at),
+        heartbeat_at=maybe_utc(row.heartbeat_at),
         silent_seconds=_silent_seconds(row, clock),
         epochs=epochs,
     )

@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import ACTIVE
 
-from .database import Database
+from .database import Database, as_utc, maybe_utc
 from .errors import NotFound, QuotaExceeded
 from .lookup import ANY_TENANT, TenantScope, one
 from .notices import KEYS, announce
 from .records import QUOTA_WORDS, KeyRecord, Quotas, TenantRecord
+from .requests import known, recalled
 from .schema import ApiKeyRow, DatasetRow, ModelRow, RunRow, TenantRow, now
 
 USAGE: dict[str, Callable[[str], Select[Any]]] = {
@@ -46,16 +47,38 @@ def tenant_row(s: Session, tenant: str, *, for_update: bool = False) -> TenantRo
     return one(s, TenantRow, tenant, "tenant", "tenant", "update" if for_update else "", ANY_TENANT)
 
 
-def charge(s: Session, tenant: str, adds: Mapping[str, int], *, lock: bool = True) -> None:
+Request = tuple[str, str]
+"""A request id and the kind of resource it creates (see :mod:`.requests`)."""
+
+
+def charge(
+    s: Session, tenant: str, adds: Mapping[str, int], *, lock: bool = True, request: Request | None = None
+) -> str | None:
     """Raise QuotaExceeded if adding ``adds`` (by quota) would take ``tenant`` past a quota. With
     ``lock`` (in a write transaction that then adds them) the tenant's row stays locked until
-    the transaction ends, so the count cannot change under it."""
-    quotas = _quotas(tenant_row(s, tenant, for_update=lock))
-    for quota, amount in adds.items():
+    the transaction ends, so the counts cannot change under it. With ``request`` (an id and its
+    kind), asked in the same statement: the resource an earlier call with that id made, and then
+    nothing is charged; else None.
+
+    Where a write transaction holds the whole database (SQLite: ``BEGIN IMMEDIATE``), the row and
+    the counts are one statement. On PostgreSQL the counts come after the lock, in a statement
+    of their own: one that waited for the row would count with what it saw before the wait."""
+    counts = [USAGE[quota](tenant).scalar_subquery() for quota in adds]
+    together = not lock or s.get_bind().dialect.name == "sqlite"
+    asked = recalled(tenant, request[0]) if request else ()
+    query = select(TenantRow, *asked, *(counts if together else ())).where(TenantRow.id == tenant)
+    found = s.execute(query.with_for_update(of=TenantRow) if lock else query).first()
+    if found is None:
+        raise NotFound("tenant", tenant, "tenant")
+    if request and (made := known(found[1], found[2], request[0], request[1])) is not None:
+        return made
+    used = found[1 + len(asked) :] if together or not counts else s.execute(select(*counts)).one()
+    quotas = _quotas(found[0])
+    for (quota, amount), count in zip(adds.items(), used, strict=True):
         limit = getattr(quotas, quota)
-        used = int(s.scalar(USAGE[quota](tenant)) or 0)
-        if used + amount > limit:
-            raise QuotaExceeded(tenant, quota, limit, used, amount, QUOTA_WORDS[quota])
+        if int(count or 0) + amount > limit:
+            raise QuotaExceeded(tenant, quota, limit, int(count or 0), amount, QUOTA_WORDS[quota])
+    return None
 
 
 def _quotas(row: TenantRow) -> Quotas:
@@ -63,11 +86,11 @@ def _quotas(row: TenantRow) -> Quotas:
 
 
 def _tenant(row: TenantRow) -> TenantRecord:
-    return TenantRecord(row.id, _quotas(row), row.created_at)
+    return TenantRecord(row.id, _quotas(row), as_utc(row.created_at))
 
 
 def _key(row: ApiKeyRow) -> KeyRecord:
-    return KeyRecord(row.id, row.tenant_id, row.name, row.created_at, row.revoked_at)
+    return KeyRecord(row.id, row.tenant_id, row.name, as_utc(row.created_at), maybe_utc(row.revoked_at))
 
 
 class TenantStore:

@@ -48,6 +48,7 @@ from gradwire.storage import (
     Store,
     Unavailable,
     VersionConflict,
+    VersionState,
 )
 from gradwire.v1.digest import weights_digest
 from gradwire.v1.vocabulary import RunStatus, StopReason
@@ -301,28 +302,19 @@ class RunJob:
 
     def _load(self) -> Loaded:
         started = time.perf_counter()
-        run = self.store.runs.read(self.run_id)
-        model = self.store.models.get(run.tenant, run.model_id)
-        config = TrainConfig.from_dict(run.options)
-        checkpoint = self.store.runs.load_checkpoint(run.id)
-        last_loss = None
-        if checkpoint is not None:
-            trainer = restore_trainer(TrainingState(checkpoint.arrays, checkpoint.meta))
-            last = self.store.runs.epochs_after(run.id, checkpoint.epoch - 1, 1)
-            last_loss = last[0].record["train_loss"] if last else None
+        load = self.store.runs.load(self.run_id)  # one read transaction
+        run, config = load.run, TrainConfig.from_dict(load.run.options)
+        if load.checkpoint is not None:
+            trainer = restore_trainer(TrainingState(load.checkpoint.arrays, load.checkpoint.meta))
         else:
-            trainer = self._fresh_trainer(run, NetworkSpec.from_dict(model.spec), config)
-        arrays: dict[str, np.ndarray] = {}  # by dataset id: one copy of data used in two roles
-        for dataset_id in run.datasets.values():
-            if dataset_id not in arrays:
-                arrays[dataset_id] = self.store.datasets.load(run.tenant, dataset_id)
-        data = {role: arrays[dataset_id] for role, dataset_id in run.datasets.items()}
-        return Loaded(run, trainer, data, time.perf_counter() - started, last_loss)
+            assert load.base is not None  # a run without a checkpoint starts from its base version
+            trainer = self._fresh_trainer(load.base, NetworkSpec.from_dict(load.spec), config)
+        return Loaded(run, trainer, load.data, time.perf_counter() - started, load.last_loss)
 
-    def _fresh_trainer(self, run: RunRecord, spec: NetworkSpec, config: TrainConfig) -> Trainer:
+    @staticmethod
+    def _fresh_trainer(base: VersionState, spec: NetworkSpec, config: TrainConfig) -> Trainer:
         """The run's start: its base version's weights, and the optimiser state that belongs to
         exactly those weights (if the run that made them left one and it fits)."""
-        base = self.store.models.load_version(run.model_id, run.base_version)
         trainer = Trainer(Network.from_state(spec, base.weights), config)
         if base.optimizer is not None and base.optimizer_meta is not None:
             meta = base.optimizer_meta

@@ -216,8 +216,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @handled
     def CreateModel(self, request: pb.CreateModelRequest, context: grpc.ServicerContext) -> pb.Model:
         spec = convert.spec_from_proto(request.spec, self.app.limits.max_layers)
-        tenant = caller_of(context).tenant
-        return self._model(tenant, self.app.models.create(tenant, request.name, spec, request.request_id).id)
+        model = self.app.models.create(caller_of(context).tenant, request.name, spec, request.request_id)
+        return convert.model_to_proto(model, is_classifier(spec))  # as created: no second read
 
     @handled
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
@@ -259,7 +259,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         spec = convert.spec_from_proto(request.spec, self.app.limits.max_layers)
         tenant = caller_of(context).tenant
         model = self.app.models.import_(tenant, request.name, spec, request.weights, request.request_id)
-        return self._model(tenant, model.id)
+        return convert.model_to_proto(model, is_classifier(spec))
 
     # ------------------------------------------------------------------ datasets
 

@@ -141,16 +141,6 @@ class Datasets:
                 f"inline tensors take at most {self.limits.max_inline_mb} MiB; upload it with UploadDataset",
             )
 
-    def put(self, tenant: str, inline: Inline) -> DatasetRecord:
-        """Store a small array sent inline (checked by :meth:`check_inline`, and finite), or find it
-        stored."""
-        return self.store.datasets.put(tenant, inline.meta, raw(inline.data))
-
-    def new_bytes(self, tenant: str, inline: Iterable[Inline]) -> int:
-        """The bytes :meth:`put` would add to the tenant's datasets: those it has not stored yet."""
-        unseen = {item.meta.id: item.meta.nbytes for item in inline}
-        return sum(n for key, n in unseen.items() if not self.store.datasets.has(tenant, key))
-
     def get(self, tenant: str, dataset_id: str) -> DatasetRecord:
         return self.store.datasets.get(tenant, dataset_id)
 

@@ -25,13 +25,16 @@ from gradwire.storage import (
     DATASET_ROLES,
     DatasetRecord,
     EpochEntry,
-    NewRun,
+    InlineData,
+    ModelRecord,
     RequestReused,
     RunRecord,
+    RunStart,
     StorageError,
     Store,
     Unavailable,
 )
+from gradwire.v1.digest import raw
 from gradwire.v1.vocabulary import FINISHED, RunStatus
 
 from ..core.errors import LimitExceeded, RunFailed, ShuttingDown
@@ -107,60 +110,49 @@ class Runs:
     # ------------------------------------------------------------------ starting
 
     def start(self, request: StartRequest) -> RunRecord:
-        """Check everything, store inline data as datasets, and queue the run."""
+        """Check everything, and queue the run with the data it brings, in one transaction (see
+        :meth:`~gradwire.storage.runs.RunStore.start`): a start refused for any reason, a quota
+        taken by a start racing it included, stores nothing."""
         check_request_id(request.request_id)
         self._check_options(request.config)
-        spec = NetworkSpec.from_dict(self.store.models.get(request.tenant, request.model_id).spec)
         if set(request.data) - set(DATASET_ROLES):
             raise InvalidArgument("data", f"unknown roles {sorted(set(request.data) - set(DATASET_ROLES))}")
-        found = {role: self._find(request.tenant, role, source) for role, source in request.data.items()}
-        _check_shapes({role: _shape(source) for role, source in found.items()}, spec, request.config)
-        for role, source in found.items():  # stored datasets are checked when the run loads them
-            if isinstance(source, np.ndarray):
-                check_in_range(source, spec.dtype, f"{role}.data")
-        self._check_memory(spec, request.config, found)
-        inline = {
-            role: Inline.of(source, f"inline {role}")
-            for role, source in found.items()
-            if isinstance(source, np.ndarray)
-        }
-        self._check_quotas(request.tenant, list(inline.values()))  # before anything is stored
-        records = self._store(request.tenant, found, inline)
-        new = NewRun(
+        arrays = {role: source for role, source in request.data.items() if isinstance(source, np.ndarray)}
+        for role, array in arrays.items():
+            self.datasets.check_inline(array, f"{role}.tensor")
+        inline = {role: Inline.of(array, f"inline {role}") for role, array in arrays.items()}  # hashed here
+        start = RunStart(
             request.model_id,
             request.config.to_dict(),
-            {role: record.id for role, record in records.items()},
-            records["inputs"].rows,
+            {role: source for role, source in request.data.items() if isinstance(source, str)},
+            {role: InlineData(item.meta, raw(item.data)) for role, item in inline.items()},
         )
-        run = self.store.runs.create(request.tenant, new, self.settings.max_queued_runs, request.request_id)
-        if (run.model_id, run.datasets) != (new.model_id, dict(new.datasets)):
+        check = partial(self._check_start, request, arrays)
+        run = self.store.runs.start(
+            request.tenant, start, check, self.settings.max_queued_runs, request.request_id
+        )
+        if (run.model_id, run.datasets) != (request.model_id, _ids(start)):
             raise RequestReused(
                 f"request_id {request.request_id!r} was first used to start another run ({run.id})"
             )
         self.nudge()
         return run
 
-    def _find(self, tenant: str, role: str, source: DataSource) -> DatasetRecord | np.ndarray:
-        """The tenant's stored dataset a request names, or its inline array once checked for size."""
-        if isinstance(source, str):
-            return self.store.datasets.get(tenant, source, f"{role}.dataset_id")
-        self.datasets.check_inline(source, f"{role}.tensor")
-        return source
-
-    def _store(
-        self, tenant: str, found: Mapping[str, DatasetRecord | np.ndarray], inline: Mapping[str, Inline]
-    ) -> dict[str, DatasetRecord]:
-        """Every role's dataset: the stored ones found, the inline ones stored now."""
-        kept = {role: source for role, source in found.items() if isinstance(source, DatasetRecord)}
-        return kept | {role: self.datasets.put(tenant, item) for role, item in inline.items()}
-
-    def _check_quotas(self, tenant: str, inline: list[Inline]) -> None:
-        """The run and its new inline data within the tenant's quotas, asked before anything is
-        stored, so that a refused start leaves nothing behind. (The same quotas are charged,
-        guarded, where the data and the run are written: a start racing this one for the last
-        room can still store its data and then be refused the run.)"""
-        adds = {"max_active_runs": 1, "max_dataset_bytes": self.datasets.new_bytes(tenant, inline)}
-        self.store.tenants.check(tenant, adds)
+    def _check_start(
+        self,
+        request: StartRequest,
+        arrays: Mapping[str, np.ndarray],
+        model: ModelRecord,
+        stored: Mapping[str, DatasetRecord],
+    ) -> None:
+        """Whether the run fits its model and its data (shapes, values, memory): asked by the
+        store inside the start's transaction, once it has read them."""
+        spec = NetworkSpec.from_dict(model.spec)
+        found: dict[str, DatasetRecord | np.ndarray] = {**stored, **arrays}
+        _check_shapes({role: _shape(source) for role, source in found.items()}, spec, request.config)
+        for role, array in arrays.items():  # stored datasets are checked when the run loads them
+            check_in_range(array, spec.dtype, f"{role}.data")
+        self._check_memory(spec, request.config, found)
 
     def _check_memory(
         self, spec: NetworkSpec, config: TrainConfig, found: Mapping[str, DatasetRecord | np.ndarray]
@@ -292,6 +284,11 @@ class Runs:
             log.warning(
                 "could not cancel the run of a Train call that ended", extra={"run": run_id}, exc_info=True
             )
+
+
+def _ids(start: RunStart) -> dict[str, str]:
+    """The dataset id of each role of a start: named, or the content address of the data brought."""
+    return {**start.stored, **{role: item.meta.id for role, item in start.inline.items()}}
 
 
 def _shape(found: DatasetRecord | np.ndarray) -> tuple[int, int]:
