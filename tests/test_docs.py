@@ -1,4 +1,4 @@
-"""Every code block of README.md and docs/*.md, run as a reader would run it, against a real
+"""Every code block of README.md, CONTRIBUTING.md and docs/*.md, run as a reader would run it, against a real
 ``gradwire serve``: the documentation cannot drift from the code unnoticed.
 
 Fenced blocks tagged ``python``, ``sh``, ``bash`` or ``shell`` are collected from each document,
@@ -41,7 +41,7 @@ import pytest
 from helpers import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent  # the venv's bin: sys.executable unresolved is the venv's link
 KINDS = {"python": "python", "sh": "shell", "bash": "shell", "shell": "shell"}
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<tag>[^\s`]*)")
@@ -240,8 +240,8 @@ def readers(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[Path,
     for path in DOCUMENTS:
         folder = tmp_path_factory.mktemp(path.stem) / "work"
         folder.mkdir()
-        for entry in ROOT.iterdir():
-            if entry.name not in {".git", ".venv", "data"}:
+        for entry in ROOT.iterdir():  # not .git, caches, nor ./data (make run's database)
+            if entry.name != "data" and (not entry.name.startswith(".") or entry.name == ".ci"):
                 (folder / entry.name).symlink_to(entry)
         (folder / ".venv").symlink_to(BIN.parent)  # .venv/bin/gradwire: the venv under test
         made[path] = Reader(path, folder, env)
