@@ -232,8 +232,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def readers(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Reader]:
-    """A reader per document, each in a folder of links to the repository's top-level entries."""
+def readers(
+    server: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> dict[Path, Reader]:
+    """A reader per document, each in a folder of links to the repository's top-level entries;
+    says on the terminal how many blocks of each document run and how many are skipped."""
+    plugins = request.config.pluginmanager
+    terminal, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if terminal is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            terminal.write_line("")
+            for path in DOCUMENTS:
+                blocks = [block for block in RUN if block.path == path]
+                skipped = sum(block.skip_reason() is not None for block in blocks)
+                name = path.relative_to(ROOT)
+                terminal.write_line(f"{name}: code blocks to run {len(blocks) - skipped}, skipped {skipped}")
     env = {name: value for name, value in os.environ.items() if not name.startswith("GRADWIRE_")}
     env |= {"GRADWIRE_SERVER": server, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
     made = {}
@@ -249,6 +262,7 @@ def readers(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[Path,
 
 
 @pytest.mark.timeout(TEST_SECONDS)
+@pytest.mark.filterwarnings("ignore:.*max_iter .* reached:UserWarning")  # sklearn.md's grid search
 @pytest.mark.parametrize("block", RUN, ids=[block.name for block in RUN])
 def test_block_runs(block: Block, readers: dict[Path, Reader], monkeypatch: pytest.MonkeyPatch) -> None:
     reason = block.skip_reason()
