@@ -355,16 +355,8 @@ class AsyncModel(ModelCore[AsyncClient]):
         except BaseException:
             await asyncio.shield(_cancel_quietly(run))  # a second cancel of the task leaves it to finish
             raise
-        await self._ended(run.info)
+        self.info = after_run(self.info, run.info)  # the run's end says it: no call
         return history
-
-    async def _ended(self, run: RunInfo) -> ModelInfo:
-        """Bring :attr:`info` up to date after a run of this model ended (see ``Model._ended``)."""
-        try:
-            return await self.refresh()
-        except errors.UnavailableError:
-            self.info = after_run(self.info, run)
-            return self.info
 
     async def predict_full(self, x: Any, version: int = 0) -> Prediction:
         return await self.client._send(calls.predict(self.id, self.dtype, x, version))

@@ -389,8 +389,8 @@ class Model(ModelCore[Client]):
         (:meth:`Run.wait`'s). A callback returning ``True`` cancels the run (the server commits
         the best weights so far). If this call is interrupted (an exception, Ctrl-C,
         ``timeout``), the run is cancelled too. The history is the run's own ending, as watching
-        it delivered it: a server that stops once the run ended cannot take it away, and
-        :attr:`info` then takes the run's version without asking the server.
+        it delivered it, and :attr:`info` takes the run's version from it, without another call
+        (a server that stops once the run ended cannot take either away).
         """
         run_arguments, progress, timeout = calls.fit_arguments(arguments)
         run = self.start_run(x, y, **run_arguments)
@@ -399,17 +399,8 @@ class Model(ModelCore[Client]):
         except BaseException:
             _cancel_quietly(run)
             raise
-        self._ended(run.info)
+        self.info = after_run(self.info, run.info)  # the run's end says it: no call
         return history
-
-    def _ended(self, run: RunInfo) -> ModelInfo:
-        """Bring :attr:`info` up to date after a run of this model ended: asked of the server, or,
-        where it cannot answer (it stopped just after the run ended), from the run itself."""
-        try:
-            return self.refresh()
-        except errors.UnavailableError:
-            self.info = after_run(self.info, run)
-            return self.info
 
     def predict_full(self, x: Any, version: int = 0) -> Prediction:
         return self.client._send(calls.predict(self.id, self.dtype, x, version))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -89,3 +90,33 @@ def test_both_shells_send_the_same_export_request(server: Running) -> None:
     [(sync_request, _)] = sync_recording.calls
     [async_request] = async_recording.requests
     assert sync_request == async_request == pb.ExportModelRequest(model_id=model.id, format=pb.ARRAYS)
+
+
+class Unary(grpc.UnaryUnaryClientInterceptor):
+    """The names of the unary methods a channel calls."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        self.methods.append(details.method.rsplit("/", 1)[-1])
+        return continuation(details, request)
+
+
+def test_fit_takes_the_models_new_version_from_the_runs_end_without_another_call(server: Running) -> None:
+    """A fit is StartRun and WatchRun: the model's version comes with the run's end (a GetModel
+    after it cost a round trip of every small fit's fixed cost)."""
+    unary = Unary()
+    channel = grpc.intercept_channel(grpc.insecure_channel(server.address), unary)
+    with Client(channel=channel, timeout=60) as client:
+        model = client.create_model(SPEC)
+        before = model.info
+        unary.methods.clear()
+        history = model.fit(X, Y, epochs=3)
+        assert unary.methods == ["StartRun"]
+        assert (model.info.version, history.version) == (2, 2)
+        after = model.info
+        assert (after.training, after.active_run_id) == (False, "")
+        server_says = model.refresh()
+        assert replace(after, updated_at=server_says.updated_at) == server_says
+        assert before.updated_at < after.updated_at  # the run's finish, as the version moved
