@@ -381,7 +381,10 @@ CSV_COLUMNS = {
 }
 """``history --format csv``'s columns after ``run_id``, by the epoch record's key each holds
 (then a ``grad_norm:<layer>`` column per layer)."""
-PLOT_INSTALL = "pip install 'gradwire[plot]'"
+PLOT_INSTALL = (
+    "pip install 'gradwire[plot]' (in a checkout: .venv/bin/python -m pip install --require-hashes "
+    "-r requirements/plot.txt)"
+)
 
 
 def runs_csv(runs: Sequence[History]) -> str:
@@ -751,9 +754,16 @@ def cmd_runs_watch(args: argparse.Namespace, client: Client) -> int:
     return WATCH_EXIT.get(run.info.status, 1)
 
 
+CANCEL_RUNNING = (
+    "asked to stop: it ends at its next minibatch where its server sees the cancel at once, else "
+    "within the server's heartbeat_seconds; its best weights so far become the model's next version"
+)
+"""What a cancel of a running run does, as ``runs cancel`` says it (see docs/service.md)."""
+
+
 def cmd_runs_cancel(args: argparse.Namespace, client: Client) -> int:
     info = client.run(args.run_id).cancel()
-    asked = " (asked to stop: it ends within a minibatch)" if info.status == RunStatus.RUNNING else ""
+    asked = f" ({CANCEL_RUNNING})" if info.status == RunStatus.RUNNING else ""
     print(f"run {info.id} {info.status}{asked}")
     return 0
 
@@ -940,10 +950,13 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a usage error in one line that points at ``--help`` (the full usage of
     ``serve`` alone is thirty lines, and would bury the error), and defaults shown in every
     command's ``--help``: subcommands' parsers are made of this class too (argparse makes them of
-    the class of the parser they hang from), so each gets :class:`HelpFormatter`."""
+    the class of the parser they hang from), so each gets :class:`HelpFormatter`. A flag is
+    taken only as spelt in full: a prefix (``--epoch`` for ``--epochs``) is refused, so a
+    misspelt flag cannot pass for another."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

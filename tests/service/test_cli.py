@@ -19,7 +19,7 @@ from helpers import Running
 from sqlalchemy import text
 
 from gradwire.client import Client
-from gradwire.client.cli import load_array, training_arguments, training_data
+from gradwire.client.cli import CANCEL_RUNNING, load_array, training_arguments, training_data
 from gradwire.service import Settings, create_server, stop_server
 from gradwire.service.core.settings import Limits
 from gradwire.service.ops.cli import SHOWN_DEFAULTS, build_parser, main
@@ -378,7 +378,7 @@ def test_runs_list_filters_cancel_and_a_repeated_start(
     assert _listed(capsys) == [long_run]
     assert main(["runs", "cancel", long_run, *at]) == 0
     assert re.fullmatch(
-        f"run {long_run} (cancelled|running \\(asked to stop: it ends within a minibatch\\))",
+        f"run {long_run} (cancelled|running \\({re.escape(CANCEL_RUNNING)}\\))",
         _out(capsys),
     )
     assert main(["runs", "watch", long_run, *at]) == 0  # a cancelled run ends the watch with 0
@@ -621,6 +621,13 @@ SWITCHES = [
     (["--auth"], {"auth": True}),
     (["--insecure", "false", "--auth", "on"], {"insecure": False, "auth": True}),
 ]
+
+
+def test_a_flag_is_taken_only_as_spelt_in_full() -> None:
+    """``--epoch 500`` was taken for ``--epochs 500``: a prefix passed for the flag."""
+    assert build_parser().parse_args(["train", "m", "--data", "d.npz", "--epochs", "5"]).epochs == 5
+    with pytest.raises(SystemExit, match="unrecognized arguments: --epoch 5"):
+        build_parser().parse_args(["train", "m", "--data", "d.npz", "--epoch", "5"])
 
 
 @pytest.mark.parametrize(("flags", "parsed"), SWITCHES)

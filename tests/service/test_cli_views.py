@@ -25,6 +25,7 @@ import pytest
 from helpers import Running
 
 from gradwire.client import Client, History
+from gradwire.client.cli import PLOT_INSTALL
 from gradwire.client.views import DPI, FIGURE_INCHES, RUN_ID_SHOWN, plot_runs
 from gradwire.service.ops.cli import build_parser, main
 
@@ -172,7 +173,7 @@ def test_plot_without_matplotlib_says_what_to_install(
     with pytest.raises(SystemExit) as done:  # before any call: no server is asked
         main(["history", "m", "--plot", str(tmp_path / "x.png"), "--server", "127.0.0.1:9"])
     assert done.value.code == 2
-    assert capsys.readouterr().err == "gradwire: --plot needs matplotlib: pip install 'gradwire[plot]'\n"
+    assert capsys.readouterr().err == f"gradwire: --plot needs matplotlib: {PLOT_INSTALL}\n"
 
 
 def test_history_plot_and_to_frame_in_the_sdk(trained: tuple[str, list[History]], tmp_path: Path) -> None:
