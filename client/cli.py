@@ -756,7 +756,7 @@ def cmd_runs_watch(args: argparse.Namespace, client: Client) -> int:
 
 CANCEL_RUNNING = (
     "asked to stop: it ends at its next minibatch where its server sees the cancel at once, else "
-    "within the server's heartbeat_seconds; its best weights so far become the model's next version"
+    "within the server's heartbeat_seconds; the model keeps its version"
 )
 """What a cancel of a running run does, as ``runs cancel`` says it (see docs/service.md)."""
 

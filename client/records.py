@@ -211,7 +211,7 @@ def moment(message: Any, name: str) -> datetime | None:
 def after_run(model: ModelInfo, run: RunInfo) -> ModelInfo:
     """A model as a run of it left it, read from the run's end without asking the server: the
     run's version (when it published one, at its finish), no longer training."""
-    published = run.version is not None and run.version != model.version
+    published = bool(run.version) and run.version != model.version  # 0: none
     updated = run.finished_at if published and run.finished_at is not None else model.updated_at
     return replace(
         model, version=run.version or model.version, training=False, active_run_id="", updated_at=updated

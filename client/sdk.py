@@ -335,10 +335,11 @@ class Run(RunCore[Client]):
         self, callbacks: Callbacks = (), progress: bool = False, timeout: float | None = None, resume: int = 3
     ) -> History:
         """Follow the run to its end; returns its :class:`History`. A callback returning ``True``
-        cancels it (its best weights so far still become a version); the callbacks hear no epoch
-        after that, though the history keeps those that ran meanwhile. An interrupted run is resumed
-        up to ``resume`` times. Past ``timeout`` seconds the run is cancelled and
-        :class:`DeadlineExceededError` raised. A failed run raises :class:`RunFailedError`."""
+        cancels it (the model keeps its version: a cancelled run publishes nothing); the callbacks
+        hear no epoch after that, though the history keeps those that ran meanwhile. An
+        interrupted run is resumed up to ``resume`` times. Past ``timeout`` seconds the run is
+        cancelled and :class:`DeadlineExceededError` raised. A failed run raises
+        :class:`RunFailedError`."""
         waiting = self._waiting(callbacks, progress, timeout, resume)
         while True:
             try:
@@ -386,11 +387,12 @@ class Model(ModelCore[Client]):
         """Train on ``(x, y)`` and wait for the end; returns the run's :class:`History`.
 
         Takes :meth:`start_run`'s arguments, and ``progress`` (a progress bar) and ``timeout``
-        (:meth:`Run.wait`'s). A callback returning ``True`` cancels the run (the server commits
-        the best weights so far). If this call is interrupted (an exception, Ctrl-C,
-        ``timeout``), the run is cancelled too. The history is the run's own ending, as watching
-        it delivered it, and :attr:`info` takes the run's version from it, without another call
-        (a server that stops once the run ended cannot take either away).
+        (:meth:`Run.wait`'s). A callback returning ``True`` cancels the run, which publishes
+        nothing (stopping rules such as ``patience`` stop early and keep the weights). If this
+        call is interrupted (an exception, Ctrl-C, ``timeout``), the run is cancelled too. The
+        history is the run's own ending, as watching it delivered it, and :attr:`info` takes the
+        run's version from it, without another call (a server that stops once the run ended
+        cannot take either away).
         """
         run_arguments, progress, timeout = calls.fit_arguments(arguments)
         run = self.start_run(x, y, **run_arguments)

@@ -353,8 +353,8 @@ class RunJob:
         }
         if status == RunStatus.INTERRUPTED:
             return Outcome(**common, checkpoint=checkpoint_of(trainer))
-        if trainer.epoch == 0:  # nothing learnt: no new version
-            return Outcome(**common)
+        if status == RunStatus.CANCELLED or trainer.epoch == 0:  # abandoned, or nothing learnt
+            return Outcome(**common)  # no new version: a cancelled run keeps nothing, however it ends
         weights, optimizer = final_state(trainer, trainer.config.restore_best)
         receipt = {
             "seed": trainer.config.seed,

@@ -243,8 +243,9 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelRun(self, request, context):
-        """A queued or interrupted run is cancelled at once; a running one stops within a minibatch,
-        publishing its best weights so far. Cancelling a finished run changes nothing.
+        """A queued or interrupted run is cancelled at once; a running one stops within a minibatch (or
+        at its next lease renewal where another server executes it). A cancelled run publishes no
+        version, however the cancel reaches it. Cancelling a finished run changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
