@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, exc, func, insert, select, update
+from sqlalchemy import delete, exc, exists, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -67,7 +67,7 @@ def dataset_row(
 
 
 def add_datasets(
-    s: Session, tenant: str, items: Sequence[tuple[DatasetMeta, bytes | memoryview]]
+    s: Session, tenant: str, items: Sequence[tuple[DatasetMeta, bytes | memoryview]], temporary: bool = False
 ) -> dict[str, DatasetRecord]:
     """Store new datasets of the tenant's (their ids not stored yet: the caller asked), their
     chunks in one statement and their rows in another, however many; their records by id. The
@@ -79,7 +79,7 @@ def add_datasets(
     rows = [_row(tenant, meta, blob_id) for (meta, _), (blob_id, _) in zip(items, written, strict=True)]
     stamp = now()
     for row in rows:
-        row.created_at = stamp
+        row.created_at, row.temporary = stamp, temporary
     values = [{column.key: getattr(row, column.key) for column in COLUMNS} for row in rows]
     insert_skipping = SKIPPING_INSERTS[s.get_bind().dialect.name]
     added = set(
@@ -153,6 +153,7 @@ class DatasetStore:
             s.execute(delete(UploadRow).where(UploadRow.blob_id == blob_id))
             if (kept := s.get(DatasetRow, (tenant, meta.id))) is not None:
                 blobs.drop(s, [blob_id])
+                kept.temporary = False  # uploaded on purpose: it stays
                 return meta.id, dataset_record(kept)
             charge(s, tenant, {"max_dataset_bytes": meta.nbytes})
             stored = s.execute(
@@ -183,6 +184,7 @@ class DatasetStore:
 
         def create(s: Session) -> tuple[str, DatasetRecord]:
             if (stored := s.get(DatasetRow, (tenant, meta.id))) is not None:
+                stored.temporary = False  # stored on purpose: it stays
                 return meta.id, dataset_record(stored)
             charge(s, tenant, {"max_dataset_bytes": meta.nbytes})
             return meta.id, add_datasets(s, tenant, [(meta, data)])[meta.id]
@@ -206,6 +208,27 @@ class DatasetStore:
             return once(self.db, tenant, request_id, "dataset", create, fetch)
         except exc.IntegrityError:
             return self.get(tenant, meta.id)
+
+    def reap_temporary(self) -> int:
+        """Delete the temporary datasets (brought inline by runs) that no queued, running or
+        interrupted run of their tenant needs. Candidates are locked, then asked again: a start
+        that took one meanwhile (PostgreSQL) keeps it. Returns how many were deleted."""
+        with self.db.write() as s:
+            candidates = s.execute(
+                select(DatasetRow.tenant_id, DatasetRow.id).where(DatasetRow.temporary, ~_needed())
+            ).all()
+            if not candidates:
+                return 0
+            keys = [tuple(key) for key in candidates]
+            rows = s.scalars(
+                select(DatasetRow)
+                .where(tuple_(DatasetRow.tenant_id, DatasetRow.id).in_(keys), ~_needed())
+                .with_for_update()
+            ).all()
+            blobs.drop(s, [row.blob_id for row in rows])
+            for row in rows:
+                s.delete(row)
+            return len(rows)
 
     def reap_uploads(self, older_than_seconds: float) -> int:
         """Delete uploads left untouched for longer than this (their process died or gave up)."""
@@ -285,6 +308,19 @@ def _touch(s: Session, blob_id: str) -> None:
     touched = s.execute(update(UploadRow).where(UploadRow.blob_id == blob_id).values(touched_at=utcnow()))
     if not getattr(touched, "rowcount", 0):
         raise WrongState("the upload was idle too long and was discarded; upload the data again", "chunk")
+
+
+def _needed() -> Any:
+    """Whether a queued, running or interrupted run of the dataset's tenant reads it."""
+    return exists(
+        select(RunDatasetRow.run_id)
+        .join(RunRow, RunRow.id == RunDatasetRow.run_id)
+        .where(
+            RunDatasetRow.dataset_id == DatasetRow.id,
+            RunRow.tenant_id == DatasetRow.tenant_id,
+            RunRow.status.in_(HOLDING),
+        )
+    )
 
 
 def _row(tenant: str, meta: DatasetMeta, blob_id: str) -> DatasetRow:

@@ -168,7 +168,8 @@ class RunStore:
                 tenant,
                 {"max_active_runs": 1, "max_dataset_bytes": sum(i.meta.nbytes for i in fresh.values())},
             )
-            datasets |= add_datasets(s, tenant, [(item.meta, item.data) for item in fresh.values()])
+            brought = [(item.meta, item.data) for item in fresh.values()]
+            datasets |= add_datasets(s, tenant, brought, temporary=True)
             roles = {**start.stored, **{role: item.meta.id for role, item in start.inline.items()}}
             rows = datasets[roles["inputs"]].rows
             run_id, run = _queue(s, tenant, model, NewRun(start.model_id, start.options, roles, rows))

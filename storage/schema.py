@@ -129,7 +129,9 @@ class WeightVersionRow(Base):
 
 class DatasetRow(Base):
     """An uploaded 2-D array. Its id is its content address (dtype, shape and the SHA-256 of its
-    bytes, hashed together; the service defines it); ``checksum`` is the SHA-256 of the bytes."""
+    bytes, hashed together; the service defines it); ``checksum`` is the SHA-256 of the bytes.
+    ``temporary``: brought inline by a run's request, not uploaded; it is deleted once no queued,
+    running or interrupted run needs it (an upload of the same content makes it permanent)."""
 
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_tenant_id_created_at", "tenant_id", "created_at"),)
@@ -144,6 +146,7 @@ class DatasetRow(Base):
     blob_id: Mapped[str] = mapped_column(String(32))
     checksum: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
+    temporary: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class UploadRow(Base):

@@ -182,3 +182,5 @@ class Supervisor:
             log.info("interrupted runs queued again", extra={"runs": queued})
         if swept := self.store.datasets.reap_uploads(s.upload_ttl_seconds):
             log.info("abandoned uploads deleted", extra={"uploads": swept})
+        if dropped := self.store.datasets.reap_temporary():
+            log.info("data runs brought inline deleted: no run needs it", extra={"datasets": dropped})

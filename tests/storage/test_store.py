@@ -36,6 +36,7 @@ from gradwire.storage import (
 )
 from gradwire.storage import DEFAULT_TENANT as T
 from gradwire.storage.database import _config, head_revision, make_engine, seconds_ago
+from gradwire.storage.runs import InlineData, RunStart
 from gradwire.storage.schema import Base, ChunkRow, RunRow
 
 SPEC = {"input_dim": 2, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}
@@ -653,3 +654,62 @@ def test_an_interrupted_run_that_was_asked_to_cancel_ends_instead_of_resuming(st
     ended = store.runs.resume(T, run.id, max_queued=10)
     assert (ended.status, ended.stop_reason) == ("cancelled", "cancelled")
     assert store.runs.claim_next("me") is None
+
+
+# ------------------------------------------------------------------------------------ temporary data
+
+
+def _meta(data: bytes, rows: int = 2) -> DatasetMeta:
+    checksum = blobs.sha256(data)
+    return DatasetMeta(
+        f"ds-{checksum[:20]}-{rows}", checksum, "", "float32", rows, len(data) // 4 // rows, len(data)
+    )
+
+
+def _start_inline(store: Store, model_id: str, data: bytes) -> Any:
+    inline = InlineData(_meta(data), data)
+    start = RunStart(model_id, {"epochs": 2}, {}, {"inputs": inline, "targets": inline})
+    return store.runs.start(T, start, lambda model, datasets: None, max_queued=10)
+
+
+def test_data_a_run_brought_inline_is_deleted_once_no_run_needs_it(store: Store) -> None:
+    """A GridSearchCV's fits each brought their data inline, and every copy stayed; now such data
+    is temporary: kept while a queued, running or interrupted run reads it, then deleted."""
+    models = [store.models.create(T, f"m{i}", SPEC, weights(), 3) for i in range(2)]
+    data = b"\x01" * 16
+    first = _start_inline(store, models[0].id, data)
+    second = _start_inline(store, models[1].id, data)  # the same content: one dataset, two readers
+    (dataset,) = store.datasets.page(T, 10)
+    assert store.datasets.reap_temporary() == 0  # both runs are queued
+    store.runs.cancel(T, first.id)
+    assert store.datasets.reap_temporary() == 0  # the second still needs it
+    claim(store)
+    assert store.datasets.reap_temporary() == 0  # running
+    store.runs.reap(lease_seconds=0)
+    assert store.runs.get(T, second.id).status == "interrupted"
+    assert store.datasets.reap_temporary() == 0  # it may resume
+    store.runs.cancel(T, second.id)
+    chunks = select(func.count()).select_from(ChunkRow)
+    with store.db.read() as s:
+        before = s.scalar(chunks)
+    assert store.datasets.reap_temporary() == 1
+    assert store.datasets.page(T, 10) == []
+    with pytest.raises(NotFound):
+        store.datasets.get(T, dataset.id)
+    with store.db.read() as s:
+        assert s.scalar(chunks) == before - 1  # its bytes too (one chunk)
+
+
+def test_data_uploaded_on_purpose_stays_though_a_run_brought_it_too(store: Store) -> None:
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    data = b"\x02" * 16
+    uploaded = put_dataset(store, data)  # first uploaded, then brought inline
+    run = _start_inline(store, model.id, data)
+    store.runs.cancel(T, run.id)
+    assert store.datasets.reap_temporary() == 0
+    brought = b"\x03" * 16  # first brought inline, then uploaded: it becomes permanent
+    again = _start_inline(store, model.id, brought)
+    store.runs.cancel(T, again.id)
+    put_dataset(store, brought)
+    assert store.datasets.reap_temporary() == 0
+    assert {d.id for d in store.datasets.page(T, 10)} == {uploaded, _meta(brought).id}
