@@ -3,12 +3,14 @@ write everything back. This is all an executor runs, in a thread here or, later,
 
 A job holds the run's lease from the moment it was claimed. Its :class:`Committer` thread is its
 link to the database from the start (loading a large dataset may outlast a lease): every
-``heartbeat_seconds`` it renews the lease and reads whether a cancel was asked for, and every
-``checkpoint_interval`` seconds it commits the epochs since the last commit with a checkpoint
-taken at the latest epoch boundary. At most one write is in flight: the trainer never waits for
-the database, and writes never queue up. The end of the run (its last epochs, its new version by
-compare-and-set, its status and receipt) is one transaction, retried while the database is
-unavailable, for at most ``db_retry_seconds``.
+``heartbeat_seconds`` it renews the lease, reads whether a cancel was asked for and commits the
+epochs since its last commit (so that watchers and listings follow a run as it trains), and
+every ``checkpoint_interval`` seconds it commits them with a checkpoint taken at the latest epoch
+boundary. Epochs committed past the checkpoint are safe: a resume from the checkpoint computes
+them again, to the same bits, and the store keeps those it has. At most one write is in
+flight: the trainer never waits for the database, and writes never queue up. The end of the
+run (its last epochs, its new version by compare-and-set, its status and receipt) is one
+transaction, retried while the database is unavailable, for at most ``db_retry_seconds``.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ class Committer:
         # Seconds trained by earlier attempts, as far as they committed: added to each epoch's elapsed.
         self.offset = 0.0
         self.pending: Epochs = []
-        self.in_flight: tuple[Epochs, Checkpoint] | None = None
+        self.in_flight: tuple[Epochs, Checkpoint | None] | None = None
         self.last_commit = time.monotonic()
         self.failure: Exception | None = None
         self.wake = threading.Condition()
@@ -186,9 +188,10 @@ class Committer:
     def epoch_ended(self, record: EpochRecord) -> bool:
         """On the training thread, after every epoch; True asks the trainer to stop here."""
         TRAINED.add(record.samples)
-        self.pending.append(new_epoch(record, self.offset))
+        epoch = new_epoch(record, self.offset)
         due = time.monotonic() - self.last_commit >= self.settings.checkpoint_interval
-        with self.wake:
+        with self.wake:  # the commit thread may take the pending epochs at a heartbeat
+            self.pending.append(epoch)
             if due and self.in_flight is None and self.trainer is not None:
                 self.in_flight = (self.pending, checkpoint_of(self.trainer))
                 self.pending = []
@@ -208,6 +211,8 @@ class Committer:
                 )
                 if self.closing:
                     return
+                if self.in_flight is None and self.pending:  # a heartbeat: show the epochs so far
+                    self.in_flight, self.pending = (self.pending, None), []
                 work = self.in_flight
             try:
                 cancel = self._write(work)
@@ -227,7 +232,7 @@ class Committer:
             if cancel:
                 self.flags.cancel.set()
 
-    def _write(self, work: tuple[Epochs, Checkpoint] | None) -> bool:
+    def _write(self, work: tuple[Epochs, Checkpoint | None] | None) -> bool:
         self.writing = True
         try:
             cancel = self._write_now(work)
@@ -235,16 +240,19 @@ class Committer:
             self.writing = False
         return cancel
 
-    def _write_now(self, work: tuple[Epochs, Checkpoint] | None) -> bool:
+    def _write_now(self, work: tuple[Epochs, Checkpoint | None] | None) -> bool:
         runs = self.store.runs
         if work is None:
             return runs.heartbeat(self.run_id, self.owner)
         epochs, checkpoint = work
-        # The run's clock, earlier attempts included.
-        seconds = epochs[-1].record["elapsed"] if epochs else 0.0
+        # The run's clock, earlier attempts included, kept as far as the checkpoint: a resume
+        # starts there, and counts from there.
+        seconds = epochs[-1].record["elapsed"] if epochs and checkpoint is not None else 0.0
         cancel = runs.commit(self.run_id, self.owner, epochs, checkpoint, seconds)
         with self.wake:
-            self.in_flight, self.last_commit = None, time.monotonic()
+            self.in_flight = None
+            if checkpoint is not None:
+                self.last_commit = time.monotonic()
         self.changes.bump(self.run_id)
         return cancel
 

@@ -462,3 +462,22 @@ def test_a_run_whose_model_moved_on_meanwhile_fails_and_publishes_nothing(
     run = client.run(run_id).info
     assert (run.status, run.stop_reason, run.version) == ("failed", "version_conflict", 0)
     assert run.epochs_done >= 1  # its epochs are kept
+
+
+def test_a_running_runs_epochs_are_committed_at_each_heartbeat_before_any_checkpoint(
+    start_server: Callable[..., Running],
+) -> None:
+    """Listings and watchers follow a run as it trains: its epochs are committed every heartbeat,
+    though a checkpoint is due only every checkpoint_interval (runs list showed epoch 0 of 2,000
+    two seconds into a run, until the first checkpoint)."""
+    running = start_server(checkpoint_interval=3600.0, heartbeat_seconds=0.2, lease_seconds=5.0)
+    with Client(running.address) as client:
+        run = client.create_model(SPEC).start_run(X, Y, **LONG)
+        first = next(run.epochs(timeout=60))  # before: nothing until the first checkpoint, an hour
+        assert first["epoch"] >= 1
+        info = run.refresh()
+        assert info.status == "running"
+        assert info.epochs_done >= first["epoch"]
+        assert running.app.store.runs.load_checkpoint(run.id) is None  # none due for an hour
+        run.cancel()
+        assert run.wait().status == "cancelled"
