@@ -1,7 +1,8 @@
 """The ``gradwire`` command: run the server, upgrade its database, and use it from a shell.
 
 This module builds the whole command and runs the server's commands (:mod:`.operate`,
-:mod:`.admin`); the client commands are the client's (:mod:`gradwire.client.cli`), and run on the
+:mod:`.admin`); the client commands (models, train, predict, history, export, import, datasets,
+runs) are the client's, :mod:`gradwire.client.cli`, which says what they take, and run on the
 base install, without the server's packages.
 
     gradwire --version
@@ -10,45 +11,10 @@ base install, without the server's packages.
     gradwire db upgrade [--database-url URL]
     gradwire keys create --tenant NAME | list | revoke KEY_ID   (see .admin: keys and tenants)
     gradwire tenants list | show NAME | quota NAME [--max-models N ...]
-    gradwire models list | show ID | delete ID | create --spec spec.json [--name NAME]
-    gradwire train ID DATA [--epochs N ...]                    attached: progress, then a summary
-    gradwire predict ID --inputs x.csv --output out.csv [--version V]
-    gradwire history ID [--format table|csv|json] [--run RUN_ID] [--plot FILE.png]
-    gradwire export ID -o weights.npz [--format npz|onnx] [--version V]   (--output is -o)
-    gradwire import --spec spec.json --weights weights.npz [--name NAME]  prints the new model id
-    gradwire datasets upload FILE [--key x] [--name NAME] [--dtype float32|float64]
-    gradwire datasets list | show ID | delete ID
-    gradwire runs start ID DATA [--epochs N ...] [--request-id R]  detached: prints the run id
-    gradwire runs list [--model ID] [--status S ...]
-    gradwire runs show RUN_ID | cancel RUN_ID | resume RUN_ID
-    gradwire runs watch RUN_ID [--after-epoch N]
 
-DATA is ``--data data.npz`` (arrays ``x`` and ``y``), or the inputs and the targets each as a file
-(``--inputs x.csv``) or as an uploaded dataset (``--inputs-dataset ID``). ``train`` and
-``runs start`` take the same training flags (``--epochs``, ``--batch-size``, ``--optimizer``,
-``--learning-rate``, ``--validation-split``, ``--patience``, ``--loss-threshold``,
-``--clip-norm``, ``--seed``, ``--options JSON``). Their progress (``train``'s and ``runs
-watch``'s), on stderr, is one line updated in place on a terminal, and a line per epoch elsewhere.
-``history --plot`` draws a run (matplotlib: ``pip install 'gradwire[plot]'``). Every command's
-``--help`` shows its options' defaults.
-
-Client commands reach the server at ``--server`` (or ``GRADWIRE_SERVER``, default
-127.0.0.1:50051), in plaintext unless ``--tls-ca FILE`` (``GRADWIRE_TLS_CA_FILE``) or a client
-certificate, ``--tls-cert FILE --tls-key FILE`` (``GRADWIRE_CLIENT_CERT_FILE``,
-``GRADWIRE_CLIENT_KEY_FILE``), is given; ``--token`` (``GRADWIRE_TOKEN``, better: it stays out of
-the process list) goes with every call as a bearer token.
-
-Data files are ``.csv`` (numbers, comma-separated, one row per line; a first
-row that is not numbers is a header, and is skipped), ``.npy`` or ``.npz`` (both read without
-pickles; from an ``.npz``, ``--inputs`` reads array ``x`` and ``--targets`` array ``y``, or the
-only array of a file that holds one). A 1-D array is a column.
-
-Every failure is one line on stderr, never a traceback. Exit codes: 0 done; 1 failed (refused by
-the server, with the fields it names; a file unreadable or unwritable; the server or the
-database unreachable); 2 usage (flags, ``--options``, settings or the database URL wrong, or a
-database schema to upgrade); ``runs watch`` exits 0 when the run completed or was cancelled, 1
-when it failed, 3 when it was interrupted (resume it). Ctrl-C exits 130; a reader of stdout that
-went away (``| head``) ends the command quietly with 141, as SIGPIPE ends other tools.
+Every setting is a flag of ``serve`` and a ``GRADWIRE_*`` variable; a switch is a flag alone
+(``--insecure``, ``--no-auth``) or takes on or off (``--auth off``). Failures and exit codes are
+the client commands' (one line on stderr; 1 failed, 2 usage, 130 Ctrl-C, 141 a reader gone).
 """
 
 from __future__ import annotations
