@@ -211,24 +211,32 @@ class DatasetStore:
 
     def reap_temporary(self) -> int:
         """Delete the temporary datasets (brought inline by runs) that no queued, running or
-        interrupted run of their tenant needs. Candidates are locked, then asked again: a start
-        that took one meanwhile (PostgreSQL) keeps it. Returns how many were deleted."""
+        interrupted run of their tenant needs. Candidates are locked, then asked again in a
+        statement of its own: on PostgreSQL a statement's snapshot is taken when it starts, so
+        the locking one, which waited for a start reading the dataset, cannot see that start's
+        run; the next one does, and the start keeps its data. Returns how many were deleted."""
         with self.db.write() as s:
             candidates = s.execute(
                 select(DatasetRow.tenant_id, DatasetRow.id).where(DatasetRow.temporary, ~_needed())
             ).all()
             if not candidates:
                 return 0
-            keys = [tuple(key) for key in candidates]
-            rows = s.scalars(
-                select(DatasetRow)
-                .where(tuple_(DatasetRow.tenant_id, DatasetRow.id).in_(keys), ~_needed())
-                .with_for_update()
+            key = tuple_(DatasetRow.tenant_id, DatasetRow.id)
+            locked = s.scalars(  # waits for a start that holds one (it locks what it reads)
+                select(DatasetRow).where(key.in_([tuple(c) for c in candidates])).with_for_update()
             ).all()
-            blobs.drop(s, [row.blob_id for row in rows])
-            for row in rows:
+            unneeded = set(  # asked again after the wait: a new statement sees what such a start committed
+                s.execute(
+                    select(DatasetRow.tenant_id, DatasetRow.id).where(
+                        key.in_([(row.tenant_id, row.id) for row in locked]), ~_needed()
+                    )
+                ).all()
+            )
+            doomed = [row for row in locked if (row.tenant_id, row.id) in unneeded]
+            blobs.drop(s, [row.blob_id for row in doomed])
+            for row in doomed:
                 s.delete(row)
-            return len(rows)
+            return len(doomed)
 
     def reap_uploads(self, older_than_seconds: float) -> int:
         """Delete uploads left untouched for longer than this (their process died or gave up)."""

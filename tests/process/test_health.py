@@ -139,11 +139,11 @@ def test_a_second_server_on_an_address_in_use_refuses_to_start_and_the_first_ser
 
 
 @pytest.mark.parametrize(
-    ("ending", "epochs"),
-    [("completed", 3), ("cancelled", 100_000)],  # cancelled long before it could complete
+    ("ending", "epochs", "version"),
+    [("completed", 3, 2), ("cancelled", 100_000, 1)],  # cancelled long before it could complete
 )
 def test_fit_returns_a_run_that_ended_though_the_server_stopped_before_fit_returned(
-    sqlite_url: str, ending: str, epochs: int
+    sqlite_url: str, ending: str, epochs: int, version: int
 ) -> None:
     """The server sends the run's ending and stops before fit can ask it anything more (the
     model's new version): fit returns the run's history all the same."""
@@ -162,9 +162,9 @@ def test_fit_returns_a_run_that_ended_though_the_server_stopped_before_fit_retur
 
         history = model.fit(X, Y, epochs=epochs, callbacks=(stop_once_the_run_ended,))
     assert stopped == [0]
-    assert (history.status, history.version) == (ending, 2)
+    assert (history.status, history.version or 1) == (ending, version)  # a cancelled run publishes none
     assert [e["epoch"] for e in history.epochs] == list(range(1, len(history.epochs) + 1))
-    assert (model.info.version, model.info.training) == (2, False)  # from the run: nobody to ask
+    assert (model.info.version, model.info.training) == (version, False)  # from the run: nobody to ask
 
 
 def test_fit_follows_a_run_that_sigterm_interrupted_to_its_end_once_a_server_is_back(sqlite_url: str) -> None:

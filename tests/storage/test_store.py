@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -713,3 +714,35 @@ def test_data_uploaded_on_purpose_stays_though_a_run_brought_it_too(store: Store
     put_dataset(store, brought)
     assert store.datasets.reap_temporary() == 0
     assert {d.id for d in store.datasets.page(T, 10)} == {uploaded, _meta(brought).id}
+
+
+def test_the_janitor_waits_for_a_start_that_takes_temporary_data_and_leaves_it(store: Store) -> None:
+    """A start that finds the data stored already locks it; the janitor, about to delete it, waits
+    for that start and then sees its run: the run keeps its data (runs failed missing_data when
+    the janitor decided on what it had seen before the wait)."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one writer at a time: a start and the janitor cannot interleave")
+    models = [store.models.create(T, f"m{i}", SPEC, weights(), 3) for i in range(2)]
+    data = b"\x04" * 16
+    store.runs.cancel(T, _start_inline(store, models[0].id, data).id)  # its data: needed by none
+    reaped: list[int] = []
+
+    def janitor_waits_meanwhile(model: Any, datasets: Any) -> None:
+        janitor = threading.Thread(target=lambda: reaped.append(store.datasets.reap_temporary()))
+        janitor.start()
+        waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        deadline = time.monotonic() + 30
+        with store.engine.connect() as watcher:
+            while watcher.execute(waiting).scalar() == 0:
+                assert time.monotonic() < deadline, "the janitor never waited for the start"
+                watcher.rollback()
+        janitors.append(janitor)
+
+    janitors: list[threading.Thread] = []
+    inline = InlineData(_meta(data), data)
+    start = RunStart(models[1].id, {"epochs": 2}, {}, {"inputs": inline, "targets": inline})
+    run = store.runs.start(T, start, janitor_waits_meanwhile, max_queued=10)
+    janitors[0].join(timeout=30)
+    assert reaped == [0]
+    assert [d.id for d in store.datasets.page(T, 10)] == [_meta(data).id]
+    assert store.runs.get(T, run.id).status == "queued"
