@@ -72,7 +72,8 @@ def add_datasets(
     """Store new datasets of the tenant's (their ids not stored yet: the caller asked), their
     chunks in one statement and their rows in another, however many; their records by id. The
     same content stored meanwhile by a transaction that committed first (PostgreSQL: it was not
-    there to see) is taken as it is, the chunks written here for it dropped."""
+    there to see) is taken as it is, locked as the ones found are, the chunks written here for it
+    dropped."""
     if not items:
         return {}
     written = blobs.write_many(s, [data for _, data in items])
@@ -93,7 +94,7 @@ def add_datasets(
         query = select(DatasetRow).where(
             DatasetRow.tenant_id == tenant, DatasetRow.id.in_([r.id for r in lost])
         )
-        records |= {row.id: dataset_record(row) for row in s.scalars(query)}
+        records |= {row.id: dataset_record(row) for row in s.scalars(query.with_for_update(read=True))}
     return records
 
 
