@@ -48,6 +48,7 @@ from gradwire.engine import Network, TrainConfig, Trainer
 from gradwire.service.core.settings import usable_cpus
 from gradwire.service.execution.jobs import new_epoch
 from gradwire.storage import DEFAULT_TENANT, DatasetMeta, NewEpoch, NewRun, open_store
+from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.digest import array_id, raw
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
@@ -196,7 +197,28 @@ def fit_figures(started: dict[str, tuple[Child, Client]], sizes: Sizes, backend:
     )
     assert timeline is not None
     figures["workers"]["hops_ms"] = fit_hops(*timeline, engine_s)
+    client = started["workers"][1]
+    model = client.create_model(spec_for(SMALL).to_dict())
+    run_id = model.fit(X, Y, **options).run_id
+    figures["workers"]["transport_ms"] = transport_floor(client, run_id, sizes.fit_rounds)
+    model.delete()
     return figures
+
+
+def transport_floor(client: Client, run_id: str, rounds: int) -> dict[str, float]:
+    """What the calls of a fit cost with nothing else to do (ms, best of rounds), on a run of the
+    same fit, finished: a unary call (GetRun, one read), and its WatchRun through the bare stub
+    (its epochs, one message each, and its end, as the wire contract has it): the part of a fit's
+    fixed cost that no change below the contract can lower."""
+    unary, watch = float("inf"), float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        client.stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=60)
+        unary = min(unary, time.perf_counter() - start)
+        start = time.perf_counter()
+        events = sum(1 for _ in client.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=60))
+        watch = min(watch, time.perf_counter() - start)
+    return {"unary call": 1000 * unary, f"watch of {events} events": 1000 * watch}
 
 
 def fit_hops(run: RunInfo, wall_start: float, wall_end: float, engine_s: float) -> dict[str, float]:
@@ -317,6 +339,8 @@ def report(results: dict[str, Any]) -> None:
         )
         hops = ", ".join(f"{hop} {ms:.1f}" for hop, ms in f["workers"]["hops_ms"].items())
         print(f"    where the fixed cost goes on workers (ms): {hops}")
+        floor = ", ".join(f"{call} {ms:.1f}" for call, ms in f["workers"]["transport_ms"].items())
+        print(f"    its calls alone, with nothing else to do (ms): {floor}")
         idle = ", ".join(f"{size / MiB:.0f}" for size in m["worker_idle_bytes"])
         server = m["server_idle_bytes"] / MiB
         print(f"  resident memory at rest: server {server:.0f} MiB, each worker {idle} MiB")
