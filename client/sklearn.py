@@ -276,9 +276,14 @@ class _GradwireMLP(BaseEstimator):
             self._owned = weakref.finalize(self, _forget, client, model_id)
 
     def _disown(self, delete: bool = False) -> None:
+        """Stop owning the model made last: delete it now (``delete``), or leave it for good."""
         owned: weakref.finalize[Any, Any] | None = self.__dict__.pop("_owned", None)
-        if owned is not None:
-            owned() if delete else owned.detach()
+        if owned is None:
+            return
+        if delete:
+            owned()
+        else:
+            owned.detach()
 
     # ------------------------------------------------------------------ training
 
