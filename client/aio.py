@@ -281,9 +281,9 @@ class AsyncRun(RunCore[AsyncClient]):
             call = self.client.stub.WatchRun(request, timeout=timeout)
             try:
                 async for event in call:
-                    if (epoch := watch.hear(event)) is not None:
+                    for epoch in watch.hear(event):
                         yield epoch
-                    elif watch.over:
+                    if watch.over:
                         break
             except grpc.RpcError as error:
                 await asyncio.sleep(watch.lost(error))

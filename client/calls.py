@@ -394,8 +394,12 @@ def list_runs(model_id: str, statuses: Iterable[str], page_size: int) -> Listing
     )
 
 
+EPOCHS_PER_EVENT = 500
+"""The most epochs a watch asks the server to send in one event (it may send fewer)."""
+
+
 def watch_run(run_id: str, after_epoch: int) -> pb.WatchRunRequest:
-    return pb.WatchRunRequest(run_id=run_id, after_epoch=after_epoch)
+    return pb.WatchRunRequest(run_id=run_id, after_epoch=after_epoch, max_epochs_per_event=EPOCHS_PER_EVENT)
 
 
 def serving(reply: health_pb2.HealthCheckResponse) -> bool:

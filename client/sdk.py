@@ -322,9 +322,8 @@ class Run(RunCore[Client]):
             call = self.client.stub.WatchRun(request, timeout=timeout)
             try:
                 for event in call:
-                    if (epoch := watch.hear(event)) is not None:
-                        yield epoch
-                    elif watch.over:
+                    yield from watch.hear(event)
+                    if watch.over:
                         break
             except grpc.RpcError as error:
                 time.sleep(watch.lost(error))

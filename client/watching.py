@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -92,24 +92,35 @@ class Watch:
         self._connect = False
         return calls.watch_run(self.run_id, self.cursor)
 
-    def hear(self, event: pb.RunEvent) -> dict[str, Any] | None:
-        """The epoch ``event`` carries, to yield; None for a run described (its ending or a stall)."""
+    def hear(self, event: pb.RunEvent) -> list[dict[str, Any]]:
+        """The epochs ``event`` carries, to yield, in order; none for a run described (its ending
+        or a stall)."""
         return self._HEARD.get(event.WhichOneof("event") or "", Watch._progress)(self, event)
 
-    def _progress(self, event: pb.RunEvent) -> dict[str, Any]:
-        epoch = codec.epoch_to_dict(event.progress)
-        self.cursor, self._lost_since = epoch["epoch"], None
-        return epoch
+    def _progress(self, event: pb.RunEvent) -> list[dict[str, Any]]:
+        return self._epochs([event.progress])
 
-    def _stalled(self, event: pb.RunEvent) -> None:
+    def _together(self, event: pb.RunEvent) -> list[dict[str, Any]]:
+        return self._epochs(event.epochs.epochs)
+
+    def _epochs(self, progress: Iterable[pb.EpochProgress]) -> list[dict[str, Any]]:
+        epochs = [codec.epoch_to_dict(message) for message in progress]
+        if epochs:
+            self.cursor, self._lost_since = epochs[-1]["epoch"], None
+        return epochs
+
+    def _stalled(self, event: pb.RunEvent) -> list[dict[str, Any]]:
         self.on_info(RunInfo.from_proto(event.stalled))  # its server is likely gone: the run waits
+        return []
 
-    def _result(self, event: pb.RunEvent) -> None:
+    def _result(self, event: pb.RunEvent) -> list[dict[str, Any]]:
         self.on_info(RunInfo.from_proto(event.result))
         self.over = True
+        return []
 
-    _HEARD: ClassVar[dict[str, Callable[[Watch, pb.RunEvent], dict[str, Any] | None]]] = {
+    _HEARD: ClassVar[dict[str, Callable[[Watch, pb.RunEvent], list[dict[str, Any]]]]] = {
         "progress": _progress,
+        "epochs": _together,
         "stalled": _stalled,
         "result": _result,
     }

@@ -28,7 +28,7 @@ from gradwire.v1.vocabulary import RunStatus
 from ..core.errors import LimitExceeded
 from ..usecases.datasets import Header
 from ..usecases.models import Export, OnnxExport
-from ..usecases.runs import DataSource, Stalled
+from ..usecases.runs import DataSource, Epochs, Stalled
 
 INPUT_DTYPES = (pb.FLOAT32, pb.FLOAT64)
 EXPORT_PIECE = 1 << 20
@@ -309,9 +309,17 @@ def run_to_proto(run: RunRecord, lease_seconds: float) -> pb.Run:
     )
 
 
-def run_event(event: EpochEntry | RunRecord | Stalled, planned: int, lease_seconds: float) -> pb.RunEvent:
-    if isinstance(event, EpochEntry):
-        return pb.RunEvent(progress=codec.epoch_from_dict(event.record, planned))
+def run_event(
+    event: Epochs | RunRecord | Stalled, planned: int, lease_seconds: float, together: bool
+) -> pb.RunEvent:
+    """The wire's event for a watch's: epochs in one ``epochs`` event where the caller asked for
+    them ``together``, else (one at a time) a ``progress`` event."""
+    if isinstance(event, tuple):
+        progress = [codec.epoch_from_dict(entry.record, planned) for entry in event]
+        if together:
+            return pb.RunEvent(epochs=pb.EpochBatch(epochs=progress))
+        (only,) = progress
+        return pb.RunEvent(progress=only)
     if isinstance(event, Stalled):
         return pb.RunEvent(stalled=run_to_proto(event.run, lease_seconds))
     return pb.RunEvent(result=run_to_proto(event, lease_seconds))

@@ -319,10 +319,11 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             tenant = caller_of(context).tenant
             run = self.app.runs.get(tenant, request.run_id)
             planned = convert.epochs_planned(run)
+            per_event = request.max_epochs_per_event
             for event in self.app.runs.watch(
-                tenant, request.run_id, request.after_epoch, self._gone(context)
+                tenant, request.run_id, request.after_epoch, self._gone(context), per_event
             ):
-                yield convert.run_event(event, planned, self.app.settings.lease_seconds)
+                yield convert.run_event(event, planned, self.app.settings.lease_seconds, per_event > 1)
 
     @handled
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:

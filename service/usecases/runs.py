@@ -60,6 +60,10 @@ DataSource = str | np.ndarray
 """A dataset id, or an array sent inline."""
 
 
+Epochs = tuple[EpochEntry, ...]
+"""Committed epochs a watch sends together, in order."""
+
+
 @dataclass(frozen=True)
 class Stalled:
     """A watch's news that its run's lease is not being renewed (see :data:`STALLED_HEARTBEATS`)."""
@@ -190,13 +194,17 @@ class Runs:
         )
 
     def watch(
-        self, tenant: str, run_id: str, after_epoch: int, gone: Callable[[], bool]
-    ) -> Iterator[EpochEntry | RunRecord | Stalled]:
+        self, tenant: str, run_id: str, after_epoch: int, gone: Callable[[], bool], per_event: int = 1
+    ) -> Iterator[Epochs | RunRecord | Stalled]:
         """The committed epochs above ``after_epoch``, then new ones as they commit, then the run
-        as it ends. Returns early, without the run, once ``gone()`` holds (the caller left).
+        as it ends. Epochs come as they were read, at most ``per_event`` together (0: one).
+        Returns early, without the run, once ``gone()`` holds (the caller left).
         Once, whenever the run's lease stops being renewed, the run itself (:class:`Stalled`)."""
         if after_epoch < 0:
             raise InvalidArgument("after_epoch", "must be ≥ 0")
+        if per_event < 0:
+            raise InvalidArgument("max_epochs_per_event", "must be ≥ 0")
+        size = min(max(per_event, 1), WATCH_PAGE)
         log.info("watch started", extra={"run": run_id, "after_epoch": after_epoch})
         cursor, told = after_epoch, None  # told: the lease renewal a Stalled was sent for
 
@@ -211,9 +219,10 @@ class Runs:
                 partial(self.store.runs.get, tenant, run_id), gone
             )  # status first: see below
             epochs = self._retrying(partial(self.store.runs.epochs_after, run_id, cursor, WATCH_PAGE), gone)
-            for entry in epochs:
-                yield entry
-                cursor = entry.epoch
+            for first in range(0, len(epochs), size):
+                together = tuple(epochs[first : first + size])
+                yield together
+                cursor = together[-1].epoch
             if len(epochs) == WATCH_PAGE:
                 continue
             if run.status in WATCH_ENDS:  # it ended before the epochs were read: none is missed
@@ -262,6 +271,9 @@ class Runs:
             for event in self.watch(tenant, run_id, 0, gone):  # ShuttingDown leaves the run be: it resumes
                 if isinstance(event, Stalled):
                     continue  # Train's stream has no word for it: the caller waits, as the run does
+                if isinstance(event, tuple):
+                    yield from event
+                    continue
                 if isinstance(event, RunRecord):
                     ended = True
                     if event.status == RunStatus.FAILED:

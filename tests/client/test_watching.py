@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from gradwire.client import DeadlineExceededError, NotFoundError, RunFailedError, RunInfo, UnavailableError
+from gradwire.client.calls import EPOCHS_PER_EVENT
 from gradwire.client.watching import Reconnect, Waiting, Watch
 from gradwire.v1 import gradwire_pb2 as pb
 from gradwire.v1.vocabulary import RunStatus
@@ -47,6 +48,19 @@ def progress(epoch: int) -> pb.RunEvent:
     return pb.RunEvent(progress=pb.EpochProgress(epoch=epoch, train_loss=1.0 / epoch))
 
 
+def together(*epochs: int) -> pb.RunEvent:
+    """Several epochs in one event, as a server sends them to a watch that asks for it."""
+    return pb.RunEvent(epochs=pb.EpochBatch(epochs=[progress(epoch).progress for epoch in epochs]))
+
+
+def numbers(epochs: list[dict[str, Any]]) -> list[int]:
+    return [epoch["epoch"] for epoch in epochs]
+
+
+def request(after_epoch: int) -> pb.WatchRunRequest:
+    return pb.WatchRunRequest(run_id="r1", after_epoch=after_epoch, max_epochs_per_event=EPOCHS_PER_EVENT)
+
+
 def run(status: str, **fields: Any) -> pb.Run:
     return pb.Run(run_id="r1", model_id="m1", status=status, **fields)
 
@@ -58,21 +72,31 @@ def watch(clock: Clock, after_epoch: int = 0) -> tuple[Watch, list[RunInfo]]:
 
 def test_a_watch_yields_epochs_notes_a_stall_and_stops_at_the_runs_ending() -> None:
     w, told = watch(Clock(), after_epoch=2)
-    assert w.next_request() == pb.WatchRunRequest(run_id="r1", after_epoch=2)
-    assert w.hear(progress(3))["epoch"] == 3
-    assert w.hear(pb.RunEvent(stalled=run(RunStatus.RUNNING))) is None
+    assert w.next_request() == request(after_epoch=2)
+    assert numbers(w.hear(progress(3))) == [3]
+    assert w.hear(pb.RunEvent(stalled=run(RunStatus.RUNNING))) == []
     assert (w.over, [info.status for info in told]) == (False, [RunStatus.RUNNING])  # the watch goes on
-    assert w.hear(progress(4))["epoch"] == 4
-    assert w.hear(pb.RunEvent(result=run(RunStatus.COMPLETED))) is None
+    assert numbers(w.hear(progress(4))) == [4]
+    assert w.hear(pb.RunEvent(result=run(RunStatus.COMPLETED))) == []
     assert w.over  # stop reading
     assert told[-1].status == RunStatus.COMPLETED
     assert w.next_request() is None
 
 
+def test_epochs_that_come_together_are_yielded_in_order_and_move_the_cursor_to_the_last() -> None:
+    w, _ = watch(Clock())
+    assert w.next_request() == request(after_epoch=0)  # it asks for epochs together
+    assert numbers(w.hear(together(1, 2, 3))) == [1, 2, 3]
+    assert numbers(w.hear(progress(4))) == [4]  # a server that sends one at a time is understood too
+    assert w.hear(together()) == []  # nothing in it: the cursor stays
+    w.lost(Broken(grpc.StatusCode.UNAVAILABLE))
+    assert w.next_request() == request(after_epoch=4)
+
+
 def test_a_stream_that_ends_without_the_runs_ending_ends_the_watch() -> None:
     w, told = watch(Clock())
     assert w.next_request() is not None
-    assert w.hear(progress(1)) is not None
+    assert numbers(w.hear(progress(1))) == [1]
     assert w.next_request() is None  # the server closed the stream: no reconnect
     assert told == []
 
@@ -84,7 +108,7 @@ def test_a_lost_connection_reconnects_from_the_last_epoch_seen_after_a_pause() -
     w.hear(progress(1))
     w.hear(progress(2))
     assert w.lost(Broken(grpc.StatusCode.UNAVAILABLE)) == RECONNECT.pause
-    assert w.next_request() == pb.WatchRunRequest(run_id="r1", after_epoch=2)
+    assert w.next_request() == request(after_epoch=2)
     assert w.next_request() is None  # one stream at a time: the next only after it ends or breaks
 
 

@@ -117,6 +117,33 @@ def test_a_watcher_that_reconnects_from_its_cursor_misses_and_repeats_nothing(cl
     assert [e.progress.epoch for e in again[:-1]] == seen
 
 
+def test_a_watch_that_asks_for_epochs_together_gets_each_once_in_order_at_most_as_many_as_asked(
+    client: Client,
+) -> None:
+    model = client.create_model(SPEC)
+    history = model.fit(X, Y, epochs=7, batch_size=64)
+    assert [e["epoch"] for e in history.epochs] == list(range(1, 8))  # the SDK asks for them together
+
+    def watched(per_event: int, after: int = 0) -> list[list[int]]:
+        request = pb.WatchRunRequest(run_id=history.run_id, after_epoch=after, max_epochs_per_event=per_event)
+        streamed = list(client.stub.WatchRun(request, timeout=60))
+        assert streamed[-1].WhichOneof("event") == "result"
+        kinds = {event.WhichOneof("event") for event in streamed[:-1]}
+        assert kinds == ({"epochs"} if per_event > 1 else {"progress"})
+        if per_event > 1:
+            return [[e.epoch for e in event.epochs.epochs] for event in streamed[:-1]]
+        return [[event.progress.epoch] for event in streamed[:-1]]
+
+    assert watched(500) == [[1, 2, 3, 4, 5, 6, 7]]  # a finished run's epochs: one event
+    assert watched(3) == [[1, 2, 3], [4, 5, 6], [7]]
+    assert watched(3, after=5) == [[6, 7]]
+    assert watched(0) == watched(1) == [[n] for n in range(1, 8)]  # as before: one at a time
+    with pytest.raises(grpc.RpcError) as raw:
+        list(client.stub.WatchRun(pb.WatchRunRequest(run_id=history.run_id, max_epochs_per_event=-1)))
+    assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_epochs_per_event" in raw.value.details()
+
+
 @pytest.mark.parametrize(
     ("options", "reason"),
     [

@@ -13,7 +13,7 @@ import grpc.aio
 import numpy as np
 from helpers import CallsEnded, Running
 
-from gradwire.client import AsyncClient, Client
+from gradwire.client import AsyncClient, Client, calls
 from gradwire.v1 import gradwire_pb2 as pb
 
 SPEC: dict[str, Any] = {
@@ -65,7 +65,7 @@ def test_a_sync_watch_left_early_cancels_its_call(server: Running, calls_ended: 
         next(epochs)
         epochs.close()
         [(request, call)] = recording.calls
-        assert request == pb.WatchRunRequest(run_id=run.id)
+        assert request == calls.watch_run(run.id, 0)
         assert not call.is_active()  # ended on the client's side when the generator closed
         assert calls_ended.wait_for("WatchRun") == "CANCELLED"  # and so the server saw it
         assert run.refresh().status == "running"  # the watch ended, not the run

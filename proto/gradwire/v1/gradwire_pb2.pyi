@@ -467,22 +467,32 @@ class Run(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., error: _Optional[str] = ..., options: _Optional[_Union[TrainOptions, _Mapping]] = ..., datasets: _Optional[_Mapping[str, str]] = ..., rows: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., best_epoch: _Optional[int] = ..., best_loss: _Optional[float] = ..., epochs_done: _Optional[int] = ..., epochs_planned: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., load_seconds: _Optional[float] = ..., train_seconds: _Optional[float] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id", "after_epoch")
+    __slots__ = ("run_id", "after_epoch", "max_epochs_per_event")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_EPOCHS_PER_EVENT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     after_epoch: int
-    def __init__(self, run_id: _Optional[str] = ..., after_epoch: _Optional[int] = ...) -> None: ...
+    max_epochs_per_event: int
+    def __init__(self, run_id: _Optional[str] = ..., after_epoch: _Optional[int] = ..., max_epochs_per_event: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("progress", "result", "stalled")
+    __slots__ = ("progress", "epochs", "result", "stalled")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     STALLED_FIELD_NUMBER: _ClassVar[int]
     progress: EpochProgress
+    epochs: EpochBatch
     result: Run
     stalled: Run
-    def __init__(self, progress: _Optional[_Union[EpochProgress, _Mapping]] = ..., result: _Optional[_Union[Run, _Mapping]] = ..., stalled: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+    def __init__(self, progress: _Optional[_Union[EpochProgress, _Mapping]] = ..., epochs: _Optional[_Union[EpochBatch, _Mapping]] = ..., result: _Optional[_Union[Run, _Mapping]] = ..., stalled: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class EpochBatch(_message.Message):
+    __slots__ = ("epochs",)
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    epochs: _containers.RepeatedCompositeFieldContainer[EpochProgress]
+    def __init__(self, epochs: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
