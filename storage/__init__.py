@@ -39,7 +39,7 @@ from .records import (
     TenantRecord,
     VersionState,
 )
-from .runs import InlineData, NewRun, RunStart, StartCheck
+from .runs import Claim, InlineData, NewRun, RunStart, StartCheck
 from .schema import DEFAULT_TENANT
 from .store import Store, open_store
 
@@ -51,6 +51,7 @@ __all__ = [
     "KEYS_CHANNEL",
     "QUOTA_WORDS",
     "Checkpoint",
+    "Claim",
     "Conflict",
     "CorruptBlob",
     "Database",

@@ -73,6 +73,16 @@ class InlineData:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A run taken by :meth:`RunStore.claim_next`: its id, the lease it is held under, and which
+    attempt at it this is."""
+
+    id: str
+    owner: str
+    attempts: int
+
+
+@dataclass(frozen=True)
 class RunStart:
     """A run StartRun asks for: the model, its options (the engine's JSON), the stored datasets
     it names and the data it brings, each by role."""
@@ -195,35 +205,35 @@ class RunStore:
         check(model_record(model), {role: found[dataset_id] for role, dataset_id in start.stored.items()})
         return found
 
-    def claim_next(self, owner: str) -> RunRecord | None:
-        """The oldest queued run, now running under a lease of ``owner``'s; None if none waits.
+    def claim_next(self, owner: str) -> Claim | None:
+        """The oldest queued run, now running under a lease of ``owner``'s; None if none waits
+        (or another claimer took it meanwhile: the caller asks again). One statement.
 
-        The lease is the record's ``owner``: the claimer's name and a token of this claim, so that
+        The lease is the claim's ``owner``: the claimer's name and a token of this claim, so that
         a job of an earlier claim of the same run, in the same process, can never pass for it."""
+        lease = f"{owner}/{blobs.new_id()[:12]}"
+        oldest = (
+            select(RunRow.id)
+            .where(RunRow.status == RunStatus.QUEUED)
+            .order_by(RunRow.created_at, RunRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         with self.db.write() as s:
-            run_id = s.scalar(
-                select(RunRow.id)
-                .where(RunRow.status == RunStatus.QUEUED)
-                .order_by(RunRow.created_at, RunRow.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            if run_id is None:
-                return None
             claimed = s.execute(
                 update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status == RunStatus.QUEUED)
+                .where(RunRow.id == oldest, RunRow.status == RunStatus.QUEUED)
                 .values(
                     status=RunStatus.RUNNING,
-                    owner=f"{owner}/{blobs.new_id()[:12]}",
+                    owner=lease,
                     heartbeat_at=utcnow(),
                     started_at=func.coalesce(RunRow.started_at, utcnow()),
                     attempts=RunRow.attempts + 1,
                 )
-            )
-            if _count(claimed) != 1:
-                return None  # lost a race; the caller asks again
-            return _fetch(s, run_id, ANY_TENANT)
+                .returning(RunRow.id, RunRow.attempts)
+            ).first()
+        return None if claimed is None else Claim(claimed.id, lease, claimed.attempts)
 
     def heartbeat(self, run_id: str, owner: str) -> bool:
         """Renew the lease; returns whether a cancel was asked for. LeaseLost if it is not ours."""

@@ -168,7 +168,6 @@ class Supervisor:
             if run is None:
                 return
             log.info("run claimed", extra={"run": run.id, "attempt": run.attempts})
-            assert run.owner is not None  # the lease of this claim
             self.executor.submit(run.id, run.owner)
 
     def _sweep(self) -> None:

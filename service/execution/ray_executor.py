@@ -109,7 +109,6 @@ class Trainer:
                 self.wakeup.wait(self.settings.poll_seconds)
                 self.wakeup.clear()
                 continue
-            assert run.owner is not None
             log.info("run claimed", extra={"run": run.id, "attempt": run.attempts})
             self.flags = StopFlags()
             if self.retiring.is_set():  # it was told between the claim and now

@@ -313,7 +313,6 @@ def claim(store: Store, owner: str = "me") -> str:
     """Claim the oldest queued run for ``owner``: the lease of that claim."""
     run = store.runs.claim_next(owner)
     assert run is not None
-    assert run.owner is not None
     assert run.owner.startswith(f"{owner}/")
     return run.owner
 
@@ -597,6 +596,19 @@ def test_two_claimers_never_take_the_same_run(store: Store) -> None:
     for thread in threads:
         thread.join()
     assert len(claims) == len(set(claims)) == 6
+
+
+def test_a_claim_is_one_statement_whether_it_finds_a_run_or_not(store: Store) -> None:
+    """It was three (find the oldest, take it, read it back): each a round trip in every fit."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    for expected in (run.id, None):
+        with statements_sent(store) as sent:
+            claimed = store.runs.claim_next("me")
+        assert (claimed.id if claimed else None) == expected
+        assert [s for s in sent if not s.startswith("BEGIN")] == [sent[-1]]
+        assert sent[-1].lstrip().startswith("UPDATE")
+    assert store.runs.get(T, run.id).attempts == 1
 
 
 def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
