@@ -40,7 +40,7 @@ LINKS := .typecheck/gradwire
 # lint, format, types and the dependency arrows.
 check: $(VENV)/.dev
 	mkdir -p $(LINKS) && for p in engine service storage client; do ln -sfn ../../$$p $(LINKS)/$$p; done
-	ln -sfn ../../proto/gradwire/v1 $(LINKS)/v1
+	for p in v1 inference; do ln -sfn ../../proto/gradwire/$$p $(LINKS)/$$p; done
 	$(LOCKS) check
 	PYTHON=$(CURDIR)/$(BIN)/python proto/generate.sh --check
 	$(BIN)/ruff check .

@@ -19,15 +19,20 @@ if [[ "${1:-}" == "--check" ]]; then
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
 fi
+contracts=(gradwire/v1/gradwire.proto gradwire/inference/open_inference.proto)
+mkdir -p "$out/gradwire/v1" "$out/gradwire/inference"
 "$python" -m grpc_tools.protoc -I . \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
-  gradwire/v1/gradwire.proto
+  "${contracts[@]}"
 if [[ "${1:-}" == "--check" ]]; then
-  for f in gradwire_pb2.py gradwire_pb2.pyi gradwire_pb2_grpc.py; do
-    if ! diff -q "$out/gradwire/v1/$f" "gradwire/v1/$f" >/dev/null; then
-      echo "proto/gradwire/v1/$f differs from what gradwire.proto generates: run 'make proto'" >&2
-      exit 1
-    fi
+  for contract in "${contracts[@]}"; do
+    for suffix in _pb2.py _pb2.pyi _pb2_grpc.py; do
+      f=${contract%.proto}$suffix
+      if ! diff -q "$out/$f" "$f" >/dev/null; then
+        echo "proto/$f differs from what $contract generates: run 'make proto'" >&2
+        exit 1
+      fi
+    done
   done
-  echo "generated code matches proto/gradwire/v1/gradwire.proto"
+  echo "generated code matches ${contracts[*]/#/proto/}"
 fi

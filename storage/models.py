@@ -159,6 +159,33 @@ class ModelStore:
         with self.db.single() as s:
             return _model(s, tenant, model_id)
 
+    def addressed(self, tenant: str, name: str) -> list[ModelRecord]:
+        """The tenant's model whose id is ``name``; else its models named ``name``, at most two
+        (enough to tell that a name is not unique). One statement."""
+        query = (
+            _with_active_run()
+            .where(ModelRow.tenant_id == tenant, (ModelRow.id == name) | (ModelRow.name == name))
+            .order_by((ModelRow.id == name).desc(), ModelRow.created_at, ModelRow.id)
+            .limit(2)
+        )
+        with self.db.single() as s:
+            return [model_record(row, active) for row, active in s.execute(query)]
+
+    def versions(self, tenant: str, model_id: str) -> list[int]:
+        """The numbers of the tenant's model's versions, oldest first; NotFound if it has none
+        (every model has its first)."""
+        query = (
+            select(WeightVersionRow.version)
+            .join(ModelRow, ModelRow.id == WeightVersionRow.model_id)
+            .where(ModelRow.id == model_id, ModelRow.tenant_id == tenant)
+            .order_by(WeightVersionRow.version)
+        )
+        with self.db.single() as s:
+            found = list(s.scalars(query))
+        if not found:
+            raise NotFound("model", model_id, "model_id")
+        return found
+
     def current_version(self, tenant: str, model_id: str) -> int:
         """The version that answers now: one indexed read, so that no process serves a stale one
         (nor one of a model deleted meanwhile, nor another tenant's)."""

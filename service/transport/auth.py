@@ -6,7 +6,8 @@ it); ``secret`` is 256 random bits in URL-safe base64. The database keeps only t
 hash is the right one here: the secret is random, not a password, so there is nothing to guess.
 
 :class:`AuthInterceptor` checks the ``authorization: Bearer <key>`` metadata of every call of
-every service except health checking (load balancers and probes ask it without a key), before
+every service except health checking and the open inference protocol's liveness and readiness
+(load balancers and probes ask them without a key), before
 the handler runs; a call without a key, or with an unknown or revoked one, ends UNAUTHENTICATED.
 The handler gets the call's context as :class:`Authenticated`, which names the caller's tenant
 (:func:`caller_of`).
@@ -48,6 +49,9 @@ KEY = re.compile(r"gw_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 """A key's shape: the prefix, the public id, the secret (32 bytes, unpadded URL-safe base64)."""
 OPEN_SERVICES = (health.SERVICE_NAME,)
 """Services answered without a key."""
+OPEN_METHODS = frozenset(f"/inference.GRPCInferenceService/{name}" for name in ("ServerLive", "ServerReady"))
+"""Methods of other services answered without a key: the open inference protocol's probes, which
+say whether the server is up and nothing of any tenant's."""
 CACHED_KEYS = 10_000
 """Keys remembered at most per process (the least recently used go first)."""
 
@@ -210,7 +214,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
-        if service_of(details.method) in OPEN_SERVICES:
+        if service_of(details.method) in OPEN_SERVICES or details.method in OPEN_METHODS:
             return handler
         identify = self.identify
         return rewrap(handler, lambda inner: _unary(inner, identify), lambda inner: _stream(inner, identify))

@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -37,7 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradwire.storage import DEFAULT_TENANT, KEYS_CHANNEL, Store, open_store
+from gradwire.storage import DEFAULT_TENANT, KEYS_CHANNEL, StorageError, Store, open_store
 from gradwire.storage.notices import Listener
 from gradwire.v1 import gradwire_pb2 as pb
 
@@ -48,7 +48,11 @@ from ..core.tuning import GIL_SWITCH_SECONDS
 from ..usecases.app import Gradwire
 from .auth import AuthInterceptor, Keys, anonymous
 from .health import DatabaseHealth, HealthServicer
+from .inference_servicer import SERVICE as INFERENCE_SERVICE
+from .inference_servicer import InferenceServicer
+from .inference_servicer import add_to_server as add_inference_to_server
 from .logs import AccessInterceptor
+from .open_inference import OpenInference
 from .servicer import Streams, TrainerServicer, add_to_server
 from .tls import server_credentials
 
@@ -274,12 +278,30 @@ def _interceptors(metrics: Metrics | None, tracing: Tracing | None) -> list[grpc
 
 
 def _add_services(server: grpc.Server, app: Gradwire, settings: Settings) -> HealthServicer:
-    """The gradwire service, health (returned: its watch sets it) and reflection."""
+    """The gradwire service, the open inference protocol's, health (returned: its watch sets it)
+    and reflection."""
     add_to_server(TrainerServicer(app, Streams(settings.max_streams)), server)
+    inference = InferenceServicer(OpenInference(app, database_answers(app.store)))
+    add_inference_to_server(inference, server, settings.max_message_bytes)
     health_servicer = HealthServicer(Streams(settings.health_streams))  # keyless: slots of its own
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, INFERENCE_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     return health_servicer
+
+
+def database_answers(store: Store) -> Callable[[], bool]:
+    """Whether the database answers now: the server can serve."""
+
+    def ready() -> bool:
+        try:
+            store.db.ping()
+        except StorageError:
+            return False
+        return True
+
+    return ready
 
 
 def _operate(

@@ -13,7 +13,7 @@ import numpy as np
 from gradwire.engine import InvalidArgument, Network, NetworkSpec
 from gradwire.engine.errors import Problems
 from gradwire.engine.memory import ALLOWANCE, format_bytes, state_values
-from gradwire.storage import ModelRecord, RequestReused, RunRecord, Store
+from gradwire.storage import ModelRecord, NotFound, RequestReused, RunRecord, Store
 from gradwire.v1.digest import weights_digest
 
 from ..core.errors import LimitExceeded
@@ -116,6 +116,19 @@ class Models:
 
     def get(self, tenant: str, model_id: str) -> ModelRecord:
         return self.store.models.get(tenant, model_id)
+
+    def address(self, tenant: str, name: str, field: str) -> ModelRecord:
+        """The tenant's model ``name`` addresses: its id, or its name where no other of the
+        tenant's models has it (``field`` is where the caller gave it)."""
+        found = self.store.models.addressed(tenant, name)
+        if not found:
+            raise NotFound("model", name, field)
+        if found[0].id != name and len(found) > 1:
+            raise InvalidArgument(field, f"several of your models are named {name!r}: address one by its id")
+        return found[0]
+
+    def versions(self, tenant: str, model_id: str) -> list[int]:
+        return self.store.models.versions(tenant, model_id)
 
     def page(self, tenant: str, page_size: int, page_token: str) -> tuple[list[ModelRecord], str]:
         return paged(partial(self.store.models.page, tenant), page_size, page_token)

@@ -32,7 +32,17 @@ from sqlalchemy import func, select, text
 
 from gradwire.client import Client
 from gradwire.client.sdk import TLS_VARIABLES, TOKEN_VARIABLE
-from gradwire.service.transport.auth import BAD_KEY, KEY, NO_KEY, OPEN_SERVICES, NewKey, key_hash, new_key
+from gradwire.inference import open_inference_pb2 as ip
+from gradwire.service.transport.auth import (
+    BAD_KEY,
+    KEY,
+    NO_KEY,
+    OPEN_METHODS,
+    OPEN_SERVICES,
+    NewKey,
+    key_hash,
+    new_key,
+)
 from gradwire.storage import DEFAULT_TENANT, Store
 from gradwire.storage.schema import Base
 from gradwire.v1 import codec
@@ -167,8 +177,9 @@ def refused(call: Callable[[], Any]) -> grpc.RpcError:
 
 # ------------------------------------------------------------------------------------ no valid key, no call
 
-DESCRIPTORS = (pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
-"""The proto files of every service the server registers: gradwire, health, reflection."""
+DESCRIPTORS = (pb.DESCRIPTOR, ip.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+"""The proto files of every service the server registers: gradwire, the open inference protocol,
+health, reflection."""
 EVERY_METHOD: list[MethodDescriptor] = [
     method
     for descriptor in DESCRIPTORS
@@ -226,10 +237,12 @@ def name_of(method: MethodDescriptor) -> str:
 
 HEALTH = "grpc.health.v1.Health"
 """The one service open to callers without a key: load balancers and probes ask it."""
+PROBES = ("inference.GRPCInferenceService/ServerLive", "inference.GRPCInferenceService/ServerReady")
+"""The open inference protocol's probes, open too: they say whether the server is up, no more."""
 
 
 def is_open(method: MethodDescriptor) -> bool:
-    return method.containing_service.full_name == HEALTH
+    return method.containing_service.full_name == HEALTH or name_of(method) in PROBES
 
 
 def revoked_key(server: Running) -> NewKey:
@@ -273,6 +286,7 @@ def test_the_methods_called_are_those_of_every_service_the_server_offers(
     offered = {service.name for reply in replies for service in reply.list_services_response.service}
     assert offered == {method.containing_service.full_name for method in EVERY_METHOD}
     assert (HEALTH,) == OPEN_SERVICES
+    assert {f"/{name}" for name in PROBES} == OPEN_METHODS
     assert health_pb2.DESCRIPTOR.services_by_name["Health"].full_name == HEALTH
 
 
@@ -286,12 +300,14 @@ def test_every_method_but_health_refuses_a_caller_without_a_valid_key_and_does_n
     answers = {name_of(m): invoke(channel, m, metadata) for m in EVERY_METHOD}
     answers |= {f"{name} (real)": invoke(channel, m, metadata, r) for name, (m, r) in CREATING.items()}
 
-    closed = {name: (a.code, a.message) for name, a in answers.items() if not name.startswith(HEALTH)}
+    opened = {name_of(m) for m in EVERY_METHOD if is_open(m)}
+    closed = {name: (a.code, a.message) for name, a in answers.items() if name not in opened}
     assert closed == dict.fromkeys(closed, (grpc.StatusCode.UNAUTHENTICATED, message))
     assert len(closed) == sum(not is_open(m) for m in EVERY_METHOD) + len(CREATING)
-    health = {name_of(m): answers[name_of(m)] for m in EVERY_METHOD if is_open(m)}
-    refused_health = [name for name, a in health.items() if a.code == grpc.StatusCode.UNAUTHENTICATED]
-    assert refused_health == []  # List is UNIMPLEMENTED by grpc_health's servicer: answered all the same
+    refused_open = [name for name in opened if answers[name].code == grpc.StatusCode.UNAUTHENTICATED]
+    assert refused_open == []  # List is UNIMPLEMENTED by grpc_health's servicer: answered all the same
+    assert answers[PROBES[0]].response.live  # type: ignore[union-attr]
+    health = {name: answers[name] for name in opened if name.startswith(HEALTH)}
     serving = health_pb2.HealthCheckResponse.SERVING
     assert health["grpc.health.v1.Health/Check"].response.status == serving  # type: ignore[union-attr]
     assert health["grpc.health.v1.Health/Watch"].response.status == serving  # type: ignore[union-attr]

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code of the open inference protocol (see open_inference.proto)."""
