@@ -45,9 +45,10 @@ WORKDIR /home/gradwire
 # compose file publishes the port on the host's loopback only.
 VOLUME /data
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    GRADWIRE_ADDRESS=0.0.0.0:50051 GRADWIRE_DATA_DIR=/data
-# gRPC; Prometheus metrics, where GRADWIRE_METRICS_ADDRESS serves them (compose: 0.0.0.0:9464).
-EXPOSE 50051 9464
+    GRADWIRE_ADDRESS=0.0.0.0:50051 GRADWIRE_HTTP_ADDRESS=0.0.0.0:8080 GRADWIRE_DATA_DIR=/data
+# gRPC; HTTP (the open inference protocol's REST endpoints); Prometheus metrics, where
+# GRADWIRE_METRICS_ADDRESS serves them (compose: 0.0.0.0:9464).
+EXPOSE 50051 8080 9464
 # One grpc.health.v1 Check against the server's own port (GRADWIRE_ADDRESS): SERVING or not.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["gradwire-probe"]
 # BLAS and OpenMP threads from the container's CPU limit, then the command as PID 1.

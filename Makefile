@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 LOCKS  := $(BIN)/python requirements/locks.py
+TRITON := .venv-triton
 
 .PHONY: run test check check-latest lock venv bench bench-quick proto clean
 
@@ -27,10 +28,18 @@ $(VENV)/.dev: requirements/dev.txt pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.server
 
+# tritonclient, a client of the open inference protocol that is not gradwire's, in an environment
+# of its own (it pins protobuf below gradwire's), exactly requirements/triton.txt: tests/interop.
+$(TRITON)/.done: requirements/triton.txt
+	$(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/python -m pip --quiet --disable-pip-version-check install --require-hashes --no-deps \
+		-r requirements/triton.txt
+	touch $@
+
 run: $(VENV)/.server
 	$(BIN)/gradwire serve --auth off
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(TRITON)/.done
 	$(BIN)/python -m pytest
 
 # mypy and import-linter read the sources through links laid out as the installed names
@@ -85,4 +94,4 @@ proto: $(VENV)/.dev
 	PYTHON=$(CURDIR)/$(BIN)/python proto/generate.sh
 
 clean:
-	rm -rf $(VENV) .venv-latest .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-latest $(TRITON) .mypy_cache .ruff_cache .pytest_cache .hypothesis

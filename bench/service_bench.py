@@ -226,7 +226,8 @@ def gradwire_server(stack: ExitStack, database_url: str, *flags: str) -> Child:
     )
     if made.returncode:
         raise RuntimeError(f"gradwire keys create failed: {made.stderr}")
-    argv = [gradwire, "serve", "--address", "127.0.0.1:0", *at, "--log-level", "warning", *flags]
+    argv = [gradwire, "serve", "--address", "127.0.0.1:0", "--http-address", "127.0.0.1:0", *at]
+    argv += ["--log-level", "warning", *flags]
     server = stack.enter_context(child(argv))
     return Child(server.address, server.pid, made.stdout.strip())
 

@@ -64,6 +64,26 @@ LOCKS = (  # dev first: every other lock is resolved within it
 BY_NAME = {lock.name: lock for lock in LOCKS}
 
 
+@dataclass(frozen=True)
+class PeerLock:
+    """The environment of a program gradwire's tests talk to that cannot share gradwire's
+    environment, locked from its own ``requirements/NAME.in``; gradwire is not installed there."""
+
+    name: str
+    purpose: str
+
+    @property
+    def source(self) -> Path:
+        return HERE / f"{self.name}.in"
+
+    @property
+    def path(self) -> Path:
+        return HERE / f"{self.name}.txt"
+
+
+PEERS = (PeerLock("triton", "tests/interop: tritonclient, whose protobuf cannot be gradwire's"),)
+
+
 def pyproject() -> Mapping[str, object]:
     with (ROOT / "pyproject.toml").open("rb") as file:
         return tomllib.load(file)
@@ -320,9 +340,25 @@ def newer() -> None:
 # --- the command line ----------------------------------------------------------------------------
 
 
+def compile_peer(peer: PeerLock, upgrade: bool) -> None:
+    """``uv pip compile`` of ``peer.source`` (with pip) into ``peer.path``, on its own."""
+    command = [
+        uv(), "pip", "compile", str(peer.source.relative_to(ROOT)), "-",
+        "--universal", "--python-version", python_floor(),
+        "--generate-hashes", "--quiet", "--output-file", str(peer.path.relative_to(ROOT)),
+        "--custom-compile-command", "make lock",
+    ]  # fmt: skip
+    if upgrade:
+        command.append("--upgrade")
+    subprocess.run(command, input="\n".join(TOOLS) + "\n", text=True, check=True, cwd=ROOT)
+    print(f"requirements/{peer.name}.txt: {len(pins(peer.path))} packages, for {peer.purpose}")
+
+
 def compile_all(args: argparse.Namespace) -> int:
     for lock in LOCKS:
         compile_lock(lock, args.upgrade)
+    for peer in PEERS:
+        compile_peer(peer, args.upgrade)
     return 0
 
 

@@ -19,6 +19,10 @@ import pytest
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+os.environ["GRADWIRE_HTTP_ADDRESS"] = "127.0.0.1:0"
+"""Every ``gradwire serve`` the tests start serves HTTP on a free port, not on the default one:
+several run at once."""
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

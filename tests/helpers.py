@@ -126,6 +126,12 @@ class ServerProcess:
         match = re.search(r"listening on (\S+)", line)
         assert match, f"gradwire serve did not start: {line!r}; log: {self.logs[-5:]}"
         self.address = match.group(1)
+        self.http_url = ""  # the HTTP port's, where it serves one (the tests' default: tests/conftest.py)
+        if env.get("GRADWIRE_HTTP_ADDRESS"):
+            line = self.process.stdout.readline()
+            match = re.search(r"HTTP on (\S+)", line)
+            assert match, f"gradwire serve said no HTTP port: {line!r}"
+            self.http_url = match.group(1)
 
     def _read_logs(self) -> None:
         assert self.process.stderr is not None

@@ -288,6 +288,7 @@ def test_the_image_runs_as_a_numeric_user_with_a_data_volume() -> None:
     assert volumes == ["/data"]
     assert image_environment(stage)["GRADWIRE_DATA_DIR"] == "/data"
     assert image_environment(stage)["GRADWIRE_ADDRESS"] == "0.0.0.0:50051"
+    assert image_environment(stage)["GRADWIRE_HTTP_ADDRESS"] == "0.0.0.0:8080"
 
 
 def test_the_image_checks_its_health_with_gradwire_probe_in_exec_form() -> None:
@@ -302,10 +303,10 @@ def test_the_image_checks_its_health_with_gradwire_probe_in_exec_form() -> None:
     assert app["healthcheck"]["test"][1:] == json.loads(command)
     exposed = {port for args in arguments(stage, "EXPOSE") for port in args.split()}
     published = {mapping.rsplit(":", 1)[1] for mapping in app["ports"]}
-    assert published == exposed == {"50051", "9464"}
+    assert published == exposed == {"50051", "8080", "9464"}
     listening = {
         app["environment"][name].rsplit(":", 1)[1]
-        for name in ("GRADWIRE_ADDRESS", "GRADWIRE_METRICS_ADDRESS")
+        for name in ("GRADWIRE_ADDRESS", "GRADWIRE_HTTP_ADDRESS", "GRADWIRE_METRICS_ADDRESS")
     }
     assert listening == exposed
 

@@ -171,9 +171,10 @@ class Metrics:
         self._http = self.address = None
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:9100`` for IPv6) as the pair sockets take; StartupError if it is not."""
+def split_address(address: str, setting: str = "metrics_address") -> tuple[str, int]:
+    """``host:port`` (``[::1]:9100`` for IPv6) as the pair sockets take; StartupError, naming the
+    ``setting`` that gave it, if it is not."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
-        raise StartupError(f"metrics_address {address!r} must be host:port (port 0 picks a free one)")
+        raise StartupError(f"{setting} {address!r} must be host:port (port 0 picks a free one)")
     return host.strip("[]"), int(port)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 DEFAULT_DATA_DIR = "data"
 MiB = 1 << 20
 MAX_STATEMENT_SECONDS = 2_147_483
@@ -108,6 +109,7 @@ class Settings:
     auth and TLS both, unless ``insecure`` says to anyway.
 
     Operations: ``metrics_address`` (``host:port``) serves Prometheus metrics there; empty: off.
+    ``http_address`` is the HTTP port: the open inference protocol's REST endpoints (empty: off).
     ``tls_cert_file`` and ``tls_key_file`` (PEM) make the listener TLS; ``tls_client_ca_file``
     besides makes it mutual TLS (clients must present a certificate that CA signed).
     """
@@ -140,6 +142,7 @@ class Settings:
     auth_cache_seconds: float = 5.0
     insecure: bool = False
     metrics_address: str = ""
+    http_address: str = DEFAULT_HTTP_ADDRESS
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""

@@ -36,7 +36,7 @@ from ..core.logformat import log_to_stderr
 from ..core.settings import Limits, SettingError, Settings, variable
 from ..core.tuning import return_freed_memory
 from ..transport import tls as listener
-from ..transport.server import create_server, stop_server
+from ..transport.server import create_server, operations, stop_server
 from .admin import ADMIN_COMMANDS, READ_ONLY
 from .cli import LOG_LEVELS, flag
 
@@ -128,6 +128,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = settings.address.rsplit(":", 1)[0]
     spoken = LISTENING[listener.transport(settings)]
     print(f"gradwire listening on {host}:{port} {spoken} (database {database})", flush=True)
+    running = operations(server)
+    if running is not None and running.http is not None:
+        scheme = "https" if settings.tls_cert_file else "http"
+        print(
+            f"gradwire HTTP on {scheme}://{running.http.address} (the open inference protocol: /v2)",
+            flush=True,
+        )
     stopping.wait()
     print("gradwire stopping: runs stop at the end of their epoch and keep their checkpoints", flush=True)
     stop_server(server, app)

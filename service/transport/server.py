@@ -48,6 +48,7 @@ from ..core.tuning import GIL_SWITCH_SECONDS
 from ..usecases.app import Gradwire
 from .auth import AuthInterceptor, Keys, anonymous
 from .health import DatabaseHealth, HealthServicer
+from .http import HttpApp, HttpPort
 from .inference_servicer import SERVICE as INFERENCE_SERVICE
 from .inference_servicer import InferenceServicer
 from .inference_servicer import add_to_server as add_inference_to_server
@@ -168,8 +169,11 @@ class Operations:
     metrics: Metrics | None
     tracing: Tracing | None
     keys_listener: Listener | None = None
+    http: HttpPort | None = None
 
     def close(self) -> None:
+        if self.http is not None:
+            self.http.stop()
         if self.keys_listener is not None:
             self.keys_listener.stop()
         if self.metrics is not None:
@@ -208,11 +212,17 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
         interceptors=[*_interceptors(metrics, tracing), AuthInterceptor(identify)],
         options=_options(settings),
     )
-    health_servicer = _add_services(server, app, settings)
+    protocol = OpenInference(app, database_answers(store))
+    health_servicer = _add_services(server, app, settings, protocol)
+    http = (
+        HttpPort(HttpApp(protocol, identify, settings.max_message_bytes), settings)
+        if settings.http_address
+        else None
+    )
     try:
         port = _listen(server, settings.address, credentials)
         health = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)
-        running = _RUNNING[server] = _operate(settings, store, health, metrics, tracing, keys)
+        running = _RUNNING[server] = _operate(settings, store, health, metrics, tracing, keys, http)
         app.start()  # an unusable executor (no Ray cluster) fails the start before any call is served
         server.start()
     except BaseException:  # whatever started goes with it: the workers, the metrics endpoint, the port
@@ -246,16 +256,18 @@ EXPOSED = {
 
 
 def check_exposure(settings: Settings) -> None:
-    """StartupError if the server would listen beyond this machine without authentication or
-    without TLS, unless ``insecure`` says that is meant."""
-    host = settings.address.rpartition(":")[0]
-    if settings.insecure or loopback(host):
+    """StartupError if the server would listen beyond this machine (its gRPC or its HTTP port)
+    without authentication or without TLS, unless ``insecure`` says that is meant."""
+    exposed = [
+        a for a in (settings.address, settings.http_address) if a and not loopback(a.rpartition(":")[0])
+    ]
+    if settings.insecure or not exposed:
         return
     on = {"authentication": settings.auth, "TLS": bool(settings.tls_cert_file)}
     missing = [what for what in EXPOSED if not on[what]]
     if missing:
         raise StartupError(
-            f"refusing to listen on {settings.address} without {' and '.join(missing)}: "
+            f"refusing to listen on {exposed[0]} without {' and '.join(missing)}: "
             f"{'; '.join(EXPOSED[what] for what in missing)}. Listen on 127.0.0.1, configure "
             f"{'them' if len(missing) > 1 else 'it'}, or pass --insecure (GRADWIRE_INSECURE=true) "
             "if the network itself is trusted"
@@ -277,12 +289,13 @@ def _interceptors(metrics: Metrics | None, tracing: Tracing | None) -> list[grpc
     return [access] if tracing is None else [tracing.interceptor, access]
 
 
-def _add_services(server: grpc.Server, app: Gradwire, settings: Settings) -> HealthServicer:
+def _add_services(
+    server: grpc.Server, app: Gradwire, settings: Settings, protocol: OpenInference
+) -> HealthServicer:
     """The gradwire service, the open inference protocol's, health (returned: its watch sets it)
     and reflection."""
     add_to_server(TrainerServicer(app, Streams(settings.max_streams)), server)
-    inference = InferenceServicer(OpenInference(app, database_answers(app.store)))
-    add_inference_to_server(inference, server, settings.max_message_bytes)
+    add_inference_to_server(InferenceServicer(protocol), server, settings.max_message_bytes)
     health_servicer = HealthServicer(Streams(settings.health_streams))  # keyless: slots of its own
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -311,14 +324,19 @@ def _operate(
     metrics: Metrics | None,
     tracing: Tracing | None,
     keys: Keys | None,
+    http: HttpPort | None,
 ) -> Operations:
-    """Start what runs beside the server's RPCs; if one part cannot start (the metrics address is
-    in use, the database cannot be listened to), stop the parts that did before the error goes on."""
+    """Start what runs beside the server's RPCs; if one part cannot start (the metrics or HTTP
+    address is in use, the database cannot be listened to), stop the parts that did before the
+    error goes on."""
     running = Operations(health, None, None)
     try:
         if metrics is not None:
             metrics.start(settings.metrics_address)
             running.metrics = metrics
+        if http is not None:
+            http.start(settings.http_address)
+            running.http = http
         health.start()
         if keys is not None:
             running.keys_listener = store.listen(KEYS_CHANNEL, keys.forget, settings.heartbeat_seconds)
@@ -340,6 +358,7 @@ def _log_start(settings: Settings, store: Store, port: int, running: Operations)
         "address": f"{host}:{port}",
         "auth": settings.auth,
         "metrics_address": None if running.metrics is None else running.metrics.address,
+        "http_address": None if running.http is None else running.http.address,
         "tracing": None if running.tracing is None else list(running.tracing.exporters),
     }
     log.info("server started", extra=on)

@@ -86,7 +86,7 @@ def field_violations(exc: Exception) -> list[error_details_pb2.BadRequest.FieldV
     else:
         pairs = [(getattr(exc, "field", ""), str(exc))]
     return [
-        error_details_pb2.BadRequest.FieldViolation(field=field, description=_cut(description))
+        error_details_pb2.BadRequest.FieldViolation(field=field, description=cut(description))
         for field, description in pairs
         if field
     ]
@@ -96,7 +96,7 @@ def rich_status(code: grpc.StatusCode, exc: Exception) -> status_pb2.Status:
     """A ``google.rpc.Status`` for ``exc``, with a BadRequest naming every field it is about, as
     many as fit in :data:`MAX_STATUS_BYTES` (then one more saying how many were left out), or a
     QuotaFailure naming the tenant's quota it would exceed."""
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=_cut(str(exc)))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=cut(str(exc)))
     if isinstance(exc, QuotaExceeded):
         failure = error_details_pb2.QuotaFailure()
         failure.violations.add(subject=f"tenant:{exc.tenant}", description=f"{exc.quota} is {exc.limit}")
@@ -121,7 +121,7 @@ def _bounded(
     return kept
 
 
-def _cut(text: str) -> str:
+def cut(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 

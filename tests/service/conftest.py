@@ -11,9 +11,9 @@ from helpers import CallsEnded, Running
 from gradwire.client import Client
 from gradwire.service import Settings, create_server, stop_server
 
-TEST_SETTINGS = {"checkpoint_interval": 0.05, "poll_seconds": 0.1, "auth": False}
+TEST_SETTINGS = {"checkpoint_interval": 0.05, "poll_seconds": 0.1, "auth": False, "http_address": ""}
 """Commit often and look often, so that the tests see epochs as they happen; no keys, but in the
-tests of keys (which turn ``auth`` on)."""
+tests of keys (which turn ``auth`` on); no HTTP port, but in the tests of HTTP (which open one)."""
 
 
 @pytest.fixture

@@ -1,0 +1,197 @@
+"""The HTTP port through a real server on a free port: the open inference protocol's REST
+endpoints (JSON and binary tensors), their keys and tenants, their errors' HTTP statuses, the
+bound on a body; and a server that cannot take its HTTP address does not start."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import Running
+
+from gradwire.client import Client
+from gradwire.service.core.errors import StartupError
+from gradwire.service.transport.auth import NewKey, new_key
+from gradwire.service.transport.http import HEADER_LENGTH
+from gradwire.service.transport.server import operations
+
+SPEC: dict[str, Any] = {
+    "input_dim": 3,
+    "layers": [
+        {"kind": "dense", "units": 6, "activation": "tanh"},
+        {"kind": "dense", "units": 2, "activation": "softmax"},
+    ],
+    "loss": "softmax_crossentropy",
+    "dtype": "float64",
+    "seed": 8,
+}
+X = np.random.default_rng(4).normal(size=(5, 3))
+
+
+class Http:
+    """Requests to one server's HTTP port, with a key if given."""
+
+    def __init__(self, server: Running, key: NewKey | None = None) -> None:
+        running = operations(server.server)
+        assert running is not None
+        assert running.http is not None
+        self.base, self.key = f"http://{running.http.address}", key
+
+    def call(
+        self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        sent = dict(headers or {})
+        if self.key is not None:
+            sent["Authorization"] = f"Bearer {self.key.token}"
+        request = urllib.request.Request(self.base + path, data=body, headers=sent)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, lowered(answer.headers), answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, lowered(error.headers), error.read()
+
+    def json(self, path: str, body: Any = None) -> tuple[int, Any]:
+        status, _, data = self.call(path, None if body is None else json.dumps(body).encode())
+        return status, json.loads(data)
+
+
+def lowered(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def infer_body(x: np.ndarray, **more: Any) -> dict[str, Any]:
+    tensor = {"name": "input", "datatype": "FP64", "shape": list(x.shape), "data": x.tolist()}
+    return {"inputs": [tensor], **more}
+
+
+@pytest.fixture
+def keyed(start_server: Callable[..., Running]) -> tuple[Running, dict[str, NewKey]]:
+    server = start_server(auth=True, http_address="127.0.0.1:0")
+    keys = {tenant: new_key() for tenant in ("alice", "bob")}
+    for tenant, key in keys.items():
+        server.app.store.tenants.add_key(tenant, key.id, key.hash, name=tenant)
+    return server, keys
+
+
+def test_json_and_binary_tensors_answer_what_predict_answers(
+    keyed: tuple[Running, dict[str, NewKey]],
+) -> None:
+    server, keys = keyed
+    with Client(server.address, timeout=60, token=keys["alice"].token) as client:
+        model = client.create_model(SPEC, name="m")
+        expected = model.predict_full(X)
+    http = Http(server, keys["alice"])
+    status, answer = http.json("/v2/models/m/infer", infer_body(X, id="q1"))  # nested lists: rows
+    assert status == 200
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == ("m", "1", "q1")
+    output, label = answer["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("output", "FP64", [5, 2])
+    assert np.array(output["data"]).tobytes() == expected.outputs.tobytes()  # JSON keeps every bit
+    assert label["data"] == expected.labels.tolist()
+
+    binary = {
+        "name": "input",
+        "datatype": "FP64",
+        "shape": [5, 3],
+        "parameters": {"binary_data_size": X.nbytes},
+    }
+    wanted = {"name": "output", "parameters": {"binary_data": True}}
+    header = json.dumps({"inputs": [binary], "outputs": [wanted]}).encode()
+    status, headers, data = http.call(
+        f"/v2/models/{model.id}/versions/1/infer", header + X.tobytes(), {HEADER_LENGTH: str(len(header))}
+    )
+    assert status == 200
+    length = int(
+        headers[HEADER_LENGTH.lower()] if HEADER_LENGTH.lower() in headers else headers[HEADER_LENGTH]
+    )
+    described = json.loads(data[:length])
+    assert [o["name"] for o in described["outputs"]] == ["output"]  # only what was asked
+    assert described["outputs"][0]["parameters"]["binary_data_size"] == expected.outputs.nbytes
+    assert data[length:] == expected.outputs.tobytes()
+
+
+def test_probes_are_open_every_other_endpoint_needs_a_key_and_sees_its_tenant_only(
+    keyed: tuple[Running, dict[str, NewKey]],
+) -> None:
+    server, keys = keyed
+    with Client(server.address, timeout=60, token=keys["alice"].token) as client:
+        model = client.create_model(SPEC, name="hers")
+    anonymous, bob = Http(server), Http(server, keys["bob"])
+    assert anonymous.json("/v2/health/live") == (200, {"live": True})
+    assert anonymous.json("/v2/health/ready") == (200, {"ready": True})
+    for path in ("/v2", f"/v2/models/{model.id}", f"/v2/models/{model.id}/ready"):
+        status, headers, _ = anonymous.call(path)
+        assert status == 401, path
+        assert headers["www-authenticate"] == "Bearer"
+    assert anonymous.call(f"/v2/models/{model.id}/infer", json.dumps(infer_body(X)).encode())[0] == 401
+    for name in (model.id, "hers"):  # bob: as if it did not exist
+        assert bob.json(f"/v2/models/{name}")[0] == 404
+        assert bob.json(f"/v2/models/{name}/ready")[0] == 404
+        assert bob.json(f"/v2/models/{name}/infer", infer_body(X))[0] == 404
+    status, meta = Http(server, keys["alice"]).json("/v2/models/hers")
+    assert (status, meta["versions"], meta["inputs"][0]["shape"]) == (200, ["1"], [-1, 3])
+    assert Http(server, keys["alice"]).json("/v2")[1]["extensions"] == ["binary_tensor_data"]
+
+
+def test_a_request_the_model_cannot_take_gets_400_naming_the_field_and_nothing_changes(
+    keyed: tuple[Running, dict[str, NewKey]],
+) -> None:
+    server, keys = keyed
+    with Client(server.address, timeout=60, token=keys["alice"].token) as client:
+        model = client.create_model(SPEC)
+    http = Http(server, keys["alice"])
+    path = f"/v2/models/{model.id}/infer"
+
+    def one(**tensor: Any) -> bytes:
+        given = {"name": "input", "datatype": "FP64", "shape": [1, 3], "data": [0.0, 1.0, 2.0]} | tensor
+        return json.dumps({"inputs": [given]}).encode()
+
+    cases: dict[str, tuple[bytes, dict[str, str]]] = {
+        "body": (b"not json", {}),
+        "inputs": (json.dumps({"inputs": "x"}).encode(), {}),
+        "inputs[0].data": (one(data=["a", "b", "c"]), {}),
+        "inputs[0].contents": (one(data=[0.0, 1.0]), {}),  # two elements for a shape of three
+        "inputs[0].datatype": (one(datatype="BYTES"), {}),
+        "inputs[0].name": (one(name="x"), {}),
+        "inputs[0].parameters.binary_data_size": (one(data=None, parameters={"binary_data_size": 999}), {}),
+        HEADER_LENGTH: (b"{}", {HEADER_LENGTH: "99"}),
+        "inputs.shape": (json.dumps(infer_body(X[:, :2])).encode(), {}),
+        "model_version": (json.dumps(infer_body(X)).encode(), {}),
+    }
+    for field, (body, headers) in cases.items():
+        where = f"/v2/models/{model.id}/versions/latest/infer" if field == "model_version" else path
+        status, _, data = http.call(where, body, headers)
+        assert status == 400, (field, data)
+        assert field in json.loads(data)["error"], (field, data)
+    assert http.json(f"/v2/models/{model.id}/versions/7/infer", infer_body(X))[0] == 404
+    assert http.json("/v2/models/nothing/infer", infer_body(X))[0] == 404
+    assert model.id in {
+        m.id for m in Client(server.address, timeout=60, token=keys["alice"].token).list_models()
+    }
+
+
+def test_a_body_past_the_message_limit_is_refused_before_it_is_read(
+    start_server: Callable[..., Running],
+) -> None:
+    server = start_server(http_address="127.0.0.1:0", max_message_mb=1)
+    http = Http(server)
+    status, _, data = http.call("/v2/models/any/infer", b"x" * (2 << 20))
+    assert status == 429
+    assert "max_message_mb" in json.loads(data)["error"]
+
+
+def test_a_server_whose_http_address_is_taken_does_not_start(start_server: Callable[..., Running]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartupError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
+            start_server(http_address=f"127.0.0.1:{port}")
+        with pytest.raises(StartupError, match="http_address"):
+            start_server(http_address="127.0.0.1:port")
