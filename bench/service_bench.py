@@ -65,6 +65,7 @@ from bench.engine_bench import WORKLOADS, Workload, dataset, spec_for
 from gradwire.client import Client
 from gradwire.client.sdk import UPLOAD_CHUNK, DatasetInfo, RunInfo
 from gradwire.engine import Network, NetworkSpec, OptimizerConfig, TrainConfig, Trainer
+from gradwire.inference import open_inference_pb2 as ip
 from gradwire.storage import CHUNK_BYTES, make_engine
 from gradwire.v1 import codec
 from gradwire.v1 import gradwire_pb2 as pb
@@ -102,6 +103,8 @@ XOR_TARGET_S = 0.5
 MEMORY_TARGET = 1.25
 PREDICT_TARGET = 0.8
 LATENCY_TARGET = 2
+INFER_THROUGHPUT_TARGET = 0.8  # ModelInfer's bulk rows/s over Predict's, at least
+INFER_LATENCY_TARGET = 1.5  # ModelInfer's single-row median latency over Predict's, at most
 
 
 @dataclass(frozen=True)
@@ -470,6 +473,60 @@ def predict_figures(client: Client, echo: grpc.Channel, sizes: Sizes) -> dict[st
     }
 
 
+def infer_figures(client: Client, sizes: Sizes) -> dict[str, Any]:
+    """The open inference protocol's ModelInfer over gRPC beside gradwire's Predict, on the same
+    server, model and payloads (raw bytes both ways), interleaved: bulk throughput (best of
+    rounds) and single-row median latency."""
+    w = WORKLOADS[0]
+    model = client.create_model(spec_for(w).to_dict())
+    X = np.random.default_rng(0).standard_normal((sizes.predict_rows, w.sizes[0]), np.float32)
+
+    def infer_request(x: np.ndarray) -> bytes:
+        tensor = ip.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
+        request = ip.ModelInferRequest(model_name=model.id, inputs=[tensor], raw_input_contents=[x.tobytes()])
+        return request.SerializeToString()
+
+    def predict_request(x: np.ndarray) -> bytes:
+        return pb.PredictRequest(model_id=model.id, inputs=codec.array_to_tensor(x)).SerializeToString()
+
+    calls = {
+        "predict": client.channel.unary_unary("/gradwire.v1.Trainer/Predict"),
+        "infer": client.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer"),
+    }
+    payloads = {
+        "predict": (predict_request(X), predict_request(X[:1])),
+        "infer": (infer_request(X), infer_request(X[:1])),
+    }
+    for name, call in calls.items():  # warm-up: connections, caches, the model's network
+        for payload in payloads[name]:
+            call(payload, timeout=120)
+
+    def timed(name: str, which: int) -> float:
+        start = time.perf_counter()
+        calls[name](payloads[name][which], timeout=120)
+        return time.perf_counter() - start
+
+    bulk = dict.fromkeys(calls, float("inf"))
+    for _ in range(sizes.predict_rounds):
+        for name in calls:
+            bulk[name] = min(bulk[name], timed(name, 0))
+    single: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(sizes.predict_calls):
+        for name in calls:
+            single[name].append(timed(name, 1))
+    model.delete()
+    p50 = {name: statistics.median(values) for name, values in single.items()}
+    throughput, latency = bulk["predict"] / bulk["infer"], p50["infer"] / p50["predict"]
+    return {
+        "rows": sizes.predict_rows,
+        "columns": w.sizes[0],
+        "bulk_seconds": bulk,
+        "single_row_p50_ms": {name: 1000 * value for name, value in p50.items()},
+        "throughput": {"infer_over_predict": throughput} | judge(throughput, INFER_THROUGHPUT_TARGET),
+        "latency": {"infer_over_predict": latency} | judge(latency, INFER_LATENCY_TARGET, at_most=True),
+    }
+
+
 def small_figures(clients: dict[str, Client], sizes: Sizes) -> dict[str, Any]:
     """20-64-1 on inline data, on each backend, against the engine; interleaved rounds."""
     w = WORKLOADS[1]
@@ -566,6 +623,15 @@ def report(results: dict[str, Any]) -> None:
         f"predict/echo {p['latency_predict_over_echo']:.2f} "
         f"{verdict({'target': p['latency_target'], 'meets_target': p['latency_meets_target']})}"
     )
+    i = results["infer"]
+    print(
+        f"open inference protocol, ModelInfer over gRPC vs Predict, {i['rows']:,} × {i['columns']} float32: "
+        f"{i['bulk_seconds']['infer'] * 1000:.1f} vs {i['bulk_seconds']['predict'] * 1000:.1f} ms, "
+        f"throughput infer/predict {i['throughput']['infer_over_predict']:.2f} {verdict(i['throughput'])}\n"
+        f"  single row p50: {i['single_row_p50_ms']['infer']:.3f} "
+        f"vs {i['single_row_p50_ms']['predict']:.3f} ms, "
+        f"infer/predict {i['latency']['infer_over_predict']:.2f} {verdict(i['latency'])}"
+    )
     s, x, pg = results["small"], results["xor"], results["postgresql"]
     print(
         f"train 20-64-1 adam, {s['rows']:,} rows × {s['epochs']} epochs: "
@@ -602,6 +668,7 @@ def measure(clients: dict[str, Client], echo: grpc.Channel, sqlite_pid: int, siz
     results["memory"] = memory.trained(X.nbytes + Y.nbytes)
     del X, Y
     results["predict"] = predict_figures(client, echo, sizes)
+    results["infer"] = infer_figures(client, sizes)
     results["small"] = small_figures(clients, sizes)
     results["xor"] = xor_figures(clients, sizes)
     return results

@@ -8,8 +8,9 @@ compiled at their markdown lines (a traceback shows the markdown); its shell blo
 ``bash -euo pipefail``, each block's variables (``MODEL_ID=$(...)``) kept for the next, and a
 failure names the markdown line and the command. Each document has a working folder of its own,
 holding links to the repository's top-level entries, so ``docs/examples/...`` resolves as in a
-clone and what the examples write stays out of the tree. The venv's ``bin`` is first on PATH, and
-``GRADWIRE_SERVER`` names the server this module starts (SQLite, no auth: what ``make run`` does).
+clone and what the examples write stays out of the tree. The venv's ``bin`` is first on PATH,
+``GRADWIRE_SERVER`` names the server this module starts (SQLite, no auth: what ``make run``
+does), and ``GRADWIRE_HTTP`` its HTTP port.
 A block selected alone (``-k README.md:185``) first runs the blocks before it in its document.
 
 Untagged blocks and those tagged ``text``, ``proto``, ... are output, listings or diagrams, never
@@ -223,17 +224,17 @@ class Tee(io.StringIO):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``gradwire serve`` as ``make run`` starts it (no auth), on a free port of loopback."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``gradwire serve`` as ``make run`` starts it (no auth), on free ports of loopback."""
     folder = tmp_path_factory.mktemp("server")
     with ServerProcess(f"sqlite:///{folder / 'db.sqlite'}") as process:
-        yield process.address
+        yield process
         assert process.terminate() == 0
 
 
 @pytest.fixture(scope="module")
 def readers(
-    server: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> dict[Path, Reader]:
     """A reader per document, each in a folder of links to the repository's top-level entries;
     says on the terminal how many blocks of each document run and how many are skipped."""
@@ -248,7 +249,8 @@ def readers(
                 name = path.relative_to(ROOT)
                 terminal.write_line(f"{name}: code blocks to run {len(blocks) - skipped}, skipped {skipped}")
     env = {name: value for name, value in os.environ.items() if not name.startswith("GRADWIRE_")}
-    env |= {"GRADWIRE_SERVER": server, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+    env |= {"GRADWIRE_SERVER": server.address, "GRADWIRE_HTTP": server.http_url}
+    env |= {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
     made = {}
     for path in DOCUMENTS:
         folder = tmp_path_factory.mktemp(path.stem) / "work"

@@ -19,7 +19,8 @@ import numpy as np
 
 from gradwire.engine import InvalidArgument, NetworkSpec
 from gradwire.engine.data import check_finite
-from gradwire.storage import ModelRecord, NotFound
+from gradwire.storage import NotFound
+from gradwire.v1.answers import Prediction
 
 from ..usecases.app import Gradwire
 from ..usecases.inference import is_classifier
@@ -161,36 +162,40 @@ class OpenInference:
         self, tenant: str, name: str, version: str, inputs: Sequence[Tensor], wanted: Sequence[str]
     ) -> Answer:
         """The model's outputs for ``inputs`` (those named in ``wanted``; every one if empty)."""
-        model = self.app.models.address(tenant, name, "model_name")
         asked = version_number(version, "model_version")
         X = self._input(inputs)
         unknown = sorted(set(wanted) - {OUTPUT, LABEL})
         if unknown:
-            raise InvalidArgument(
-                "outputs", f"no output {unknown[0][:40]!r}: there are {OUTPUT!r} and {LABEL!r}"
-            )
-        prediction = self.app.inference.predict(tenant, model.id, X, asked)
+            there = f"there are {OUTPUT!r} and {LABEL!r}"
+            raise InvalidArgument("outputs", f"no output {unknown[0][:40]!r}: {there}")
+        prediction = self._predict(tenant, name, X, asked)
         answers = {OUTPUT: prediction.outputs}
         if prediction.labels is not None:
             answers[LABEL] = prediction.labels.astype(np.int64, copy=False)
         elif LABEL in wanted:
-            raise InvalidArgument(
-                "outputs", f"model {_named(model)} is not a classifier: it has no {LABEL!r}"
-            )
+            why = f"model {name[:40]!r} is not a classifier: it has no {LABEL!r}"
+            raise InvalidArgument("outputs", why)
         chosen = wanted or list(answers)
         return Answer(name, str(prediction.version), tuple(Tensor(n, answers[n]) for n in chosen))
+
+    def _predict(self, tenant: str, name: str, X: np.ndarray, version: int) -> Prediction:
+        """Predict's answer from the model ``name`` addresses: tried as an id first, which costs
+        Predict's one read; as a name only where no model of the tenant has that id."""
+        try:
+            return self.app.inference.predict(tenant, name, X, version)
+        except NotFound as exc:
+            if exc.what != "model":
+                raise
+        model = self.app.models.address(tenant, name, "model_name")
+        return self.app.inference.predict(tenant, model.id, X, version)
 
     @staticmethod
     def _input(inputs: Sequence[Tensor]) -> np.ndarray:
         if len(inputs) != 1:
-            raise InvalidArgument("inputs", f"the model takes one input, {INPUT!r}; {len(inputs)} were given")
+            given = f"{len(inputs)} were given"
+            raise InvalidArgument("inputs", f"the model takes one input, {INPUT!r}; {given}")
         (tensor,) = inputs
         if tensor.name != INPUT:
-            raise InvalidArgument(
-                "inputs[0].name", f"the model's input is {INPUT!r}, not {tensor.name[:40]!r}"
-            )
+            why = f"the model's input is {INPUT!r}, not {tensor.name[:40]!r}"
+            raise InvalidArgument("inputs[0].name", why)
         return tensor.array
-
-
-def _named(model: ModelRecord) -> str:
-    return f"{model.name!r} ({model.id})" if model.name else model.id
