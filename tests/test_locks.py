@@ -51,8 +51,17 @@ def logical_requirements(path: Path) -> dict[str, Requirement]:
 
 
 def test_the_lock_table_names_every_lock_file_and_nothing_else() -> None:
-    assert {lock.path for lock in locks.LOCKS} == set(LOCK_FILES)
+    assert {lock.path for lock in (*locks.LOCKS, *locks.PEERS)} == set(LOCK_FILES)
     assert locks.LOCKS[0].name == "dev"  # the one the others are resolved within
+    assert all(peer.source.exists() for peer in locks.PEERS)  # each peer's lock is made from its .in
+
+
+def test_a_peer_lock_pins_exactly_what_its_source_asks_for() -> None:
+    for peer in locks.PEERS:
+        pinned = locks.pins(peer.path)
+        for requirement in logical_requirements(peer.source).values():
+            version, _ = pinned.get(locks.normalise(requirement.name), ("", ""))
+            assert requirement.specifier.contains(version), (peer.name, requirement, version)
 
 
 @pytest.mark.parametrize("path", LOCK_FILES, ids=lambda p: p.name)
