@@ -129,7 +129,7 @@ class ServerProcess:
         self.http_url = ""  # the HTTP port's, where it serves one (the tests' default: tests/conftest.py)
         if env.get("GRADWIRE_HTTP_ADDRESS"):
             line = self.process.stdout.readline()
-            match = re.search(r"HTTP on (\S+)", line)
+            match = re.search(r"dashboard on (\S+)", line)
             assert match, f"gradwire serve said no HTTP port: {line!r}"
             self.http_url = match.group(1)
 

@@ -131,10 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     running = operations(server)
     if running is not None and running.http is not None:
         scheme = "https" if settings.tls_cert_file else "http"
-        print(
-            f"gradwire HTTP on {scheme}://{running.http.address} (the open inference protocol: /v2)",
-            flush=True,
-        )
+        url = f"{scheme}://{running.http.address}"
+        print(f"gradwire dashboard on {url} (and the open inference protocol's REST: {url}/v2)", flush=True)
     stopping.wait()
     print("gradwire stopping: runs stop at the end of their epoch and keep their checkpoints", flush=True)
     stop_server(server, app)

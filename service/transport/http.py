@@ -46,6 +46,7 @@ from ..core.errors import LimitExceeded, StartupError
 from ..core.metrics import split_address
 from ..core.settings import Settings
 from .auth import Caller, Identify
+from .dashboard import Dashboard
 from .open_inference import DATATYPES, Answer, OpenInference, Tensor, input_array
 from .status import cut, status_of
 
@@ -56,6 +57,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
 STARTUP_SECONDS = 10.0
 """How long a start waits for uvicorn to say it serves."""
+GRACE_SECONDS = 2
+"""How long a stop lets the HTTP port's requests finish: event streams end as the server's
+watches do, and their browsers come back to another replica or the restarted server."""
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -191,8 +195,15 @@ def infer_response(answer: Answer, request_id: str, binary: set[str] | bool) -> 
 class HttpApp:
     """The endpoints, over ``protocol``, for callers ``identify`` names."""
 
-    def __init__(self, protocol: OpenInference, identify: Identify, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        protocol: OpenInference,
+        identify: Identify,
+        max_body_bytes: int,
+        dashboard: Dashboard | None = None,
+    ) -> None:
         self.protocol, self.identify, self.max_body_bytes = protocol, identify, max_body_bytes
+        self.dashboard = dashboard
         self.started = threading.Event()
 
     def starlette(self) -> Starlette:
@@ -207,6 +218,8 @@ class HttpApp:
                 Route(f"{prefix}/ready", self.guarded(self.model_ready)),
                 Route(f"{prefix}/infer", self.guarded(self.infer), methods=["POST"]),
             ]
+        if self.dashboard is not None:
+            routes += self.dashboard.routes()
         return Starlette(routes=routes, lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
@@ -312,7 +325,13 @@ class HttpPort:
         except OSError as exc:
             sock.close()
             raise StartupError(f"cannot serve HTTP on {address}: {exc.strerror or exc}") from None
-        config = uvicorn.Config(self.app.starlette(), log_config=None, access_log=False, **self._tls())
+        config = uvicorn.Config(
+            self.app.starlette(),
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=GRACE_SECONDS,
+            **self._tls(),
+        )
         server = self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=lambda: asyncio.run(server.serve(sockets=[sock])), name="gradwire-http", daemon=True

@@ -47,6 +47,7 @@ from ..core.settings import Settings
 from ..core.tuning import GIL_SWITCH_SECONDS
 from ..usecases.app import Gradwire
 from .auth import AuthInterceptor, Keys, anonymous
+from .dashboard import Dashboard
 from .health import DatabaseHealth, HealthServicer
 from .http import HttpApp, HttpPort
 from .inference_servicer import SERVICE as INFERENCE_SERVICE
@@ -214,11 +215,10 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     )
     protocol = OpenInference(app, database_answers(store))
     health_servicer = _add_services(server, app, settings, protocol)
-    http = (
-        HttpPort(HttpApp(protocol, identify, settings.max_message_bytes), settings)
-        if settings.http_address
-        else None
-    )
+    http = None
+    if settings.http_address:
+        dashboard = Dashboard(app, identify, settings.max_streams)
+        http = HttpPort(HttpApp(protocol, identify, settings.max_message_bytes, dashboard), settings)
     try:
         port = _listen(server, settings.address, credentials)
         health = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)

@@ -41,7 +41,7 @@ class Http:
         running = operations(server.server)
         assert running is not None
         assert running.http is not None
-        self.base, self.key = f"http://{running.http.address}", key
+        self.base, self.key, self.server = f"http://{running.http.address}", key, server
 
     def call(
         self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
@@ -195,3 +195,37 @@ def test_a_server_whose_http_address_is_taken_does_not_start(start_server: Calla
             start_server(http_address=f"127.0.0.1:{port}")
         with pytest.raises(StartupError, match="http_address"):
             start_server(http_address="127.0.0.1:port")
+
+
+def events_of(
+    http: Http, run_id: str, key: NewKey | None, last_id: str = ""
+) -> tuple[int, list[tuple[str, Any]]]:
+    """The dashboard's event stream of a run, read to its end: (status, [(event, data), ...])."""
+    headers = {"Cookie": f"gradwire_key={key.token}"} if key else {}
+    if last_id:
+        headers["Last-Event-ID"] = last_id
+    status, _, data = Http(http.server).call(f"/runs/{run_id}/events", headers=headers)
+    events = []
+    for block in data.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return status, events
+
+
+def test_the_dashboards_event_stream_sends_the_epochs_then_the_end_and_takes_up_after_the_last_id(
+    keyed: tuple[Running, dict[str, NewKey]],
+) -> None:
+    server, keys = keyed
+    with Client(server.address, timeout=60, token=keys["alice"].token) as client:
+        history = client.create_model(SPEC).fit(X, np.eye(2)[[0, 1, 0, 1, 1]], epochs=4, batch_size=2)
+    http = Http(server)
+    status, events = events_of(http, history.run_id, keys["alice"])
+    assert status == 200
+    assert [name for name, _ in events] == ["run", "epochs", "run", "end"]
+    assert [record["epoch"] for record in events[1][1]] == [1, 2, 3, 4]
+    assert events[2][1]["status"] == "completed"
+    _, later = events_of(http, history.run_id, keys["alice"], last_id="2")  # a browser reconnecting
+    assert [record["epoch"] for record in later[1][1]] == [3, 4]
+    assert events_of(http, history.run_id, keys["bob"])[0] == 404
+    assert events_of(http, history.run_id, None)[0] == 401
