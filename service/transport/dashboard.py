@@ -23,6 +23,7 @@ import html
 import json
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from http import HTTPStatus
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -40,6 +41,7 @@ from ..core.errors import LimitExceeded, ShuttingDown, Unauthenticated
 from ..usecases.app import Gradwire
 from ..usecases.runs import WATCH_PAGE, Stalled
 from .auth import Caller, Identify
+from .status import http_status
 
 COOKIE = "gradwire_key"
 """The cookie that holds the signed-in key."""
@@ -159,8 +161,9 @@ class Dashboard:
                 return _signin_page(status=401)
             try:
                 return await handler(request, caller)
-            except NotFound as exc:
-                return page("Not found", f"<p>{escape(exc)}</p>", status=404)
+            except Exception as exc:  # a model or run not the caller's, a run in no state for it, ...
+                status, message = http_status(exc)
+                return page(HTTPStatus(status).phrase, f"<p>{escape(message)}</p>", status=status)
 
         return answer
 

@@ -12,7 +12,7 @@ answers for the key's tenant only. A tensor comes and goes as JSON (``data``: it
 flattened) or, with the protocol's binary tensor extension, as raw little-endian bytes after the
 JSON header (``Inference-Header-Content-Length`` says where the header ends, each tensor's
 ``binary_data_size`` parameter how many bytes are its). An error is ``{"error": message}`` with
-the HTTP status that the gRPC status of the same error maps to (:data:`HTTP_STATUS`).
+the HTTP status that the gRPC status of the same error maps to (:data:`.status.HTTP_STATUS`).
 
 Handlers that read the database or compute run on Starlette's thread pool; the event loop only
 moves bytes. A body past ``max_message_mb`` is refused before it is read.
@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 import uvicorn
 from starlette.applications import Starlette
@@ -48,7 +47,7 @@ from ..core.settings import Settings
 from .auth import Caller, Identify
 from .dashboard import Dashboard
 from .open_inference import DATATYPES, Answer, OpenInference, Tensor, input_array
-from .status import cut, status_of
+from .status import UNAUTHORIZED, http_status
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +60,6 @@ GRACE_SECONDS = 2
 """How long a stop lets the HTTP port's requests finish: event streams end as the server's
 watches do, and their browsers come back to another replica or the restarted server."""
 
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNAVAILABLE: 503,
-}
-"""The HTTP status of an error, by the gRPC status the same error gets (500 for any other)."""
-
 
 @dataclass(frozen=True)
 class Body:
@@ -84,12 +70,9 @@ class Body:
 
 
 def error_response(exc: Exception) -> JSONResponse:
-    code = status_of(exc)
-    if code is None or code == grpc.StatusCode.INTERNAL:
-        log.error("unexpected error", exc_info=exc)
-        return JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
-    headers = {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
-    return JSONResponse({"error": cut(str(exc))}, status_code=HTTP_STATUS.get(code, 500), headers=headers)
+    status, message = http_status(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == UNAUTHORIZED else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def parse_body(data: bytes, header_length: str | None) -> Body:

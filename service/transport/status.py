@@ -50,6 +50,31 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     ClientStalled: grpc.StatusCode.CANCELLED,  # the server cancelled the call: so it ends, whatever follows
 }
 
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+"""The HTTP status of an error, by the gRPC status the same error gets (500 for any other)."""
+UNAUTHORIZED = 401
+
+
+def http_status(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and message for ``exc``: those of its gRPC status; 500 without detail for
+    a bug (logged)."""
+    code = status_of(exc)
+    if code is None or code == grpc.StatusCode.INTERNAL:
+        log.error("unexpected error", exc_info=exc)
+        return 500, "internal error; the server log has the details"
+    return HTTP_STATUS.get(code, 500), cut(str(exc))
+
+
 RUN_FAILURES: dict[str, grpc.StatusCode] = {
     StopReason.VERSION_CONFLICT: grpc.StatusCode.ABORTED,
     StopReason.MISSING_DATA: grpc.StatusCode.FAILED_PRECONDITION,

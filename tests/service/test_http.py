@@ -4,15 +4,19 @@ bound on a body; and a server that cannot take its HTTP address does not start."
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import trustme
 from helpers import Running
 
 from gradwire.client import Client
@@ -229,3 +233,56 @@ def test_the_dashboards_event_stream_sends_the_epochs_then_the_end_and_takes_up_
     assert [record["epoch"] for record in later[1][1]] == [3, 4]
     assert events_of(http, history.run_id, keys["bob"])[0] == 404
     assert events_of(http, history.run_id, None)[0] == 401
+
+
+def test_the_http_port_speaks_tls_where_the_grpc_port_does(
+    start_server: Callable[..., Running], tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    key.write_bytes(issued.private_key_pem.bytes())
+    server = start_server(http_address="127.0.0.1:0", tls_cert_file=str(cert), tls_key_file=str(key))
+    address = Http(server).base.removeprefix("http://")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with urllib.request.urlopen(f"https://{address}/v2/health/live", context=context, timeout=30) as answer:
+        assert json.load(answer) == {"live": True}
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plaintext beside it
+        urllib.request.urlopen(f"http://{address}/v2/health/live", timeout=30)
+
+
+def test_resume_from_the_dashboard_says_why_a_finished_run_does_not_resume_and_changes_nothing(
+    keyed: tuple[Running, dict[str, NewKey]],
+) -> None:
+    server, keys = keyed
+    with Client(server.address, timeout=60, token=keys["alice"].token) as client:
+        history = client.create_model(SPEC).fit(X, np.eye(2)[[0, 1, 0, 1, 1]], epochs=2, batch_size=5)
+        cookie = {"Cookie": f"gradwire_key={keys['alice'].token}"}
+        status, _, page = Http(server).call(f"/runs/{history.run_id}/resume", b"", cookie)
+        assert status == 400  # FAILED_PRECONDITION, on a page of its own
+        assert b"only an interrupted run resumes" in page
+        assert client.run(history.run_id).info.status == "completed"
+        bob = {"Cookie": f"gradwire_key={keys['bob'].token}"}
+        assert Http(server).call(f"/runs/{history.run_id}/cancel", b"", bob)[0] == 404
+        foreign = {**cookie, "Origin": "http://elsewhere.example"}
+        assert Http(server).call(f"/runs/{history.run_id}/cancel", b"", foreign)[0] == 403
+
+
+def test_event_streams_past_the_limit_are_refused_at_once(start_server: Callable[..., Running]) -> None:
+    server = start_server(http_address="127.0.0.1:0", max_streams=1)
+    with Client(server.address, timeout=60) as client:
+        run = client.create_model(SPEC).start_run(X, np.eye(2)[[0, 1, 0, 1, 1]], epochs=100_000, batch_size=1)
+        http = Http(server)
+        host, port = http.base.removeprefix("http://").split(":")
+        first = http_client.HTTPConnection(host, int(port), timeout=30)
+        first.request("GET", f"/runs/{run.id}/events")
+        held = first.getresponse()
+        assert held.status == 200
+        assert held.readline().startswith(b"event: run")  # the stream is open and holds the slot
+        status, _, data = http.call(f"/runs/{run.id}/events")
+        assert status == 429
+        assert "event streams" in json.loads(data)["error"]
+        first.close()
+        run.cancel()
