@@ -312,6 +312,7 @@ class HttpPort:
             self.app.starlette(),
             log_config=None,
             access_log=False,
+            log_level="warning",  # its start and stop lines say less than gradwire's own
             timeout_graceful_shutdown=GRACE_SECONDS,
             **self._tls(),
         )
