@@ -22,13 +22,14 @@ from __future__ import annotations
 import html
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+import anyio
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -41,6 +42,7 @@ from ..core.errors import LimitExceeded, ShuttingDown, Unauthenticated
 from ..usecases.app import Gradwire
 from ..usecases.runs import WATCH_PAGE, Stalled
 from .auth import Caller, Identify
+from .open_inference import natural
 from .status import http_status
 
 COOKIE = "gradwire_key"
@@ -52,6 +54,11 @@ MAX_FORM_BYTES = 4096
 """The sign-in form's body at most: a key is some 60 characters."""
 
 Page = Callable[[Request, Caller], Awaitable[Response]]
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
+"""Pages load nothing but this server's script and style, and are framed by no other site."""
 
 
 def escape(value: object) -> str:
@@ -72,6 +79,7 @@ def page(title: str, body: str, signed_in: bool = True, status: int = 200) -> HT
         f'<header><a href="/" class="brand">gradwire</a>{signout}</header>'
         f"<main>{body}</main></body></html>",
         status_code=status,
+        headers=PAGE_HEADERS,
     )
 
 
@@ -124,6 +132,12 @@ class Dashboard:
         self.app, self.identify = app, identify
         self._streams = threading.BoundedSemaphore(max_streams)
         self.max_streams = max_streams
+        # An event stream waits for commits on a thread of its own pool, never on the pool the
+        # pages and the REST endpoints share; a stream its browser left is let go at once.
+        self._threads: dict[str, Any] = {
+            "limiter": anyio.CapacityLimiter(max_streams),
+            "abandon_on_cancel": True,
+        }
 
     def routes(self) -> list[Any]:
         static = resources.files("gradwire.service.transport") / "static"
@@ -173,9 +187,11 @@ class Dashboard:
     async def signin(self, request: Request) -> Response:
         if not _same_origin(request):
             return HTMLResponse("refused: a form of another site", status_code=403)
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            return _signin_page(error="that is no API key", status=400)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:  # read no further than a sign-in form can be
+                return _signin_page(error="that is no API key", status=400)
         key = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0].strip()
         try:
             await run_in_threadpool(self.identify, [("authorization", f"Bearer {key}")])
@@ -308,7 +324,7 @@ class Dashboard:
             return JSONResponse({"error": str(exc)}, status_code=401)
         run_id = request.path_params["run_id"]
         after = request.headers.get("last-event-id", "0")
-        after_epoch = int(after) if after.isdigit() else 0
+        after_epoch = natural(after) or 0
         try:
             run = await run_in_threadpool(self.app.runs.get, caller.tenant, run_id)
         except NotFound as exc:
@@ -317,20 +333,19 @@ class Dashboard:
             limit = LimitExceeded("", f"at most {self.max_streams} event streams at once; try again later")
             return JSONResponse({"error": str(limit)}, status_code=429)
         left = threading.Event()
+        events = self._events(caller.tenant, run_id, after_epoch, left)
 
-        async def stream() -> Any:
-            try:
-                yield sse("run", run_summary(run))
-                async for chunk in iterate_in_threadpool(
-                    self._events(caller.tenant, run_id, after_epoch, left)
-                ):
-                    yield chunk
-            finally:
-                left.set()  # the watch returns at its next look
-                self._streams.release()
+        async def stream() -> AsyncIterator[str]:
+            yield sse("run", run_summary(run))
+            while (chunk := await anyio.to_thread.run_sync(next, events, None, **self._threads)) is not None:
+                yield chunk
+
+        def over() -> None:
+            left.set()  # the watch returns at its next look, and its thread with it
+            self._streams.release()
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        return Held(stream(), over, media_type="text/event-stream", headers=headers)
 
     def _events(self, tenant: str, run_id: str, after_epoch: int, left: threading.Event) -> Iterator[str]:
         """The watch's events as SSE; a server that stops ends the stream, and the browser comes
@@ -351,6 +366,21 @@ class Dashboard:
             else:
                 yield sse("run", run_summary(event))
                 yield sse("end", {})
+
+
+class Held(StreamingResponse):
+    """A streaming response that calls ``over`` once it ends, however: a browser that left even
+    before the stream began (its generator then never runs) gives its slot back too."""
+
+    def __init__(self, content: AsyncIterator[str], over: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.over = over
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.over()
 
 
 CHARTS = (

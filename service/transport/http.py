@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import socket
@@ -35,6 +36,8 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -46,11 +49,13 @@ from ..core.metrics import split_address
 from ..core.settings import Settings
 from .auth import Caller, Identify
 from .dashboard import Dashboard
-from .open_inference import DATATYPES, Answer, OpenInference, Tensor, input_array
+from .open_inference import DATATYPES, Answer, OpenInference, Tensor, input_array, natural
 from .status import UNAUTHORIZED, http_status
 
 log = logging.getLogger(__name__)
 
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
+"""The names a request to a loopback address may give as its host."""
 HEADER_LENGTH = "Inference-Header-Content-Length"
 """The binary tensor extension's header: how many bytes of the body are its JSON part."""
 BINARY_EXTENSION = "binary_tensor_data"
@@ -69,6 +74,14 @@ class Body:
     binary: memoryview
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (of a ``host:port``) reaches this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every interface)
+
+
 def error_response(exc: Exception) -> JSONResponse:
     status, message = http_status(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == UNAUTHORIZED else None
@@ -79,13 +92,14 @@ def parse_body(data: bytes, header_length: str | None) -> Body:
     """The JSON header (the whole body, or its first ``header_length`` bytes) and what follows."""
     size = len(data)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > size:
+        length = natural(header_length)
+        if length is None or length > size:
             raise InvalidArgument(HEADER_LENGTH, f"must be the JSON header's length, at most {size}")
-        size = int(header_length)
+        size = length
     try:
         header = json.loads(bytes(memoryview(data)[:size]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument("body", f"is not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidArgument("body", f"is not JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise InvalidArgument("body", "must be a JSON object")
     return Body(header, memoryview(data)[size:])
@@ -98,6 +112,7 @@ def request_tensors(body: Body) -> list[Tensor]:
     if not isinstance(inputs, list):
         raise InvalidArgument("inputs", "must be a list of tensors")
     offset, tensors = 0, []
+    parameters(body.header, "parameters")
     for i, given in enumerate(inputs):
         field = f"inputs[{i}]"
         if not isinstance(given, dict):
@@ -109,16 +124,29 @@ def request_tensors(body: Body) -> list[Tensor]:
             isinstance(n, int) and not isinstance(n, bool) for n in shape
         ):
             raise InvalidArgument(f"{field}.shape", "must be a list of integers")
-        size = (given.get("parameters") or {}).get("binary_data_size")
+        size = parameters(given, f"{field}.parameters").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(body.binary):
+            if type(size) is not int or size < 0 or offset + size > len(body.binary):
                 raise InvalidArgument(f"{field}.parameters.binary_data_size", "does not fit the body")
             data: bytes | np.ndarray = bytes(body.binary[offset : offset + size])
             offset += size
         else:
             data = _json_data(given.get("data"), datatype, f"{field}.data")
         tensors.append(Tensor(name, input_array(datatype, shape, data, field)))
+    if offset != len(body.binary):
+        unclaimed = (
+            f"{len(body.binary) - offset} bytes follow the header that no input's binary_data_size claims"
+        )
+        raise InvalidArgument(HEADER_LENGTH, unclaimed)
     return tensors
+
+
+def parameters(holder: dict[str, Any], field: str) -> dict[str, Any]:
+    """The ``parameters`` object of a request, a tensor or an output (none: empty)."""
+    found = holder.get("parameters") or {}
+    if not isinstance(found, dict):
+        raise InvalidArgument(field, "must be an object")
+    return found
 
 
 def _json_data(data: Any, datatype: str, field: str) -> np.ndarray:
@@ -126,17 +154,23 @@ def _json_data(data: Any, datatype: str, field: str) -> np.ndarray:
     if not isinstance(data, list):
         raise InvalidArgument(field, "must be a list of the tensor's elements (or send them binary)")
     try:
-        return np.asarray(data, DATATYPES.get(datatype, np.float64)).reshape(-1)
-    except (TypeError, ValueError):
-        raise InvalidArgument(field, "must hold numbers only") from None
+        given = np.asarray(data)
+        if given.dtype.kind not in "iuf":
+            raise TypeError("not numbers")
+        return given.astype(DATATYPES.get(datatype, np.float64)).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidArgument(field, "must hold numbers only, in lists of equal lengths") from None
 
 
 def binary_outputs(header: dict[str, Any]) -> set[str] | bool:
     """Which outputs the caller wants as binary data: True for all (``binary_data_output``),
     else those requested with ``binary_data``."""
-    if (header.get("parameters") or {}).get("binary_data_output"):
+    if parameters(header, "parameters").get("binary_data_output"):
         return True
-    return {str(o.get("name")) for o in _requested(header) if (o.get("parameters") or {}).get("binary_data")}
+    wanted = enumerate(_requested(header))
+    return {
+        str(o.get("name")) for i, o in wanted if parameters(o, f"outputs[{i}].parameters").get("binary_data")
+    }
 
 
 def _requested(header: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,7 +223,10 @@ class HttpApp:
         self.dashboard = dashboard
         self.started = threading.Event()
 
-    def starlette(self) -> Starlette:
+    def starlette(self, host: str = "") -> Starlette:
+        """The app; served on ``host``, a loopback address, it answers requests that name a
+        loopback host only, so that a page of another site whose name now resolves to this
+        machine (DNS rebinding) reaches nothing, even with authentication off."""
         routes = [
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.ready),
@@ -203,7 +240,9 @@ class HttpApp:
             ]
         if self.dashboard is not None:
             routes += self.dashboard.routes()
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        hosts = LOOPBACK_NAMES if is_loopback(host) else ["*"]
+        middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
+        return Starlette(routes=routes, middleware=middleware, lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -264,16 +303,15 @@ class HttpApp:
         body = parse_body(data, header_length)
         inputs = request_tensors(body)
         wanted = [str(o.get("name", "")) for o in _requested(body.header)]
+        binary = binary_outputs(body.header)  # refused before any work, if it is malformed
         answer = self.protocol.infer(tenant, name, version, inputs, wanted)
         request_id = body.header.get("id")
-        return infer_response(
-            answer, request_id if isinstance(request_id, str) else "", binary_outputs(body.header)
-        )
+        return infer_response(answer, request_id if isinstance(request_id, str) else "", binary)
 
     async def _body(self, request: Request) -> bytes:
         """The request's body, refused as it passes ``max_body_bytes`` (before, if it says its length)."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and (natural(declared) or 0) > self.max_body_bytes:
             raise LimitExceeded("body", f"is {declared} bytes, past this server's max_message_mb")
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -303,13 +341,14 @@ class HttpPort:
         host, port = split_address(address, "http_address")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart, past TIME_WAIT
         try:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
             raise StartupError(f"cannot serve HTTP on {address}: {exc.strerror or exc}") from None
         config = uvicorn.Config(
-            self.app.starlette(),
+            self.app.starlette(host),
             log_config=None,
             access_log=False,
             log_level="warning",  # its start and stop lines say less than gradwire's own

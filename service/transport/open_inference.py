@@ -81,13 +81,23 @@ class Answer:
     outputs: tuple[Tensor, ...]
 
 
+MAX_DIMENSION = 1 << 31
+"""A tensor dimension at most: more is no tensor any bound of this server lets through."""
+
+
+def natural(text: str) -> int | None:
+    """``text`` as a number written in ASCII digits (at most 18 of them), else None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def version_number(version: str, field: str) -> int:
     """A request's version: its number, 0 (the current one) where none is given."""
     if not version:
         return 0
-    if not version.isdigit() or int(version) < 1:
+    number = natural(version)
+    if number is None or number < 1:
         raise InvalidArgument(field, f"must be a version number (1, 2, ...), got {version[:40]!r}")
-    return int(version)
+    return number
 
 
 def input_array(datatype: str, shape: Sequence[int], data: bytes | np.ndarray, field: str) -> np.ndarray:
@@ -97,9 +107,10 @@ def input_array(datatype: str, shape: Sequence[int], data: bytes | np.ndarray, f
         raise InvalidArgument(
             f"{field}.datatype", f"must be one of {list(INPUT_DATATYPES)}, got {datatype[:20]!r}"
         )
-    if len(shape) != 2 or any(size < 0 for size in shape):
-        raise InvalidArgument(f"{field}.shape", f"must be [rows, columns], got {list(shape)[:8]}")
-    dtype, count = DATATYPES[datatype], int(np.prod(shape, dtype=np.int64))
+    if len(shape) != 2 or not all(0 <= size <= MAX_DIMENSION for size in shape):
+        got = list(shape)[:8]
+        raise InvalidArgument(f"{field}.shape", f"must be [rows, columns] of sizes up to 2^31, got {got}")
+    dtype, count = DATATYPES[datatype], int(shape[0]) * int(shape[1])
     if isinstance(data, np.ndarray):
         flat = data.astype(dtype, copy=False).reshape(-1)
     elif len(data) != count * dtype.itemsize:

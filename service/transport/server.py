@@ -22,7 +22,6 @@ started on the same address take half the new connections unnoticed; here it is 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
@@ -50,6 +49,7 @@ from .auth import AuthInterceptor, Keys, anonymous
 from .dashboard import Dashboard
 from .health import DatabaseHealth, HealthServicer
 from .http import HttpApp, HttpPort
+from .http import is_loopback as loopback
 from .inference_servicer import SERVICE as INFERENCE_SERVICE
 from .inference_servicer import InferenceServicer
 from .inference_servicer import add_to_server as add_inference_to_server
@@ -235,17 +235,6 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
 
 
 AUTH_OFF = "authentication is off: every caller acts as the tenant 'default' (--auth off)"
-
-
-def loopback(host: str) -> bool:
-    """Whether ``host`` (of a ``host:port``) reaches this machine only."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name, or "" (every interface)
 
 
 EXPOSED = {

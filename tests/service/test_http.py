@@ -4,13 +4,15 @@ bound on a body; and a server that cannot take its HTTP address does not start."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client as http_client
 import json
 import socket
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,12 @@ import numpy as np
 import pytest
 import trustme
 from helpers import Running
+from starlette.requests import ClientDisconnect
 
 from gradwire.client import Client
 from gradwire.service.core.errors import StartupError
 from gradwire.service.transport.auth import NewKey, new_key
+from gradwire.service.transport.dashboard import Held
 from gradwire.service.transport.http import HEADER_LENGTH
 from gradwire.service.transport.server import operations
 
@@ -156,23 +160,58 @@ def test_a_request_the_model_cannot_take_gets_400_naming_the_field_and_nothing_c
         given = {"name": "input", "datatype": "FP64", "shape": [1, 3], "data": [0.0, 1.0, 2.0]} | tensor
         return json.dumps({"inputs": [given]}).encode()
 
-    cases: dict[str, tuple[bytes, dict[str, str]]] = {
-        "body": (b"not json", {}),
-        "inputs": (json.dumps({"inputs": "x"}).encode(), {}),
-        "inputs[0].data": (one(data=["a", "b", "c"]), {}),
-        "inputs[0].contents": (one(data=[0.0, 1.0]), {}),  # two elements for a shape of three
-        "inputs[0].datatype": (one(datatype="BYTES"), {}),
-        "inputs[0].name": (one(name="x"), {}),
-        "inputs[0].parameters.binary_data_size": (one(data=None, parameters={"binary_data_size": 999}), {}),
-        HEADER_LENGTH: (b"{}", {HEADER_LENGTH: "99"}),
-        "inputs.shape": (json.dumps(infer_body(X[:, :2])).encode(), {}),
-        "model_version": (json.dumps(infer_body(X)).encode(), {}),
-    }
-    for field, (body, headers) in cases.items():
-        where = f"/v2/models/{model.id}/versions/latest/infer" if field == "model_version" else path
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    cases: list[tuple[str, bytes, dict[str, str], str]] = [  # field, body, headers, path's version
+        ("body", b"not json", {}, ""),
+        ("body", deep, {}, ""),  # nesting past the parser's recursion
+        ("inputs", json.dumps({"inputs": "x"}).encode(), {}, ""),
+        ("inputs[0].data", one(data=["a", "b", "c"]), {}, ""),
+        ("inputs[0].data", one(data=["1.5", "2", "3"]), {}, ""),  # numbers in strings are no numbers
+        ("inputs[0].data", one(data=[10**400, 1, 2]), {}, ""),
+        ("inputs[0].data", one(data=[[1.0], [2.0, 3.0]]), {}, ""),
+        ("inputs[0].contents", one(data=[0.0, 1.0]), {}, ""),  # two elements for a shape of three
+        ("inputs[0].shape", one(shape=[10**30, 1]), {}, ""),
+        ("inputs[0].shape", one(shape=[2**32, 2**32], data=[]), {}, ""),
+        ("inputs[0].datatype", one(datatype="BYTES"), {}, ""),
+        ("inputs[0].name", one(name="x"), {}, ""),
+        ("inputs[0].parameters", one(parameters=[1]), {}, ""),
+        (
+            "inputs[0].parameters.binary_data_size",
+            one(data=None, parameters={"binary_data_size": 999}),
+            {},
+            "",
+        ),
+        (
+            "inputs[0].parameters.binary_data_size",
+            one(data=None, parameters={"binary_data_size": True}),
+            {},
+            "",
+        ),
+        (
+            "outputs[0].parameters",
+            json.dumps(infer_body(X, outputs=[{"name": "output", "parameters": "x"}])).encode(),
+            {},
+            "",
+        ),
+        ("parameters", json.dumps(infer_body(X, parameters=7)).encode(), {}, ""),
+        (HEADER_LENGTH, b"{}", {HEADER_LENGTH: "99"}, ""),
+        (HEADER_LENGTH, b"{}", {HEADER_LENGTH: "\u00b2"}, ""),
+        (
+            HEADER_LENGTH,
+            json.dumps(infer_body(X)).encode() + b"left over",
+            {HEADER_LENGTH: str(len(json.dumps(infer_body(X))))},
+            "",
+        ),
+        ("inputs.shape", json.dumps(infer_body(X[:, :2])).encode(), {}, ""),
+        ("model_version", json.dumps(infer_body(X)).encode(), {}, "latest"),
+        ("model_version", json.dumps(infer_body(X)).encode(), {}, "%C2%B2"),  # a superscript two
+        ("model_version", json.dumps(infer_body(X)).encode(), {}, "9" * 5000),
+    ]
+    for field, body, headers, version in cases:
+        where = f"/v2/models/{model.id}/versions/{version}/infer" if version else path
         status, _, data = http.call(where, body, headers)
-        assert status == 400, (field, data)
-        assert field in json.loads(data)["error"], (field, data)
+        assert status == 400, (field, data[:300])
+        assert field in json.loads(data)["error"], (field, data[:300])
     assert http.json(f"/v2/models/{model.id}/versions/7/infer", infer_body(X))[0] == 404
     assert http.json("/v2/models/nothing/infer", infer_body(X))[0] == 404
     assert model.id in {
@@ -286,3 +325,61 @@ def test_event_streams_past_the_limit_are_refused_at_once(start_server: Callable
         assert "event streams" in json.loads(data)["error"]
         first.close()
         run.cancel()
+
+
+def test_a_stream_whose_browser_left_before_it_began_gives_its_slot_back() -> None:
+    """An ASGI call whose client is gone at once: the response's content never runs, and the
+    slot it holds comes back all the same (it stayed taken: 64 such calls closed the dashboard)."""
+    given_back: list[bool] = []
+
+    async def content() -> AsyncIterator[str]:
+        raise AssertionError("a stream nobody reads is not read")
+        yield ""  # pragma: no cover - makes this a generator
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("the browser is gone")
+
+    held = Held(content(), lambda: given_back.append(True), media_type="text/event-stream")
+    with contextlib.suppress(OSError, ClientDisconnect):  # however the server's side ends it
+        asyncio.run(held({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send))
+    assert given_back == [True]
+
+
+def test_open_event_streams_leave_the_pages_and_the_probes_their_threads(
+    start_server: Callable[..., Running],
+) -> None:
+    """More streams than the thread pool the pages share (40 threads): they wait on threads of
+    their own, so the probes and pages still answer."""
+    server = start_server(http_address="127.0.0.1:0", max_streams=48)
+    with Client(server.address, timeout=60) as client:
+        run = client.create_model(SPEC).start_run(X, np.eye(2)[[0, 1, 0, 1, 1]], epochs=100_000, batch_size=1)
+        http = Http(server)
+        host, port = http.base.removeprefix("http://").split(":")
+        streams = []
+        for _ in range(44):
+            connection = http_client.HTTPConnection(host, int(port), timeout=30)
+            connection.request("GET", f"/runs/{run.id}/events")
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.readline().startswith(b"event: run")
+            streams.append(connection)
+        assert http.json("/v2/health/ready") == (200, {"ready": True})
+        assert http.call("/")[0] == 200
+        for connection in streams:
+            connection.close()
+        run.cancel()
+
+
+def test_a_request_naming_another_host_is_refused_on_loopback_and_pages_are_not_framed(
+    start_server: Callable[..., Running],
+) -> None:
+    server = start_server(http_address="127.0.0.1:0")  # authentication off: every page open
+    http = Http(server)
+    assert http.call("/", headers={"Host": "rebound.example"})[0] == 400  # DNS rebinding reaches nothing
+    status, headers, _ = http.call("/")
+    assert status == 200
+    assert headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]

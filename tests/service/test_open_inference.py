@@ -171,6 +171,10 @@ def test_a_request_the_model_cannot_take_is_invalid_and_says_which_field(
     case("raw_input_contents", lambda r: r.raw_input_contents.append(b""))
     case("inputs", lambda r: r.inputs.add(name="input", datatype="FP64", shape=[1, 3]))
     case("model_version", lambda r: setattr(r, "model_version", "latest"))
+    case(
+        "model_version", lambda r: setattr(r, "model_version", "\u00b2")
+    )  # a digit to isdigit(), not to int()
+    case("inputs[0].shape", lambda r: r.inputs[0].shape.__setitem__(0, 2**40))
     case("outputs", lambda r: r.outputs.add(name="label"))  # a regressor has none
     case("outputs", lambda r: r.outputs.add(name="probabilities"))
     for request, field in cases:
