@@ -50,7 +50,7 @@ from ..core.settings import Settings
 from .auth import Caller, Identify
 from .dashboard import Dashboard
 from .open_inference import DATATYPES, Answer, OpenInference, Tensor, input_array, natural
-from .status import UNAUTHORIZED, http_status
+from .status import PAYLOAD_TOO_LARGE, UNAUTHORIZED, http_status
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +82,30 @@ def is_loopback(host: str) -> bool:
         return False  # a name, or "" (every interface)
 
 
+class TooLarge(LimitExceeded):
+    """A body or its JSON part past its bound: 413, where other limits are 429."""
+
+
 def error_response(exc: Exception) -> JSONResponse:
     status, message = http_status(exc)
+    status = PAYLOAD_TOO_LARGE if isinstance(exc, TooLarge) else status
     headers = {"WWW-Authenticate": "Bearer"} if status == UNAUTHORIZED else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def parse_body(data: bytes, header_length: str | None) -> Body:
-    """The JSON header (the whole body, or its first ``header_length`` bytes) and what follows."""
+def parse_body(data: bytes, header_length: str | None, max_json_bytes: int) -> Body:
+    """The JSON header (the whole body, or its first ``header_length`` bytes) and what follows.
+    The JSON part is bounded apart (``max_json_bytes``): parsed, each number becomes an object
+    several times its text's size; tensors of any size come as binary data."""
     size = len(data)
     if header_length is not None:
         length = natural(header_length)
         if length is None or length > size:
             raise InvalidArgument(HEADER_LENGTH, f"must be the JSON header's length, at most {size}")
         size = length
+    if size > max_json_bytes:
+        limit = f"at most {max_json_bytes >> 20} MiB (max_inline_mb): send large tensors as binary data"
+        raise TooLarge("body", f"its JSON is {size} bytes, {limit}")
     try:
         header = json.loads(bytes(memoryview(data)[:size]))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -217,9 +227,11 @@ class HttpApp:
         protocol: OpenInference,
         identify: Identify,
         max_body_bytes: int,
+        max_json_bytes: int,
         dashboard: Dashboard | None = None,
     ) -> None:
         self.protocol, self.identify, self.max_body_bytes = protocol, identify, max_body_bytes
+        self.max_json_bytes = min(max_json_bytes, max_body_bytes)
         self.dashboard = dashboard
         self.started = threading.Event()
 
@@ -300,7 +312,7 @@ class HttpApp:
     def _infer(
         self, tenant: str, name: str, version: str, data: bytes, header_length: str | None
     ) -> Response:
-        body = parse_body(data, header_length)
+        body = parse_body(data, header_length, self.max_json_bytes)
         inputs = request_tensors(body)
         wanted = [str(o.get("name", "")) for o in _requested(body.header)]
         binary = binary_outputs(body.header)  # refused before any work, if it is malformed
@@ -312,12 +324,12 @@ class HttpApp:
         """The request's body, refused as it passes ``max_body_bytes`` (before, if it says its length)."""
         declared = request.headers.get("content-length")
         if declared is not None and (natural(declared) or 0) > self.max_body_bytes:
-            raise LimitExceeded("body", f"is {declared} bytes, past this server's max_message_mb")
+            raise TooLarge("body", f"is {declared} bytes, past this server's max_message_mb")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise LimitExceeded("body", "is past this server's max_message_mb")
+                raise TooLarge("body", "is past this server's max_message_mb")
             chunks.append(chunk)
         return b"".join(chunks)
 

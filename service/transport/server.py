@@ -42,7 +42,7 @@ from gradwire.v1 import gradwire_pb2 as pb
 
 from ..core.errors import StartupError
 from ..core.metrics import Metrics
-from ..core.settings import Settings
+from ..core.settings import MiB, Settings
 from ..core.tuning import GIL_SWITCH_SECONDS
 from ..usecases.app import Gradwire
 from .auth import AuthInterceptor, Keys, anonymous
@@ -218,7 +218,8 @@ def create_server(settings: Settings, store: Store | None = None) -> tuple[grpc.
     http = None
     if settings.http_address:
         dashboard = Dashboard(app, identify, settings.max_streams)
-        http = HttpPort(HttpApp(protocol, identify, settings.max_message_bytes, dashboard), settings)
+        inline = settings.limits.max_inline_mb * MiB
+        http = HttpPort(HttpApp(protocol, identify, settings.max_message_bytes, inline, dashboard), settings)
     try:
         port = _listen(server, settings.address, credentials)
         health = DatabaseHealth(health_servicer, store.db.ping, HEALTH_SERVICES, settings.heartbeat_seconds)

@@ -63,6 +63,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 """The HTTP status of an error, by the gRPC status the same error gets (500 for any other)."""
 UNAUTHORIZED = 401
+PAYLOAD_TOO_LARGE = 413
 
 
 def http_status(exc: Exception) -> tuple[int, str]:

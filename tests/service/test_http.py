@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from gradwire.client import Client
 from gradwire.service.core.errors import StartupError
+from gradwire.service.core.settings import Limits
 from gradwire.service.transport.auth import NewKey, new_key
 from gradwire.service.transport.dashboard import Held
 from gradwire.service.transport.http import HEADER_LENGTH
@@ -219,14 +220,19 @@ def test_a_request_the_model_cannot_take_gets_400_naming_the_field_and_nothing_c
     }
 
 
-def test_a_body_past_the_message_limit_is_refused_before_it_is_read(
+def test_a_body_past_the_message_limit_is_refused_before_it_is_read_and_json_has_a_bound_of_its_own(
     start_server: Callable[..., Running],
 ) -> None:
-    server = start_server(http_address="127.0.0.1:0", max_message_mb=1)
+    server = start_server(http_address="127.0.0.1:0", max_message_mb=2, limits=Limits(max_inline_mb=1))
     http = Http(server)
-    status, _, data = http.call("/v2/models/any/infer", b"x" * (2 << 20))
-    assert status == 429
+    status, _, data = http.call("/v2/models/any/infer", b"x" * (3 << 20))
+    assert status == 413
     assert "max_message_mb" in json.loads(data)["error"]
+    big = json.dumps(infer_body(np.random.default_rng(1).normal(size=(25_000, 3)))).encode()
+    assert 1 << 20 < len(big) < 2 << 20  # past the JSON bound, within the body's
+    status, _, data = http.call("/v2/models/any/infer", big)
+    assert status == 413
+    assert "binary data" in json.loads(data)["error"]
 
 
 def test_a_server_whose_http_address_is_taken_does_not_start(start_server: Callable[..., Running]) -> None:
