@@ -263,9 +263,9 @@ class TrainerServicer:
         """StartRun with inline tensors, then WatchRun until the run ends: one TrainEvent.progress per
         epoch, then one TrainEvent.result. The run's id comes at once, in the initial metadata
         "gradwire-run-id". A run that fails or is interrupted ends the call with an error status
-        (its reason in the message). Cancelling the call (or its deadline) cancels the run:
-        it stops within one minibatch, its best weights so far become a new version, and it is
-        recorded as cancelled.
+        (its reason in the message). Cancelling the call (or its deadline) cancels the run: it
+        stops within one minibatch and is recorded as cancelled, and, as every cancelled run, it
+        publishes no version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
