@@ -65,6 +65,19 @@ class Http:
         except urllib.error.HTTPError as error:
             return error.code, lowered(error.headers), error.read()
 
+    def open_stream(self, path: str) -> http_client.HTTPConnection:
+        """A connection whose event stream at ``path`` has begun (its first event read)."""
+        host, port = self.base.removeprefix("http://").split(":")
+        connection = http_client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", path, headers=self.headers())
+        answer = connection.getresponse()
+        assert answer.status == 200
+        assert answer.readline().startswith(b"event: run")
+        return connection
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key.token}"} if self.key is not None else {}
+
     def json(self, path: str, body: Any = None) -> tuple[int, Any]:
         status, _, data = self.call(path, None if body is None else json.dumps(body).encode())
         return status, json.loads(data)
@@ -326,12 +339,7 @@ def test_event_streams_past_the_limit_are_refused_at_once(start_server: Callable
     with Client(server.address, timeout=60) as client:
         run = client.create_model(SPEC).start_run(X, np.eye(2)[[0, 1, 0, 1, 1]], epochs=100_000, batch_size=1)
         http = Http(server)
-        host, port = http.base.removeprefix("http://").split(":")
-        first = http_client.HTTPConnection(host, int(port), timeout=30)
-        first.request("GET", f"/runs/{run.id}/events")
-        held = first.getresponse()
-        assert held.status == 200
-        assert held.readline().startswith(b"event: run")  # the stream is open and holds the slot
+        first = http.open_stream(f"/runs/{run.id}/events")  # open, and holding the one slot
         status, _, data = http.call(f"/runs/{run.id}/events")
         assert status == 429
         assert "event streams" in json.loads(data)["error"]
@@ -369,15 +377,7 @@ def test_open_event_streams_leave_the_pages_and_the_probes_their_threads(
     with Client(server.address, timeout=60) as client:
         run = client.create_model(SPEC).start_run(X, np.eye(2)[[0, 1, 0, 1, 1]], epochs=100_000, batch_size=1)
         http = Http(server)
-        host, port = http.base.removeprefix("http://").split(":")
-        streams = []
-        for _ in range(44):
-            connection = http_client.HTTPConnection(host, int(port), timeout=30)
-            connection.request("GET", f"/runs/{run.id}/events")
-            response = connection.getresponse()
-            assert response.status == 200
-            assert response.readline().startswith(b"event: run")
-            streams.append(connection)
+        streams = [http.open_stream(f"/runs/{run.id}/events") for _ in range(44)]
         assert http.json("/v2/health/ready") == (200, {"ready": True})
         assert http.call("/")[0] == 200
         for connection in streams:
