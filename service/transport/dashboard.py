@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gradwire.engine import NetworkSpec
-from gradwire.storage import NotFound, RunRecord, Unavailable
+from gradwire.storage import RunRecord, Unavailable
 
 from ..core.errors import LimitExceeded, ShuttingDown, Unauthenticated
 from ..usecases.app import Gradwire
@@ -173,11 +173,12 @@ class Dashboard:
                 caller = await run_in_threadpool(self.caller, request)
             except Unauthenticated:
                 return _signin_page(status=401)
+            except Exception as exc:  # the database away, ...
+                return error_page(exc)
             try:
                 return await handler(request, caller)
             except Exception as exc:  # a model or run not the caller's, a run in no state for it, ...
-                status, message = http_status(exc)
-                return page(HTTPStatus(status).phrase, f"<p>{escape(message)}</p>", status=status)
+                return error_page(exc)
 
         return answer
 
@@ -197,6 +198,8 @@ class Dashboard:
             await run_in_threadpool(self.identify, [("authorization", f"Bearer {key}")])
         except Unauthenticated as exc:
             return _signin_page(error=str(exc), status=401)
+        except Exception as exc:
+            return error_page(exc)
         response = RedirectResponse("/", status_code=303)
         secure = request.url.scheme == "https"
         response.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=secure, path="/")
@@ -318,17 +321,14 @@ class Dashboard:
     async def events(self, request: Request) -> Response:
         """The run's epochs, then each commit, then its end; from the epoch after the last one
         the browser saw (``Last-Event-ID``) when it reconnects."""
+        run_id = request.path_params["run_id"]
+        after_epoch = natural(request.headers.get("last-event-id", "0")) or 0
         try:
             caller = await run_in_threadpool(self.caller, request)
-        except Unauthenticated as exc:
-            return JSONResponse({"error": str(exc)}, status_code=401)
-        run_id = request.path_params["run_id"]
-        after = request.headers.get("last-event-id", "0")
-        after_epoch = natural(after) or 0
-        try:
             run = await run_in_threadpool(self.app.runs.get, caller.tenant, run_id)
-        except NotFound as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
+        except Exception as exc:  # no key (401), not the caller's run (404), the database away (503)
+            status, message = http_status(exc)
+            return JSONResponse({"error": message}, status_code=status)
         if not self._streams.acquire(blocking=False):
             limit = LimitExceeded("", f"at most {self.max_streams} event streams at once; try again later")
             return JSONResponse({"error": str(limit)}, status_code=429)
@@ -391,6 +391,16 @@ CHARTS = (
     ("update_ratios", "update ratio per layer (log scale)"),
 )
 """The run page's charts: canvas id, and caption."""
+
+
+def error_page(exc: Exception) -> HTMLResponse:
+    """The page for an error: its HTTP status (that of its gRPC status) and what it says."""
+    status, message = http_status(exc)
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:  # 499, which nginx named and the standard did not
+        title = "Refused"
+    return page(title, f"<p>{escape(message)}</p>", status=status)
 
 
 def _signin_page(error: str = "", status: int = 200) -> HTMLResponse:

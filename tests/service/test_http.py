@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trustme
+from conftest import Outage
 from helpers import Running
 from starlette.requests import ClientDisconnect
 
@@ -395,3 +396,26 @@ def test_a_request_naming_another_host_is_refused_on_loopback_and_pages_are_not_
     assert status == 200
     assert headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+def test_with_the_database_away_the_pages_and_probes_say_unavailable_and_come_back(
+    start_server: Callable[..., Running], outage: Outage, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip(
+            "the outage is a PostgreSQL database's: its run under the postgresql parameter is the test"
+        )
+    server = start_server(database_url=outage.url, http_address="127.0.0.1:0", db_retry_seconds=0.5)
+    with Client(server.address, timeout=60) as client:
+        run = client.create_model(SPEC, name="away").fit(X, np.eye(2)[[0, 1, 0, 1, 1]], epochs=2).run_id
+    http = Http(server)
+    outage.refuse()
+    try:
+        for path in ("/", f"/runs/{run}", f"/runs/{run}/events", "/v2/health/ready"):
+            status, _, data = http.call(path)
+            assert status == 503, (path, data[:200])
+        assert http.json("/v2/health/live") == (200, {"live": True})
+    finally:
+        outage.restore()
+    assert http.call("/")[0] == 200
+    assert http.call(f"/runs/{run}")[0] == 200
