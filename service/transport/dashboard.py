@@ -188,6 +188,9 @@ class Dashboard:
     async def signin(self, request: Request) -> Response:
         if not _same_origin(request):
             return HTMLResponse("refused: a form of another site", status_code=403)
+        declared = natural(request.headers.get("content-length", "0"))
+        if declared is None or declared > MAX_FORM_BYTES:  # refused before a byte of it is read
+            return _signin_page(error="that is no API key", status=400)
         body = b""
         async for chunk in request.stream():
             body += chunk

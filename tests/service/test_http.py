@@ -419,3 +419,19 @@ def test_with_the_database_away_the_pages_and_probes_say_unavailable_and_come_ba
         outage.restore()
     assert http.call("/")[0] == 200
     assert http.call(f"/runs/{run}")[0] == 200
+
+
+def test_a_sign_in_body_longer_than_a_form_is_refused_before_it_is_read(
+    start_server: Callable[..., Running],
+) -> None:
+    server = start_server(http_address="127.0.0.1:0", auth=True)
+    host, port = Http(server).base.removeprefix("http://").split(":")
+    said = http_client.HTTPConnection(host, int(port), timeout=10)
+    said.putrequest("POST", "/signin")
+    said.putheader("Content-Type", "application/x-www-form-urlencoded")
+    said.putheader("Content-Length", str(1 << 30))
+    said.endheaders()  # a gibibyte announced, nothing sent: the answer cannot wait for it
+    refused = said.getresponse()
+    assert refused.status == 400
+    assert b"that is no API key" in refused.read()
+    said.close()
