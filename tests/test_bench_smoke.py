@@ -13,15 +13,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A benchmark run to its end; where it fails, its stderr says why (an exit status does not)."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
 def test_engine_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     output = tmp_path / "engine.json"
-    subprocess.run(
-        [sys.executable, "-m", "bench.engine_bench", "--quick", "--no-torch", "--output", str(output)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    bench("bench.engine_bench", "--quick", "--no-torch", "--output", str(output))
     results = json.loads(output.read_text())
     for key in ("mlp784/sgd", "mlp784/adam", "mlp20/sgd", "mlp20/adam"):
         row = results[key]
@@ -33,14 +36,7 @@ def test_engine_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
 
 def test_service_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     output = tmp_path / "service.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.service_bench", "--quick", "--output", str(output)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = bench("bench.service_bench", "--quick", "--output", str(output))
     results = json.loads(output.read_text())
     train = results["train"]
     assert train["service_samples_per_s"] > 0
@@ -89,14 +85,7 @@ def test_service_benchmark_skips_an_unreachable_postgresql(monkeypatch: pytest.M
 
 def test_scaling_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     output = tmp_path / "scaling.json"
-    subprocess.run(
-        [sys.executable, "-m", "bench.scaling_bench", "--quick", "--output", str(output)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    bench("bench.scaling_bench", "--quick", "--output", str(output))
     sqlite = json.loads(output.read_text())["backends"]["sqlite"]
     assert set(sqlite["concurrency"]["seconds"]) == {"one_worker", "workers", "threads"}
     assert all(seconds > 0 for seconds in sqlite["concurrency"]["seconds"].values())
