@@ -5,7 +5,8 @@
 
 A blob is stored as :class:`~.schema.ChunkRow` rows of at most :data:`CHUNK_BYTES`, numbered from
 0, under a blob id; the row that owns the blob keeps the id and the SHA-256 of the whole. Reading
-goes one chunk per query, so a reader holds one chunk besides what it assembles.
+goes a few chunks per query (:data:`CHUNKS_PER_QUERY`), so a reader holds no more than those
+besides what it assembles.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from .errors import CorruptBlob
@@ -56,9 +57,17 @@ def sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_chunk(s: Session, blob_id: str, seq: int, data: bytes | memoryview) -> None:
-    """One chunk; a memoryview is stored as it is, without a copy here (the driver copies)."""
-    s.add(ChunkRow(blob_id=blob_id, seq=seq, data=data))
+_INSERT_CHUNKS = insert(ChunkRow).returning(ChunkRow.seq)
+"""Chunks, however many, as one statement (with RETURNING, SQLAlchemy sends the rows of an
+executemany as one multi-row INSERT, compiled once)."""
+
+
+def write_chunks(s: Session, blob_id: str, first: int, pieces: Sequence[bytes | memoryview]) -> None:
+    """Chunks ``first``, ``first + 1``, ... of a blob, sent now in one statement; a memoryview is
+    stored as it is, without a copy here (the driver copies)."""
+    rows = [{"blob_id": blob_id, "seq": seq, "data": data} for seq, data in enumerate(pieces, first)]
+    if rows:
+        s.connection().execute(_INSERT_CHUNKS, rows)
 
 
 def write(s: Session, data: bytes | memoryview) -> tuple[str, str]:
@@ -76,18 +85,40 @@ def write_many(s: Session, datas: Sequence[bytes | memoryview]) -> list[tuple[st
             chunks.append({"blob_id": blob_id, "seq": seq, "data": view[start : start + CHUNK_BYTES]})
         written.append((blob_id, sha256(data)))
     if chunks:
-        s.execute(insert(ChunkRow).values(chunks))
+        s.connection().execute(_INSERT_CHUNKS, chunks)
     return written
 
 
+CHUNKS_PER_QUERY = 2
+"""Chunks one query reads: a blob of one chunk is read, and known to end, in one query, and a
+reader holds at most this many chunks besides what it assembles."""
+
+_CHUNKS = (
+    select(ChunkRow.seq, ChunkRow.data)
+    .where(
+        ChunkRow.blob_id == bindparam("blob_id"),
+        ChunkRow.seq >= bindparam("first"),
+        ChunkRow.seq < bindparam("end"),
+    )
+    .order_by(ChunkRow.seq)
+)
+
+
 def chunks(s: Session, blob_id: str, count: int = 2**31) -> Iterator[bytes]:
-    """The blob's chunks in order, one query each (only one chunk in memory at a time): up to
-    ``count`` of them, where the caller knows how many (else one more query finds the end)."""
-    for seq in range(count):
-        data = s.scalar(select(ChunkRow.data).where(ChunkRow.blob_id == blob_id, ChunkRow.seq == seq))
-        if data is None:
+    """The blob's chunks in order, :data:`CHUNKS_PER_QUERY` a query: up to ``count`` of them,
+    where the caller knows how many. A chunk missing stops them, as the end does."""
+    connection = s.connection()
+    first = 0
+    while first < count:
+        end = min(first + CHUNKS_PER_QUERY, count)
+        rows = connection.execute(_CHUNKS, {"blob_id": blob_id, "first": first, "end": end}).all()
+        for seq, data in rows:
+            if seq != first:
+                return
+            yield data
+            first += 1
+        if first < end:
             return
-        yield data
 
 
 def read(s: Session, blob_id: str, checksum: str) -> bytes:
@@ -157,8 +188,7 @@ class ChunkWriter(io.RawIOBase):
         return self.blob_id, self.digest.hexdigest()
 
     def _emit(self, chunk: bytes | memoryview) -> None:
-        write_chunk(self.s, self.blob_id, self.seq, chunk)
-        self.s.flush()  # sent: the session need not keep the bytes
+        write_chunks(self.s, self.blob_id, self.seq, [chunk])  # sent: nothing keeps the bytes here
         self.seq += 1
 
 

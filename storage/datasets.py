@@ -46,14 +46,16 @@ class DatasetMeta:
 
 
 COLUMNS = tuple(DatasetRow.__table__.columns)
-SKIPPING_INSERTS: dict[str, Callable[[type[DatasetRow]], Any]] = {
-    "postgresql": postgresql.insert,
-    "sqlite": sqlite.insert,
+SKIPPING_INSERTS: dict[str, Any] = {
+    name: dialect.insert(DatasetRow).on_conflict_do_nothing().returning(DatasetRow.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
-"""Each database's INSERT that can skip a row whose key is taken (``ON CONFLICT DO NOTHING``)."""
+"""Each database's INSERT of datasets that skips a row whose key is taken (``ON CONFLICT DO
+NOTHING``), returning the ids it inserted."""
 
 
-def dataset_record(row: DatasetRow) -> DatasetRecord:
+def dataset_record(row: Any) -> DatasetRecord:
+    """The record of a dataset's columns (an ORM row, or a statement's row naming them alike)."""
     return DatasetRecord(
         row.id, row.name, row.dtype, row.rows, row.columns, row.nbytes, as_utc(row.created_at)
     )
@@ -82,12 +84,7 @@ def add_datasets(
     for row in rows:
         row.created_at, row.temporary = stamp, temporary
     values = [{column.key: getattr(row, column.key) for column in COLUMNS} for row in rows]
-    insert_skipping = SKIPPING_INSERTS[s.get_bind().dialect.name]
-    added = set(
-        s.scalars(
-            insert_skipping(DatasetRow).values(values).on_conflict_do_nothing().returning(DatasetRow.id)
-        )
-    )
+    added = set(s.connection().execute(SKIPPING_INSERTS[s.get_bind().dialect.name], values).scalars())
     records = {row.id: dataset_record(row) for row in rows if row.id in added}
     if lost := [row for row in rows if row.id not in added]:
         blobs.drop(s, [row.blob_id for row in lost])
@@ -98,9 +95,9 @@ def add_datasets(
     return records
 
 
-def load_dataset(s: Session, row: DatasetRow) -> np.ndarray:
-    """A stored dataset's array: one allocation, filled a chunk at a time (as many queries as it
-    has chunks) and checked against its checksum."""
+def load_dataset(s: Session, row: Any) -> np.ndarray:
+    """A stored dataset's array (``row``: its columns): one allocation, filled as its chunks
+    come (:func:`.blobs.chunks`) and checked against its checksum."""
     out = np.empty((row.rows, row.columns), np.dtype(row.dtype))
     target = out.reshape(-1).view(np.uint8).data
     digest, filled = hashlib.sha256(), 0
@@ -133,8 +130,7 @@ class DatasetStore:
         touches the upload; WrongState if the janitor deleted it (it was left idle too long)."""
         with self.db.write() as s:
             _touch(s, blob_id)
-            for seq, piece in enumerate(pieces, first):
-                blobs.write_chunk(s, blob_id, seq, piece)
+            blobs.write_chunks(s, blob_id, first, pieces)
 
     def abort_upload(self, blob_id: str) -> None:
         """Delete a blob that will not become a dataset."""

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, bindparam, delete, select
+from sqlalchemy import Select, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import ACTIVE
@@ -26,6 +26,7 @@ from .schema import (
     RunDatasetRow,
     RunRow,
     WeightVersionRow,
+    now,
 )
 from .tenants import charge
 
@@ -77,6 +78,9 @@ def model_record(row: ModelRow, active: str | None = None) -> ModelRecord:
     )
 
 
+_INSERT_VERSION = insert(WeightVersionRow)
+
+
 def add_version(
     s: Session,
     model_id: str,
@@ -88,22 +92,43 @@ def add_version(
 ) -> None:
     """Store weight version ``version`` (and the optimiser state belonging to it, if any)."""
     blob_id, checksum = blobs.write_arrays(s, weights)
-    row = WeightVersionRow(
-        model_id=model_id, version=version, blob_id=blob_id, checksum=checksum, run_id=run_id
+    optimizer_blob_id, optimizer_checksum = (
+        blobs.write_arrays(s, optimizer) if optimizer is not None else (None, None)
     )
-    if optimizer is not None:
-        row.optimizer_blob_id, row.optimizer_checksum = blobs.write_arrays(s, optimizer)
-        row.optimizer_meta = optimizer_meta
-    s.add(row)
+    row = {
+        "model_id": model_id,
+        "version": version,
+        "blob_id": blob_id,
+        "checksum": checksum,
+        "run_id": run_id,
+        "optimizer_blob_id": optimizer_blob_id,
+        "optimizer_checksum": optimizer_checksum,
+        "optimizer_meta": optimizer_meta if optimizer is not None else None,
+        "created_at": now(),
+    }
+    s.connection().execute(_INSERT_VERSION, row)
 
 
 def version_state(s: Session, row: WeightVersionRow) -> VersionState:
     """A stored version's weights, and the optimiser state that belongs to them if any."""
-    optimizer = None
-    if row.optimizer_blob_id and row.optimizer_checksum:
-        optimizer = blobs.read_arrays(s, row.optimizer_blob_id, row.optimizer_checksum)
-    weights = blobs.read_arrays(s, row.blob_id, row.checksum)
-    return VersionState(row.version, weights, optimizer, row.optimizer_meta)
+    weights = (row.blob_id, row.checksum)
+    return read_version(
+        s, row.version, weights, (row.optimizer_blob_id, row.optimizer_checksum), row.optimizer_meta
+    )
+
+
+def read_version(
+    s: Session,
+    version: int,
+    weights: tuple[str, str],
+    optimizer: tuple[str | None, str | None],
+    optimizer_meta: dict[str, Any] | None,
+) -> VersionState:
+    """A version's state from its blobs, each ``(blob id, checksum)``: the optimiser's may be
+    absent (no run left one)."""
+    blob_id, checksum = optimizer
+    state = blobs.read_arrays(s, blob_id, checksum) if blob_id and checksum else None
+    return VersionState(version, blobs.read_arrays(s, *weights), state, optimizer_meta)
 
 
 class ModelStore:

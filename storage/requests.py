@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import ScalarSelect, exc, select
+from sqlalchemy import ScalarSelect, exc, insert, select
 from sqlalchemy.orm import Session
 
 from .database import Database
 from .errors import RequestReused
-from .schema import RequestRow
+from .schema import RequestRow, now
 
 R = TypeVar("R")
 
@@ -31,9 +31,10 @@ def recall(s: Session, tenant: str, request_id: str, kind: str) -> str | None:
     return None if row is None else known(row.kind, row.resource_id, request_id, kind)
 
 
-def recalled(tenant: str, request_id: str) -> tuple[ScalarSelect[Any], ScalarSelect[Any]]:
-    """The kind and the resource of a request id of ``tenant``'s, as two columns for a statement
-    asking other things too (both NULL if the id is new); :func:`known` reads them."""
+def recalled(tenant: Any, request_id: Any) -> tuple[ScalarSelect[Any], ScalarSelect[Any]]:
+    """The kind and the resource of a request id of ``tenant``'s (values, or bound parameters of
+    a statement built once), as two columns for a statement asking other things too (both NULL
+    if the id is new); :func:`known` reads them."""
     where = (RequestRow.tenant_id == tenant, RequestRow.request_id == request_id)
     return (
         select(RequestRow.kind).where(*where).scalar_subquery(),
@@ -56,7 +57,11 @@ def known(found_kind: str | None, resource_id: str | None, request_id: str, kind
 def remember(s: Session, tenant: str, request_id: str, kind: str, resource_id: str) -> None:
     """Record that ``request_id`` made ``resource_id`` (nothing without a request id)."""
     if request_id:
-        s.add(RequestRow(tenant_id=tenant, request_id=request_id, kind=kind, resource_id=resource_id))
+        row = {"tenant_id": tenant, "request_id": request_id, "kind": kind, "resource_id": resource_id}
+        s.connection().execute(_REMEMBER, row | {"created_at": now()})
+
+
+_REMEMBER = insert(RequestRow)
 
 
 def settled(

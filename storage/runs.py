@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, delete, exc, func, insert, select, text, update
+from sqlalchemy import bindparam, case, delete, exc, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import ACTIVE, RunStatus, StopReason
@@ -36,7 +36,7 @@ from .database import Database, as_utc, maybe_utc, seconds_ago, utcnow
 from .datasets import DatasetMeta, add_datasets, dataset_record, load_dataset
 from .errors import LeaseLost, ModelBusy, NotFound, QueueFull, QuotaExceeded, VersionConflict, WrongState
 from .lookup import ANY_TENANT, TenantScope, one
-from .models import active_run_id, add_version, model_record, model_row, version_state
+from .models import active_run_id, add_version, model_record, model_row, read_version
 from .records import (
     Checkpoint,
     DatasetRecord,
@@ -62,6 +62,157 @@ from .schema import (
 from .tenants import charge
 
 QUEUE_LOCK = 0x67726477  # "grdw": serialises the queue-length check across PostgreSQL sessions
+
+_LOAD = (
+    select(
+        RunRow.__table__,
+        ModelRow.spec,
+        CheckpointRow.epoch.label("checkpoint_epoch"),
+        CheckpointRow.blob_id.label("checkpoint_blob"),
+        CheckpointRow.checksum.label("checkpoint_checksum"),
+        CheckpointRow.meta.label("checkpoint_meta"),
+        EpochRow.train_loss.label("checkpoint_loss"),
+        WeightVersionRow.blob_id.label("base_blob"),
+        WeightVersionRow.checksum.label("base_checksum"),
+        WeightVersionRow.optimizer_blob_id.label("base_optimizer_blob"),
+        WeightVersionRow.optimizer_checksum.label("base_optimizer_checksum"),
+        WeightVersionRow.optimizer_meta.label("base_optimizer_meta"),
+    )
+    .join(ModelRow, ModelRow.id == RunRow.model_id)
+    .outerjoin(CheckpointRow, CheckpointRow.run_id == RunRow.id)
+    .outerjoin(EpochRow, (EpochRow.run_id == RunRow.id) & (EpochRow.epoch == CheckpointRow.epoch))
+    .outerjoin(
+        WeightVersionRow,
+        (WeightVersionRow.model_id == RunRow.model_id) & (WeightVersionRow.version == RunRow.base_version),
+    )
+    .where(RunRow.id == bindparam("run_id"))
+)
+"""A run as :meth:`RunStore.load` reads it: its row, its model's spec, its checkpoint with the
+training loss of the epoch it ends, and its base version, in one statement."""
+
+_LOAD_DATASETS = (
+    select(RunDatasetRow.role, RunDatasetRow.dataset_id, DatasetRow.__table__)
+    .outerjoin(
+        DatasetRow,
+        (DatasetRow.tenant_id == bindparam("tenant")) & (DatasetRow.id == RunDatasetRow.dataset_id),
+    )
+    .where(RunDatasetRow.run_id == bindparam("run_id"))
+)
+"""A run's datasets by role, each with its stored row where the run's tenant has it."""
+
+_INSERT_EPOCHS = insert(EpochRow)
+_INSERT_RUN = insert(RunRow).returning(RunRow.__table__)
+_INSERT_ROLES = insert(RunDatasetRow).returning(RunDatasetRow.role)
+"""A run's datasets by role, in one statement (see :data:`.blobs._INSERT_CHUNKS`)."""
+
+_START_MODEL = (
+    select(
+        ModelRow.__table__,
+        *(
+            column.label(name)
+            for column, name in zip(
+                recalled(bindparam("tenant"), bindparam("request_id")),
+                ("request_kind", "request_resource"),
+                strict=True,
+            )
+        ),
+    )
+    .where(ModelRow.id == bindparam("model_id"), ModelRow.tenant_id == bindparam("tenant"))
+    .with_for_update(of=ModelRow)
+)
+"""The tenant's model a run starts on, locked, and what the request id made before if it did."""
+
+_DATASETS = (
+    select(DatasetRow.__table__)
+    .where(DatasetRow.tenant_id == bindparam("tenant"), DatasetRow.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update(read=True)
+)
+"""The tenant's datasets of some ids, locked against a delete."""
+
+_QUEUED = select(func.count()).select_from(RunRow).where(RunRow.status == RunStatus.QUEUED)
+
+_FETCH = (
+    select(RunRow.__table__, RunDatasetRow.role, RunDatasetRow.dataset_id, utcnow().label("clock"))
+    .outerjoin(RunDatasetRow, RunDatasetRow.run_id == RunRow.id)
+    .where(RunRow.id == bindparam("run_id"))
+)
+"""A run, a row per dataset (its columns repeated), and the database's clock."""
+_FETCH_TENANTS = _FETCH.where(RunRow.tenant_id == bindparam("tenant"))
+""":data:`_FETCH`, of the tenant's runs only."""
+
+_EPOCHS_AFTER = (
+    select(EpochRow.epoch, EpochRow.record)
+    .where(EpochRow.run_id == bindparam("run_id"), EpochRow.epoch > bindparam("after"))
+    .order_by(EpochRow.epoch)
+    .limit(bindparam("limit"))
+)
+
+_OLDEST_QUEUED = (
+    select(RunRow.id)
+    .where(RunRow.status == RunStatus.QUEUED)
+    .order_by(RunRow.created_at, RunRow.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_ANY_QUEUED = select(RunRow.id).where(RunRow.status == RunStatus.QUEUED).limit(1)
+"""Whether any run waits (over the index on status): a claim's cheap first question."""
+_CLAIM = (
+    update(RunRow)
+    .where(RunRow.id == _OLDEST_QUEUED, RunRow.status == RunStatus.QUEUED)
+    .values(
+        status=RunStatus.RUNNING,
+        owner=bindparam("lease"),
+        heartbeat_at=utcnow(),
+        started_at=func.coalesce(RunRow.started_at, utcnow()),
+        attempts=RunRow.attempts + 1,
+    )
+    .returning(RunRow.id, RunRow.attempts)
+)
+"""The oldest queued run, now running under the lease given (see :meth:`RunStore.claim_next`)."""
+
+_HELD = (
+    select(
+        RunRow.__table__,
+        RunDatasetRow.role,
+        RunDatasetRow.dataset_id,
+        CheckpointRow.blob_id.label("checkpoint_blob"),
+    )
+    .outerjoin(RunDatasetRow, RunDatasetRow.run_id == RunRow.id)
+    .outerjoin(CheckpointRow, CheckpointRow.run_id == RunRow.id)
+    .where(RunRow.id == bindparam("run_id"))
+    .with_for_update(of=RunRow)
+)
+"""A run about to end, locked: a row per dataset, its columns repeated, and its checkpoint's blob."""
+
+_FINISH = (
+    update(RunRow)
+    .where(RunRow.id == bindparam("run_id"))
+    .values(
+        status=bindparam("new_status"),
+        stop_reason=bindparam("new_stop_reason"),
+        error=bindparam("new_error"),
+        version=bindparam("new_version"),
+        best_epoch=bindparam("new_best_epoch"),
+        best_loss=bindparam("new_best_loss"),
+        receipt=bindparam("new_receipt"),
+        epochs_done=bindparam("new_epochs_done"),
+        load_seconds=bindparam("new_load_seconds"),
+        train_seconds=bindparam("new_train_seconds"),
+        finished_at=bindparam("new_finished_at"),
+        owner=None,
+        heartbeat_at=None,
+    )
+    .returning(RunRow.__table__)
+)
+"""A run's end: its outcome written, its lease ended; the row as it now is."""
+
+_MOVE_VERSION = (
+    update(ModelRow)
+    .where(ModelRow.id == bindparam("model_id"), ModelRow.current_version == bindparam("base"))
+    .values(current_version=bindparam("next"), updated_at=bindparam("at"))
+)
+"""Publishing's compare-and-set: the model moves to the next version only from the base one."""
 
 
 @dataclass(frozen=True)
@@ -159,16 +310,11 @@ class RunStore:
         used before returns that run, unchecked."""
 
         def create(s: Session) -> RunRecord:
-            asked = recalled(tenant, request_id) if request_id else ()
-            found = s.execute(
-                select(ModelRow, *asked)
-                .where(ModelRow.id == start.model_id, ModelRow.tenant_id == tenant)
-                .with_for_update(of=ModelRow)
-            ).first()
-            if found is None:
+            asked = {"model_id": start.model_id, "tenant": tenant, "request_id": request_id}
+            model = s.connection().execute(_START_MODEL, asked).first()
+            if model is None:
                 raise NotFound("model", start.model_id, "model_id")
-            model = found[0]
-            if request_id and (made := known(found[1], found[2], request_id, "run")) is not None:
+            if request_id and (made := known(model.request_kind, model.request_resource, request_id, "run")):
                 return _fetch(s, made, tenant)
             datasets = self._start_datasets(s, tenant, start, check, model)
             self._check_queue(s, max_queued)
@@ -193,7 +339,7 @@ class RunStore:
 
     @staticmethod
     def _start_datasets(
-        s: Session, tenant: str, start: RunStart, check: StartCheck, model: ModelRow
+        s: Session, tenant: str, start: RunStart, check: StartCheck, model: Any
     ) -> dict[str, DatasetRecord]:
         """The tenant's datasets a start names or brings, by id (one statement, the named ones
         locked against a delete), once ``check`` passed the model and the named ones."""
@@ -207,32 +353,16 @@ class RunStore:
 
     def claim_next(self, owner: str) -> Claim | None:
         """The oldest queued run, now running under a lease of ``owner``'s; None if none waits
-        (or another claimer took it meanwhile: the caller asks again). One statement.
+        (or another claimer took it meanwhile: the caller asks again). One read, then, if a run
+        waits, one statement.
 
         The lease is the claim's ``owner``: the claimer's name and a token of this claim, so that
         a job of an earlier claim of the same run, in the same process, can never pass for it."""
+        if self.db.scalar(_ANY_QUEUED) is None:
+            return None  # nothing waits: no write transaction (a server at rest asks often)
         lease = f"{owner}/{blobs.new_id()[:12]}"
-        oldest = (
-            select(RunRow.id)
-            .where(RunRow.status == RunStatus.QUEUED)
-            .order_by(RunRow.created_at, RunRow.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
         with self.db.write() as s:
-            claimed = s.execute(
-                update(RunRow)
-                .where(RunRow.id == oldest, RunRow.status == RunStatus.QUEUED)
-                .values(
-                    status=RunStatus.RUNNING,
-                    owner=lease,
-                    heartbeat_at=utcnow(),
-                    started_at=func.coalesce(RunRow.started_at, utcnow()),
-                    attempts=RunRow.attempts + 1,
-                )
-                .returning(RunRow.id, RunRow.attempts)
-            ).first()
+            claimed = s.connection().execute(_CLAIM, {"lease": lease}).first()
         return None if claimed is None else Claim(claimed.id, lease, claimed.attempts)
 
     def heartbeat(self, run_id: str, owner: str) -> bool:
@@ -273,32 +403,49 @@ class RunStore:
         replaces, with ``outcome.checkpoint``) the run's checkpoint; any other drops it.
         """
         with self.db.write() as s:
-            row = s.scalar(select(RunRow).where(RunRow.id == run_id).with_for_update())
-            if row is None or row.status != RunStatus.RUNNING or row.owner != owner:
+            held = s.connection().execute(_HELD, {"run_id": run_id}).all()
+            if not held or held[0].status != RunStatus.RUNNING or held[0].owner != owner:
                 raise LeaseLost(f"run {run_id} is no longer held by {owner}")
+            row = held[0]
             last = _add_epochs(s, run_id, outcome.epochs, after=row.epochs_done)
             if outcome.status == RunStatus.INTERRUPTED and row.cancel_requested:  # cancelled meanwhile
                 outcome = replace(
                     outcome, status=RunStatus.CANCELLED, stop_reason=StopReason.CANCELLED, checkpoint=None
                 )
-            if outcome.weights is not None:
-                row.version = self._publish(s, row, outcome)
+            version = row.version if outcome.weights is None else self._publish(s, row, outcome)
+            finished_at = row.finished_at
             if outcome.status == RunStatus.INTERRUPTED:
                 if outcome.checkpoint is not None:
                     _save_checkpoint(s, run_id, outcome.checkpoint)
             else:
-                _drop_checkpoint(s, run_id)
-                row.finished_at = now()
-            row.status, row.stop_reason, row.error = outcome.status, outcome.stop_reason, outcome.error
-            if outcome.best_epoch is not None:  # a failure knows nothing of it: keep what was
-                row.best_epoch, row.best_loss = outcome.best_epoch, json_safe(outcome.best_loss)
-            row.receipt = json_safe(outcome.receipt) if outcome.receipt is not None else row.receipt
-            row.epochs_done = max(row.epochs_done, last)
-            row.load_seconds += outcome.load_seconds
-            row.train_seconds = max(row.train_seconds, outcome.train_seconds)
-            row.owner = row.heartbeat_at = None
-            s.flush()
-            return _record(row, s)
+                if row.checkpoint_blob is not None:
+                    _drop_checkpoint(s, run_id)
+                finished_at = now()
+            known = outcome.best_epoch is not None  # a failure knows nothing of it: keep what was
+            ended = (
+                s.connection()
+                .execute(
+                    _FINISH,
+                    {
+                        "run_id": run_id,
+                        "new_status": outcome.status,
+                        "new_stop_reason": outcome.stop_reason,
+                        "new_error": outcome.error,
+                        "new_version": version,
+                        "new_best_epoch": outcome.best_epoch if known else row.best_epoch,
+                        "new_best_loss": json_safe(outcome.best_loss) if known else row.best_loss,
+                        "new_receipt": json_safe(outcome.receipt)
+                        if outcome.receipt is not None
+                        else row.receipt,
+                        "new_epochs_done": max(row.epochs_done, last),
+                        "new_load_seconds": row.load_seconds + outcome.load_seconds,
+                        "new_train_seconds": max(row.train_seconds, outcome.train_seconds),
+                        "new_finished_at": finished_at,
+                    },
+                )
+                .one()
+            )
+            return _build(ended, {r.role: r.dataset_id for r in held if r.role is not None}, None, ())
 
     def reap(self, lease_seconds: float, executing: Collection[str] = ()) -> list[str]:
         """End the leases older than ``lease_seconds`` of running runs but those in ``executing``
@@ -480,15 +627,10 @@ class RunStore:
             return _records(s, list(s.scalars(query)))
 
     def epochs_after(self, run_id: str, after: int, limit: int) -> list[EpochEntry]:
-        """Committed epochs numbered above ``after``, in order, at most ``limit``."""
-        query = (
-            select(EpochRow.epoch, EpochRow.record)
-            .where(EpochRow.run_id == run_id, EpochRow.epoch > after)
-            .order_by(EpochRow.epoch)
-            .limit(limit)
-        )
-        with self.db.read() as s:
-            return [EpochEntry(epoch, record) for epoch, record in s.execute(query)]
+        """Committed epochs numbered above ``after``, in order, at most ``limit`` (one statement)."""
+        with self.db.single() as s:
+            found = s.connection().execute(_EPOCHS_AFTER, {"run_id": run_id, "after": after, "limit": limit})
+            return [EpochEntry(epoch, record) for epoch, record in found]
 
     def history(self, tenant: str, model_id: str) -> list[RunRecord]:
         """The tenant's model's runs, oldest first, each with its epochs (five statements, however
@@ -512,34 +654,29 @@ class RunStore:
     def load(self, run_id: str) -> RunLoad:
         """Everything a job reads before it trains the run, whoever's it is, in one read
         transaction: the run, its model's spec, its checkpoint (with the training loss of the
-        epoch it ends) or else its base version, and its datasets, each array once."""
+        epoch it ends) or else its base version, and its datasets, each array once. Two
+        statements, then one for each blob of one chunk."""
         with self.db.read() as s:
-            run = _fetch(s, run_id, ANY_TENANT)
-            spec = model_row(s, run.model_id, ANY_TENANT).spec
-            checkpoint, last_loss, base = _checkpoint(s, run_id), None, None
-            if checkpoint is not None:
-                last = s.scalar(
-                    select(EpochRow.record).where(
-                        EpochRow.run_id == run_id, EpochRow.epoch == checkpoint.epoch
-                    )
-                )
-                last_loss = None if last is None else last["train_loss"]
+            connection = s.connection()
+            found = connection.execute(_LOAD, {"run_id": run_id}).first()
+            if found is None:
+                raise NotFound("run", run_id, "run_id")
+            roles = connection.execute(_LOAD_DATASETS, {"run_id": run_id, "tenant": found.tenant_id}).all()
+            run = _build(found, {row.role: row.dataset_id for row in roles}, None, ())
+            checkpoint, base = None, None
+            if found.checkpoint_blob is not None:
+                arrays = blobs.read_arrays(s, found.checkpoint_blob, found.checkpoint_checksum)
+                checkpoint = Checkpoint(found.checkpoint_epoch, arrays, found.checkpoint_meta)
+            elif found.base_blob is None:
+                raise NotFound("version", run.base_version, "version")
             else:
-                version = s.get(WeightVersionRow, (run.model_id, run.base_version))
-                if version is None:
-                    raise NotFound("version", run.base_version, "version")
-                base = version_state(s, version)
-            rows = s.scalars(
-                select(DatasetRow).where(
-                    DatasetRow.tenant_id == run.tenant, DatasetRow.id.in_(set(run.datasets.values()))
-                )
-            )
-            arrays = {row.id: load_dataset(s, row) for row in rows}
+                base = _base_version(s, found)
+            arrays = {row.dataset_id: load_dataset(s, row) for row in roles if row.blob_id is not None}
             missing = sorted(set(run.datasets.values()) - set(arrays))
             if missing:
                 raise NotFound("dataset", missing[0], "dataset_id")
             data = {role: arrays[dataset_id] for role, dataset_id in run.datasets.items()}
-            return RunLoad(run, spec, checkpoint, last_loss, base, data)
+            return RunLoad(run, found.spec, checkpoint, found.checkpoint_loss, base, data)
 
     def load_checkpoint(self, run_id: str) -> Checkpoint | None:
         with self.db.read() as s:
@@ -550,9 +687,7 @@ class RunStore:
     def _check_queue(self, s: Session, max_queued: int) -> None:
         if self.db.dialect == "postgresql":
             s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": QUEUE_LOCK})
-        queued = (
-            s.scalar(select(func.count()).select_from(RunRow).where(RunRow.status == RunStatus.QUEUED)) or 0
-        )
+        queued = s.connection().execute(_QUEUED).scalar() or 0
         if queued >= max_queued:
             raise QueueFull(f"{queued} runs are queued, the most this service keeps waiting; try again later")
 
@@ -576,13 +711,11 @@ class RunStore:
         return bool(cancel), int(done)
 
     @staticmethod
-    def _publish(s: Session, run: RunRow, outcome: Outcome) -> int:
+    def _publish(s: Session, run: Any, outcome: Outcome) -> int:
         """Compare-and-set the model's version from the run's base to the next; store the weights."""
         version = run.base_version + 1
-        moved = s.execute(
-            update(ModelRow)
-            .where(ModelRow.id == run.model_id, ModelRow.current_version == run.base_version)
-            .values(current_version=version, updated_at=now())
+        moved = s.connection().execute(
+            _MOVE_VERSION, {"model_id": run.model_id, "base": run.base_version, "next": version, "at": now()}
         )
         if _count(moved) != 1:
             current = model_row(s, run.model_id, ANY_TENANT).current_version
@@ -600,29 +733,54 @@ class RunStore:
 def _datasets(s: Session, tenant: str, ids: Iterable[str]) -> dict[str, DatasetRecord]:
     """Those of the tenant's datasets ``ids`` names that exist, by id, in one statement; locked
     against a delete until the transaction ends (``FOR SHARE`` on PostgreSQL)."""
-    query = select(DatasetRow).where(DatasetRow.tenant_id == tenant, DatasetRow.id.in_(set(ids)))
-    return {row.id: dataset_record(row) for row in s.scalars(query.with_for_update(read=True))}
+    found = s.connection().execute(_DATASETS, {"tenant": tenant, "ids": sorted(set(ids))})
+    return {row.id: dataset_record(row) for row in found}
 
 
-def _queue(s: Session, tenant: str, model: ModelRow, new: NewRun) -> tuple[str, RunRecord]:
+def _queue(s: Session, tenant: str, model: Any, new: NewRun) -> tuple[str, RunRecord]:
     """Insert a queued run of ``model`` from its current version (the partial unique index
     refuses a second active run of it); its id and record, built from what was inserted."""
-    row = RunRow(
-        id=blobs.new_id(),
-        tenant_id=tenant,
-        model_id=new.model_id,
-        status=RunStatus.QUEUED,
-        options=json_safe(new.options),
-        rows=new.rows,
-        base_version=model.current_version,
-        version=None,
-    )
-    s.add(row)
-    s.flush()
-    roles = [{"run_id": row.id, "role": role, "dataset_id": d} for role, d in new.datasets.items()]
+    row = {
+        "id": blobs.new_id(),
+        "tenant_id": tenant,
+        "model_id": new.model_id,
+        "status": RunStatus.QUEUED,
+        "stop_reason": "",
+        "options": json_safe(new.options),
+        "rows": new.rows,
+        "base_version": model.current_version,
+        "version": None,
+        "best_epoch": 0,
+        "best_loss": None,
+        "epochs_done": 0,
+        "error": "",
+        "receipt": None,
+        "owner": None,
+        "heartbeat_at": None,
+        "cancel_requested": False,
+        "attempts": 0,
+        "load_seconds": 0.0,
+        "train_seconds": 0.0,
+        "created_at": now(),
+        "started_at": None,
+        "finished_at": None,
+    }
+    inserted = s.connection().execute(_INSERT_RUN, row).one()
+    roles = [{"run_id": row["id"], "role": role, "dataset_id": d} for role, d in new.datasets.items()]
     if roles:
-        s.execute(insert(RunDatasetRow).values(roles))
-    return row.id, _build(row, dict(new.datasets), None, ())
+        s.connection().execute(_INSERT_ROLES, roles)
+    return row["id"], _build(inserted, dict(new.datasets), None, ())
+
+
+def _base_version(s: Session, found: Any) -> VersionState:
+    """The base version :data:`_LOAD` found."""
+    return read_version(
+        s,
+        found.base_version,
+        (found.base_blob, found.base_checksum),
+        (found.base_optimizer_blob, found.base_optimizer_checksum),
+        found.base_optimizer_meta,
+    )
 
 
 def _checkpoint(s: Session, run_id: str) -> Checkpoint | None:
@@ -649,18 +807,14 @@ def _row(s: Session, run_id: str, tenant: TenantScope, *, for_update: bool = Fal
 def _fetch(s: Session, run_id: str, tenant: TenantScope) -> RunRecord:
     """The run (if it is ``tenant``'s), its datasets and the database's clock, in one statement:
     a row per dataset, the run's columns repeated."""
-    query = (
-        select(RunRow, RunDatasetRow.role, RunDatasetRow.dataset_id, utcnow())
-        .outerjoin(RunDatasetRow, RunDatasetRow.run_id == RunRow.id)
-        .where(RunRow.id == run_id)
-    )
-    if tenant is not ANY_TENANT:
-        query = query.where(RunRow.tenant_id == tenant)
-    rows = s.execute(query).all()
+    if tenant is ANY_TENANT:
+        rows = s.connection().execute(_FETCH, {"run_id": run_id}).all()
+    else:
+        rows = s.connection().execute(_FETCH_TENANTS, {"run_id": run_id, "tenant": tenant}).all()
     if not rows:
         raise NotFound("run", run_id, "run_id")
-    row, clock = rows[0][0], rows[0][3]
-    return _build(row, {role: dataset for _, role, dataset, _ in rows if role is not None}, clock, ())
+    datasets = {row.role: row.dataset_id for row in rows if row.role is not None}
+    return _build(rows[0], datasets, rows[0].clock, ())
 
 
 def _record(row: RunRow, s: Session) -> RunRecord:
@@ -685,8 +839,10 @@ def _records(
 
 
 def _build(
-    row: RunRow, datasets: dict[str, str], clock: datetime | None, epochs: tuple[EpochEntry, ...]
+    row: Any, datasets: dict[str, str], clock: datetime | None, epochs: tuple[EpochEntry, ...]
 ) -> RunRecord:
+    """The record of a run's columns (``row``: an ORM row, or a row of a statement that selects
+    the table's columns by their names)."""
     return RunRecord(
         id=row.id,
         tenant=row.tenant_id,
@@ -746,7 +902,7 @@ def _add_epochs(s: Session, run_id: str, epochs: Iterable[NewEpoch], after: int)
         if e.epoch > after
     ]
     if rows:
-        s.execute(insert(EpochRow), rows)
+        s.connection().execute(_INSERT_EPOCHS, rows)
     return max((r["epoch"] for r in rows), default=after)
 
 

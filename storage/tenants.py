@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import ACTIVE
@@ -28,7 +29,7 @@ from .records import QUOTA_WORDS, KeyRecord, Quotas, TenantRecord
 from .requests import known, recalled
 from .schema import ApiKeyRow, DatasetRow, ModelRow, RunRow, TenantRow, now
 
-USAGE: dict[str, Callable[[str], Select[Any]]] = {
+USAGE: dict[str, Callable[[Any], Select[Any]]] = {
     "max_models": lambda tenant: select(func.count()).where(ModelRow.tenant_id == tenant),
     "max_parameters": lambda tenant: select(func.coalesce(func.sum(ModelRow.parameter_count), 0)).where(
         ModelRow.tenant_id == tenant
@@ -40,7 +41,8 @@ USAGE: dict[str, Callable[[str], Select[Any]]] = {
         RunRow.tenant_id == tenant, RunRow.status.in_(ACTIVE)
     ),
 }
-"""What each quota counts, for one tenant: one aggregate over that tenant's rows."""
+"""What each quota counts, for one tenant (a value or a bound parameter): one aggregate over that
+tenant's rows."""
 
 
 def tenant_row(s: Session, tenant: str, *, for_update: bool = False) -> TenantRow:
@@ -63,25 +65,50 @@ def charge(
     Where a write transaction holds the whole database (SQLite: ``BEGIN IMMEDIATE``), the row and
     the counts are one statement. On PostgreSQL the counts come after the lock, in a statement
     of their own: one that waited for the row would count with what it saw before the wait."""
-    counts = [USAGE[quota](tenant).scalar_subquery() for quota in adds]
     together = not lock or s.get_bind().dialect.name == "sqlite"
-    asked = recalled(tenant, request[0]) if request else ()
-    query = select(TenantRow, *asked, *(counts if together else ())).where(TenantRow.id == tenant)
-    found = s.execute(query.with_for_update(of=TenantRow) if lock else query).first()
+    quotas_asked = tuple(adds)
+    asked = {"tenant": tenant, "request_id": request[0] if request else ""}
+    found = s.connection().execute(_charge_query(quotas_asked, together, lock), asked).first()
     if found is None:
         raise NotFound("tenant", tenant, "tenant")
-    if request and (made := known(found[1], found[2], request[0], request[1])) is not None:
+    if request and (made := known(found.request_kind, found.request_resource, *request)) is not None:
         return made
-    used = found[1 + len(asked) :] if together or not counts else s.execute(select(*counts)).one()
-    quotas = _quotas(found[0])
+    if together:
+        used = [found._mapping[f"used_{quota}"] for quota in quotas_asked]
+    else:
+        used = list(s.connection().execute(_counts_query(quotas_asked), {"tenant": tenant}).one())
+    limits = _quotas(found)
     for (quota, amount), count in zip(adds.items(), used, strict=True):
-        limit = getattr(quotas, quota)
+        limit = getattr(limits, quota)
         if int(count or 0) + amount > limit:
             raise QuotaExceeded(tenant, quota, limit, int(count or 0), amount, QUOTA_WORDS[quota])
     return None
 
 
-def _quotas(row: TenantRow) -> Quotas:
+@cache
+def _counts(quotas: tuple[str, ...]) -> list[Any]:
+    """What each of ``quotas`` counts of the tenant bound as ``tenant``, each a labelled column."""
+    return [USAGE[quota](bindparam("tenant")).scalar_subquery().label(f"used_{quota}") for quota in quotas]
+
+
+@cache
+def _charge_query(quotas: tuple[str, ...], together: bool, lock: bool) -> Select[Any]:
+    """:func:`charge`'s statement, built once: the tenant's row (locked with ``lock``), what the
+    request id bound as ``request_id`` made (``request_kind``, ``request_resource``: NULL if
+    nothing), and, ``together``, the counts of ``quotas``."""
+    kind, resource = recalled(bindparam("tenant"), bindparam("request_id"))
+    columns = (kind.label("request_kind"), resource.label("request_resource"))
+    query = select(TenantRow.__table__, *columns, *(_counts(quotas) if together else ()))
+    query = query.where(TenantRow.id == bindparam("tenant"))
+    return query.with_for_update(of=TenantRow) if lock else query
+
+
+@cache
+def _counts_query(quotas: tuple[str, ...]) -> Select[Any]:
+    return select(*_counts(quotas))
+
+
+def _quotas(row: Any) -> Quotas:
     return Quotas(**{f.name: getattr(row, f.name) for f in fields(Quotas)})
 
 

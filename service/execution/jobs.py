@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cache
 from importlib import metadata
 from typing import Any
 
@@ -102,7 +103,9 @@ def failure_kind(exc: BaseException) -> str:
     return next((kind for cls, kind in FAILURE_KINDS.items() if isinstance(exc, cls)), StopReason.ERROR)
 
 
+@cache
 def gradwire_version() -> str:
+    """The installed gradwire's version, asked once: the code running is the code first read."""
     try:
         return metadata.version("gradwire")
     except metadata.PackageNotFoundError:
