@@ -117,6 +117,7 @@ def chunks(s: Session, blob_id: str, count: int = 2**31) -> Iterator[bytes]:
                 return
             yield data
             first += 1
+        del rows  # held no longer than they are read: the next query's chunks replace them
         if first < end:
             return
 

@@ -26,6 +26,7 @@ from .schema import (
     RunDatasetRow,
     RunRow,
     WeightVersionRow,
+    json_value,
     now,
 )
 from .tenants import charge
@@ -103,7 +104,7 @@ def add_version(
         "run_id": run_id,
         "optimizer_blob_id": optimizer_blob_id,
         "optimizer_checksum": optimizer_checksum,
-        "optimizer_meta": optimizer_meta if optimizer is not None else None,
+        "optimizer_meta": json_value(optimizer_meta if optimizer is not None else None),
         "created_at": now(),
     }
     s.connection().execute(_INSERT_VERSION, row)

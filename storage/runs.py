@@ -57,6 +57,7 @@ from .schema import (
     RunDatasetRow,
     RunRow,
     WeightVersionRow,
+    json_value,
     now,
 )
 from .tenants import charge
@@ -421,30 +422,23 @@ class RunStore:
                 if row.checkpoint_blob is not None:
                     _drop_checkpoint(s, run_id)
                 finished_at = now()
-            known = outcome.best_epoch is not None  # a failure knows nothing of it: keep what was
-            ended = (
-                s.connection()
-                .execute(
-                    _FINISH,
-                    {
-                        "run_id": run_id,
-                        "new_status": outcome.status,
-                        "new_stop_reason": outcome.stop_reason,
-                        "new_error": outcome.error,
-                        "new_version": version,
-                        "new_best_epoch": outcome.best_epoch if known else row.best_epoch,
-                        "new_best_loss": json_safe(outcome.best_loss) if known else row.best_loss,
-                        "new_receipt": json_safe(outcome.receipt)
-                        if outcome.receipt is not None
-                        else row.receipt,
-                        "new_epochs_done": max(row.epochs_done, last),
-                        "new_load_seconds": row.load_seconds + outcome.load_seconds,
-                        "new_train_seconds": max(row.train_seconds, outcome.train_seconds),
-                        "new_finished_at": finished_at,
-                    },
-                )
-                .one()
-            )
+            best_known = outcome.best_epoch is not None  # a failure knows nothing of it: keep what was
+            receipt = json_safe(outcome.receipt) if outcome.receipt is not None else row.receipt
+            values = {
+                "run_id": run_id,
+                "new_status": outcome.status,
+                "new_stop_reason": outcome.stop_reason,
+                "new_error": outcome.error,
+                "new_version": version,
+                "new_best_epoch": outcome.best_epoch if best_known else row.best_epoch,
+                "new_best_loss": json_safe(outcome.best_loss) if best_known else row.best_loss,
+                "new_receipt": json_value(receipt),
+                "new_epochs_done": max(row.epochs_done, last),
+                "new_load_seconds": row.load_seconds + outcome.load_seconds,
+                "new_train_seconds": max(row.train_seconds, outcome.train_seconds),
+                "new_finished_at": finished_at,
+            }
+            ended = s.connection().execute(_FINISH, values).one()
             return _build(ended, {r.role: r.dataset_id for r in held if r.role is not None}, None, ())
 
     def reap(self, lease_seconds: float, executing: Collection[str] = ()) -> list[str]:
@@ -671,7 +665,8 @@ class RunStore:
                 raise NotFound("version", run.base_version, "version")
             else:
                 base = _base_version(s, found)
-            arrays = {row.dataset_id: load_dataset(s, row) for row in roles if row.blob_id is not None}
+            stored = {row.dataset_id: row for row in roles if row.blob_id is not None}  # one per dataset
+            arrays = {dataset_id: load_dataset(s, row) for dataset_id, row in stored.items()}
             missing = sorted(set(run.datasets.values()) - set(arrays))
             if missing:
                 raise NotFound("dataset", missing[0], "dataset_id")
@@ -754,7 +749,7 @@ def _queue(s: Session, tenant: str, model: Any, new: NewRun) -> tuple[str, RunRe
         "best_loss": None,
         "epochs_done": 0,
         "error": "",
-        "receipt": None,
+        "receipt": json_value(None),
         "owner": None,
         "heartbeat_at": None,
         "cancel_requested": False,

@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    null,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -50,6 +51,12 @@ were tenants (revision 0003 gave it all)."""
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def json_value(value: Any) -> Any:
+    """A value for a JSON column written by a Core statement: None is SQL NULL, as the ORM wrote it
+    (Core would store JSON's ``null``, and ``IS NULL`` would no longer find it)."""
+    return null() if value is None else value
 
 
 class Base(DeclarativeBase):

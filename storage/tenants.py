@@ -73,7 +73,7 @@ def charge(
         raise NotFound("tenant", tenant, "tenant")
     if request and (made := known(found.request_kind, found.request_resource, *request)) is not None:
         return made
-    if together:
+    if together or not quotas_asked:
         used = [found._mapping[f"used_{quota}"] for quota in quotas_asked]
     else:
         used = list(s.connection().execute(_counts_query(quotas_asked), {"tenant": tenant}).one())

@@ -614,6 +614,32 @@ def test_a_claim_asks_once_and_takes_a_run_in_one_statement(store: Store) -> Non
     assert store.runs.get(T, run.id).attempts == 1
 
 
+def test_a_load_reads_a_dataset_of_two_roles_once(store: Store) -> None:
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)  # one dataset as inputs and as targets
+    claim(store)
+    load = store.runs.load(run.id)
+    assert load.data["inputs"] is load.data["targets"]
+    assert load.base is not None
+    assert load.base.version == 1
+
+
+def test_what_a_row_lacks_stays_sql_null_in_json_columns(store: Store) -> None:
+    """Core statements would store JSON's ``null`` for None, which ``IS NULL`` does not find."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    store.runs.finish(run.id, claim(store), finished("cancelled"))  # no receipt, no new version
+    with store.engine.connect() as connection:
+        nulls = {
+            query: connection.execute(text(query)).scalar()
+            for query in (
+                "SELECT count(*) FROM training_runs WHERE receipt IS NULL",
+                "SELECT count(*) FROM weight_versions WHERE optimizer_meta IS NULL",
+            )
+        }
+    assert set(nulls.values()) == {1}, nulls
+
+
 def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
     model = store.models.create(T, "m", SPEC, weights(), 3)
     other = store.models.create(T, "other", SPEC, weights(), 3)
