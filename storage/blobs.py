@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
+from .database import BINARY_OPTION
 from .errors import CorruptBlob
 from .schema import ChunkRow
 
@@ -101,6 +102,7 @@ _CHUNKS = (
         ChunkRow.seq < bindparam("end"),
     )
     .order_by(ChunkRow.seq)
+    .execution_options(**{BINARY_OPTION: True})  # bytes as they are, not as hex text
 )
 
 

@@ -57,7 +57,9 @@ POSTGRES_CONNECT = {
 """libpq parameters: every wait on the database has a bound."""
 WRITE_OPTION = "gradwire_write"
 SINGLE_OPTION = "gradwire_single"
-"""Execution options: a write transaction (SQLite: ``BEGIN IMMEDIATE``); no transaction at all."""
+BINARY_OPTION = "gradwire_binary"
+"""Execution options: a write transaction (SQLite: ``BEGIN IMMEDIATE``); no transaction at all;
+results in PostgreSQL's binary format (see :func:`_binary_results`)."""
 PING = text("SELECT 1")
 """The cheapest question a database answers: is it there."""
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
@@ -85,6 +87,20 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN")
 
 
+def _binary_results(
+    connection: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+) -> None:
+    """A statement run with :data:`BINARY_OPTION` gets its rows in PostgreSQL's binary format. In
+    the text format, the default, each byte of a ``bytea`` comes as two hex digits the server
+    writes and the driver parses: a blob's chunks, the bulk of what is read, arrive several
+    times faster in binary (0.3 against 1.1-1.5 ms for 160 KB, measured locally). Only for
+    statements whose columns read back the same either way (integers and bytes)."""
+    if context is not None and context.execution_options.get(BINARY_OPTION, False):
+        from psycopg.pq import Format
+
+        cursor.format = Format.BINARY
+
+
 def normalise_url(url: str) -> str:
     """``postgresql://`` and ``postgres://`` mean psycopg 3; other URLs pass unchanged."""
     parsed = make_url(
@@ -104,9 +120,11 @@ def make_engine(url: str, statement_timeout: float | None = None) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(
+        engine = create_engine(
             url, pool_pre_ping=True, connect_args=_postgres_connect(parsed, statement_timeout)
         )
+        event.listen(engine, "before_cursor_execute", _binary_results)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False})

@@ -101,7 +101,8 @@ _LOAD_DATASETS = (
 )
 """A run's datasets by role, each with its stored row where the run's tenant has it."""
 
-_INSERT_EPOCHS = insert(EpochRow)
+_INSERT_EPOCHS = insert(EpochRow).returning(EpochRow.epoch)
+"""A run's epochs, however many, in one statement (see :data:`.blobs._INSERT_CHUNKS`)."""
 _INSERT_RUN = insert(RunRow).returning(RunRow.__table__)
 _INSERT_ROLES = insert(RunDatasetRow).returning(RunDatasetRow.role)
 """A run's datasets by role, in one statement (see :data:`.blobs._INSERT_CHUNKS`)."""
@@ -620,11 +621,15 @@ class RunStore:
         with self.db.read() as s:
             return _records(s, list(s.scalars(query)))
 
-    def epochs_after(self, run_id: str, after: int, limit: int) -> list[EpochEntry]:
-        """Committed epochs numbered above ``after``, in order, at most ``limit`` (one statement)."""
+    def watched(self, tenant: str, run_id: str, after: int, limit: int) -> tuple[RunRecord, list[EpochEntry]]:
+        """What a watcher reads each time it looks: the tenant's run, then its committed epochs
+        numbered above ``after``, in order, at most ``limit``. Two statements on one connection,
+        outside a transaction; the run is read first, so a run read as ended has every epoch
+        it committed among those read after it."""
         with self.db.single() as s:
+            run = _fetch(s, run_id, tenant)
             found = s.connection().execute(_EPOCHS_AFTER, {"run_id": run_id, "after": after, "limit": limit})
-            return [EpochEntry(epoch, record) for epoch, record in found]
+            return run, [EpochEntry(epoch, record) for epoch, record in found]
 
     def history(self, tenant: str, model_id: str) -> list[RunRecord]:
         """The tenant's model's runs, oldest first, each with its epochs (five statements, however
@@ -884,6 +889,7 @@ def _silent_seconds(row: RunRow, clock: datetime | None) -> float:
 def _add_epochs(s: Session, run_id: str, epochs: Iterable[NewEpoch], after: int) -> int:
     """Insert the epochs numbered above ``after`` (those at or below it are committed already: a
     retry of a commit whose answer was lost); the highest epoch number, or ``after``."""
+    at = now()
     rows = [
         {
             "run_id": run_id,
@@ -891,7 +897,7 @@ def _add_epochs(s: Session, run_id: str, epochs: Iterable[NewEpoch], after: int)
             "train_loss": json_safe(e.train_loss),
             "val_loss": json_safe(e.val_loss),
             "record": json_safe(e.record),
-            "created_at": now(),
+            "created_at": at,
         }
         for e in epochs
         if e.epoch > after

@@ -215,10 +215,9 @@ class Runs:
             if self.closing.is_set():
                 raise ShuttingDown(f"this server is stopping; watch run {run_id} again after epoch {cursor}")
             seen = self.changes.seen()
-            run = self._retrying(
-                partial(self.store.runs.get, tenant, run_id), gone
-            )  # status first: see below
-            epochs = self._retrying(partial(self.store.runs.epochs_after, run_id, cursor, WATCH_PAGE), gone)
+            run, epochs = self._retrying(  # the status read first: see below
+                partial(self.store.runs.watched, tenant, run_id, cursor, WATCH_PAGE), gone
+            )
             for first in range(0, len(epochs), size):
                 together = tuple(epochs[first : first + size])
                 yield together
