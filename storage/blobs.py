@@ -66,7 +66,11 @@ executemany as one multi-row INSERT, compiled once)."""
 def write_chunks(s: Session, blob_id: str, first: int, pieces: Sequence[bytes | memoryview]) -> None:
     """Chunks ``first``, ``first + 1``, ... of a blob, sent now in one statement; a memoryview is
     stored as it is, without a copy here (the driver copies)."""
-    rows = [{"blob_id": blob_id, "seq": seq, "data": data} for seq, data in enumerate(pieces, first)]
+    send_chunks(s, [{"blob_id": blob_id, "seq": seq, "data": data} for seq, data in enumerate(pieces, first)])
+
+
+def send_chunks(s: Session, rows: list[dict[str, Any]]) -> None:
+    """Chunk rows (``blob_id``, ``seq``, ``data``), of one blob or several, in one statement."""
     if rows:
         s.connection().execute(_INSERT_CHUNKS, rows)
 
@@ -85,8 +89,7 @@ def write_many(s: Session, datas: Sequence[bytes | memoryview]) -> list[tuple[st
         for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
             chunks.append({"blob_id": blob_id, "seq": seq, "data": view[start : start + CHUNK_BYTES]})
         written.append((blob_id, sha256(data)))
-    if chunks:
-        s.connection().execute(_INSERT_CHUNKS, chunks)
+    send_chunks(s, chunks)
     return written
 
 
@@ -133,12 +136,13 @@ def read(s: Session, blob_id: str, checksum: str) -> bytes:
 
 
 class ChunkWriter(io.RawIOBase):
-    """A file to write a blob into: it goes to the database a chunk at a time, each flushed to it
+    """A file to write a blob into: it goes to the database a chunk at a time, each full one sent
     at once, so that what is written is not kept here beside the arrays it comes from (large
     writes are cut into chunks without a copy; only a chunk's worth of small ones is buffered).
+    The last chunk is the caller's to send (:meth:`end`), with others.
 
     A write that fails (the database went away) is kept: later writes do nothing, and
-    :meth:`finish` raises it, so the caller sees the cause, not the writer's later complaints.
+    :meth:`end` raises it, so the caller sees the cause, not the writer's later complaints.
     """
 
     def __init__(self, s: Session) -> None:
@@ -179,16 +183,14 @@ class ChunkWriter(io.RawIOBase):
             start += CHUNK_BYTES
         self.pending += view[start:]
 
-    def finish(self) -> tuple[str, str]:
-        """The last chunk out: ``(blob id, sha256)``; the first failure, if a write failed."""
-        if self.error is None and (self.pending or self.seq == 0):
-            try:
-                self._emit(bytes(self.pending))
-            except Exception as exc:
-                self.error = exc
+    def end(self) -> tuple[str, str, list[dict[str, Any]]]:
+        """``(blob id, sha256)`` and the row of the last chunk, not sent: the caller sends it, with
+        others (none where the chunks sent already end the blob); the first failure, if a write
+        failed."""
         if self.error is not None:
             raise self.error
-        return self.blob_id, self.digest.hexdigest()
+        last = {"blob_id": self.blob_id, "seq": self.seq, "data": bytes(self.pending)}
+        return self.blob_id, self.digest.hexdigest(), [] if self.seq and not self.pending else [last]
 
     def _emit(self, chunk: bytes | memoryview) -> None:
         write_chunks(self.s, self.blob_id, self.seq, [chunk])  # sent: nothing keeps the bytes here
@@ -197,9 +199,20 @@ class ChunkWriter(io.RawIOBase):
 
 def write_arrays(s: Session, arrays: Mapping[str, np.ndarray]) -> tuple[str, str]:
     """Store named arrays as an ``.npz`` blob, streamed into chunks: ``(blob id, sha256)``."""
-    writer = ChunkWriter(s)
-    np.savez(writer, **storable(arrays))
-    return writer.finish()
+    return write_array_sets(s, [arrays])[0]
+
+
+def write_array_sets(s: Session, sets: Sequence[Mapping[str, np.ndarray]]) -> list[tuple[str, str]]:
+    """Store each set of named arrays as :func:`write_arrays` does, the last chunks of them all in
+    one statement (a version's weights and its optimiser state, a chunk each, are one INSERT):
+    ``(blob id, sha256)`` of each."""
+    ends = []
+    for arrays in sets:
+        writer = ChunkWriter(s)
+        np.savez(writer, **storable(arrays))
+        ends.append(writer.end())
+    send_chunks(s, [row for *_, last in ends for row in last])
+    return [(blob_id, checksum) for blob_id, checksum, _ in ends]
 
 
 def read_arrays(s: Session, blob_id: str, checksum: str) -> dict[str, np.ndarray]:

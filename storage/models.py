@@ -92,10 +92,9 @@ def add_version(
     optimizer_meta: dict[str, Any] | None = None,
 ) -> None:
     """Store weight version ``version`` (and the optimiser state belonging to it, if any)."""
-    blob_id, checksum = blobs.write_arrays(s, weights)
-    optimizer_blob_id, optimizer_checksum = (
-        blobs.write_arrays(s, optimizer) if optimizer is not None else (None, None)
-    )
+    written = blobs.write_array_sets(s, [weights] if optimizer is None else [weights, optimizer])
+    blob_id, checksum = written[0]
+    optimizer_blob_id, optimizer_checksum = written[1] if optimizer is not None else (None, None)
     row = {
         "model_id": model_id,
         "version": version,

@@ -353,14 +353,15 @@ class RunStore:
         check(model_record(model), {role: found[dataset_id] for role, dataset_id in start.stored.items()})
         return found
 
-    def claim_next(self, owner: str) -> Claim | None:
+    def claim_next(self, owner: str, waiting: bool = False) -> Claim | None:
         """The oldest queued run, now running under a lease of ``owner``'s; None if none waits
         (or another claimer took it meanwhile: the caller asks again). One read, then, if a run
-        waits, one statement.
+        waits, one statement; that one alone where the caller knows one waits (``waiting``: it
+        queued one).
 
         The lease is the claim's ``owner``: the claimer's name and a token of this claim, so that
         a job of an earlier claim of the same run, in the same process, can never pass for it."""
-        if self.db.scalar(_ANY_QUEUED) is None:
+        if not waiting and self.db.scalar(_ANY_QUEUED) is None:
             return None  # nothing waits: no write transaction (a server at rest asks often)
         lease = f"{owner}/{blobs.new_id()[:12]}"
         with self.db.write() as s:

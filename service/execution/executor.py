@@ -130,6 +130,7 @@ class Supervisor:
     def __init__(self, store: Store, executor: Executor, settings: Settings, owner: str) -> None:
         self.store, self.executor, self.settings, self.owner = store, executor, settings, owner
         self._wake = threading.Event()
+        self._waiting = False  # a run was queued here since the last claim: one surely waits
         self._stop = threading.Event()
         self._last_sweep = -float("inf")
         self._thread = threading.Thread(target=self._loop, name="gradwire-supervisor", daemon=True)
@@ -138,9 +139,14 @@ class Supervisor:
         self._thread.start()
 
     def nudge(self) -> None:
-        """Look for work now (a run was queued here, or a job ended)."""
+        """Look for work now (a job ended: a worker is free)."""
         self._wake.set()
         self.executor.wake()
+
+    def queued(self) -> None:
+        """A run was queued here: claim it now, without asking first whether one waits."""
+        self._waiting = True
+        self.nudge()
 
     def stop(self) -> None:
         self._stop.set()
@@ -164,7 +170,8 @@ class Supervisor:
             self._sweep()
             self._last_sweep = time.monotonic()
         while not self._stop.is_set() and self.executor.free_slots() > 0:
-            run = self.store.runs.claim_next(self.owner)
+            waiting, self._waiting = self._waiting, False
+            run = self.store.runs.claim_next(self.owner, waiting)
             if run is None:
                 return
             log.info("run claimed", extra={"run": run.id, "attempt": run.attempts})

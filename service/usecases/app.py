@@ -50,7 +50,7 @@ class Gradwire:
         self.inference = Inference(store, settings, networks)
         self.datasets = Datasets(store, settings.limits)
         self.runs = Runs(
-            store, settings, self.datasets, self.changes, self.supervisor.nudge, self.executor.cancel
+            store, settings, self.datasets, self.changes, self.supervisor.queued, self.executor.cancel
         )
 
     def _job_done(self) -> None:

@@ -99,11 +99,11 @@ class Runs:
         settings: Settings,
         datasets: Datasets,
         changes: Changes,
-        nudge: Callable[[], None],
+        queued: Callable[[], None],
         cancel_here: Callable[[str], None],
     ) -> None:
         self.store, self.settings, self.datasets, self.changes = store, settings, datasets, changes
-        self.nudge, self.cancel_here = nudge, cancel_here
+        self.queued, self.cancel_here = queued, cancel_here  # queued(): a run was queued here
         self.closing = threading.Event()
 
     def close(self) -> None:
@@ -139,7 +139,7 @@ class Runs:
             raise RequestReused(
                 f"request_id {request.request_id!r} was first used to start another run ({run.id})"
             )
-        self.nudge()
+        self.queued()
         return run
 
     def _check_start(
@@ -257,7 +257,7 @@ class Runs:
 
     def resume(self, tenant: str, run_id: str) -> RunRecord:
         run = self.store.runs.resume(tenant, run_id, self.settings.max_queued_runs)
-        self.nudge()
+        self.queued()
         return run
 
     # ------------------------------------------------------------------ Train: start + watch

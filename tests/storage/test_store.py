@@ -612,6 +612,12 @@ def test_a_claim_asks_once_and_takes_a_run_in_one_statement(store: Store) -> Non
         assert store.runs.claim_next("me") is None
     assert [s.split()[0] for s in sent] == ["SELECT"]  # nothing waits: no write transaction
     assert store.runs.get(T, run.id).attempts == 1
+    second = queued_run(store, store.models.create(T, "n", SPEC, weights(), 3).id)
+    with statements_sent(store) as sent:
+        claimed = store.runs.claim_next("me", waiting=True)  # its caller queued it: no need to ask
+    assert claimed is not None
+    assert claimed.id == second.id
+    assert [s.split()[0] for s in sent if not s.startswith("BEGIN")] == ["UPDATE"]
 
 
 def test_a_load_reads_a_dataset_of_two_roles_once(store: Store) -> None:
@@ -638,6 +644,23 @@ def test_what_a_row_lacks_stays_sql_null_in_json_columns(store: Store) -> None:
             )
         }
     assert set(nulls.values()) == {1}, nulls
+
+
+def test_a_new_version_stores_its_weights_and_optimiser_state_in_one_insert_of_chunks(store: Store) -> None:
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    lease = claim(store)
+    outcome = finished(weights_=weights(3), optimizer=weights(4), optimizer_meta={"name": "adam", "t": 7})
+    with statements_sent(store) as sent:
+        store.runs.finish(run.id, lease, outcome)
+    assert sum(s.startswith("INSERT INTO blob_chunks") for s in sent) == 1
+    state = store.models.load_version(model.id)
+    assert state.version == 2
+    assert state.optimizer is not None
+    for stored, given in ((state.weights, weights(3)), (state.optimizer, weights(4))):
+        assert stored.keys() == given.keys()
+        for name in given:
+            np.testing.assert_array_equal(stored[name], given[name])
 
 
 def test_deleting_a_model_removes_everything_it_owns(store: Store) -> None:
