@@ -5,7 +5,8 @@ SQLite (the default, a file) is set up for a threaded server and for several pro
 file: WAL journal, a busy timeout and foreign keys on every connection, and write transactions
 that take the write lock when they begin (``BEGIN IMMEDIATE``), so a transaction that reads then
 writes never fails half-way on another writer's commit. PostgreSQL URLs (``postgresql://...``)
-use psycopg 3, with a bounded connect timeout.
+use psycopg 3, with a bounded connect timeout; the pool tests a connection only where it sat
+idle (:data:`PING_IDLE_SECONDS`), and blob chunks are read in binary (:data:`BINARY_OPTION`).
 
 :class:`Database` hands out sessions: :meth:`Database.write` (one transaction: a use case's unit
 of work, committed once), :meth:`Database.read` (a transaction that never commits: reads that
@@ -23,9 +24,11 @@ it. Upgrades go through Alembic (:func:`upgrade`), batch mode on SQLite.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +36,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, DateTime, Engine, Executable, create_engine, event, exc, inspect, text
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Executable,
+    create_engine,
+    event,
+    exc,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -62,6 +77,14 @@ BINARY_OPTION = "gradwire_binary"
 results in PostgreSQL's binary format (see :func:`_binary_results`)."""
 PING = text("SELECT 1")
 """The cheapest question a database answers: is it there."""
+PING_IDLE_SECONDS = 1.0
+"""A pooled PostgreSQL connection back in the pool this long is tested before it is handed out
+again (the server restarted, or the link was cut, meanwhile: the pool then opens another); one
+used more recently is trusted, so a use case that takes a connection every few milliseconds
+does not pay a round trip for each. A connection lost since its last use fails its statement as
+:class:`Unavailable`, as one lost during a transaction does, and the pool opens new ones."""
+RETURNED_AT = "gradwire_returned_at"
+"""The pool's record of a connection: when it last came back (``time.monotonic``)."""
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
 """UTC now with microsecond digits, in the text form SQLAlchemy stores SQLite datetimes in."""
 
@@ -101,6 +124,22 @@ def _binary_results(
         cursor.format = Format.BINARY
 
 
+def _returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[RETURNED_AT] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    """Test a connection idle for :data:`PING_IDLE_SECONDS` before it is handed out; one that
+    fails is replaced (SQLAlchemy's pool opens another on :class:`~sqlalchemy.exc.DisconnectionError`)."""
+    returned = record.info.get(RETURNED_AT)
+    if returned is None or time.monotonic() - returned < PING_IDLE_SECONDS:
+        return  # new, or back from a use a moment ago
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        raise exc.DisconnectionError(f"a pooled connection failed its test: {error}") from error
+
+
 def normalise_url(url: str) -> str:
     """``postgresql://`` and ``postgres://`` mean psycopg 3; other URLs pass unchanged."""
     parsed = make_url(
@@ -121,8 +160,10 @@ def make_engine(url: str, statement_timeout: float | None = None) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(
-            url, pool_pre_ping=True, connect_args=_postgres_connect(parsed, statement_timeout)
+            url, pool_use_lifo=True, connect_args=_postgres_connect(parsed, statement_timeout)
         )
+        event.listen(engine, "checkin", _returned)
+        event.listen(engine, "checkout", partial(_ping_if_idle, engine.dialect))
         event.listen(engine, "before_cursor_execute", _binary_results)
         return engine
     if parsed.database and parsed.database != ":memory:":

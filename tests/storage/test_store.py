@@ -36,7 +36,14 @@ from gradwire.storage import (
     open_store,
 )
 from gradwire.storage import DEFAULT_TENANT as T
-from gradwire.storage.database import _config, head_revision, make_engine, seconds_ago
+from gradwire.storage.database import (
+    PING_IDLE_SECONDS,
+    RETURNED_AT,
+    _config,
+    head_revision,
+    make_engine,
+    seconds_ago,
+)
 from gradwire.storage.runs import InlineData, RunStart
 from gradwire.storage.schema import Base, ChunkRow, RunRow
 
@@ -644,6 +651,40 @@ def test_what_a_row_lacks_stays_sql_null_in_json_columns(store: Store) -> None:
             )
         }
     assert set(nulls.values()) == {1}, nulls
+
+
+def test_a_pooled_connection_is_tested_when_it_was_idle_and_trusted_when_it_was_just_used(
+    store: Store, database_url: str
+) -> None:
+    """PostgreSQL: a connection its server ended while it sat idle in the pool is replaced
+    unseen; one ended a moment after its last use fails its statement as Unavailable (what
+    callers retry) and the pool starts afresh, so the next call works."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's connections are files in this process: nothing to test them for")
+    taken: list[Any] = []
+    event.listen(store.engine, "checkout", lambda _dbapi, record, _proxy: taken.append(record))
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+
+    def end_the_pooled_connection() -> Any:
+        """End the backend of the connection the pool would hand out next; its record."""
+        with store.engine.connect() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        other = make_engine(database_url)
+        with other.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:  # fresh reads
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+            deadline = time.monotonic() + 30
+            gone = text("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :pid")
+            while not admin.execute(gone, {"pid": pid}).scalar():  # it ends soon after the signal
+                assert time.monotonic() < deadline
+        other.dispose()
+        return taken[-1]
+
+    end_the_pooled_connection().info[RETURNED_AT] -= PING_IDLE_SECONDS  # as if idle that long
+    assert store.models.get(T, model.id).id == model.id  # tested, found dead, replaced
+    end_the_pooled_connection()
+    with pytest.raises(Unavailable):
+        store.models.get(T, model.id)
+    assert store.models.get(T, model.id).id == model.id
 
 
 def test_a_new_version_stores_its_weights_and_optimiser_state_in_one_insert_of_chunks(store: Store) -> None:
