@@ -129,15 +129,17 @@ def _returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
 
 
 def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
-    """Test a connection idle for :data:`PING_IDLE_SECONDS` before it is handed out; one that
-    fails is replaced (SQLAlchemy's pool opens another on :class:`~sqlalchemy.exc.DisconnectionError`)."""
+    """Test a connection idle for :data:`PING_IDLE_SECONDS` before it is handed out; where it fails,
+    the pool opens another (on :class:`~sqlalchemy.exc.DisconnectionError`, which
+    :class:`~sqlalchemy.exc.InvalidatePoolError` is, as its own pre-ping does)."""
     returned = record.info.get(RETURNED_AT)
     if returned is None or time.monotonic() - returned < PING_IDLE_SECONDS:
         return  # new, or back from a use a moment ago
     try:
         dialect.do_ping(dbapi_connection)
     except Exception as error:
-        raise exc.DisconnectionError(f"a pooled connection failed its test: {error}") from error
+        # the server may have restarted: every connection older than this one is replaced too
+        raise exc.InvalidatePoolError(f"a pooled connection failed its test: {error}") from error
 
 
 def normalise_url(url: str) -> str:
@@ -231,7 +233,8 @@ class Database:
         """A session for a read of one statement, outside any transaction: no BEGIN before it,
         no ROLLBACK after (PostgreSQL in autocommit; SQLite's connections are, but for the BEGIN
         :func:`_sqlite_begin` leaves out here). One statement sees one consistent state by
-        itself; reads that must agree with each other take :meth:`read`."""
+        itself; reads that must agree with each other take :meth:`read` (a few whose order alone
+        matters may share one: see ``RunStore.watched``)."""
         with unavailable_on_connection_errors(), self._singles() as session:
             yield session
 

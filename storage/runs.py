@@ -578,7 +578,7 @@ class RunStore:
     # ------------------------------------------------------------------ reading
 
     def get(self, tenant: str, run_id: str) -> RunRecord:
-        """The tenant's run, in one statement (GetRun, and every look of a watcher)."""
+        """The tenant's run, in one statement (GetRun; a watcher's looks are :meth:`watched`)."""
         with self.db.single() as s:
             return _fetch(s, run_id, tenant)
 

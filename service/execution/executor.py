@@ -130,7 +130,7 @@ class Supervisor:
     def __init__(self, store: Store, executor: Executor, settings: Settings, owner: str) -> None:
         self.store, self.executor, self.settings, self.owner = store, executor, settings, owner
         self._wake = threading.Event()
-        self._waiting = False  # a run was queued here since the last claim: one surely waits
+        self._waiting = False  # a run was queued here since the last claim: one probably waits
         self._stop = threading.Event()
         self._last_sweep = -float("inf")
         self._thread = threading.Thread(target=self._loop, name="gradwire-supervisor", daemon=True)

@@ -133,8 +133,8 @@ class Loaded:
 def new_epoch(record: EpochRecord, offset: float = 0.0) -> NewEpoch:
     """An engine's epoch as the store keeps it: its loss columns, and the whole record, whose
     ``elapsed`` counts from the run's start (``offset``: seconds trained by earlier attempts)."""
-    entry = {name: copy(value) for name, value in vars(record).items()}  # asdict, but for its deep walk:
-    # the record's dicts hold numbers only
+    entry = {name: copy(value) for name, value in vars(record).items()}  # asdict without its deep
+    # copy: the record's dicts hold numbers only
     entry["elapsed"] += offset
     return NewEpoch(record.epoch, record.train_loss, record.val_loss, entry)
 

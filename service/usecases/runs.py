@@ -106,6 +106,12 @@ class Runs:
         self.queued, self.cancel_here = queued, cancel_here  # queued(): a run was queued here
         self.closing = threading.Event()
 
+    def _claim_soon(self, run: RunRecord) -> None:
+        """Have this server claim ``run`` now if it waits (a start or resume may return a run
+        that is running already)."""
+        if run.status == RunStatus.QUEUED:
+            self.queued()
+
     def close(self) -> None:
         """End every watch now: the process is stopping (the runs themselves go on elsewhere)."""
         self.closing.set()
@@ -139,7 +145,7 @@ class Runs:
             raise RequestReused(
                 f"request_id {request.request_id!r} was first used to start another run ({run.id})"
             )
-        self.queued()
+        self._claim_soon(run)
         return run
 
     def _check_start(
@@ -257,7 +263,7 @@ class Runs:
 
     def resume(self, tenant: str, run_id: str) -> RunRecord:
         run = self.store.runs.resume(tenant, run_id, self.settings.max_queued_runs)
-        self.queued()
+        self._claim_soon(run)
         return run
 
     # ------------------------------------------------------------------ Train: start + watch

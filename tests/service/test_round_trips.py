@@ -42,8 +42,8 @@ RPC_THREADS = "gradwire-rpc"
 ENDS = ("COMMIT", "ROLLBACK")
 """Transaction ends: counted as transactions, not as statements."""
 PINGS = ("SELECT 1", ";")
-"""What SQLAlchemy's pool sends on its own (``pool_pre_ping``) to test a connection it hands out
-(on PostgreSQL, an empty statement)."""
+"""What the pool sends on its own to test a connection it hands out after it sat idle
+(``storage.database._ping_if_idle``; on PostgreSQL, an empty statement)."""
 
 
 @dataclass
