@@ -116,8 +116,8 @@ def _binary_results(
     """A statement run with :data:`BINARY_OPTION` gets its rows in PostgreSQL's binary format. In
     the text format, the default, each byte of a ``bytea`` comes as two hex digits the server
     writes and the driver parses: a blob's chunks, the bulk of what is read, arrive several
-    times faster in binary (0.3 against 1.1-1.5 ms for 160 KB, measured locally). Only for
-    statements whose columns read back the same either way (integers and bytes)."""
+    times faster in binary (figures in docs/scaling.md). Only for statements whose columns read
+    back the same either way (integers and bytes)."""
     if context is not None and context.execution_options.get(BINARY_OPTION, False):
         from psycopg.pq import Format
 

@@ -102,8 +102,8 @@ _LOAD_DATASETS = (
 """A run's datasets by role, each with its stored row where the run's tenant has it."""
 
 _INSERT_EPOCHS = insert(EpochRow)
-"""A run's epochs: an executemany (psycopg pipelines its rows: 1.7 ms for 50, against 2.4-2.9 ms
-as one multi-row INSERT with RETURNING, built row by row by SQLAlchemy)."""
+"""A run's epochs: an executemany, whose rows psycopg pipelines; as one multi-row INSERT with
+RETURNING (built row by row by SQLAlchemy) they were slower (figures in docs/scaling.md)."""
 _INSERT_RUN = insert(RunRow).returning(RunRow.__table__)
 _INSERT_ROLES = insert(RunDatasetRow).returning(RunDatasetRow.role)
 """A run's datasets by role, in one statement (see :data:`.blobs._INSERT_CHUNKS`)."""
