@@ -9,10 +9,12 @@ use psycopg 3, with a bounded connect timeout; the pool tests a connection only 
 idle (:data:`PING_IDLE_SECONDS`), and blob chunks are read in binary (:data:`BINARY_OPTION`).
 
 :class:`Database` hands out sessions: :meth:`Database.write` (one transaction: a use case's unit
-of work, committed once), :meth:`Database.read` (a transaction that never commits: reads that
-must agree with each other) and :meth:`Database.single` (no transaction: a read of one
-statement, consistent by itself, spared the round trips that open and end one). A database that
-cannot be reached raises :class:`Unavailable` from any of them.
+of work, committed once), :meth:`Database.read` (reads that must agree with each other: a
+transaction that never commits on SQLite, none on PostgreSQL: see
+:data:`READS_WITHOUT_TRANSACTION`) and :meth:`Database.single` (no transaction: a read of one
+statement, consistent by itself, spared the round trips that open and end one);
+:meth:`Database.write_one` runs one statement that writes as a transaction of its own. A
+database that cannot be reached raises :class:`Unavailable` from any of them.
 
 Leases are measured on the database's clock (:class:`utcnow`, :func:`seconds_ago`), never on a
 server's, so processes on different machines agree on who holds what.
@@ -42,6 +44,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Executable,
+    Row,
     create_engine,
     event,
     exc,
@@ -217,14 +220,20 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._reads = sessionmaker(engine, expire_on_commit=False)
         self._writes = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
         self._single = engine.execution_options(**SINGLE.get(self.dialect, {}))
         self._singles = sessionmaker(self._single, expire_on_commit=False)
+        self._reads = (
+            self._singles
+            if self.dialect in READS_WITHOUT_TRANSACTION
+            else sessionmaker(engine, expire_on_commit=False)
+        )
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reading; it never commits."""
+        """A session for reads that must agree with each other; it never commits. On SQLite a
+        transaction, whose statements see one snapshot; on PostgreSQL none (see
+        :data:`READS_WITHOUT_TRANSACTION`)."""
         with unavailable_on_connection_errors(), self._reads() as session:
             yield session
 
@@ -257,6 +266,19 @@ class Database:
         with unavailable_on_connection_errors(), self._writes.begin() as session:
             yield session
 
+    def write_one(self, statement: Executable, **params: Any) -> Row[Any] | None:
+        """The first row of one statement that writes, run as a transaction of its own, which
+        one statement is by itself: no BEGIN and no COMMIT to wait for. (On SQLite a statement
+        that writes takes the write lock as it starts, as ``BEGIN IMMEDIATE`` does.)"""
+        with unavailable_on_connection_errors(), self._single.connect() as connection:
+            return connection.execute(statement, params).first()
+
+
+READS_WITHOUT_TRANSACTION = ("postgresql",)
+"""Where :meth:`Database.read` opens no transaction. PostgreSQL at READ COMMITTED (its default,
+and gradwire's level) gives each statement of a transaction a snapshot of its own, and reads take
+no locks: a read transaction would buy nothing for its BEGIN and ROLLBACK, two round trips, and
+each ROLLBACK also empties the driver's cache of prepared statements."""
 
 SINGLE: dict[str, dict[str, Any]] = {
     "postgresql": {"isolation_level": "AUTOCOMMIT"},

@@ -26,7 +26,21 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, case, delete, exc, func, insert, select, text, update
+from sqlalchemy import (
+    Float,
+    Integer,
+    bindparam,
+    case,
+    column,
+    delete,
+    exc,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from gradwire.v1.vocabulary import ACTIVE, RunStatus, StopReason
@@ -102,8 +116,28 @@ _LOAD_DATASETS = (
 """A run's datasets by role, each with its stored row where the run's tenant has it."""
 
 _INSERT_EPOCHS = insert(EpochRow)
-"""A run's epochs: an executemany, whose rows psycopg pipelines; as one multi-row INSERT with
-RETURNING (built row by row by SQLAlchemy) they were slower (figures in docs/scaling.md)."""
+"""A run's epochs on SQLite, in this process: an executemany, a row each."""
+_EPOCH_ARRAY = (
+    func.json_array_elements(bindparam("epochs", type_=postgresql.JSON))
+    .table_valued(column("value", postgresql.JSON))
+    .alias("sent")
+)
+_INSERT_EPOCH_ARRAY = insert(EpochRow).from_select(
+    ["run_id", "epoch", "train_loss", "val_loss", "record", "created_at"],
+    select(
+        bindparam("run_id", type_=EpochRow.run_id.type),
+        _EPOCH_ARRAY.c.value["epoch"].astext.cast(Integer),
+        _EPOCH_ARRAY.c.value["train_loss"].astext.cast(Float),
+        _EPOCH_ARRAY.c.value["val_loss"].astext.cast(Float),
+        _EPOCH_ARRAY.c.value["record"],
+        bindparam("at", type_=EpochRow.created_at.type),
+    ).select_from(_EPOCH_ARRAY),
+)
+"""A run's epochs on PostgreSQL: one statement over a JSON array of them, whatever their number.
+As an executemany (which psycopg pipelines) the server runs an INSERT for each row, and as a
+multi-row INSERT SQLAlchemy builds the statement row by row: both were slower (figures in
+docs/scaling.md). The record's JSON is stored as it was sent; a loss is read back from its
+JSON text by ``float8``, exactly."""
 _INSERT_RUN = insert(RunRow).returning(RunRow.__table__)
 _INSERT_ROLES = insert(RunDatasetRow).returning(RunDatasetRow.role)
 """A run's datasets by role, in one statement (see :data:`.blobs._INSERT_CHUNKS`)."""
@@ -357,16 +391,15 @@ class RunStore:
     def claim_next(self, owner: str, waiting: bool = False) -> Claim | None:
         """The oldest queued run, now running under a lease of ``owner``'s; None if none waits
         (or another claimer took it meanwhile: the caller asks again). One read, then, if a run
-        waits, one statement; that one alone where the caller knows one waits (``waiting``: it
-        queued one).
+        waits, one statement, a transaction by itself; that one alone where the caller knows one
+        waits (``waiting``: it queued one).
 
         The lease is the claim's ``owner``: the claimer's name and a token of this claim, so that
         a job of an earlier claim of the same run, in the same process, can never pass for it."""
         if not waiting and self.db.scalar(_ANY_QUEUED) is None:
             return None  # nothing waits: no write transaction (a server at rest asks often)
         lease = f"{owner}/{blobs.new_id()[:12]}"
-        with self.db.write() as s:
-            claimed = s.connection().execute(_CLAIM, {"lease": lease}).first()
+        claimed = self.db.write_one(_CLAIM, lease=lease)
         return None if claimed is None else Claim(claimed.id, lease, claimed.attempts)
 
     def heartbeat(self, run_id: str, owner: str) -> bool:
@@ -654,9 +687,9 @@ class RunStore:
 
     def load(self, run_id: str) -> RunLoad:
         """Everything a job reads before it trains the run, whoever's it is, in one read
-        transaction: the run, its model's spec, its checkpoint (with the training loss of the
-        epoch it ends) or else its base version, and its datasets, each array once. Two
-        statements, then one for each blob of one chunk."""
+        (:meth:`~.database.Database.read`): the run, its model's spec, its checkpoint (with the
+        training loss of the epoch it ends) or else its base version, and its datasets, each
+        array once. Two statements, then one for each blob of one chunk."""
         with self.db.read() as s:
             connection = s.connection()
             found = connection.execute(_LOAD, {"run_id": run_id}).first()
@@ -891,21 +924,22 @@ def _silent_seconds(row: RunRow, clock: datetime | None) -> float:
 def _add_epochs(s: Session, run_id: str, epochs: Iterable[NewEpoch], after: int) -> int:
     """Insert the epochs numbered above ``after`` (those at or below it are committed already: a
     retry of a commit whose answer was lost); the highest epoch number, or ``after``."""
-    at = now()
     rows = [
         {
-            "run_id": run_id,
             "epoch": e.epoch,
             "train_loss": json_safe(e.train_loss),
             "val_loss": json_safe(e.val_loss),
             "record": json_safe(e.record),
-            "created_at": at,
         }
         for e in epochs
         if e.epoch > after
     ]
     if rows:
-        s.connection().execute(_INSERT_EPOCHS, rows)
+        at, connection = now(), s.connection()
+        if connection.dialect.name == "postgresql":
+            connection.execute(_INSERT_EPOCH_ARRAY, {"run_id": run_id, "epochs": rows, "at": at})
+        else:
+            connection.execute(_INSERT_EPOCHS, [row | {"run_id": run_id, "created_at": at} for row in rows])
     return max((r["epoch"] for r in rows), default=after)
 
 

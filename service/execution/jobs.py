@@ -315,7 +315,7 @@ class RunJob:
 
     def _load(self) -> Loaded:
         started = time.perf_counter()
-        load = self.store.runs.load(self.run_id)  # one read transaction
+        load = self.store.runs.load(self.run_id)  # one read
         run, config = load.run, TrainConfig.from_dict(load.run.options)
         if load.checkpoint is not None:
             trainer = restore_trainer(TrainingState(load.checkpoint.arrays, load.checkpoint.meta))

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -45,7 +46,7 @@ from gradwire.storage.database import (
     seconds_ago,
 )
 from gradwire.storage.runs import InlineData, RunStart
-from gradwire.storage.schema import Base, ChunkRow, RunRow
+from gradwire.storage.schema import Base, ChunkRow, EpochRow, RunRow
 
 SPEC = {"input_dim": 2, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}
 
@@ -368,6 +369,30 @@ def statements_sent(store: Store) -> Iterator[list[str]]:
         event.remove(store.engine, "before_cursor_execute", count)
 
 
+@contextmanager
+def transactions_begun(store: Store) -> Iterator[list[str]]:
+    """The statements that began a transaction while the block ran: SQLite's BEGIN, which
+    gradwire sends; on PostgreSQL, a statement sent outside autocommit with none open (psycopg
+    sends BEGIN before it, unseen by SQLAlchemy)."""
+    begun: list[str] = []
+
+    def seen(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        driver = connection.connection.dbapi_connection
+        if store.engine.dialect.name == "sqlite":
+            opens = statement.startswith("BEGIN")
+        else:
+            idle = driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            opens = idle and not driver.autocommit
+        if opens:
+            begun.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        yield begun
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+
+
 def test_a_page_of_runs_and_a_models_history_take_a_few_statements_however_many_runs(store: Store) -> None:
     """Each run's datasets, epochs and silence were one or two queries of their own: 50 runs made
     a page of 52 statements and a history of 102."""
@@ -620,11 +645,53 @@ def test_a_claim_asks_once_and_takes_a_run_in_one_statement(store: Store) -> Non
     assert [s.split()[0] for s in sent] == ["SELECT"]  # nothing waits: no write transaction
     assert store.runs.get(T, run.id).attempts == 1
     second = queued_run(store, store.models.create(T, "n", SPEC, weights(), 3).id)
-    with statements_sent(store) as sent:
+    with statements_sent(store) as sent, transactions_begun(store) as begun:
         claimed = store.runs.claim_next("me", waiting=True)  # its caller queued it: no need to ask
     assert claimed is not None
     assert claimed.id == second.id
-    assert [s.split()[0] for s in sent if not s.startswith("BEGIN")] == ["UPDATE"]
+    assert [s.split()[0] for s in sent] == ["UPDATE"]
+    assert begun == []  # one statement is a transaction by itself: no BEGIN, no COMMIT to wait for
+
+
+def test_reads_open_no_transaction_on_postgresql_and_one_snapshot_on_sqlite(store: Store) -> None:
+    """At READ COMMITTED each statement of a PostgreSQL transaction sees a snapshot of its own,
+    so a read transaction there bought nothing for its BEGIN and ROLLBACK (and the ROLLBACK
+    emptied the driver's prepared statements); SQLite's keeps its reads on one snapshot."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    claim(store)
+    with transactions_begun(store) as begun:
+        store.runs.load(run.id)
+        store.runs.history(T, model.id)
+    assert len(begun) == (2 if store.engine.dialect.name == "sqlite" else 0)
+
+
+def test_epochs_keep_their_losses_and_records_to_the_bit(store: Store) -> None:
+    """PostgreSQL takes a commit's epochs as one JSON array, its losses read back from their JSON
+    text: what is stored is what was sent, at the extremes of a double too."""
+    losses = [1 / 3, 0.1 + 0.2, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -2.5e-17]
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    run = queued_run(store, model.id)
+    lease = claim(store)
+    sent = [
+        NewEpoch(
+            n, loss, -loss, {"epoch": n, "train_loss": loss, "val_loss": -loss, "grad_norms": {"0": loss}}
+        )
+        for n, loss in enumerate(losses, 1)
+    ]
+    store.runs.commit(run.id, lease, sent, None)
+    with store.engine.connect() as connection:
+        columns = connection.execute(
+            select(EpochRow.epoch, EpochRow.train_loss, EpochRow.val_loss)
+            .where(EpochRow.run_id == run.id)
+            .order_by(EpochRow.epoch)
+        ).all()
+    assert [(n, a.hex(), b.hex()) for n, a, b in columns] == [
+        (e.epoch, e.train_loss.hex(), (-e.train_loss).hex()) for e in sent
+    ]
+    (history,) = store.runs.history(T, model.id)
+    assert [e.record for e in history.epochs] == [e.record for e in sent]
+    assert [e.record["grad_norms"]["0"].hex() for e in history.epochs] == [loss.hex() for loss in losses]
 
 
 def test_a_load_reads_a_dataset_of_two_roles_once(store: Store) -> None:
