@@ -78,6 +78,10 @@ SINGLE_OPTION = "gradwire_single"
 BINARY_OPTION = "gradwire_binary"
 """Execution options: a write transaction (SQLite: ``BEGIN IMMEDIATE``); no transaction at all;
 results in PostgreSQL's binary format (see :func:`_binary_results`)."""
+POSTGRES_ISOLATION = "READ COMMITTED"
+"""PostgreSQL's default, set rather than assumed (a server's default may be another): guarded
+updates and the janitor's deletes are written for it, and reads without a transaction
+(:data:`READS_WITHOUT_TRANSACTION`) lose nothing at it."""
 PING = text("SELECT 1")
 """The cheapest question a database answers: is it there."""
 PING_IDLE_SECONDS = 1.0
@@ -165,7 +169,10 @@ def make_engine(url: str, statement_timeout: float | None = None) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(
-            url, pool_use_lifo=True, connect_args=_postgres_connect(parsed, statement_timeout)
+            url,
+            isolation_level=POSTGRES_ISOLATION,
+            pool_use_lifo=True,
+            connect_args=_postgres_connect(parsed, statement_timeout),
         )
         event.listen(engine, "checkin", _returned)
         event.listen(engine, "checkout", partial(_ping_if_idle, engine.dialect))
@@ -215,7 +222,8 @@ def unavailable_on_connection_errors() -> Iterator[None]:
 
 
 class Database:
-    """The engine and its two kinds of session; sessions are never shared between threads."""
+    """The engine and its sessions (see the module's docstring); sessions are never shared
+    between threads."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -228,12 +236,15 @@ class Database:
             if self.dialect in READS_WITHOUT_TRANSACTION
             else sessionmaker(engine, expire_on_commit=False)
         )
+        for reads in {self._singles, self._reads}:  # without a transaction, a write would commit
+            event.listen(reads, "before_flush", _read_only)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reads that must agree with each other; it never commits. On SQLite a
-        transaction, whose statements see one snapshot; on PostgreSQL none (see
-        :data:`READS_WITHOUT_TRANSACTION`)."""
+        """A session for reads; it never writes (a flush raises). On SQLite a transaction, whose
+        statements see one snapshot; on PostgreSQL none, each statement seeing its own (see
+        :data:`READS_WITHOUT_TRANSACTION`): reads that must agree with each other are written to
+        allow for what changed between them."""
         with unavailable_on_connection_errors(), self._reads() as session:
             yield session
 
@@ -275,10 +286,15 @@ class Database:
 
 
 READS_WITHOUT_TRANSACTION = ("postgresql",)
-"""Where :meth:`Database.read` opens no transaction. PostgreSQL at READ COMMITTED (its default,
-and gradwire's level) gives each statement of a transaction a snapshot of its own, and reads take
-no locks: a read transaction would buy nothing for its BEGIN and ROLLBACK, two round trips, and
-each ROLLBACK also empties the driver's cache of prepared statements."""
+"""Where :meth:`Database.read` opens no transaction. PostgreSQL at READ COMMITTED (the level
+:func:`make_engine` sets) gives each statement of a transaction a snapshot of its own, and reads
+take no locks: a read transaction would buy nothing for its BEGIN and ROLLBACK, two round trips,
+and each ROLLBACK also empties the driver's cache of prepared statements."""
+
+
+def _read_only(session: Session, _context: Any, _instances: Any) -> None:
+    raise RuntimeError("a read session never writes: use Database.write")
+
 
 SINGLE: dict[str, dict[str, Any]] = {
     "postgresql": {"isolation_level": "AUTOCOMMIT"},

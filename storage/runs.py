@@ -136,8 +136,10 @@ _INSERT_EPOCH_ARRAY = insert(EpochRow).from_select(
 """A run's epochs on PostgreSQL: one statement over a JSON array of them, whatever their number.
 As an executemany (which psycopg pipelines) the server runs an INSERT for each row, and as a
 multi-row INSERT SQLAlchemy builds the statement row by row: both were slower (figures in
-docs/scaling.md). The record's JSON is stored as it was sent; a loss is read back from its
-JSON text by ``float8``, exactly."""
+docs/scaling.md). The record's JSON is stored as it was sent (PostgreSQL's JSON refuses a NUL
+character in a string, which the engine's records never hold); a loss is read back from its JSON
+text by ``float8``, exactly. All the epochs of a commit are one statement under the statement
+timeout: 100,000 take about 2 s here."""
 _INSERT_RUN = insert(RunRow).returning(RunRow.__table__)
 _INSERT_ROLES = insert(RunDatasetRow).returning(RunDatasetRow.role)
 """A run's datasets by role, in one statement (see :data:`.blobs._INSERT_CHUNKS`)."""
@@ -682,7 +684,8 @@ class RunStore:
                 .order_by(EpochRow.run_id, EpochRow.epoch)
             )
             for run_id, epoch, record in s.execute(query):
-                epochs[run_id].append(EpochEntry(epoch, record))
+                if run_id in epochs:  # else a run started since the runs were read (PostgreSQL)
+                    epochs[run_id].append(EpochEntry(epoch, record))
             return _records(s, runs, {run_id: tuple(entries) for run_id, entries in epochs.items()})
 
     def load(self, run_id: str) -> RunLoad:

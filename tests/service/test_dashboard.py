@@ -101,7 +101,7 @@ def test_a_signed_in_tenant_watches_its_run_learn_live_and_cancels_it(
 
         page.click("button#cancel")
         page.wait_for_function(
-            "document.getElementById('status').textContent === 'cancelled'", timeout=WAIT_MS
+            "document.getElementById('status')?.textContent === 'cancelled'", timeout=WAIT_MS
         )
         assert run.refresh().status == "cancelled"
         page.screenshot(path=str(ARTIFACTS / "run-page-cancelled.png"), full_page=True)
@@ -142,5 +142,5 @@ def test_a_finished_run_shows_every_epoch_and_two_runs_compare(
     for run_id in (first.run_id, second.run_id):
         page.check(f"input[value='{run_id}']")
     page.click("form[data-compare] button[type=submit]")
-    page.wait_for_function("document.getElementById('compare').dataset.points == 5", timeout=WAIT_MS)
+    page.wait_for_function("document.getElementById('compare')?.dataset.points == 5", timeout=WAIT_MS)
     page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)

@@ -46,7 +46,7 @@ from gradwire.storage.database import (
     seconds_ago,
 )
 from gradwire.storage.runs import InlineData, RunStart
-from gradwire.storage.schema import Base, ChunkRow, EpochRow, RunRow
+from gradwire.storage.schema import Base, ChunkRow, EpochRow, ModelRow, RunRow
 
 SPEC = {"input_dim": 2, "layers": [{"kind": "dense", "units": 1}], "loss": "squared_error"}
 
@@ -362,11 +362,18 @@ def statements_sent(store: Store) -> Iterator[list[str]]:
         if statement != "BEGIN":
             sent.append(statement)
 
-    event.listen(store.engine, "before_cursor_execute", count)
-    try:
+    with hooked(store, count):
         yield sent
+
+
+@contextmanager
+def hooked(store: Store, hook: Any) -> Iterator[None]:
+    """``hook`` hears every statement the store sends while the block runs."""
+    event.listen(store.engine, "before_cursor_execute", hook)
+    try:
+        yield
     finally:
-        event.remove(store.engine, "before_cursor_execute", count)
+        event.remove(store.engine, "before_cursor_execute", hook)
 
 
 @contextmanager
@@ -386,11 +393,8 @@ def transactions_begun(store: Store) -> Iterator[list[str]]:
         if opens:
             begun.append(statement)
 
-    event.listen(store.engine, "before_cursor_execute", seen)
-    try:
+    with hooked(store, seen):
         yield begun
-    finally:
-        event.remove(store.engine, "before_cursor_execute", seen)
 
 
 def test_a_page_of_runs_and_a_models_history_take_a_few_statements_however_many_runs(store: Store) -> None:
@@ -664,6 +668,42 @@ def test_reads_open_no_transaction_on_postgresql_and_one_snapshot_on_sqlite(stor
         store.runs.load(run.id)
         store.runs.history(T, model.id)
     assert len(begun) == (2 if store.engine.dialect.name == "sqlite" else 0)
+
+
+def test_a_read_session_refuses_to_write(store: Store) -> None:
+    """On PostgreSQL a read has no transaction: a write there would be committed at once."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+    with store.db.read() as s:
+        row = s.scalars(select(ModelRow).where(ModelRow.id == model.id)).one()
+        row.name = "changed"
+        with pytest.raises(RuntimeError, match="never writes"):
+            s.flush()
+    assert store.models.get(T, model.id).name == "m"
+
+
+def test_a_history_leaves_out_a_run_started_while_it_reads(store: Store) -> None:
+    """On PostgreSQL a history's two reads of runs and of their epochs see two snapshots: the
+    epochs of a run started and committed between them came back for a run not listed, and the
+    history failed (KeyError). SQLite's read transaction never sees it."""
+    model = store.models.create(T, "m", SPEC, weights(), 3)
+
+    def trained() -> str:
+        run = queued_run(store, model.id)
+        lease = claim(store)
+        store.runs.finish(run.id, lease, Outcome("failed", "error", error="x", epochs=(epoch(1, 0.5),)))
+        return str(run.id)
+
+    first = trained()
+    started: list[str] = []
+
+    def between(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("SELECT epochs.") and not started:
+            started.append(trained())  # another server's, on another connection
+
+    with hooked(store, between):
+        history = store.runs.history(T, model.id)
+    assert started
+    assert [(run.id, [e.epoch for e in run.epochs]) for run in history] == [(first, [1])]
 
 
 def test_epochs_keep_their_losses_and_records_to_the_bit(store: Store) -> None:
